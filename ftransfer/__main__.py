@@ -1,0 +1,5 @@
+"""``python -m ftransfer`` runs the CLI."""
+
+from .cli import main
+
+raise SystemExit(main())

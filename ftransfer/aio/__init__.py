@@ -1,0 +1,1 @@
+"""Thin asyncio adapters around the sans-IO core."""

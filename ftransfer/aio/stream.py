@@ -1,0 +1,219 @@
+"""asyncio adapter for the TCP core: moves bytes, decides nothing.
+
+Theory of operation
+-------------------
+``FrameStream`` is an ``asyncio.BufferedProtocol``: the kernel copies received bytes
+straight into one reused buffer (``recv_into``), and the whole read is handed to the
+sans-IO ``Connection``. Because ``FileData`` events are views into that buffer,
+reading is paused until the consumer has drained the core (``next_event`` returned
+NEED_DATA); then reading resumes. That pause is also the receive-side backpressure:
+a consumer that does not keep up stops the socket being read, and TCP flow control
+slows the peer.
+
+Sending: small frames go through ``transport.write``; file bodies go out with
+``os.sendfile`` (zero copy) in DATA frames of up to MAX_FRAME_BYTES. The sender's
+digest is computed from the same file range with pread into a reused scratch buffer
+(page-cache hot, no network data touched twice). ``drain`` waits while the transport
+is above its high-water mark: send-side backpressure.
+
+OS errors are mapped to ``ConnectionFailed`` here, once, where they surface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+
+from ..checksum import Hasher, hash_range, new_hasher
+from ..config import (
+    MAX_FRAME_BYTES,
+    RECV_BUFFER_BYTES,
+    SMALL_FILE_BYTES,
+    WRITE_HIGH_WATER_BYTES,
+    WRITE_LOW_WATER_BYTES,
+)
+from ..errors import ConnectionFailed
+from ..proto import events as ev
+from ..proto.tcp import Connection
+
+Progress = Callable[[int], None]
+"""Called with the number of bytes just sent or received."""
+
+
+class FileShrank(ConnectionFailed):
+    """The file being sent got shorter mid-transfer; the frame cannot be completed."""
+
+
+class FrameStream(asyncio.BufferedProtocol):
+    """One TCP connection: a sans-IO ``Connection`` plus a transport."""
+
+    def __init__(self, conn: Connection, scratch: bytearray) -> None:
+        self.conn = conn
+        self._scratch = scratch
+        self._buf = bytearray(RECV_BUFFER_BYTES)
+        self._view = memoryview(self._buf)
+        self._transport: asyncio.Transport | None = None
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._connected = asyncio.Event()
+        self._lost: Exception | None = None
+        self._closed = False
+        self._eof_fed = False
+        self.peer: tuple[str, int] = ("", 0)
+
+    # ---- asyncio callbacks --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = (str(peer[0]), int(peer[1]))
+        self._connected.set()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._transport is not None
+        self.conn.receive_data(self._view[:nbytes])
+        self._transport.pause_reading()
+        self._readable.set()
+
+    def eof_received(self) -> bool:
+        self._eof_fed = True
+        self.conn.receive_data(b"")
+        self._readable.set()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._lost = exc
+        self._readable.set()
+        self._writable.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # ---- for the client and server ------------------------------------------------
+
+    async def wait_connected(self) -> None:
+        """Wait for ``connection_made`` (the factory runs before it)."""
+        await self._connected.wait()
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        assert self._transport is not None
+        return self._transport
+
+    async def next_event(self) -> ev.Event | ev.ConnectionClosed:
+        """The next event from the peer; waits for bytes as needed."""
+        while True:
+            event = self.conn.next_event()
+            if not isinstance(event, ev.NeedData):
+                return event
+            if self._closed:
+                if self._lost is not None or self._eof_fed:
+                    raise ConnectionFailed(f"connection lost: {self._lost or 'closed'}")
+                self._eof_fed = True
+                self.conn.receive_data(b"")
+                continue
+            self._readable.clear()
+            self.transport.resume_reading()
+            await self._readable.wait()
+
+    def send(self, event: ev.Event) -> None:
+        """Queue one event's frame for sending."""
+        self._write(self.conn.send(event))
+
+    def _write(self, data: bytes) -> None:
+        if self._closed:
+            raise ConnectionFailed(f"connection lost: {self._lost or 'closed by peer'}")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the transport is below its low-water mark."""
+        await self._writable.wait()
+        if self._closed:
+            raise ConnectionFailed(f"connection lost: {self._lost or 'closed by peer'}")
+
+    async def send_file(
+        self,
+        fd: int,
+        size: int,
+        progress: Progress | None = None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> bytes | None:
+        """Send ``size`` bytes of ``fd`` as DATA frames; returns their xxh3-128 digest.
+
+        Returns None if ``cancelled()`` became true between frames (the caller then
+        ends the file with ABORT or ERROR). Raises FileShrank if the file is shorter
+        than ``size``: the stream cannot be resynchronised after that.
+        """
+        hasher = new_hasher()
+        if size <= SMALL_FILE_BYTES:
+            return await self._send_small(fd, size, hasher, progress)
+        offset = 0
+        while offset < size:
+            if cancelled():
+                return None
+            count = min(MAX_FRAME_BYTES, size - offset)
+            await self._sendfile_frame(fd, offset, count)
+            if hash_range(hasher, fd, offset, count, self._scratch) != count:
+                raise FileShrank("file changed size while it was being sent")
+            offset += count
+            if progress is not None:
+                progress(count)
+        return hasher.digest()
+
+    async def _send_small(
+        self, fd: int, size: int, hasher: Hasher, progress: Progress | None
+    ) -> bytes:
+        data = os.pread(fd, size, 0) if size else b""
+        if len(data) != size:
+            raise FileShrank("file changed size before it was sent")
+        if size:
+            self._write(self.conn.send(ev.FileData(data=data)))
+        hasher.update(data)
+        await self.drain()
+        if progress is not None:
+            progress(size)
+        return hasher.digest()
+
+    async def _sendfile_frame(self, fd: int, offset: int, count: int) -> None:
+        self._write(self.conn.start_data(count))
+        loop = asyncio.get_running_loop()
+        with open(fd, "rb", buffering=0, closefd=False) as file:
+            try:
+                sent = await loop.sendfile(self.transport, file, offset, count, fallback=True)
+            except (OSError, RuntimeError) as exc:
+                raise ConnectionFailed(f"connection lost: {exc}") from None
+        if sent != count:
+            self.transport.abort()
+            raise FileShrank("file changed size while it was being sent")
+
+    def close(self) -> None:
+        """Close after flushing what is queued."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Close at once, discarding what is queued."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def wait_closed(self) -> None:
+        """Wait until the transport has gone."""
+        while not self._closed:
+            self._readable.clear()
+            await self._readable.wait()

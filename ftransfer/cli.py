@@ -1,0 +1,406 @@
+"""Command line: parses arguments, calls the client or server API, prints results.
+
+The only importer of tqdm. Expected failures become one line on stderr,
+``ftransfer: error: ...``, and the exit code of the error class (errors.ExitCode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from . import __version__
+from .checksum import ZERO_DIGEST, hex_digest
+from .client import Client, Remote, TransferResult, get_target, parse_remote, put_targets
+from .config import DEFAULT_PORT, ClientConfig, ServerConfig
+from .errors import ExitCode, FtransferError
+from .proto.events import Entry, EntryKind
+from .server import Server
+from .storage import escape
+
+_KIND_LETTER = {
+    EntryKind.FILE: "-",
+    EntryKind.DIRECTORY: "d",
+    EntryKind.SYMLINK: "l",
+    EntryKind.OTHER: "?",
+}
+
+
+class _Bars:
+    """tqdm bars on stderr: one per file, plus an overall one for many files."""
+
+    def __init__(self, files: int, total_bytes: int | None, enabled: bool) -> None:
+        self._enabled = enabled
+        self._bar: tqdm[Any] | None = None
+        self._overall: tqdm[Any] | None = None
+        if enabled and files > 1:
+            self._overall = self._new(f"{files} files", total_bytes, leave=True)
+
+    @staticmethod
+    def _new(name: str, total: int | None, *, leave: bool) -> tqdm[Any]:
+        return tqdm(
+            total=total,
+            desc=name,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            leave=leave,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+
+    def file_started(self, name: str, size: int) -> None:
+        if self._enabled:
+            self._bar = self._new(escape(name), size, leave=self._overall is None)
+
+    def advance(self, nbytes: int) -> None:
+        if self._bar is not None:
+            self._bar.update(nbytes)
+        if self._overall is not None:
+            self._overall.update(nbytes)
+
+    def file_done(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def close(self) -> None:
+        self.file_done()
+        if self._overall is not None:
+            self._overall.close()
+
+
+def _print_result(result: TransferResult, out: TextIO) -> None:
+    seconds = max(result.seconds, 1e-9)
+    record = {
+        "path": result.remote,
+        "local": result.local,
+        "bytes": result.size,
+        "seconds": round(result.seconds, 6),
+        "bytes_per_second": round(result.size / seconds),
+        "xxh3_128": hex_digest(result.digest),
+    }
+    out.write(json.dumps(record) + "\n")
+
+
+def _error(exc: FtransferError) -> int:
+    sys.stderr.write(f"ftransfer: error: {exc}\n")
+    return int(exc.exit_code)
+
+
+def _remote(text: str) -> Remote:
+    try:
+        return parse_remote(text)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
+
+
+def _client_config(args: argparse.Namespace) -> ClientConfig:
+    return ClientConfig(connect_timeout_s=args.timeout, idle_timeout_s=args.timeout)
+
+
+async def _with_client(
+    args: argparse.Namespace, remote: Remote, job: Callable[[Client], Awaitable[int]]
+) -> int:
+    client = await Client.connect(remote.host, remote.port, _client_config(args))
+    try:
+        return await job(client)
+    finally:
+        await client.close()
+
+
+def _bars(args: argparse.Namespace, files: int, total: int | None) -> _Bars:
+    return _Bars(files, total, enabled=not args.quiet and sys.stderr.isatty())
+
+
+async def _put(args: argparse.Namespace) -> int:
+    remote = _remote(args.paths[-1])
+    sources = [Path(p) for p in args.paths[:-1]]
+
+    async def job(client: Client) -> int:
+        items = await put_targets(client, sources, remote.path)
+        total = sum(p.stat().st_size for p, _r in items if p.is_file())
+        bars = _bars(args, len(items), total)
+        try:
+            outcomes = await client.put_files(items, exclusive=args.no_clobber, progress=bars)
+        finally:
+            bars.close()
+        status = 0
+        for outcome in outcomes:
+            if isinstance(outcome, FtransferError):
+                status = status or _error(outcome)
+            elif args.json:
+                _print_result(outcome, sys.stdout)
+        return status
+
+    return await _with_client(args, remote, job)
+
+
+async def _get(args: argparse.Namespace) -> int:
+    remote = _remote(args.remote)
+    if not remote.path:
+        raise _Usage("get needs a remote file path: HOST[:PORT]/PATH")
+    target = get_target(remote.path, args.local)
+
+    async def job(client: Client) -> int:
+        bars = _bars(args, 1, None)
+        try:
+            destination: Path | int = target if target is not None else sys.stdout.fileno()
+            result = await client.get_file(remote.path, destination, progress=bars)
+        finally:
+            bars.close()
+        if args.json:
+            _print_result(result, sys.stderr if target is None else sys.stdout)
+        return 0
+
+    return await _with_client(args, remote, job)
+
+
+def _format_time(mtime_ns: int) -> str:
+    return datetime.fromtimestamp(mtime_ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _entry_record(entry: Entry) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "type": entry.kind.name.lower(),
+        "size": entry.size,
+        "mtime_ns": entry.mtime_ns,
+    }
+
+
+async def _ls(args: argparse.Namespace) -> int:
+    remote = _remote(args.remote)
+
+    async def job(client: Client) -> int:
+        for entry in await client.list_dir(remote.path):
+            if args.json:
+                print(json.dumps(_entry_record(entry)))
+            else:
+                suffix = "/" if entry.kind is EntryKind.DIRECTORY else ""
+                when = _format_time(entry.mtime_ns)
+                line = f"{_KIND_LETTER[entry.kind]} {entry.size:>14} {when} {escape(entry.name)}"
+                print(line + suffix)
+        return 0
+
+    return await _with_client(args, remote, job)
+
+
+async def _stat(args: argparse.Namespace) -> int:
+    remote = _remote(args.remote)
+
+    async def job(client: Client) -> int:
+        entry, digest = await client.stat(remote.path)
+        record = _entry_record(entry)
+        record["name"] = remote.path
+        record["mtime"] = _format_time(entry.mtime_ns)
+        record["xxh3_128"] = hex_digest(digest) if digest != ZERO_DIGEST else None
+        if args.json:
+            print(json.dumps(record))
+        else:
+            for key in ("name", "type", "size", "mtime", "xxh3_128"):
+                if record[key] is not None:
+                    value = escape(record[key]) if isinstance(record[key], str) else record[key]
+                    print(f"{key}: {value}")
+        return 0
+
+    return await _with_client(args, remote, job)
+
+
+def _simple(
+    action: Callable[[Client, Remote, argparse.Namespace], Awaitable[None]],
+) -> Callable[[argparse.Namespace], Awaitable[int]]:
+    async def run(args: argparse.Namespace) -> int:
+        remote = _remote(args.remote)
+        if not remote.path:
+            raise _Usage("a remote path is required: HOST[:PORT]/PATH")
+
+        async def job(client: Client) -> int:
+            await action(client, remote, args)
+            return 0
+
+        return await _with_client(args, remote, job)
+
+    return run
+
+
+async def _rm(client: Client, remote: Remote, args: argparse.Namespace) -> None:
+    await client.remove(remote.path)
+
+
+async def _mkdir(client: Client, remote: Remote, args: argparse.Namespace) -> None:
+    await client.mkdir(remote.path, parents=args.parents)
+
+
+async def _mv(client: Client, remote: Remote, args: argparse.Namespace) -> None:
+    await client.move(remote.path, args.newpath.lstrip("/"))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    config = ServerConfig(
+        root=Path(args.root),
+        host=args.host,
+        port=args.port,
+        read_only=args.read_only,
+        max_connections=args.max_connections,
+        max_connections_per_address=args.max_per_address,
+        idle_timeout_s=args.idle_timeout,
+        hello_timeout_s=args.hello_timeout,
+        max_file_bytes=args.max_file_size,
+        fsync=not args.no_fsync,
+    )
+    if not config.root.is_dir():
+        raise _Usage(f"--root {args.root}: not a directory")
+    server = Server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    mode = " (read-only)" if config.read_only else ""
+    print(f"ftransfer: serving {server.storage.root}{mode} on {' '.join(server.urls)}", flush=True)
+    await stop.wait()
+    await server.close()
+    logging.getLogger("ftransfer.server").info("stopped")
+    return 0
+
+
+class _Usage(Exception):
+    """A usage error found after argparse (exit 2)."""
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    scale = units.get(text[-1:], 1)
+    digits = text[:-1] if text[-1:] in units else text
+    try:
+        return int(float(digits) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve a directory")
+    p.add_argument("--root", default=".", help="directory to serve (default: current)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (:: for all)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port; 0 picks a free one")
+    p.add_argument("--read-only", action="store_true", help="refuse every change")
+    p.add_argument("--max-connections", type=int, default=128, metavar="N")
+    p.add_argument("--max-per-address", type=int, default=16, metavar="N")
+    p.add_argument("--idle-timeout", type=_positive, default=300.0, metavar="S")
+    p.add_argument("--hello-timeout", type=_positive, default=10.0, metavar="S")
+    p.add_argument(
+        "--max-file-size",
+        type=_size,
+        default=1 << 40,
+        metavar="BYTES",
+        help="largest upload, e.g. 10G (default 1T)",
+    )
+    p.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="skip fsync before commit (faster; a crash may lose recent uploads)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(run=_serve)
+
+
+def _client_options(p: argparse.ArgumentParser, *, transfer: bool = False) -> None:
+    p.add_argument(
+        "--timeout",
+        type=_positive,
+        default=60.0,
+        metavar="S",
+        help="give up when the server is silent this long (default 60)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON, one object per line")
+    if transfer:
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ftransfer", description="Fast, verified file transfer. REMOTE is HOST[:PORT][/PATH]."
+    )
+    parser.add_argument("--version", action="version", version=f"ftransfer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    p = sub.add_parser("put", help="upload files")
+    p.add_argument("paths", nargs="+", metavar="LOCAL... REMOTE")
+    p.add_argument("--no-clobber", action="store_true", help="refuse to replace existing files")
+    _client_options(p, transfer=True)
+    p.set_defaults(run=_put)
+    p = sub.add_parser("get", help="download a file (LOCAL '-' is stdout)")
+    p.add_argument("remote", metavar="REMOTE")
+    p.add_argument("local", nargs="?", metavar="LOCAL")
+    _client_options(p, transfer=True)
+    p.set_defaults(run=_get)
+    for name, run, text in (("ls", _ls, "list a directory"), ("stat", _stat, "size, mtime, xxh3")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("remote", metavar="REMOTE")
+        _client_options(p)
+        p.set_defaults(run=run)
+    for name, action, text in (
+        ("rm", _rm, "remove a file or empty directory"),
+        ("mkdir", _mkdir, "create a directory"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("remote", metavar="REMOTE")
+        if name == "mkdir":
+            p.add_argument("-p", "--parents", action="store_true", help="create parents too")
+        _client_options(p)
+        p.set_defaults(run=_simple(action))
+    p = sub.add_parser("mv", help="rename on the server")
+    p.add_argument("remote", metavar="REMOTE")
+    p.add_argument("newpath", metavar="NEWPATH")
+    _client_options(p)
+    p.set_defaults(run=_simple(_mv))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    if args.command == "put" and len(args.paths) < 2:
+        parser.error("put needs LOCAL... REMOTE")
+    try:
+        status: int = asyncio.run(args.run(args))
+        return status
+    except _Usage as exc:
+        parser.error(str(exc))
+    except FtransferError as exc:
+        return _error(exc)
+    except KeyboardInterrupt:
+        sys.stderr.write("ftransfer: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return int(ExitCode.FAILURE)
+    return int(ExitCode.FAILURE)  # unreachable: parser.error exits
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

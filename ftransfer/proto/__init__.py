@@ -1,0 +1,1 @@
+"""The sans-IO protocol core: no sockets, clocks, files or global randomness."""

@@ -1,0 +1,325 @@
+"""TCP frame codec: bytes <-> events, with no state beyond one frame.
+
+Theory of operation: a frame is ``u8 type | u32 length | payload`` (big-endian,
+protocol.md "Framing"). ``parse_header_untrusted`` checks the type and the declared
+length against MAX_FRAME_BYTES / MAX_CONTROL_BYTES *before* anything is buffered, so
+a hostile 4 GiB length is refused at once. DATA payloads are never decoded here: the
+session streams them. Control payloads are parsed by ``decode_untrusted``, which may
+raise only ``RemoteProtocolError``; ``encode`` turns an event back into bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from enum import IntEnum
+
+from ..checksum import DIGEST_BYTES
+from ..config import (
+    FRAME_HEADER_BYTES,
+    HELLO_MAGIC,
+    MAX_CONTROL_BYTES,
+    MAX_ERROR_MESSAGE_BYTES,
+    MAX_FRAME_BYTES,
+)
+from ..errors import LocalProtocolError, RemoteProtocolError
+from . import events as ev
+
+
+class FrameType(IntEnum):
+    """Frame type byte (protocol.md, "Frame types")."""
+
+    HELLO = 0x01
+    HELLO_OK = 0x02
+    PUT = 0x10
+    DATA = 0x11
+    END = 0x12
+    ABORT = 0x13
+    PUT_OK = 0x14
+    GET = 0x20
+    FILE = 0x21
+    VERIFIED = 0x22
+    LIST = 0x30
+    ENTRIES = 0x31
+    LIST_END = 0x32
+    STAT = 0x40
+    STAT_OK = 0x41
+    REMOVE = 0x50
+    MKDIR = 0x51
+    MOVE = 0x52
+    OK = 0x60
+    ERROR = 0x7F
+
+
+_HEADER = struct.Struct(">BI")
+_HELLO = struct.Struct(">4sHH")
+_HELLO_OK = struct.Struct(">HII")
+_PUT = struct.Struct(">QqB")
+_FILE = struct.Struct(">Qq")
+_ENTRY = struct.Struct(">BQqH")
+_U16 = struct.Struct(">H")
+_MAX_SIZE = 2**63 - 1
+_KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+
+
+def header(frame_type: FrameType, length: int) -> bytes:
+    """The 5-byte header of a frame."""
+    return _HEADER.pack(frame_type, length)
+
+
+def parse_header_untrusted(raw: bytes | memoryview) -> tuple[FrameType, int]:
+    """Validate a frame header from the peer; returns (type, payload length)."""
+    type_byte, length = _HEADER.unpack(raw[:FRAME_HEADER_BYTES])
+    if type_byte not in _KNOWN_TYPES:
+        raise RemoteProtocolError(f"unknown frame type 0x{type_byte:02x}")
+    if length > MAX_FRAME_BYTES:
+        raise RemoteProtocolError(f"frame length {length} exceeds {MAX_FRAME_BYTES}")
+    if type_byte != FrameType.DATA and length > MAX_CONTROL_BYTES:
+        raise RemoteProtocolError(f"control frame length {length} exceeds {MAX_CONTROL_BYTES}")
+    return FrameType(type_byte), length
+
+
+# ---- decoding (untrusted) ------------------------------------------------------
+
+
+def _text_untrusted(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError(f"{what} is not valid UTF-8") from None
+
+
+def _fixed_untrusted(raw: bytes, fmt: struct.Struct, what: str) -> tuple[object, ...]:
+    if len(raw) < fmt.size:
+        raise RemoteProtocolError(f"{what} frame is truncated")
+    return fmt.unpack_from(raw)
+
+
+def _digest_untrusted(raw: bytes, what: str) -> bytes:
+    if len(raw) != DIGEST_BYTES:
+        raise RemoteProtocolError(f"{what} must carry a {DIGEST_BYTES}-byte digest")
+    return raw
+
+
+def _empty_untrusted(raw: bytes, what: str) -> None:
+    if raw:
+        raise RemoteProtocolError(f"{what} frame must be empty")
+
+
+def _size_untrusted(value: object, what: str) -> int:
+    assert isinstance(value, int)
+    if value > _MAX_SIZE:
+        raise RemoteProtocolError(f"{what} size is out of range")
+    return value
+
+
+def _hello(raw: bytes) -> ev.Event:
+    if len(raw) != _HELLO.size:
+        raise RemoteProtocolError("HELLO has the wrong length")
+    magic, low, high = _HELLO.unpack(raw)
+    if magic != HELLO_MAGIC:
+        raise RemoteProtocolError("not an ftransfer peer (bad HELLO magic)")
+    if low > high:
+        raise RemoteProtocolError("HELLO version range is empty")
+    return ev.HelloOffered(min_version=low, max_version=high)
+
+
+def _hello_ok(raw: bytes) -> ev.Event:
+    version, max_frame, flags = _fixed_untrusted(raw, _HELLO_OK, "HELLO_OK")
+    assert isinstance(version, int) and isinstance(max_frame, int) and isinstance(flags, int)
+    return ev.HelloAccepted(version=version, max_frame_bytes=max_frame, read_only=bool(flags & 1))
+
+
+def _put(raw: bytes) -> ev.Event:
+    size, mtime_ns, flags = _fixed_untrusted(raw, _PUT, "PUT")
+    assert isinstance(mtime_ns, int) and isinstance(flags, int)
+    path = _text_untrusted(raw[_PUT.size :], "PUT path")
+    return ev.PutRequested(
+        path=path, size=_size_untrusted(size, "PUT"), mtime_ns=mtime_ns, exclusive=bool(flags & 1)
+    )
+
+
+def _file(raw: bytes) -> ev.Event:
+    if len(raw) != _FILE.size:
+        raise RemoteProtocolError("FILE has the wrong length")
+    size, mtime_ns = _FILE.unpack(raw)
+    return ev.FileStarted(size=_size_untrusted(size, "FILE"), mtime_ns=mtime_ns)
+
+
+def _entry_untrusted(raw: bytes, offset: int) -> tuple[ev.Entry, int]:
+    if len(raw) - offset < _ENTRY.size:
+        raise RemoteProtocolError("ENTRIES frame is truncated")
+    kind, size, mtime_ns, name_len = _ENTRY.unpack_from(raw, offset)
+    start = offset + _ENTRY.size
+    if len(raw) - start < name_len:
+        raise RemoteProtocolError("ENTRIES name is truncated")
+    if kind not in ev.EntryKind.__members__.values():
+        raise RemoteProtocolError(f"unknown entry kind {kind}")
+    name = _text_untrusted(raw[start : start + name_len], "entry name")
+    entry = ev.Entry(
+        name=name, kind=ev.EntryKind(kind), size=_size_untrusted(size, "entry"), mtime_ns=mtime_ns
+    )
+    return entry, start + name_len
+
+
+def _entries(raw: bytes) -> ev.Event:
+    entries: list[ev.Entry] = []
+    offset = 0
+    while offset < len(raw):
+        entry, offset = _entry_untrusted(raw, offset)
+        entries.append(entry)
+    return ev.Listed(entries=tuple(entries))
+
+
+def _stat_ok(raw: bytes) -> ev.Event:
+    if len(raw) < _ENTRY.size + DIGEST_BYTES:
+        raise RemoteProtocolError("STAT_OK frame is truncated")
+    entry, offset = _entry_untrusted(raw[:-DIGEST_BYTES], 0)
+    if offset != len(raw) - DIGEST_BYTES:
+        raise RemoteProtocolError("STAT_OK has trailing bytes")
+    return ev.Stated(entry=entry, digest=raw[-DIGEST_BYTES:])
+
+
+def _mkdir(raw: bytes) -> ev.Event:
+    if not raw:
+        raise RemoteProtocolError("MKDIR frame is truncated")
+    return ev.MkdirRequested(parents=bool(raw[0] & 1), path=_text_untrusted(raw[1:], "MKDIR path"))
+
+
+def _move(raw: bytes) -> ev.Event:
+    (src_len,) = _fixed_untrusted(raw, _U16, "MOVE")
+    assert isinstance(src_len, int)
+    if len(raw) - 2 < src_len:
+        raise RemoteProtocolError("MOVE source is truncated")
+    source = _text_untrusted(raw[2 : 2 + src_len], "MOVE source")
+    return ev.MoveRequested(
+        source=source, target=_text_untrusted(raw[2 + src_len :], "MOVE target")
+    )
+
+
+def _error(raw: bytes) -> ev.Event:
+    (code,) = _fixed_untrusted(raw, _U16, "ERROR")
+    assert isinstance(code, int)
+    message = raw[2:].decode("utf-8", errors="replace")
+    return ev.Failed(code=code, message=message)
+
+
+def _empty(make: Callable[[], ev.Event], what: str) -> Callable[[bytes], ev.Event]:
+    def parse(raw: bytes) -> ev.Event:
+        _empty_untrusted(raw, what)
+        return make()
+
+    return parse
+
+
+def _text(make: Callable[[str], ev.Event], what: str) -> Callable[[bytes], ev.Event]:
+    return lambda raw: make(_text_untrusted(raw, f"{what} path"))
+
+
+def _digested(make: Callable[[bytes], ev.Event], what: str) -> Callable[[bytes], ev.Event]:
+    return lambda raw: make(_digest_untrusted(raw, what))
+
+
+_DECODERS: dict[FrameType, Callable[[bytes], ev.Event]] = {
+    FrameType.HELLO: _hello,
+    FrameType.HELLO_OK: _hello_ok,
+    FrameType.PUT: _put,
+    FrameType.END: _digested(lambda d: ev.FileEnded(digest=d), "END"),
+    FrameType.ABORT: _empty(ev.FileAborted, "ABORT"),
+    FrameType.PUT_OK: _digested(lambda d: ev.PutCommitted(digest=d), "PUT_OK"),
+    FrameType.GET: _text(lambda p: ev.GetRequested(path=p), "GET"),
+    FrameType.FILE: _file,
+    FrameType.VERIFIED: _digested(lambda d: ev.DownloadVerified(digest=d), "VERIFIED"),
+    FrameType.LIST: _text(lambda p: ev.ListRequested(path=p), "LIST"),
+    FrameType.ENTRIES: _entries,
+    FrameType.LIST_END: _empty(ev.ListEnded, "LIST_END"),
+    FrameType.STAT: _text(lambda p: ev.StatRequested(path=p), "STAT"),
+    FrameType.STAT_OK: _stat_ok,
+    FrameType.REMOVE: _text(lambda p: ev.RemoveRequested(path=p), "REMOVE"),
+    FrameType.MKDIR: _mkdir,
+    FrameType.MOVE: _move,
+    FrameType.OK: _empty(ev.Done, "OK"),
+    FrameType.ERROR: _error,
+}
+
+
+def decode_untrusted(frame_type: FrameType, payload: bytes) -> ev.Event:
+    """Parse a control frame's payload; raises only RemoteProtocolError."""
+    try:
+        return _DECODERS[frame_type](payload)
+    except KeyError:
+        raise RemoteProtocolError(f"frame type {frame_type.name} has no control payload") from None
+    except struct.error as exc:  # defensive: every unpack is length-checked first
+        raise RemoteProtocolError(f"malformed {frame_type.name} frame: {exc}") from None
+
+
+# ---- encoding ---------------------------------------------------------------------
+
+
+def _path_bytes(path: str) -> bytes:
+    try:
+        return path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LocalProtocolError(f"name {path!r} is not valid UTF-8") from None
+
+
+def encode_entry(entry: ev.Entry) -> bytes:
+    """One entry of an ENTRIES frame; undecodable bytes in local names become U+FFFD."""
+    name = entry.name.encode("utf-8", errors="replace")
+    return _ENTRY.pack(entry.kind, entry.size, entry.mtime_ns, len(name)) + name
+
+
+def _encode_payload(event: ev.Event) -> tuple[FrameType, bytes]:
+    match event:
+        case ev.HelloOffered(min_version=low, max_version=high):
+            return FrameType.HELLO, _HELLO.pack(HELLO_MAGIC, low, high)
+        case ev.HelloAccepted(version=v, max_frame_bytes=m, read_only=ro):
+            return FrameType.HELLO_OK, _HELLO_OK.pack(v, m, int(ro))
+        case ev.PutRequested(path=p, size=s, mtime_ns=t, exclusive=x):
+            return FrameType.PUT, _PUT.pack(s, t, int(x)) + _path_bytes(p)
+        case ev.FileData(data=d):
+            return FrameType.DATA, bytes(d)
+        case ev.FileEnded(digest=d):
+            return FrameType.END, d
+        case ev.FileAborted():
+            return FrameType.ABORT, b""
+        case ev.PutCommitted(digest=d):
+            return FrameType.PUT_OK, d
+        case ev.GetRequested(path=p):
+            return FrameType.GET, _path_bytes(p)
+        case ev.FileStarted(size=s, mtime_ns=t):
+            return FrameType.FILE, _FILE.pack(s, t)
+        case ev.DownloadVerified(digest=d):
+            return FrameType.VERIFIED, d
+        case ev.ListRequested(path=p):
+            return FrameType.LIST, _path_bytes(p)
+        case ev.Listed(entries=entries):
+            return FrameType.ENTRIES, b"".join(encode_entry(e) for e in entries)
+        case ev.ListEnded():
+            return FrameType.LIST_END, b""
+        case ev.StatRequested(path=p):
+            return FrameType.STAT, _path_bytes(p)
+        case ev.Stated(entry=e, digest=d):
+            return FrameType.STAT_OK, encode_entry(e) + d
+        case ev.RemoveRequested(path=p):
+            return FrameType.REMOVE, _path_bytes(p)
+        case ev.MkdirRequested(path=p, parents=parents):
+            return FrameType.MKDIR, bytes([int(parents)]) + _path_bytes(p)
+        case ev.MoveRequested(source=s, target=t):
+            src = _path_bytes(s)
+            return FrameType.MOVE, _U16.pack(len(src)) + src + _path_bytes(t)
+        case ev.Done():
+            return FrameType.OK, b""
+        case ev.Failed(code=code, message=message):
+            text = message.encode("utf-8", errors="replace")[:MAX_ERROR_MESSAGE_BYTES]
+            return FrameType.ERROR, _U16.pack(code) + text
+    raise LocalProtocolError(f"cannot encode {event!r}")
+
+
+def encode(event: ev.Event) -> bytes:
+    """The complete frame (header and payload) for an event."""
+    frame_type, payload = _encode_payload(event)
+    limit = MAX_FRAME_BYTES if frame_type == FrameType.DATA else MAX_CONTROL_BYTES
+    if len(payload) > limit:
+        raise LocalProtocolError(f"{frame_type.name} payload of {len(payload)} bytes is too large")
+    return header(frame_type, len(payload)) + payload

@@ -1,0 +1,331 @@
+"""TCP session state machine (sans-IO): ``receive_data`` / ``next_event`` / ``send``.
+
+Theory of operation
+-------------------
+A connection carries two independent streams: *requests* (client -> server) and
+*replies* (server -> client). Each is a small state machine given as a table,
+``(state, event type) -> next state``; a pair missing from the table is a protocol
+error (``RemoteProtocolError`` for what we receive, ``LocalProtocolError`` for what
+we try to send), never a silent fall-through.
+
+Pipelining: the client may send any number of requests without waiting. Replies
+come strictly in request order, so ``_pending`` (a FIFO of request types still
+awaiting a reply) is enough to check that each reply answers the oldest request.
+
+Data accounting: PUT and FILE declare an exact size; DATA beyond it, or END before
+it, is a protocol error on the sending side's stream. An upload the server has
+already refused (ERROR sent while the client is still uploading) is *discarded*
+by the core: its remaining DATA/END/ABORT frames are consumed without events, so the
+server needs no "skip" state of its own.
+
+Zero copy: ``receive_data`` keeps a view of the caller's buffer and ``FileData``
+events are slices of it. The caller must drain ``next_event`` until ``NEED_DATA``
+before calling ``receive_data`` again (enforced). Only headers and control payloads
+that straddle two reads are copied, and those are bounded by MAX_CONTROL_BYTES.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum
+
+from ..config import FRAME_HEADER_BYTES, PROTOCOL_VERSION
+from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from . import events as ev
+from . import frames
+from .frames import FrameType
+
+
+class Role(Enum):
+    """Which end of the connection this is."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class StreamState(Enum):
+    """States of one direction of the connection."""
+
+    HELLO = "hello"
+    IDLE = "idle"
+    UPLOADING = "uploading"
+    DOWNLOADING = "downloading"
+    LISTING = "listing"
+    CLOSED = "closed"
+
+
+S = StreamState
+Transitions = dict[tuple[StreamState, type], StreamState]
+
+REQUEST_TRANSITIONS: Transitions = {
+    (S.HELLO, ev.HelloOffered): S.IDLE,
+    (S.IDLE, ev.PutRequested): S.UPLOADING,
+    (S.UPLOADING, ev.FileData): S.UPLOADING,
+    (S.UPLOADING, ev.FileEnded): S.IDLE,
+    (S.UPLOADING, ev.FileAborted): S.IDLE,
+    **{
+        (S.IDLE, kind): S.IDLE
+        for kind in (
+            ev.GetRequested,
+            ev.DownloadVerified,
+            ev.ListRequested,
+            ev.StatRequested,
+            ev.RemoveRequested,
+            ev.MkdirRequested,
+            ev.MoveRequested,
+        )
+    },
+}
+
+REPLY_TRANSITIONS: Transitions = {
+    (S.HELLO, ev.HelloAccepted): S.IDLE,
+    (S.HELLO, ev.Failed): S.CLOSED,
+    (S.IDLE, ev.PutCommitted): S.IDLE,
+    (S.IDLE, ev.Stated): S.IDLE,
+    (S.IDLE, ev.Done): S.IDLE,
+    (S.IDLE, ev.Failed): S.IDLE,
+    (S.IDLE, ev.FileStarted): S.DOWNLOADING,
+    (S.DOWNLOADING, ev.FileData): S.DOWNLOADING,
+    (S.DOWNLOADING, ev.FileEnded): S.IDLE,
+    (S.DOWNLOADING, ev.Failed): S.IDLE,
+    (S.IDLE, ev.Listed): S.LISTING,
+    (S.IDLE, ev.ListEnded): S.IDLE,
+    (S.LISTING, ev.Listed): S.LISTING,
+    (S.LISTING, ev.ListEnded): S.IDLE,
+    (S.LISTING, ev.Failed): S.IDLE,
+}
+
+ANSWERS: dict[type, tuple[type, ...]] = {
+    ev.HelloAccepted: (ev.HelloOffered,),
+    ev.PutCommitted: (ev.PutRequested,),
+    ev.FileStarted: (ev.GetRequested,),
+    ev.Listed: (ev.ListRequested,),
+    ev.ListEnded: (ev.ListRequested,),
+    ev.Stated: (ev.StatRequested,),
+    ev.Done: (ev.RemoveRequested, ev.MkdirRequested, ev.MoveRequested),
+}
+"""Which request the first frame of a reply may answer (ERROR answers any)."""
+
+NO_REPLY = (ev.DownloadVerified, ev.FileData, ev.FileEnded, ev.FileAborted)
+"""Request-stream frames that are not requests awaiting a reply."""
+
+
+def negotiate_version(offer: ev.HelloOffered) -> int | None:
+    """The version to speak with a client's offer, or None if there is none."""
+    if offer.min_version <= PROTOCOL_VERSION <= offer.max_version:
+        return PROTOCOL_VERSION
+    return None
+
+
+class _Stream:
+    """One direction: its state and the bytes still owed by the current file."""
+
+    def __init__(self, table: Transitions) -> None:
+        self.table = table
+        self.state = StreamState.HELLO
+        self.remaining = 0
+
+    def next_state(self, kind: type, err: type[ProtocolError]) -> StreamState:
+        nxt = self.table.get((self.state, kind))
+        if nxt is None:
+            raise err(f"{kind.__name__} is not allowed while {self.state.value}")
+        return nxt
+
+    def check_data(self, nbytes: int, err: type[ProtocolError]) -> None:
+        self.next_state(ev.FileData, err)
+        if nbytes > self.remaining:
+            raise err(f"{nbytes} more bytes than the {self.remaining} still declared")
+
+    def advance(self, event: ev.Event, err: type[ProtocolError]) -> None:
+        nxt = self.next_state(type(event), err)
+        if isinstance(event, ev.FileEnded) and self.remaining:
+            raise err(f"END with {self.remaining} declared bytes missing")
+        if isinstance(event, ev.PutRequested | ev.FileStarted):
+            self.remaining = event.size
+        self.state = nxt
+
+
+class Connection:
+    """One end of an ftransfer TCP connection, without any I/O."""
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+        requests, replies = _Stream(REQUEST_TRANSITIONS), _Stream(REPLY_TRANSITIONS)
+        self._requests, self._replies = requests, replies
+        self._inbound = requests if role is Role.SERVER else replies
+        self._pending: deque[type] = deque()
+        self._upload_unanswered = False
+        self._discarding = False
+        self._view = memoryview(b"")
+        self._pos = 0
+        self._partial = bytearray()
+        self._control: tuple[FrameType, int] | None = None
+        self._data_left = 0
+        self._eof = False
+        self._broken: RemoteProtocolError | None = None
+
+    # ---- state, for adapters and tests ----------------------------------------
+
+    @property
+    def request_state(self) -> StreamState:
+        return self._requests.state
+
+    @property
+    def reply_state(self) -> StreamState:
+        return self._replies.state
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests sent or received that still await their reply."""
+        return len(self._pending)
+
+    # ---- receiving -------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Hand over bytes from the peer; an empty buffer means end of stream."""
+        if self._pos < len(self._view):
+            raise LocalProtocolError("receive_data called before next_event drained the last data")
+        if not data:
+            self._eof = True
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def next_event(self) -> ev.Event | ev.NeedData | ev.ConnectionClosed:
+        """The next complete event, NEED_DATA, or ConnectionClosed at a clean end."""
+        if self._broken is not None:
+            raise self._broken
+        try:
+            return self._next_event()
+        except RemoteProtocolError as exc:
+            self._broken = exc
+            raise
+
+    def _next_event(self) -> ev.Event | ev.NeedData | ev.ConnectionClosed:
+        while True:
+            if self._data_left:
+                chunk = self._take_some(self._data_left)
+                if chunk is None:
+                    return self._starved()
+                self._data_left -= len(chunk)
+                self._inbound.remaining -= len(chunk)
+                if not self._discarding:
+                    return ev.FileData(data=chunk)
+                continue
+            if self._control is None:
+                raw = self._take_exact(FRAME_HEADER_BYTES)
+                if raw is None:
+                    return self._starved()
+                frame_type, length = frames.parse_header_untrusted(raw)
+                if frame_type is FrameType.DATA:
+                    self._inbound.check_data(length, RemoteProtocolError)
+                    self._data_left = length
+                    continue
+                self._control = (frame_type, length)
+            event = self._control_event()
+            if event is None:
+                return self._starved()
+            if self._accept(event, received=True):
+                return event
+
+    def _control_event(self) -> ev.Event | None:
+        assert self._control is not None
+        frame_type, length = self._control
+        payload = self._take_exact(length)
+        if payload is None:
+            return None
+        self._control = None
+        return frames.decode_untrusted(frame_type, bytes(payload))
+
+    def _starved(self) -> ev.NeedData | ev.ConnectionClosed:
+        if not self._eof:
+            return ev.NEED_DATA
+        if self._partial or self._control is not None or self._data_left:
+            raise RemoteProtocolError("connection closed in the middle of a frame")
+        if self._inbound.state in (StreamState.UPLOADING, StreamState.DOWNLOADING):
+            raise RemoteProtocolError("connection closed in the middle of a file")
+        return ev.ConnectionClosed()
+
+    def _take_exact(self, n: int) -> bytes | memoryview | None:
+        available = len(self._view) - self._pos
+        if not self._partial and available >= n:
+            out = self._view[self._pos : self._pos + n]
+            self._pos += n
+            return out
+        take = min(n - len(self._partial), available)
+        self._partial += self._view[self._pos : self._pos + take]
+        self._pos += take
+        if len(self._partial) < n:
+            return None
+        out_bytes = bytes(self._partial)
+        self._partial.clear()
+        return out_bytes
+
+    def _take_some(self, n: int) -> memoryview | None:
+        available = len(self._view) - self._pos
+        if available <= 0:
+            return None
+        take = min(n, available)
+        out = self._view[self._pos : self._pos + take]
+        self._pos += take
+        return out
+
+    # ---- sending ----------------------------------------------------------------
+
+    def send(self, event: ev.Event) -> bytes:
+        """Account for an event we send and return its bytes to write."""
+        if isinstance(event, ev.FileData):
+            return self.start_data(len(event.data)) + bytes(event.data)
+        data = frames.encode(event)
+        self._accept(event, received=False)
+        return data
+
+    def start_data(self, nbytes: int) -> bytes:
+        """Header of a DATA frame whose ``nbytes`` the caller sends itself (sendfile)."""
+        outbound = self._requests if self.role is Role.CLIENT else self._replies
+        outbound.check_data(nbytes, LocalProtocolError)
+        outbound.remaining -= nbytes
+        return frames.header(FrameType.DATA, nbytes)
+
+    # ---- the two streams ------------------------------------------------------------
+
+    def _accept(self, event: ev.Event, *, received: bool) -> bool:
+        """Apply an event to its stream; False if it belongs to a discarded upload."""
+        err = RemoteProtocolError if received else LocalProtocolError
+        if (self.role is Role.SERVER) == received:
+            return self._accept_request(event, err)
+        self._accept_reply(event, err)
+        return True
+
+    def _accept_request(self, event: ev.Event, err: type[ProtocolError]) -> bool:
+        self._requests.advance(event, err)
+        discarded = self._discarding
+        if isinstance(event, ev.FileEnded | ev.FileAborted):
+            self._upload_unanswered = False
+            self._discarding = False
+        elif not isinstance(event, NO_REPLY):
+            self._pending.append(type(event))
+            self._upload_unanswered = isinstance(event, ev.PutRequested)
+        return not discarded
+
+    def _accept_reply(self, event: ev.Event, err: type[ProtocolError]) -> None:
+        opening = self._replies.state in (StreamState.IDLE, StreamState.HELLO)
+        if opening and not (isinstance(event, ev.Failed) and self._replies.state is S.HELLO):
+            self._check_answers(event, err)
+        closes = not isinstance(event, ev.FileStarted | ev.Listed)
+        last_is_upload = self._upload_unanswered and len(self._pending) == 1
+        if closes and last_is_upload and isinstance(event, ev.PutCommitted):
+            raise err("PUT_OK before the upload ended")
+        self._replies.advance(event, err)
+        if closes and self._pending:
+            self._pending.popleft()
+            if last_is_upload:
+                self._upload_unanswered = False
+                self._discarding = True
+
+    def _check_answers(self, event: ev.Event, err: type[ProtocolError]) -> None:
+        if not self._pending:
+            raise err(f"{type(event).__name__} answers no outstanding request")
+        expected = self._pending[0]
+        answers = ANSWERS.get(type(event))
+        if answers is not None and expected not in answers:
+            raise err(f"{type(event).__name__} cannot answer {expected.__name__}")
