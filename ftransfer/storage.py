@@ -155,6 +155,18 @@ def _require_regular(st: os.stat_result, name: str) -> None:
         raise NotRegularFile(f"{escape(name)}: not a regular file")
 
 
+def _open_subdir(dir_fd: int, part: str, name: str) -> int:
+    """openat(O_DIRECTORY | O_NOFOLLOW), saying "symlink" when that is why it failed."""
+    try:
+        return os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            with contextlib.suppress(OSError):
+                if stat.S_ISLNK(os.stat(part, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                    exc = OSError(errno.ELOOP, "symlink")
+        raise os_error(exc, name) from None
+
+
 @dataclass(frozen=True, slots=True)
 class ReadHandle:
     """An open regular file and what fstat said about it when opened."""
@@ -277,12 +289,12 @@ class Storage:
         fd = os.dup(self._root_fd)
         try:
             for part in parts:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                child = _open_subdir(fd, part, name)
                 os.close(fd)
                 fd = child
-        except OSError as exc:
+        except BaseException:
             os.close(fd)
-            raise os_error(exc, name) from None
+            raise
         return fd
 
     def _writable(self) -> None:
@@ -343,6 +355,8 @@ class Storage:
             raise os_error(exc, name) from None
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectory(f"{escape(name)}: is a directory")
+        if stat.S_ISLNK(st.st_mode):
+            raise NotRegularFile(f"{escape(name)}: symlinks are not followed or replaced")
         if exclusive:
             raise Exists(f"{escape(name)}: exists")
 
@@ -403,11 +417,9 @@ class Storage:
                 last = index == len(parts) - 1
                 if parents or last:
                     self._mkdir_one(fd, part, name, exist_ok=parents)
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                child = _open_subdir(fd, part, name)
                 os.close(fd)
                 fd = child
-        except OSError as exc:
-            raise os_error(exc, name) from None
         finally:
             os.close(fd)
 
@@ -418,6 +430,8 @@ class Storage:
         except FileExistsError:
             if not exist_ok:
                 raise Exists(f"{escape(name)}: exists") from None
+        except OSError as exc:
+            raise os_error(exc, name) from None
 
     def move(self, source: str, target: str) -> None:
         """Rename ``source`` to ``target``, or into ``target`` if it is a directory."""
