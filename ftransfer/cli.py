@@ -303,10 +303,36 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (:: for all)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port; 0 picks a free one")
     p.add_argument("--read-only", action="store_true", help="refuse every change")
-    p.add_argument("--max-connections", type=int, default=128, metavar="N")
-    p.add_argument("--max-per-address", type=int, default=16, metavar="N")
-    p.add_argument("--idle-timeout", type=_positive, default=300.0, metavar="S")
-    p.add_argument("--hello-timeout", type=_positive, default=10.0, metavar="S")
+    defaults = ServerConfig()
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        metavar="N",
+        help=f"connections at once (default {defaults.max_connections})",
+    )
+    p.add_argument(
+        "--max-per-address",
+        type=int,
+        default=defaults.max_connections_per_address,
+        metavar="N",
+        help="connections at once from one address "
+        f"(default {defaults.max_connections_per_address})",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=_positive,
+        default=defaults.idle_timeout_s,
+        metavar="S",
+        help=f"close a silent connection (default {defaults.idle_timeout_s:g} s)",
+    )
+    p.add_argument(
+        "--hello-timeout",
+        type=_positive,
+        default=defaults.hello_timeout_s,
+        metavar="S",
+        help=f"deadline for the opening HELLO (default {defaults.hello_timeout_s:g} s)",
+    )
     p.add_argument(
         "--max-file-size",
         type=_size,

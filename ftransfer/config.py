@@ -57,9 +57,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     read_only: bool = False
-    max_connections: int = 128
+    max_connections: int = 256
     """Connections served at once, all addresses together."""
-    max_connections_per_address: int = 16
+    max_connections_per_address: int = 64
     """Connections at once from one IP address."""
     idle_timeout_s: float = 300.0
     """A connection with no bytes received for this long is closed."""

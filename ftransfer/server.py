@@ -237,6 +237,7 @@ class Session:
             logger.info("%s: put %s refused: %s", self.peer, escape(request.path), exc)
             self._fail(exc)
             return
+        logger.debug("%s: receiving %s (%d bytes)", self.peer, escape(request.path), request.size)
         with writer:
             while True:
                 event = await self._next()

@@ -36,7 +36,7 @@ CONTROL_EVENTS: list[ev.Event] = [
     ev.MkdirRequested(path="a/b", parents=True),
     ev.MoveRequested(source="from/ä", target="to"),
     ev.Done(),
-    ev.Failed(code=13, message="refused: ..") ,
+    ev.Failed(code=13, message="refused: .."),
 ]
 
 

@@ -212,22 +212,28 @@ def test_atomic_write_replaces_and_preserves_mtime(storage: Storage, root: Path)
 
 
 def test_digest_mismatch_commits_nothing(storage: Storage, root: Path) -> None:
-    with pytest.raises(IntegrityError, match="mismatch"):
-        with storage.begin_write("old.txt", size=3, mtime_ns=-1, exclusive=False) as w:
-            w.write(b"new")
-            w.commit(digest_bytes(b"NEW"))
+    with (
+        pytest.raises(IntegrityError, match="mismatch"),
+        storage.begin_write("old.txt", size=3, mtime_ns=-1, exclusive=False) as w,
+    ):
+        w.write(b"new")
+        w.commit(digest_bytes(b"NEW"))
     assert (root / "old.txt").read_bytes() == b"old content"
     assert temporaries(root) == []
 
 
 def test_short_or_long_upload_commits_nothing(storage: Storage, root: Path) -> None:
-    with pytest.raises(IntegrityError, match="got 2 of 3"):
-        with storage.begin_write("old.txt", size=3, mtime_ns=-1, exclusive=False) as w:
-            w.write(b"ne")
-            w.commit(digest_bytes(b"ne"))
-    with pytest.raises(IntegrityError, match="more bytes"):
-        with storage.begin_write("old.txt", size=3, mtime_ns=-1, exclusive=False) as w:
-            w.write(b"news")
+    with (
+        pytest.raises(IntegrityError, match="got 2 of 3"),
+        storage.begin_write("old.txt", size=3, mtime_ns=-1, exclusive=False) as w,
+    ):
+        w.write(b"ne")
+        w.commit(digest_bytes(b"ne"))
+    with (
+        pytest.raises(IntegrityError, match="more bytes"),
+        storage.begin_write("old.txt", size=3, mtime_ns=-1, exclusive=False) as w,
+    ):
+        w.write(b"news")
     assert (root / "old.txt").read_bytes() == b"old content"
     assert temporaries(root) == []
 

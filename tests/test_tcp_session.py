@@ -124,7 +124,10 @@ def test_client_receives_replies_in_order(feed: Feeder) -> None:
         ev.FileStarted(size=3, mtime_ns=7),
         ev.FileData(data=b"abc"),
         ev.FileEnded(digest=D2),
-        ev.Stated(entry=ev.Entry(name="", kind=ev.EntryKind.DIRECTORY, size=0, mtime_ns=1), digest=bytes(16)),
+        ev.Stated(
+            entry=ev.Entry(name="", kind=ev.EntryKind.DIRECTORY, size=0, mtime_ns=1),
+            digest=bytes(16),
+        ),
     ]
     wire = b"".join(server.send(r) for r in replies)
     assert merge_data(feed(client, wire)) == merge_data(replies)
@@ -288,9 +291,7 @@ REQUEST_EVENTS = st.one_of(
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(REQUEST_EVENTS, max_size=12), st.sampled_from(FEEDERS))
-def test_sender_and_receiver_agree_on_every_sequence(
-    events: list[ev.Event], feed: Feeder
-) -> None:
+def test_sender_and_receiver_agree_on_every_sequence(events: list[ev.Event], feed: Feeder) -> None:
     """The client's send() accepts a prefix iff the server's parser accepts it, and
     the server then sees exactly those events; the rest raises only protocol errors."""
     client = Connection(Role.CLIENT)
@@ -306,9 +307,11 @@ def test_sender_and_receiver_agree_on_every_sequence(
     assert merge_data(feed(server, wire)) == merge_data(accepted)
     if len(accepted) < len(events):  # the raw frame of the refused event fails remotely too
         bad = events[len(accepted)]
-        raw = (header(FrameType.DATA, len(bad.data)) + bytes(bad.data)) if isinstance(
-            bad, ev.FileData
-        ) else encode(bad)
+        raw = (
+            (header(FrameType.DATA, len(bad.data)) + bytes(bad.data))
+            if isinstance(bad, ev.FileData)
+            else encode(bad)
+        )
         with pytest.raises(RemoteProtocolError):
             feed(server, raw)
 

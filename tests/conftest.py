@@ -1,0 +1,141 @@
+"""Shared fixtures: the real server as a subprocess, the real CLI, a raw peer."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from ftransfer.proto import events as ev
+from ftransfer.proto.tcp import Connection, Role
+
+READY = re.compile(r"tcp://(\[[^\]]+\]|[^\s:]+):(\d+)")
+CLI = [sys.executable, "-m", "ftransfer"]
+
+
+class ServerProcess:
+    """``ftransfer serve`` on port 0; knows its real port from the ready line."""
+
+    def __init__(self, root: Path, *args: str, log: Path, pipe_log: bool = False) -> None:
+        self.root = root
+        command = [*CLI, "serve", "--root", str(root), "--port", "0", *args]
+        self._log_file = None if pipe_log else open(log, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if pipe_log else self._log_file,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.ready_line = self.proc.stdout.readline()
+        match = READY.search(self.ready_line)
+        assert match, f"no ready line, got {self.ready_line!r}"
+        self.host = match.group(1).strip("[]")
+        self.port = int(match.group(2))
+
+    @property
+    def log(self) -> IO[str]:
+        assert self.proc.stderr is not None
+        return self.proc.stderr
+
+    def remote(self, path: str = "", host: str = "127.0.0.1") -> str:
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{self.port}/{path}"
+
+    def wait_for_log(self, text: str) -> str:
+        """Read the (piped) log until a line contains ``text``."""
+        for line in self.log:
+            if text in line:
+                return line
+        raise AssertionError(f"server log ended without {text!r}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        self._close()
+        return code
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self._close()
+
+    def _close(self) -> None:
+        for stream in (self.proc.stdout, self.proc.stderr, self._log_file):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Path:
+    root = tmp_path / "served"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def server(served: Path, tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(served, log=tmp_path / "server.log")
+    yield proc
+    assert proc.stop() == 0, (tmp_path / "server.log").read_text()
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the real CLI; stdout and stderr captured as bytes."""
+    return subprocess.run([*CLI, *args], capture_output=True, cwd=cwd, timeout=timeout, check=False)
+
+
+def temporaries(root: Path) -> list[str]:
+    return [
+        os.path.join(d, f)
+        for d, _s, files in os.walk(root)
+        for f in files
+        if f.startswith(".ftransfer-tmp-")
+    ]
+
+
+class RawPeer:
+    """A client speaking the protocol by hand over a blocking socket."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=30)
+        self.conn = Connection(Role.CLIENT)
+
+    def send(self, *events: ev.Event) -> None:
+        self.sock.sendall(b"".join(self.conn.send(e) for e in events))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def events(self) -> Sequence[ev.Event | ev.ConnectionClosed]:
+        """Read until at least one event arrives (or the connection ends)."""
+        while True:
+            data = self.sock.recv(1 << 16)
+            self.conn.receive_data(data)
+            out: list[ev.Event | ev.ConnectionClosed] = []
+            while not isinstance(event := self.conn.next_event(), ev.NeedData):
+                out.append(event)
+                if isinstance(event, ev.ConnectionClosed):
+                    return out
+            if out:
+                return out
+
+    def read_until_closed(self) -> bytes:
+        chunks = []
+        while data := self.sock.recv(1 << 16):
+            chunks.append(data)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,325 @@
+"""The real server (subprocess) and the real CLI, over loopback TCP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import CLI, RawPeer, ServerProcess, run_cli, temporaries
+
+from ftransfer.checksum import digest_bytes
+from ftransfer.config import MAX_FRAME_BYTES, SMALL_FILE_BYTES
+from ftransfer.errors import ExitCode
+from ftransfer.proto import events as ev
+from ftransfer.proto.frames import FrameType
+from ftransfer.proto.tcp import Connection, Role
+
+SIZES = [
+    0,
+    1,
+    SMALL_FILE_BYTES,
+    SMALL_FILE_BYTES + 1,
+    MAX_FRAME_BYTES - 1,
+    MAX_FRAME_BYTES,
+    MAX_FRAME_BYTES + 1,
+    2 * MAX_FRAME_BYTES + 1,
+]
+
+
+def json_lines(out: bytes) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.decode().splitlines()]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_put_then_get_is_byte_exact(server: ServerProcess, tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    local = tmp_path / "in.bin"
+    local.write_bytes(data)
+    put = run_cli("put", "--json", str(local), server.remote("f.bin"))
+    assert put.returncode == 0, put.stderr
+    [record] = json_lines(put.stdout)
+    assert record["bytes"] == size and record["xxh3_128"] == digest_bytes(data).hex()
+    assert (server.root / "f.bin").read_bytes() == data
+    got = run_cli("get", "--json", server.remote("f.bin"), str(tmp_path / "out.bin"))
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert json_lines(got.stdout)[0]["xxh3_128"] == digest_bytes(data).hex()
+    assert temporaries(server.root) == [] and temporaries(tmp_path) == []
+
+
+def test_100_mib_random_file(server: ServerProcess, tmp_path: Path) -> None:
+    local = tmp_path / "big.bin"
+    with open(local, "wb") as out:
+        for _ in range(100):
+            out.write(os.urandom(1 << 20))
+    assert run_cli("put", "-q", str(local), server.remote()).returncode == 0
+    assert (
+        run_cli("get", "-q", server.remote("big.bin"), str(tmp_path / "back.bin")).returncode == 0
+    )
+    expected = digest_bytes(local.read_bytes())
+    assert digest_bytes((server.root / "big.bin").read_bytes()) == expected
+    assert digest_bytes((tmp_path / "back.bin").read_bytes()) == expected
+
+
+def test_put_and_get_keep_names_in_directories(server: ServerProcess, tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_bytes(b"alpha")
+    (server.root / "dir").mkdir()
+    assert run_cli("put", str(tmp_path / "a.txt"), server.remote("dir")).returncode == 0
+    assert (server.root / "dir" / "a.txt").read_bytes() == b"alpha"
+    assert run_cli("put", str(tmp_path / "a.txt"), server.remote("new/")).returncode != 0
+    down = tmp_path / "down"
+    down.mkdir()
+    assert run_cli("get", server.remote("dir/a.txt"), str(down)).returncode == 0
+    assert (down / "a.txt").read_bytes() == b"alpha"
+    assert run_cli("get", server.remote("dir/a.txt"), cwd=down / ".").returncode == 0
+    out = run_cli("get", server.remote("dir/a.txt"), "-")
+    assert out.returncode == 0 and out.stdout == b"alpha"
+
+
+def test_1000_small_files_in_one_command(server: ServerProcess, tmp_path: Path) -> None:
+    src = tmp_path / "many"
+    src.mkdir()
+    contents = {f"f{i:04d}": os.urandom(4096) for i in range(1000)}
+    for name, data in contents.items():
+        (src / name).write_bytes(data)
+    assert run_cli("mkdir", server.remote("many")).returncode == 0
+    result = run_cli("put", "--json", *(str(src / n) for n in contents), server.remote("many/"))
+    assert result.returncode == 0, result.stderr
+    assert len(json_lines(result.stdout)) == 1000
+    for name, data in contents.items():
+        assert (server.root / "many" / name).read_bytes() == data
+    listing = run_cli("ls", "--json", server.remote("many"))
+    assert sorted(r["name"] for r in json_lines(listing.stdout)) == sorted(contents)
+
+
+def test_20_concurrent_clients(server: ServerProcess, tmp_path: Path) -> None:
+    blobs = {i: os.urandom(200_000 + i) for i in range(20)}
+    for i, data in blobs.items():
+        (tmp_path / f"c{i}").write_bytes(data)
+    puts = [
+        subprocess.Popen([*CLI, "put", "-q", str(tmp_path / f"c{i}"), server.remote()])
+        for i in blobs
+    ]
+    assert [p.wait(timeout=120) for p in puts] == [0] * 20
+    gets = [
+        subprocess.Popen([*CLI, "get", "-q", server.remote(f"c{i}"), str(tmp_path / f"g{i}")])
+        for i in blobs
+    ]
+    assert [p.wait(timeout=120) for p in gets] == [0] * 20
+    for i, data in blobs.items():
+        assert (tmp_path / f"g{i}").read_bytes() == data
+
+
+def test_20_clients_putting_the_same_name(server: ServerProcess, tmp_path: Path) -> None:
+    blobs = [os.urandom(1 << 20) for _ in range(20)]
+    for i, data in enumerate(blobs):
+        (tmp_path / f"s{i}").write_bytes(data)
+    procs = [
+        subprocess.Popen([*CLI, "put", "-q", str(tmp_path / f"s{i}"), server.remote("same")])
+        for i in range(20)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 20
+    assert (server.root / "same").read_bytes() in blobs
+    assert os.listdir(server.root) == ["same"]
+
+
+def _start_upload(server: ServerProcess, name: str, size: int) -> RawPeer:
+    peer = RawPeer(server.port)
+    peer.send(
+        ev.HelloOffered(min_version=1, max_version=1),
+        ev.PutRequested(path=name, size=size, mtime_ns=-1, exclusive=False),
+    )
+    peer.send_raw(peer.conn.start_data(1 << 20) + os.urandom(1 << 20))
+    server.wait_for_log(f"receiving {name}")
+    return peer
+
+
+def test_kill_9_mid_upload_leaves_nothing_at_the_final_name(served: Path, tmp_path: Path) -> None:
+    (served / "existing").write_bytes(b"old")
+    srv = ServerProcess(served, "--log-level", "debug", log=tmp_path / "log", pipe_log=True)
+    fresh = _start_upload(srv, "fresh", 8 << 20)
+    srv.kill()
+    fresh.close()
+    assert not (served / "fresh").exists()
+    srv = ServerProcess(served, "--log-level", "debug", log=tmp_path / "log", pipe_log=True)
+    replacing = _start_upload(srv, "existing", 8 << 20)
+    srv.kill()
+    replacing.close()
+    assert (served / "existing").read_bytes() == b"old"
+    srv = ServerProcess(served, log=tmp_path / "log2")
+    listing = run_cli("ls", "--json", srv.remote())
+    assert [r["name"] for r in json_lines(listing.stdout)] == ["existing"]
+    assert temporaries(served) == []  # swept at start
+    assert srv.stop() == 0
+
+
+def test_sigterm_mid_upload_exits_cleanly_without_temporaries(served: Path, tmp_path: Path) -> None:
+    srv = ServerProcess(served, "--log-level", "debug", log=tmp_path / "log", pipe_log=True)
+    peer = _start_upload(srv, "partial", 8 << 20)
+    assert srv.stop() == 0
+    peer.close()
+    assert os.listdir(served) == []
+
+
+def test_garbage_and_huge_length_prefix_do_not_stop_the_server(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    noise = RawPeer(server.port)
+    noise.send_raw(os.urandom(65536))
+    noise.read_until_closed()
+    noise.close()
+    huge = RawPeer(server.port)
+    huge.send_raw(struct.pack(">BI", FrameType.HELLO, 0xFFFFFFFF))
+    reply = huge.read_until_closed()
+    assert reply[:1] == bytes([FrameType.ERROR]) and b"exceeds" in reply
+    huge.close()
+    after_hello = RawPeer(server.port)
+    after_hello.send(ev.HelloOffered(min_version=1, max_version=1))
+    after_hello.send_raw(struct.pack(">BI", FrameType.DATA, 0xFFFFFFFF))
+    assert after_hello.read_until_closed()  # HELLO_OK, then the connection is closed
+    after_hello.close()
+    (tmp_path / "x").write_bytes(b"still serving")
+    assert run_cli("put", str(tmp_path / "x"), server.remote()).returncode == 0
+    assert run_cli("get", server.remote("x"), "-").stdout == b"still serving"
+
+
+def test_version_mismatch_is_refused_clearly(server: ServerProcess) -> None:
+    peer = RawPeer(server.port)
+    peer.send(ev.HelloOffered(min_version=7, max_version=9))
+    [reply, *_rest] = peer.events()
+    assert isinstance(reply, ev.Failed) and reply.code == 2
+    peer.close()
+
+
+def test_connection_caps_refuse_fast(served: Path, tmp_path: Path) -> None:
+    srv = ServerProcess(served, "--max-per-address", "2", log=tmp_path / "log")
+    held = []
+    for _ in range(2):
+        peer = RawPeer(srv.port)
+        peer.send(ev.HelloOffered(min_version=1, max_version=1))
+        assert isinstance(peer.events()[0], ev.HelloAccepted)
+        held.append(peer)
+    refused = run_cli("ls", srv.remote(), timeout=30)
+    assert refused.returncode == ExitCode.CONNECTION
+    assert b"too many connections" in refused.stderr
+    for peer in held:
+        peer.close()
+    assert srv.stop() == 0
+
+
+def test_slow_hello_hits_its_deadline(served: Path, tmp_path: Path) -> None:
+    srv = ServerProcess(served, "--hello-timeout", "0.3", log=tmp_path / "log")
+    slow = RawPeer(srv.port)
+    slow.send_raw(b"\x01\x00")  # two bytes of a header, then nothing
+    assert slow.read_until_closed() == b""
+    slow.close()
+    assert srv.stop() == 0
+
+
+def test_read_only_server(served: Path, tmp_path: Path) -> None:
+    (served / "r.txt").write_bytes(b"readable")
+    srv = ServerProcess(served, "--read-only", log=tmp_path / "log")
+    assert "read-only" in srv.ready_line
+    (tmp_path / "w").write_bytes(b"w")
+    for args in (
+        ("put", str(tmp_path / "w"), srv.remote()),
+        ("rm", srv.remote("r.txt")),
+        ("mkdir", srv.remote("d")),
+        ("mv", srv.remote("r.txt"), "s.txt"),
+    ):
+        result = run_cli(*args)
+        assert result.returncode == ExitCode.REFUSED and b"read-only" in result.stderr
+    assert run_cli("get", srv.remote("r.txt"), "-").stdout == b"readable"
+    assert srv.stop() == 0
+
+
+def test_exit_codes_and_one_line_errors(server: ServerProcess, tmp_path: Path) -> None:
+    cases = [
+        (("get", server.remote("missing")), ExitCode.NOT_FOUND),
+        (("get", server.remote("../etc/passwd")), ExitCode.REFUSED),
+        (("stat", server.remote("a\\b")), ExitCode.REFUSED),
+        (("ls", "127.0.0.1:1/"), ExitCode.CONNECTION),
+        (("get", "127.0.0.1:99999/x"), ExitCode.USAGE),
+        (("put", str(tmp_path / "nonexistent"), server.remote()), ExitCode.NOT_FOUND),
+    ]
+    for args, code in cases:
+        result = run_cli(*args)
+        assert result.returncode == code, (args, result.stderr)
+        lines = result.stderr.decode().strip().splitlines()
+        assert lines and "Traceback" not in result.stderr.decode()
+        assert lines[-1].startswith("ftransfer: error:") or "usage:" in lines[0]
+
+
+def test_remote_commands(server: ServerProcess, tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"12345")
+    assert run_cli("mkdir", "-p", server.remote("a/b")).returncode == 0
+    assert run_cli("put", str(tmp_path / "f"), server.remote("a/b/")).returncode == 0
+    stat = json.loads(run_cli("stat", "--json", server.remote("a/b/f")).stdout)
+    assert stat["size"] == 5 and stat["xxh3_128"] == digest_bytes(b"12345").hex()
+    assert run_cli("mv", server.remote("a/b/f"), "a/g").returncode == 0
+    assert (server.root / "a" / "g").read_bytes() == b"12345"
+    assert run_cli("rm", server.remote("a/b")).returncode == 0
+    assert run_cli("rm", server.remote("a")).returncode == ExitCode.REFUSED  # not empty
+    os.mkfifo(server.root / "evil\x1bname")
+    listing = run_cli("ls", server.remote())
+    assert b"evil\\x1bname" in listing.stdout and b"\x1b" not in listing.stdout
+
+
+def test_dual_stack_listener(served: Path, tmp_path: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    (served / "v").write_bytes(b"both")
+    srv = ServerProcess(served, "--host", "::", log=tmp_path / "log")
+    assert run_cli("get", srv.remote("v", host="127.0.0.1"), "-").stdout == b"both"
+    assert run_cli("get", srv.remote("v", host="::1"), "-").stdout == b"both"
+    assert srv.stop() == 0
+
+
+def _serve_once_with_bad_digest(listener: socket.socket, payload: bytes) -> None:
+    conn, _addr = listener.accept()
+    core = Connection(Role.SERVER)
+    with conn:
+        pending: list[ev.Event] = []
+        while not any(isinstance(e, ev.GetRequested) for e in pending):
+            core.receive_data(conn.recv(65536))
+            while not isinstance(event := core.next_event(), ev.NeedData):
+                assert not isinstance(event, ev.ConnectionClosed)
+                pending.append(event)
+        reply = core.send(
+            ev.HelloAccepted(version=1, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
+        )
+        reply += core.send(ev.FileStarted(size=len(payload), mtime_ns=-1))
+        reply += core.send(ev.FileData(data=payload))
+        reply += core.send(ev.FileEnded(digest=digest_bytes(payload + b"tampered")))
+        conn.sendall(reply)
+        conn.recv(65536)
+
+
+def test_client_refuses_a_download_whose_digest_does_not_match(tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    thread = threading.Thread(target=_serve_once_with_bad_digest, args=(listener, b"payload"))
+    thread.start()
+    port = listener.getsockname()[1]
+    (tmp_path / "target").write_bytes(b"previous")
+    result = run_cli("get", f"127.0.0.1:{port}/file", str(tmp_path / "target"))
+    thread.join(timeout=30)
+    listener.close()
+    assert result.returncode == ExitCode.INTEGRITY, result.stderr
+    assert b"mismatch" in result.stderr
+    assert (tmp_path / "target").read_bytes() == b"previous"
+    assert temporaries(tmp_path) == []
+
+
+def test_silent_server_times_out(tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (backlog) but never answers
+    port = listener.getsockname()[1]
+    result = run_cli("ls", "--timeout", "0.5", f"127.0.0.1:{port}/")
+    listener.close()
+    assert result.returncode == ExitCode.TIMEOUT
+    assert b"no answer" in result.stderr
