@@ -170,7 +170,9 @@ class Client:
         try:
             async with asyncio.timeout(config.connect_timeout_s):
                 _transport, stream = await loop.create_connection(
-                    lambda: FrameStream(Connection(Role.CLIENT), scratch), host, port
+                    lambda: FrameStream(Connection(Role.CLIENT), scratch, config.idle_timeout_s),
+                    host,
+                    port,
                 )
         except TimeoutError:
             raise TransferTimeout(f"connecting to {host}:{port} timed out") from None
@@ -203,13 +205,7 @@ class Client:
         return await self._raw_next()
 
     async def _raw_next(self) -> ev.Event:
-        try:
-            async with asyncio.timeout(self.config.idle_timeout_s):
-                event = await self.stream.next_event()
-        except TimeoutError:
-            raise TransferTimeout(
-                f"no answer from the server for {self.config.idle_timeout_s:g} s"
-            ) from None
+        event = await self.stream.next_event()  # the stream's watchdog bounds the wait
         if isinstance(event, ev.ConnectionClosed):
             raise ConnectionFailed("the server closed the connection")
         return event

@@ -37,6 +37,7 @@ from .errors import (
     FtransferError,
     InternalError,
     ProtocolError,
+    TransferTimeout,
     UnsupportedVersion,
 )
 from .proto import events as ev
@@ -107,7 +108,7 @@ class Server:
         self._listeners.append(await loop.create_server(self._new_stream, sock=sock))
 
     def _new_stream(self) -> FrameStream:
-        stream = FrameStream(Connection(Role.SERVER), self._scratch)
+        stream = FrameStream(Connection(Role.SERVER), self._scratch, self.config.idle_timeout_s)
         task = asyncio.get_running_loop().create_task(self._run(stream))
         self._sessions.add(task)
         task.add_done_callback(self._sessions.discard)
@@ -170,7 +171,7 @@ class Session:
         try:
             if await self._hello():
                 await self._serve_requests()
-        except TimeoutError:
+        except (TimeoutError, TransferTimeout):
             logger.info("%s: timed out, closing", self.peer)
         except ProtocolError as exc:
             logger.warning("%s: protocol error: %s", self.peer, exc)
@@ -184,8 +185,7 @@ class Session:
             self.stream.close()
 
     async def _next(self) -> ev.Event | ev.ConnectionClosed:
-        async with asyncio.timeout(self.server.config.idle_timeout_s):
-            return await self.stream.next_event()
+        return await self.stream.next_event()  # the stream's watchdog bounds the wait
 
     async def _hello(self) -> bool:
         async with asyncio.timeout_at(self._hello_deadline):
@@ -212,8 +212,7 @@ class Session:
             if isinstance(event, ev.ConnectionClosed):
                 return
             await self._handlers[type(event)](event)
-            async with asyncio.timeout(self.server.config.idle_timeout_s):
-                await self.stream.drain()
+            await self.stream.drain()
 
     def _fail(self, error: FtransferError) -> None:
         self.stream.send(ev.Failed(code=error.code, message=str(error)))

@@ -322,4 +322,4 @@ def test_silent_server_times_out(tmp_path: Path) -> None:
     result = run_cli("ls", "--timeout", "0.5", f"127.0.0.1:{port}/")
     listener.close()
     assert result.returncode == ExitCode.TIMEOUT
-    assert b"no answer" in result.stderr
+    assert b"stopped answering" in result.stderr

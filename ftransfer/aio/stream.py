@@ -16,7 +16,15 @@ digest is computed from the same file range with pread into a reused scratch buf
 (page-cache hot, no network data touched twice). ``drain`` waits while the transport
 is above its high-water mark: send-side backpressure.
 
-OS errors are mapped to ``ConnectionFailed`` here, once, where they surface.
+Idle timeout: one watchdog timer per connection. Receiving bytes, or handing bytes
+to the transport, records the time; the timer re-arms itself for the remaining
+interval and aborts the connection once nothing moved for ``idle_timeout_s``. This
+costs a clock read per read or write, where a timeout around every wait would cost
+a timer handle per event. A download in progress is activity; a peer that neither
+sends nor reads is not.
+
+OS errors are mapped to ``ConnectionFailed`` (or ``TransferTimeout`` after the
+watchdog fired) here, once, where they surface.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from ..config import (
     WRITE_HIGH_WATER_BYTES,
     WRITE_LOW_WATER_BYTES,
 )
-from ..errors import ConnectionFailed
+from ..errors import ConnectionFailed, FtransferError, TransferTimeout
 from ..proto import events as ev
 from ..proto.tcp import Connection
 
@@ -49,8 +57,12 @@ class FileShrank(ConnectionFailed):
 class FrameStream(asyncio.BufferedProtocol):
     """One TCP connection: a sans-IO ``Connection`` plus a transport."""
 
-    def __init__(self, conn: Connection, scratch: bytearray) -> None:
+    def __init__(self, conn: Connection, scratch: bytearray, idle_timeout_s: float) -> None:
         self.conn = conn
+        self._idle_s = idle_timeout_s
+        self._active_at = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._timed_out = False
         self._scratch = scratch
         self._buf = bytearray(RECV_BUFFER_BYTES)
         self._view = memoryview(self._buf)
@@ -76,18 +88,43 @@ class FrameStream(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = (str(peer[0]), int(peer[1]))
+        self._loop = asyncio.get_running_loop()
+        self._touch()
+        self._watchdog = self._loop.call_later(self._idle_s, self._check_idle)
         self._connected.set()
+
+    def _touch(self) -> None:
+        """Record progress: bytes received, or bytes accepted for sending."""
+        self._active_at = self._loop.time()
+
+    def _check_idle(self) -> None:
+        idle_for = self._loop.time() - self._active_at
+        if idle_for >= self._idle_s:
+            self._timed_out = True
+            self.abort()
+        else:
+            self._watchdog = self._loop.call_later(self._idle_s - idle_for, self._check_idle)
+
+    def _gone(self) -> FtransferError:
+        """The error for using a connection that has ended."""
+        if self._timed_out:
+            return TransferTimeout(
+                f"no progress for {self._idle_s:g} s: the peer stopped answering"
+            )
+        return ConnectionFailed(f"connection lost: {self._lost or 'closed by peer'}")
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
         assert self._transport is not None
+        self._touch()
         self.conn.receive_data(self._view[:nbytes])
         self._transport.pause_reading()
         self._readable.set()
 
     def eof_received(self) -> bool:
+        self._touch()
         self._eof_fed = True
         self.conn.receive_data(b"")
         self._readable.set()
@@ -96,6 +133,8 @@ class FrameStream(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._lost = exc
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self._readable.set()
         self._writable.set()
 
@@ -103,6 +142,7 @@ class FrameStream(asyncio.BufferedProtocol):
         self._writable.clear()
 
     def resume_writing(self) -> None:
+        self._touch()
         self._writable.set()
 
     # ---- for the client and server ------------------------------------------------
@@ -123,8 +163,8 @@ class FrameStream(asyncio.BufferedProtocol):
             if not isinstance(event, ev.NeedData):
                 return event
             if self._closed:
-                if self._lost is not None or self._eof_fed:
-                    raise ConnectionFailed(f"connection lost: {self._lost or 'closed'}")
+                if self._lost is not None or self._eof_fed or self._timed_out:
+                    raise self._gone()
                 self._eof_fed = True
                 self.conn.receive_data(b"")
                 continue
@@ -138,14 +178,15 @@ class FrameStream(asyncio.BufferedProtocol):
 
     def _write(self, data: bytes) -> None:
         if self._closed:
-            raise ConnectionFailed(f"connection lost: {self._lost or 'closed by peer'}")
+            raise self._gone()
+        self._touch()
         self.transport.write(data)
 
     async def drain(self) -> None:
         """Wait until the transport is below its low-water mark."""
         await self._writable.wait()
         if self._closed:
-            raise ConnectionFailed(f"connection lost: {self._lost or 'closed by peer'}")
+            raise self._gone()
 
     async def send_file(
         self,
@@ -197,7 +238,10 @@ class FrameStream(asyncio.BufferedProtocol):
             try:
                 sent = await loop.sendfile(self.transport, file, offset, count, fallback=True)
             except (OSError, RuntimeError) as exc:
+                if self._closed:
+                    raise self._gone() from None
                 raise ConnectionFailed(f"connection lost: {exc}") from None
+        self._touch()
         if sent != count:
             self.transport.abort()
             raise FileShrank("file changed size while it was being sent")
