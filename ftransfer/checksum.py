@@ -50,7 +50,7 @@ def hash_range(hasher: Hasher, fd: int, offset: int, count: int, scratch: bytear
 def file_digest(fd: int, scratch: bytearray | None = None) -> bytes:
     """The xxh3-128 digest of a whole open file."""
     hasher = new_hasher()
-    buf = scratch if scratch is not None else bytearray(1024 * 1024)
+    buf = scratch if scratch is not None else bytearray(64 * 1024)  # see HASH_SCRATCH_BYTES
     offset = 0
     while True:
         got = hash_range(hasher, fd, offset, len(buf), buf)

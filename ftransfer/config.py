@@ -37,8 +37,10 @@ LIST_BATCH_BYTES = 32 * KIB
 
 RECV_BUFFER_BYTES = 1 * MIB
 """Reused receive buffer per connection (recv_into): large reads, no per-read allocation."""
-HASH_SCRATCH_BYTES = 1 * MIB
-"""Reused buffer for hashing file ranges that were sent with sendfile."""
+HASH_SCRATCH_BYTES = 64 * KIB
+"""Reused buffer for hashing file ranges sent with sendfile. Measured here: pread +
+xxh3 through a 64 KiB buffer costs 0.155 s/GiB, through 128 KiB or more 0.46 s/GiB
+(larger kernel copies leave the data out of cache), on the sender's busy core."""
 SMALL_FILE_BYTES = 256 * KIB
 """Files up to this size are sent with one pread + write; larger ones with sendfile."""
 WRITE_HIGH_WATER_BYTES = 4 * MIB
