@@ -100,6 +100,7 @@ class RawPair:
 
 class Server:
     def __init__(self, root: Path, *extra: str) -> None:
+        self.root = root
         self.proc = subprocess.Popen(
             [*CLI, "serve", "--root", str(root), "--port", "0", "--log-level", "warning", *extra],
             stdout=subprocess.PIPE,
@@ -122,19 +123,32 @@ class Server:
         self.proc.wait()
 
 
+LAUNCHER = r"""
+import os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "ftransfer", *sys.argv[1:]])
+_pid, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+sys.stderr.write(f"@measured {wall} {usage.ru_maxrss}\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_cli(*args: str) -> tuple[float, float, list[dict[str, float]]]:
-    """(wall seconds, peak RSS MiB, --json records) of one CLI run."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    assert proc.stdout is not None and proc.stderr is not None
-    out, err = proc.stdout.read(), proc.stderr.read()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    """(wall seconds, peak RSS MiB, --json records) of one CLI run.
+
+    The CLI is started by a small launcher that forks it and reads its rusage:
+    wait4 from this process would report this process's own history too (children
+    started with vfork inherit the parent's high-water mark).
+    """
+    proc = subprocess.run([sys.executable, "-c", LAUNCHER, *args], capture_output=True, check=False)
     if proc.returncode:
-        raise SystemExit(f"{args[0]} failed: {err.decode()}")
-    records = [json.loads(line) for line in out.decode().splitlines()]
-    return wall, usage.ru_maxrss / 1024, records
+        raise SystemExit(f"{args[0]} failed: {proc.stderr.decode()}")
+    measured = proc.stderr.decode().rsplit("@measured ", 1)[1].split()
+    records = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    return float(measured[0]), int(measured[1]) / 1024, records
 
 
 def median(values: list[float]) -> float:
@@ -153,6 +167,7 @@ def bench_large(work: Path, server: Server, size: int, runs: int) -> dict[str, l
             settle()
             raw = pair.send(source, work / "raw.out")
             (work / "raw.out").unlink()
+            (server.root / "large.bin").unlink(missing_ok=True)  # as the baseline, untimed
             settle()
             put_wall, put_rss, [put] = run_cli(
                 "put", "-q", "--json", str(source), server.remote("large.bin")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from .aio.stream import FrameStream
+from .aio.stream import FrameStream, SinkFailed
 from .checksum import new_hasher
 from .config import DEFAULT_PORT, HASH_SCRATCH_BYTES, PROTOCOL_VERSION, ClientConfig
 from .errors import (
@@ -141,8 +141,11 @@ class _StdoutSink:
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            raise os_error(exc, "standard output") from None
         self._hasher.update(data)
 
     def commit(self, expected: bytes) -> bytes:
@@ -290,18 +293,23 @@ class Client:
     async def _receive_file(
         self, sink: AtomicWriter | _StdoutSink, progress: Progress | None
     ) -> bytes:
-        while True:
+        def consume(data: bytes | memoryview) -> None:
+            sink.write(data)
+            if progress is not None:
+                progress.advance(len(data))
+
+        self.stream.set_data_sink(consume)
+        try:
             event = await self._next()
-            if isinstance(event, ev.FileData):
-                sink.write(event.data)
-                if progress is not None:
-                    progress.advance(len(event.data))
-            elif isinstance(event, ev.FileEnded):
-                self.stream.send(ev.DownloadVerified(digest=sink.digest))
-                return sink.commit(event.digest)
-            else:
-                assert isinstance(event, ev.Failed)
-                raise error_from_code(event.code, event.message)
+        except SinkFailed as exc:
+            raise exc.cause from None
+        finally:
+            self.stream.set_data_sink(None)
+        if isinstance(event, ev.Failed):
+            raise error_from_code(event.code, event.message)
+        assert isinstance(event, ev.FileEnded)  # the core allows nothing else mid-file
+        self.stream.send(ev.DownloadVerified(digest=sink.digest))
+        return sink.commit(event.digest)
 
     # ---- uploads -----------------------------------------------------------------------
 

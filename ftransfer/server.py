@@ -27,7 +27,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .aio.stream import FrameStream
+from .aio.stream import FrameStream, SinkFailed
 from .checksum import ZERO_DIGEST, file_digest
 from .config import HASH_SCRATCH_BYTES, LIST_BATCH_BYTES, MAX_FRAME_BYTES, ServerConfig
 from .errors import (
@@ -238,21 +238,19 @@ class Session:
             return
         logger.debug("%s: receiving %s (%d bytes)", self.peer, escape(request.path), request.size)
         with writer:
-            while True:
+            self.stream.set_data_sink(writer.write)
+            try:
                 event = await self._next()
-                if isinstance(event, ev.FileData):
-                    try:
-                        writer.write(event.data)
-                    except FtransferError as exc:
-                        self._fail(exc)
-                        return
-                    continue
-                if isinstance(event, ev.FileAborted):
-                    self._fail(Aborted("upload aborted by the client; nothing was written"))
-                    return
-                assert isinstance(event, ev.FileEnded)
-                self._commit(writer, request, event.digest)
+            except SinkFailed as exc:
+                self._fail(exc.cause)
                 return
+            finally:
+                self.stream.set_data_sink(None)
+            if isinstance(event, ev.FileAborted):
+                self._fail(Aborted("upload aborted by the client; nothing was written"))
+                return
+            assert isinstance(event, ev.FileEnded)  # the core allows nothing else mid-file
+            self._commit(writer, request, event.digest)
 
     def _commit(self, writer: Any, request: ev.PutRequested, digest: bytes) -> None:
         try:

@@ -8,7 +8,8 @@ sans-IO ``Connection``. Because ``FileData`` events are views into that buffer,
 reading is paused until the consumer has drained the core (``next_event`` returned
 NEED_DATA); then reading resumes. That pause is also the receive-side backpressure:
 a consumer that does not keep up stops the socket being read, and TCP flow control
-slows the peer.
+slows the peer. While a file streams in, a *data sink* (``set_data_sink``) takes
+the bytes inside the protocol callback itself: no pause and no task switch per read.
 
 Sending: small frames go through ``transport.write``; file bodies go out with
 ``os.sendfile`` (zero copy) in DATA frames of up to MAX_FRAME_BYTES. The sender's
@@ -50,6 +51,18 @@ Progress = Callable[[int], None]
 """Called with the number of bytes just sent or received."""
 
 
+DataSink = Callable[[bytes | memoryview], None]
+"""Consumes received file bytes (write and hash them) before the buffer is reused."""
+
+
+class SinkFailed(FtransferError):
+    """The data sink raised; ``cause`` says why. The stream itself is intact."""
+
+    def __init__(self, cause: FtransferError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class FileShrank(ConnectionFailed):
     """The file being sent got shorter mid-transfer; the frame cannot be completed."""
 
@@ -63,6 +76,8 @@ class FrameStream(asyncio.BufferedProtocol):
         self._active_at = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
         self._timed_out = False
+        self._sink: DataSink | None = None
+        self._stash: ev.Event | ev.NeedData | ev.ConnectionClosed | FtransferError | None = None
         self._scratch = scratch
         self._buf = bytearray(RECV_BUFFER_BYTES)
         self._view = memoryview(self._buf)
@@ -120,6 +135,14 @@ class FrameStream(asyncio.BufferedProtocol):
         assert self._transport is not None
         self._touch()
         self.conn.receive_data(self._view[:nbytes])
+        if self._sink is not None:
+            try:
+                self._stash = self._poll()
+            except FtransferError as exc:
+                self._stash = exc
+            if isinstance(self._stash, ev.NeedData):
+                self._stash = None
+                return  # the sink took everything: keep reading, nobody to wake
         self._transport.pause_reading()
         self._readable.set()
 
@@ -156,10 +179,34 @@ class FrameStream(asyncio.BufferedProtocol):
         assert self._transport is not None
         return self._transport
 
+    def set_data_sink(self, sink: DataSink | None) -> None:
+        """Deliver FileData to ``sink`` as it arrives, instead of through next_event.
+
+        The sink runs inside the protocol callback, so a large download or upload
+        costs one loop iteration per read and no task switch. If it raises an
+        FtransferError the sink is dropped and next_event raises ``SinkFailed``.
+        """
+        self._sink = sink
+
+    def _poll(self) -> ev.Event | ev.NeedData | ev.ConnectionClosed:
+        """The core's next event that the sink does not consume."""
+        while True:
+            event = self.conn.next_event()
+            if self._sink is None or not isinstance(event, ev.FileData):
+                return event
+            try:
+                self._sink(event.data)
+            except FtransferError as exc:
+                self._sink = None
+                raise SinkFailed(exc) from exc
+
     async def next_event(self) -> ev.Event | ev.ConnectionClosed:
         """The next event from the peer; waits for bytes as needed."""
         while True:
-            event = self.conn.next_event()
+            stashed, self._stash = self._stash, None
+            if isinstance(stashed, FtransferError):
+                raise stashed
+            event = stashed if stashed is not None else self._poll()
             if not isinstance(event, ev.NeedData):
                 return event
             if self._closed:
