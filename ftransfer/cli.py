@@ -17,15 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from tqdm import tqdm
-
 from . import __version__
 from .checksum import ZERO_DIGEST, hex_digest
 from .client import Client, Remote, TransferResult, get_target, parse_remote, put_targets
 from .config import DEFAULT_PORT, ClientConfig, ServerConfig
 from .errors import ExitCode, FtransferError
 from .proto.events import Entry, EntryKind
-from .server import Server
 from .storage import escape
 
 _KIND_LETTER = {
@@ -37,17 +34,23 @@ _KIND_LETTER = {
 
 
 class _Bars:
-    """tqdm bars on stderr: one per file, plus an overall one for many files."""
+    """tqdm bars on stderr: one per file, plus an overall one for many files.
+
+    tqdm is imported only when bars are drawn (stderr is a terminal): scripts and
+    pipelines do not pay for it.
+    """
 
     def __init__(self, files: int, total_bytes: int | None, enabled: bool) -> None:
         self._enabled = enabled
-        self._bar: tqdm[Any] | None = None
-        self._overall: tqdm[Any] | None = None
+        self._bar: Any = None
+        self._overall: Any = None
         if enabled and files > 1:
             self._overall = self._new(f"{files} files", total_bytes, leave=True)
 
     @staticmethod
-    def _new(name: str, total: int | None, *, leave: bool) -> tqdm[Any]:
+    def _new(name: str, total: int | None, *, leave: bool) -> Any:
+        from tqdm import tqdm
+
         return tqdm(
             total=total,
             desc=name,
@@ -261,6 +264,8 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     if not config.root.is_dir():
         raise _Usage(f"--root {args.root}: not a directory")
+    from .server import Server  # only `serve` needs it
+
     server = Server(config)
     await server.start()
     stop = asyncio.Event()
