@@ -341,7 +341,7 @@ def _add_serve(sub: Any) -> None:
     p.add_argument(
         "--max-file-size",
         type=_size,
-        default=1 << 40,
+        default=defaults.max_file_bytes,
         metavar="BYTES",
         help="largest upload, e.g. 10G (default 1T)",
     )

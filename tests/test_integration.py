@@ -67,6 +67,26 @@ def test_100_mib_random_file(server: ServerProcess, tmp_path: Path) -> None:
     assert digest_bytes((tmp_path / "back.bin").read_bytes()) == expected
 
 
+def _peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1]) / 1024
+
+
+def test_server_memory_stays_flat_with_file_size(server: ServerProcess, tmp_path: Path) -> None:
+    """A 256 MiB round trip costs the server no more memory than a 4 MiB one."""
+    peaks = []
+    for size in (4 << 20, 256 << 20):
+        local = tmp_path / f"m{size}"
+        with open(local, "wb") as out:
+            out.truncate(size)  # sparse: content does not matter here, size does
+        assert run_cli("put", "-q", str(local), server.remote(local.name)).returncode == 0
+        assert (
+            run_cli("get", "-q", server.remote(local.name), str(tmp_path / "back")).returncode == 0
+        )
+        peaks.append(_peak_rss_mib(server.proc.pid))
+    assert peaks[1] - peaks[0] < 8, peaks
+
+
 def test_put_and_get_keep_names_in_directories(server: ServerProcess, tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_bytes(b"alpha")
     (server.root / "dir").mkdir()
