@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,6 +52,9 @@ class _Bars:
     def _new(name: str, total: int | None, *, leave: bool) -> Any:
         from tqdm import tqdm
 
+        # A tty may report a 0 x 0 size (serial consoles, fresh ptys), with which tqdm
+        # draws nothing; get_terminal_size falls back to 80 x 24.
+        size = shutil.get_terminal_size()
         return tqdm(
             total=total,
             desc=name,
@@ -59,7 +63,8 @@ class _Bars:
             unit_divisor=1024,
             leave=leave,
             file=sys.stderr,
-            dynamic_ncols=True,
+            ncols=size.columns,
+            nrows=size.lines,
         )
 
     def file_started(self, name: str, size: int) -> None:

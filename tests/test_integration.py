@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import socket
 import struct
 import subprocess
@@ -100,6 +101,41 @@ def test_put_and_get_keep_names_in_directories(server: ServerProcess, tmp_path: 
     assert run_cli("get", server.remote("dir/a.txt"), cwd=down / ".").returncode == 0
     out = run_cli("get", server.remote("dir/a.txt"), "-")
     assert out.returncode == 0 and out.stdout == b"alpha"
+
+
+def _run_on_a_terminal(*args: str) -> bytes:
+    """Run the CLI with stdout and stderr on a fresh pty (0 x 0 window, like a console)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execv(CLI[0], [*CLI, *args])
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    _pid, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, b"".join(chunks)
+    return b"".join(chunks)
+
+
+def test_progress_bars_on_a_terminal_only(server: ServerProcess, tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(os.urandom(3 << 20))
+    (tmp_path / "b.bin").write_bytes(b"b")
+    shown = _run_on_a_terminal(
+        "put", str(tmp_path / "a.bin"), str(tmp_path / "b.bin"), server.remote()
+    )
+    assert b"2 files" in shown and b"100%" in shown and b"a.bin" in shown
+    shown = _run_on_a_terminal("get", server.remote("a.bin"), str(tmp_path / "c.bin"))
+    assert b"a.bin" in shown and b"100%" in shown
+    quiet = _run_on_a_terminal("get", "-q", server.remote("a.bin"), str(tmp_path / "d.bin"))
+    assert b"%" not in quiet
+    piped = run_cli("get", server.remote("a.bin"), str(tmp_path / "e.bin"))
+    assert piped.stderr == b""  # not a terminal: no bars
 
 
 def test_1000_small_files_in_one_command(server: ServerProcess, tmp_path: Path) -> None:
@@ -207,6 +243,20 @@ def test_garbage_and_huge_length_prefix_do_not_stop_the_server(
     (tmp_path / "x").write_bytes(b"still serving")
     assert run_cli("put", str(tmp_path / "x"), server.remote()).returncode == 0
     assert run_cli("get", server.remote("x"), "-").stdout == b"still serving"
+
+
+def test_too_large_upload_is_refused_up_front(served: Path, tmp_path: Path) -> None:
+    srv = ServerProcess(served, "--max-file-size", "1M", log=tmp_path / "log")
+    (tmp_path / "big").write_bytes(os.urandom(64 << 20))
+    (tmp_path / "ok").write_bytes(b"fits")
+    result = run_cli("put", str(tmp_path / "big"), str(tmp_path / "ok"), srv.remote("d/"))
+    assert result.returncode == ExitCode.REFUSED and b"exceeds the limit" in result.stderr
+    assert os.listdir(served) == []  # d/ does not exist: the second file fails too, cleanly
+    (served / "d").mkdir()
+    result = run_cli("put", str(tmp_path / "big"), str(tmp_path / "ok"), srv.remote("d/"))
+    assert result.returncode == ExitCode.REFUSED
+    assert os.listdir(served / "d") == ["ok"]  # the refusal did not stop the batch
+    assert srv.stop() == 0
 
 
 def test_version_mismatch_is_refused_clearly(server: ServerProcess) -> None:

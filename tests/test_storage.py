@@ -302,6 +302,16 @@ os._exit(9)
     restarted.close()
 
 
+def test_a_reader_keeps_the_old_version_across_a_replacement(storage: Storage) -> None:
+    handle = storage.open_read("old.txt")
+    put(storage, "old.txt", b"brand new content")
+    assert os.pread(handle.fd, 100, 0) == b"old content"
+    handle.close()
+    fresh = storage.open_read("old.txt")
+    assert os.pread(fresh.fd, 100, 0) == b"brand new content"
+    fresh.close()
+
+
 def test_exclusive_write_is_atomic_against_a_racing_writer(storage: Storage, root: Path) -> None:
     with pytest.raises(Exists):
         storage.begin_write("old.txt", size=1, mtime_ns=-1, exclusive=True)
