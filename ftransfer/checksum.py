@@ -62,3 +62,8 @@ def file_digest(fd: int, scratch: bytearray | None = None) -> bytes:
 def hex_digest(digest: bytes) -> str:
     """Lower-case hex, as printed by the CLI."""
     return digest.hex()
+
+
+def datagram_check(data: bytes | memoryview) -> int:
+    """The per-datagram integrity check of the UDP mode: xxh3-64 as an integer."""
+    return xxhash.xxh3_64_intdigest(data)

@@ -8,7 +8,18 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ftransfer"
-CORE_STDLIB = {"__future__", "collections", "dataclasses", "enum", "struct", "typing"}
+CORE_STDLIB = {
+    "__future__",
+    "bisect",
+    "collections",
+    "dataclasses",
+    "enum",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "struct",
+    "typing",
+}  # pure computation only
 CORE_FORBIDDEN = {"asyncio", "socket", "selectors", "time", "os", "pathlib", "tqdm", "random"}
 
 

@@ -46,12 +46,35 @@ class RangeSet:
         self._starts[first:last] = [start]
         self._stops[first:last] = [stop]
 
+    def add_new(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """Add ``[start, stop)``; returns the sub-ranges that were not already present."""
+        fresh: list[tuple[int, int]] = []
+        cursor = start
+        i = bisect_right(self._stops, start)
+        while cursor < stop:
+            if i >= len(self._starts) or self._starts[i] >= stop:
+                fresh.append((cursor, stop))
+                break
+            if self._starts[i] > cursor:
+                fresh.append((cursor, self._starts[i]))
+            cursor = max(cursor, self._stops[i])
+            i += 1
+        self.add(start, stop)
+        return fresh
+
     def discard_below(self, bound: int) -> None:
         """Remove every value below ``bound``."""
         i = bisect_right(self._stops, bound)
         del self._starts[:i], self._stops[:i]
         if self._starts and self._starts[0] < bound:
             self._starts[0] = bound
+
+    def containing(self, value: int) -> tuple[int, int] | None:
+        """The range that holds ``value``, or None."""
+        i = bisect_right(self._starts, value) - 1
+        if i >= 0 and value < self._stops[i]:
+            return self._starts[i], self._stops[i]
+        return None
 
     def first_stop(self) -> int | None:
         """End of the first range, or None if empty."""

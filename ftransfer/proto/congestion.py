@@ -1,0 +1,284 @@
+"""Congestion control behind a small interface, chosen by name.
+
+Theory of operation
+-------------------
+The sender asks two things: how many bytes may be in flight (``cwnd``) and how
+fast to send (``pacing_rate``, bytes/s). It reports sends, acknowledgements (with
+a delivery-rate sample, as BBR defines it: bytes delivered between a packet's send
+and its ack, over that interval), losses and timeouts.
+
+``bbr`` (the default) models the path instead of reacting to loss, after BBR
+(draft-cardwell-iccrg-bbr-congestion-control): the bottleneck bandwidth is the
+maximum delivery rate of the last BW_WINDOW_ROUNDS round trips, the propagation
+delay the minimum RTT; it paces at gain x bandwidth and keeps about two
+bandwidth-delay products in flight. Random loss does not lower the delivery rate,
+so it does not slow the sender: that is what keeps a lossy long link full where
+loss-based TCP collapses. Real congestion is told apart by its second symptom, a
+queue: a loss seen while the RTT exceeds the minimum by QUEUE_RTT_FACTOR cuts the
+in-flight cap to CONGESTION_BETA x what was in flight (as BBRv2's inflight_hi
+does), never below one bandwidth-delay product, so the standing queue drains while
+the pipe stays full; the cap creeps back up 10 % per ProbeBW cycle. The bandwidth
+filter itself is left alone: single samples are too noisy to act on.
+
+``reno`` is NewReno (RFC 6582 / RFC 5681): loss halves the window. It is here for
+comparison and for paths where loss really means congestion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from .rtt import RttEstimator
+
+INITIAL_WINDOW_PACKETS = 32
+"""Packets in flight before the first ack (a LAN-friendly initial window)."""
+MIN_WINDOW_PACKETS = 4
+"""Never fewer than this many packets allowed in flight."""
+STARTUP_GAIN = 2.885
+"""2/ln 2: doubles the sending rate each round trip in startup (BBR)."""
+CWND_GAIN = 2.0
+"""In-flight cap in bandwidth-delay products."""
+PROBE_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+"""ProbeBW pacing gains, one phase per minimum RTT (BBR)."""
+BW_WINDOW_ROUNDS = 10
+"""The bandwidth estimate is the max delivery rate over this many rounds."""
+FULL_BW_GROWTH = 1.25
+FULL_BW_ROUNDS = 3
+"""Startup ends when the bandwidth grew by less than 25 % for three rounds."""
+QUEUE_RTT_FACTOR = 1.1
+QUEUE_RTT_SLACK_S = 0.001
+"""An RTT above min_rtt x 1.1 + 1 ms means a queue at the bottleneck. Low on purpose:
+a buffer of a quarter BDP adds only 25 % to the RTT, and a false alarm costs little,
+because the cap it sets never goes below one bandwidth-delay product."""
+CONGESTION_BETA = 0.85
+"""On congestion (loss with a queue) the in-flight cap becomes 0.85 x in flight."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateSample:
+    """One delivery-rate measurement, taken when an ack arrives."""
+
+    delivery_rate: float
+    """Bytes per second delivered over the sampled interval."""
+    prior_delivered: int
+    """Total bytes delivered when the sampled packet was sent (for round counting)."""
+    app_limited: bool
+    """The sender had nothing to send: the sample may understate the path."""
+
+
+class CongestionControl(Protocol):
+    """What the sender needs from a congestion controller."""
+
+    name: str
+
+    def cwnd(self) -> int:
+        """Bytes allowed in flight."""
+        ...
+
+    def pacing_rate(self) -> float:
+        """Bytes per second to pace at."""
+        ...
+
+    def on_ack(
+        self,
+        *,
+        now: float,
+        acked: int,
+        delivered: int,
+        inflight: int,
+        sample: RateSample | None,
+        rtt: RttEstimator,
+    ) -> None:
+        """``acked`` bytes newly acknowledged; ``delivered`` is the running total."""
+        ...
+
+    def on_loss(self, *, now: float, lost: int, inflight: int, rtt: RttEstimator) -> None:
+        """``lost`` bytes were declared lost."""
+        ...
+
+    def on_timeout(self, *, now: float) -> None:
+        """The retransmission timer fired with nothing acknowledged."""
+        ...
+
+
+class _Mode(Enum):
+    STARTUP = "startup"
+    DRAIN = "drain"
+    PROBE_BW = "probe_bw"
+
+
+class Bbr:
+    """Model-based congestion control (BBR v1 with a BBRv2-style loss response)."""
+
+    name = "bbr"
+
+    def __init__(self, *, mss: int) -> None:
+        self.mss = mss
+        self.mode = _Mode.STARTUP
+        self.btl_bw = 0.0
+        self._bw_samples: list[tuple[int, float]] = []  # (round, rate)
+        self._round = 0
+        self._next_round_delivered = 0
+        self._full_bw = 0.0
+        self._full_bw_rounds = 0
+        self._cycle_index = 0
+        self._cycle_start = 0.0
+        self._inflight_cap: float | None = None
+        self._min_rtt = 0.0
+        self._after_timeout = False
+
+    def _bdp(self) -> float:
+        return self.btl_bw * self._min_rtt
+
+    def _pacing_gain(self) -> float:
+        if self.mode is _Mode.STARTUP:
+            return STARTUP_GAIN
+        if self.mode is _Mode.DRAIN:
+            return 1 / STARTUP_GAIN
+        return PROBE_GAINS[self._cycle_index]
+
+    def cwnd(self) -> int:
+        if self.btl_bw <= 0 or self._min_rtt <= 0:
+            window = float(INITIAL_WINDOW_PACKETS * self.mss)
+        else:
+            gain = STARTUP_GAIN if self.mode is _Mode.STARTUP else CWND_GAIN
+            window = gain * self._bdp() + 3 * self.mss
+        if self._inflight_cap is not None:
+            window = min(window, self._inflight_cap)
+        if self._after_timeout:
+            window = 0.0
+        return int(max(window, MIN_WINDOW_PACKETS * self.mss))
+
+    def pacing_rate(self) -> float:
+        if self.btl_bw <= 0:
+            rtt = self._min_rtt if self._min_rtt > 0 else 0.001
+            return STARTUP_GAIN * INITIAL_WINDOW_PACKETS * self.mss / rtt
+        return self._pacing_gain() * self.btl_bw
+
+    def on_ack(
+        self,
+        *,
+        now: float,
+        acked: int,
+        delivered: int,
+        inflight: int,
+        sample: RateSample | None,
+        rtt: RttEstimator,
+    ) -> None:
+        if rtt.min_rtt:
+            self._min_rtt = rtt.min_rtt
+        if sample is None:
+            return
+        self._after_timeout = False  # data is moving again: the model still holds
+        new_round = sample.prior_delivered >= self._next_round_delivered
+        if new_round:
+            self._end_round(delivered)
+        self._update_bandwidth(sample)
+        self._update_mode(now, inflight, new_round)
+
+    def _end_round(self, delivered: int) -> None:
+        self._round += 1
+        self._next_round_delivered = delivered
+
+    def _update_bandwidth(self, sample: RateSample) -> None:
+        if sample.app_limited and sample.delivery_rate < self.btl_bw:
+            return
+        self._bw_samples.append((self._round, sample.delivery_rate))
+        horizon = self._round - BW_WINDOW_ROUNDS
+        while self._bw_samples and self._bw_samples[0][0] <= horizon:
+            self._bw_samples.pop(0)
+        # Keep the samples a max filter needs: drop any that a later, larger one beats.
+        while len(self._bw_samples) > 1 and self._bw_samples[-2][1] <= self._bw_samples[-1][1]:
+            self._bw_samples.pop(-2)
+        self.btl_bw = self._bw_samples[0][1]
+
+    def _update_mode(self, now: float, inflight: int, new_round: bool) -> None:
+        if self.mode is _Mode.STARTUP and new_round:
+            if self.btl_bw >= self._full_bw * FULL_BW_GROWTH:
+                self._full_bw, self._full_bw_rounds = self.btl_bw, 0
+            else:
+                self._full_bw_rounds += 1
+                if self._full_bw_rounds >= FULL_BW_ROUNDS:
+                    self.mode = _Mode.DRAIN
+        if self.mode is _Mode.DRAIN and inflight <= self._bdp():
+            self.mode, self._cycle_start, self._cycle_index = _Mode.PROBE_BW, now, 0
+        if self.mode is _Mode.PROBE_BW and now - self._cycle_start > max(self._min_rtt, 0.001):
+            self._cycle_index = (self._cycle_index + 1) % len(PROBE_GAINS)
+            self._cycle_start = now
+            if self._inflight_cap is not None and self._cycle_index == 0:
+                self._inflight_cap *= 1.1  # probe back up after a congestion cut
+
+    def on_loss(self, *, now: float, lost: int, inflight: int, rtt: RttEstimator) -> None:
+        latest = rtt.latest or 0.0
+        if self._min_rtt > 0 and latest > QUEUE_RTT_FACTOR * self._min_rtt + QUEUE_RTT_SLACK_S:
+            # Loss *and* a queue: congestion. Bound what is in flight, but never below
+            # one bandwidth-delay product: the queue drains, the pipe stays full.
+            floor = max(self._bdp(), MIN_WINDOW_PACKETS * self.mss)
+            cap = max(inflight * CONGESTION_BETA, floor)
+            if self._inflight_cap is not None:
+                cap = max(min(self._inflight_cap, cap), floor)
+            self._inflight_cap = cap
+            if self.mode is _Mode.STARTUP:
+                self.mode = _Mode.DRAIN
+
+    def on_timeout(self, *, now: float) -> None:
+        # Until something is delivered again, probe with the minimum window; the
+        # bandwidth model is kept, so a blackhole that ends resumes at full rate.
+        self._after_timeout = True
+
+
+class NewReno:
+    """Loss-based AIMD: slow start, congestion avoidance, halve on loss."""
+
+    name = "reno"
+
+    def __init__(self, *, mss: int) -> None:
+        self.mss = mss
+        self._cwnd = float(INITIAL_WINDOW_PACKETS * mss)
+        self._ssthresh = float("inf")
+        self._recovery_until = -1.0
+        self._srtt = 0.0
+
+    def cwnd(self) -> int:
+        return int(max(self._cwnd, MIN_WINDOW_PACKETS * self.mss))
+
+    def pacing_rate(self) -> float:
+        return 1.25 * self._cwnd / max(self._srtt, 0.001)
+
+    def on_ack(
+        self,
+        *,
+        now: float,
+        acked: int,
+        delivered: int,
+        inflight: int,
+        sample: RateSample | None,
+        rtt: RttEstimator,
+    ) -> None:
+        self._srtt = rtt.smoothed()
+        if self._cwnd < self._ssthresh:
+            self._cwnd += acked
+        else:
+            self._cwnd += self.mss * acked / self._cwnd
+
+    def on_loss(self, *, now: float, lost: int, inflight: int, rtt: RttEstimator) -> None:
+        if now < self._recovery_until:
+            return  # one reduction per round trip of losses
+        self._cwnd = max(self._cwnd / 2, MIN_WINDOW_PACKETS * self.mss)
+        self._ssthresh = self._cwnd
+        self._recovery_until = now + rtt.smoothed()
+
+    def on_timeout(self, *, now: float) -> None:
+        self._ssthresh = max(self._cwnd / 2, MIN_WINDOW_PACKETS * self.mss)
+        self._cwnd = float(MIN_WINDOW_PACKETS * self.mss)
+
+
+ALGORITHMS: dict[str, type[Bbr] | type[NewReno]] = {"bbr": Bbr, "reno": NewReno}
+"""Congestion controllers by name (``--cc``)."""
+
+
+def create(name: str, *, mss: int) -> CongestionControl:
+    """A congestion controller by name; KeyError if unknown."""
+    return ALGORITHMS[name](mss=mss)

@@ -1,0 +1,378 @@
+"""UDP datagram codec: header, body per type, and a per-datagram integrity check.
+
+Theory of operation
+-------------------
+A datagram is ``magic u8 (0xF7) | type u8 | session u64 | body | check u64`` where
+``check`` is the xxh3-64 of every byte before it (protocol.md, "UDP"). A datagram
+whose check fails, whose magic or type is unknown, or whose body does not parse is
+*dropped and counted*, never raised to the user: on UDP, junk is weather, not a
+protocol violation. ``decode_untrusted`` may raise only ``PacketError``.
+
+Sizes: the header and check cost 18 bytes and DATA's chunk and transmission
+numbers 16 more, so the default 1,400-byte payload makes 1,434-byte datagrams,
+which fit a 1,500-byte MTU over IPv6 (1,452 bytes of UDP payload) unfragmented. INITIAL is padded
+to MIN_INITIAL_BYTES so that the server's unvalidated answers (RETRY, or an ERROR
+ACCEPT) stay far below three times what the client sent.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from ..checksum import DIGEST_BYTES, datagram_check
+from ..errors import RemoteProtocolError
+
+MAGIC = 0xF7
+HEADER = struct.Struct(">BBQ")
+CHECK = struct.Struct(">Q")
+OVERHEAD_BYTES = HEADER.size + CHECK.size
+DATA_OVERHEAD_BYTES = OVERHEAD_BYTES + 16
+"""Bytes a DATA datagram adds to its payload."""
+MIN_INITIAL_BYTES = 1200
+"""INITIAL datagrams are padded to this size (anti-amplification, as QUIC)."""
+DEFAULT_CHUNK_BYTES = 1400
+"""Payload per DATA datagram unless both sides agree on more (loopback, jumbo)."""
+MAX_CHUNK_BYTES = 65000
+"""Largest payload a peer may propose (fits a 64 KiB datagram)."""
+MIN_CHUNK_BYTES = 512
+MAX_SACK_RANGES = 32
+"""Ranges an ACK may carry (the newest ones)."""
+MAX_COOKIE_BYTES = 64
+
+
+class PacketError(RemoteProtocolError):
+    """A datagram that does not decode: the session drops and counts it."""
+
+
+class PacketType(IntEnum):
+    INITIAL = 0x01
+    RETRY = 0x02
+    ACCEPT = 0x03
+    DATA = 0x10
+    ACK = 0x11
+    FIN = 0x12
+    RESULT = 0x13
+    CLOSE = 0x14
+    PING = 0x20
+    PONG = 0x21
+
+
+class Operation(IntEnum):
+    PUT = 1
+    GET = 2
+    LIST = 3
+    STAT = 4
+    REMOVE = 5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Initial:
+    nonce: int
+    operation: Operation
+    chunk_bytes: int
+    window: int
+    cookie: bytes
+    size: int
+    mtime_ns: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retry:
+    nonce: int
+    cookie: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accept:
+    nonce: int
+    code: int
+    """0: accepted; otherwise the error code (errors.py) and the session is over."""
+    chunk_bytes: int
+    window: int
+    size: int
+    mtime_ns: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Data:
+    seq: int
+    """Chunk number: the payload is bytes seq * chunk_bytes onwards."""
+    tx: int
+    """Transmission number: increases with every DATA sent, retransmissions included."""
+    payload: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack:
+    cumulative: int
+    """Every chunk below this has arrived."""
+    largest_tx: int
+    """The largest transmission number received: loss detection without ambiguity."""
+    window: int
+    """Chunks at and beyond ``cumulative`` the receiver can buffer."""
+    delay_us: int
+    ranges: tuple[tuple[int, int], ...]
+    """Received ranges [start, stop) above ``cumulative``, newest first."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fin:
+    size: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    code: int
+    digest: bytes
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Close:
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping:
+    seq: int
+    timestamp_ns: int
+    padding: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pong:
+    seq: int
+    timestamp_ns: int
+    padding: int
+
+
+Body = Initial | Retry | Accept | Data | Ack | Fin | Result | Close | Ping | Pong
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """A decoded datagram."""
+
+    session: int
+    body: Body
+
+
+_INITIAL = struct.Struct(">QBHIB")
+_INITIAL_TAIL = struct.Struct(">QqH")
+_RETRY = struct.Struct(">QB")
+_ACCEPT = struct.Struct(">QHHIQq")
+_ACK = struct.Struct(">QQIIB")
+_DATA = struct.Struct(">QQ")
+_RANGE = struct.Struct(">QI")
+_ECHO = struct.Struct(">IQ")
+_CODE = struct.Struct(">H")
+_U64 = struct.Struct(">Q")
+
+
+# ---- encoding -----------------------------------------------------------------------
+
+
+def _seal(kind: PacketType, session: int, body: bytes) -> bytes:
+    head = HEADER.pack(MAGIC, kind, session) + body
+    return head + CHECK.pack(datagram_check(head))
+
+
+def _text(text: str) -> bytes:
+    return text.encode("utf-8", errors="replace")
+
+
+def encode(session: int, body: Body) -> bytes:
+    """The datagram for ``body`` in ``session``."""
+    match body:
+        case Data(seq=seq, tx=tx, payload=payload):
+            return _seal(PacketType.DATA, session, _DATA.pack(seq, tx) + bytes(payload))
+        case Ack(cumulative=cum, largest_tx=largest, window=win, delay_us=delay, ranges=ranges):
+            ranges = ranges[:MAX_SACK_RANGES]
+            parts = [_ACK.pack(cum, largest, win, min(delay, 2**32 - 1), len(ranges))]
+            parts += [_RANGE.pack(start, stop - start) for start, stop in ranges]
+            return _seal(PacketType.ACK, session, b"".join(parts))
+        case Initial():
+            return _seal(PacketType.INITIAL, session, _initial_body(body))
+        case Retry(nonce=nonce, cookie=cookie):
+            return _seal(PacketType.RETRY, session, _RETRY.pack(nonce, len(cookie)) + cookie)
+        case Accept():
+            head = _ACCEPT.pack(
+                body.nonce, body.code, body.chunk_bytes, body.window, body.size, body.mtime_ns
+            )
+            return _seal(PacketType.ACCEPT, session, head + _text(body.message))
+        case Fin(size=size, digest=digest):
+            return _seal(PacketType.FIN, session, _U64.pack(size) + digest)
+        case Result(code=code, digest=digest, message=message):
+            return _seal(PacketType.RESULT, session, _CODE.pack(code) + digest + _text(message))
+        case Close(code=code, message=message):
+            return _seal(PacketType.CLOSE, session, _CODE.pack(code) + _text(message))
+        case Ping(seq=seq, timestamp_ns=ts, padding=pad):
+            return _seal(PacketType.PING, session, _ECHO.pack(seq, ts) + bytes(pad))
+        case Pong(seq=seq, timestamp_ns=ts, padding=pad):
+            return _seal(PacketType.PONG, session, _ECHO.pack(seq, ts) + bytes(pad))
+    raise TypeError(f"cannot encode {body!r}")
+
+
+def _initial_body(body: Initial) -> bytes:
+    path = body.path.encode("utf-8")
+    raw = (
+        _INITIAL.pack(body.nonce, body.operation, body.chunk_bytes, body.window, len(body.cookie))
+        + body.cookie
+        + _INITIAL_TAIL.pack(body.size, body.mtime_ns, len(path))
+        + path
+    )
+    padding = MIN_INITIAL_BYTES - OVERHEAD_BYTES - len(raw)
+    return raw + bytes(max(padding, 0))
+
+
+# ---- decoding (untrusted) ------------------------------------------------------------
+
+
+def decode_untrusted(datagram: bytes | memoryview) -> Packet:
+    """Check and parse one datagram; raises only PacketError."""
+    if len(datagram) < OVERHEAD_BYTES:
+        raise PacketError("datagram too short")
+    view = memoryview(datagram)
+    (check,) = CHECK.unpack_from(view, len(view) - CHECK.size)
+    if datagram_check(view[: len(view) - CHECK.size]) != check:
+        raise PacketError("integrity check failed")
+    magic, kind, session = HEADER.unpack_from(view)
+    if magic != MAGIC:
+        raise PacketError("not an ftransfer datagram")
+    body = view[HEADER.size : len(view) - CHECK.size]
+    try:
+        return Packet(session, _BODY_DECODERS[kind](body))
+    except KeyError:
+        raise PacketError(f"unknown datagram type 0x{kind:02x}") from None
+    except (struct.error, ValueError) as exc:
+        raise PacketError(f"malformed datagram: {exc}") from None
+
+
+def _utf8(raw: memoryview | bytes) -> str:
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise PacketError("text is not valid UTF-8") from None
+
+
+def _initial(raw: memoryview) -> Body:
+    nonce, op, chunk, window, cookie_len = _INITIAL.unpack_from(raw)
+    if cookie_len > MAX_COOKIE_BYTES:
+        raise PacketError("cookie too long")
+    offset = _INITIAL.size
+    cookie = bytes(raw[offset : offset + cookie_len])
+    offset += cookie_len
+    size, mtime_ns, path_len = _INITIAL_TAIL.unpack_from(raw, offset)
+    offset += _INITIAL_TAIL.size
+    if len(raw) < offset + path_len or len(cookie) != cookie_len:
+        raise PacketError("INITIAL is truncated")
+    if size >= 2**63:
+        raise PacketError("size out of range")
+    return Initial(
+        nonce=nonce,
+        operation=Operation(op),
+        chunk_bytes=chunk,
+        window=window,
+        cookie=cookie,
+        size=size,
+        mtime_ns=mtime_ns,
+        path=_utf8(raw[offset : offset + path_len]),
+    )
+
+
+def _retry(raw: memoryview) -> Body:
+    nonce, cookie_len = _RETRY.unpack_from(raw)
+    cookie = bytes(raw[_RETRY.size : _RETRY.size + cookie_len])
+    if len(cookie) != cookie_len or cookie_len > MAX_COOKIE_BYTES:
+        raise PacketError("RETRY cookie is malformed")
+    return Retry(nonce=nonce, cookie=cookie)
+
+
+def _accept(raw: memoryview) -> Body:
+    nonce, code, chunk, window, size, mtime_ns = _ACCEPT.unpack_from(raw)
+    return Accept(
+        nonce=nonce,
+        code=code,
+        chunk_bytes=chunk,
+        window=window,
+        size=size,
+        mtime_ns=mtime_ns,
+        message=bytes(raw[_ACCEPT.size :]).decode("utf-8", "replace"),
+    )
+
+
+def _data(raw: memoryview) -> Body:
+    seq, tx = _DATA.unpack_from(raw)
+    return Data(seq=seq, tx=tx, payload=raw[_DATA.size :])
+
+
+def _ack(raw: memoryview) -> Body:
+    cumulative, largest_tx, window, delay, count = _ACK.unpack_from(raw)
+    if count > MAX_SACK_RANGES or len(raw) != _ACK.size + count * _RANGE.size:
+        raise PacketError("ACK ranges are malformed")
+    ranges = []
+    for i in range(count):
+        start, length = _RANGE.unpack_from(raw, _ACK.size + i * _RANGE.size)
+        if length == 0 or start < cumulative:
+            raise PacketError("ACK range is empty or below the cumulative point")
+        ranges.append((start, start + length))
+    return Ack(
+        cumulative=cumulative,
+        largest_tx=largest_tx,
+        window=window,
+        delay_us=delay,
+        ranges=tuple(ranges),
+    )
+
+
+def _fin(raw: memoryview) -> Body:
+    if len(raw) != 8 + DIGEST_BYTES:
+        raise PacketError("FIN has the wrong length")
+    (size,) = _U64.unpack_from(raw)
+    return Fin(size=size, digest=bytes(raw[8:]))
+
+
+def _result(raw: memoryview) -> Body:
+    if len(raw) < 2 + DIGEST_BYTES:
+        raise PacketError("RESULT is truncated")
+    (code,) = _CODE.unpack_from(raw)
+    return Result(
+        code=code,
+        digest=bytes(raw[2 : 2 + DIGEST_BYTES]),
+        message=bytes(raw[2 + DIGEST_BYTES :]).decode("utf-8", "replace"),
+    )
+
+
+def _close(raw: memoryview) -> Body:
+    (code,) = _CODE.unpack_from(raw)
+    return Close(code=code, message=bytes(raw[2:]).decode("utf-8", "replace"))
+
+
+def _ping(raw: memoryview) -> Body:
+    seq, ts = _ECHO.unpack_from(raw)
+    return Ping(seq=seq, timestamp_ns=ts, padding=len(raw) - _ECHO.size)
+
+
+def _pong(raw: memoryview) -> Body:
+    seq, ts = _ECHO.unpack_from(raw)
+    return Pong(seq=seq, timestamp_ns=ts, padding=len(raw) - _ECHO.size)
+
+
+_BODY_DECODERS = {
+    PacketType.INITIAL: _initial,
+    PacketType.RETRY: _retry,
+    PacketType.ACCEPT: _accept,
+    PacketType.DATA: _data,
+    PacketType.ACK: _ack,
+    PacketType.FIN: _fin,
+    PacketType.RESULT: _result,
+    PacketType.CLOSE: _close,
+    PacketType.PING: _ping,
+    PacketType.PONG: _pong,
+}

@@ -1,0 +1,330 @@
+"""Selective-repeat sender: window, in-flight table, SACK processing, loss detection.
+
+Theory of operation
+-------------------
+A file is cut into chunks numbered 0..n-1 (``seq``); a retransmission reuses its
+chunk's number. Each transmission also gets a private, increasing transmission
+number (``tx``) that orders sends for loss detection. ``_inflight`` maps seq to
+its latest transmission and, being a dict, iterates in transmission order.
+
+On an ACK (cumulative point + SACK ranges + receiver window):
+- anything at or beyond the next never-sent chunk is ignored: an ack for data
+  never sent neither counts nor opens the window;
+- each newly acknowledged chunk leaves the in-flight table once: the cumulative
+  part walks forward from the old point, the SACK part only over ranges not seen
+  before (``RangeSet.add_new``), so a chunk costs O(1) however often it is re-acked;
+- an RTT sample is taken from the newest acknowledged chunk only if it was sent
+  once (Karn's rule); a delivery-rate sample (BBR) feeds congestion control;
+- loss detection needs no such rule: every DATA carries its transmission number
+  and every ACK echoes the largest one received, so "something sent 3 transmissions
+  later has arrived" is known exactly, for retransmissions too (as QUIC's packet
+  numbers do). Crediting an ack of a retransmitted chunk to its latest transmission
+  instead declared whole flights lost at once: measured 90 % duplicates at 10 % loss;
+- a chunk is lost when a chunk sent 3 transmissions later is acknowledged, or when
+  it was sent more than 9/8 RTT before the newest acknowledged one (RFC 9002
+  section 6.1); lost chunks queue for retransmission, lowest first.
+
+A duplicate ACK carries nothing new and changes nothing: no retransmission storm.
+
+The retransmission timer (RFC 6298 section 5) runs while data is in flight and
+restarts when new data is acknowledged; when it fires, the whole flight counts as
+lost (RFC 6675 section 5.1), retransmission restarts from the lowest chunk, and the
+RTO doubles. Before that, a tail-loss probe (RFC 8985 section 7) resends the
+newest chunk in flight once after two smoothed RTTs without progress, so a lost
+last chunk costs about two RTTs, not an RTO. With no progress for ``give_up_s`` the
+sender fails with a timeout. Sending is paced at the congestion controller's rate
+in bursts of at most BURST_PACKETS datagrams.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from .congestion import CongestionControl, RateSample
+from .packets import Ack
+from .rangeset import RangeSet
+from .rtt import RttEstimator
+
+LOSS_PACKET_THRESHOLD = 3
+"""Transmissions after a chunk that may be acknowledged before it is lost (RFC 9002)."""
+LOSS_TIME_THRESHOLD = 9 / 8
+"""A chunk older than this many RTTs behind an acknowledged one is lost (RFC 9002)."""
+BURST_PACKETS = 16
+"""Datagrams released at once before the pacer waits."""
+PROBE_ACK_DELAY_S = 0.005
+"""The peer's ack delay allowance in the tail-loss probe timeout (its MAX_ACK_DELAY_S)."""
+
+
+@dataclass(slots=True)
+class _Sent:
+    tx: int
+    sent_at: float
+    size: int
+    delivered: int
+    delivered_at: float
+    app_limited: bool
+    retransmitted: bool
+
+
+@dataclass(slots=True)
+class SenderStats:
+    sent: int = 0
+    retransmitted: int = 0
+    acks: int = 0
+    bytes_sent: int = 0
+
+
+class Sender:
+    """Sends chunks 0..n-1 of ``size`` bytes reliably, as fast as the path allows."""
+
+    def __init__(
+        self,
+        *,
+        size: int,
+        chunk_bytes: int,
+        window: int,
+        cc: CongestionControl,
+        rtt: RttEstimator,
+        now: float,
+        give_up_s: float,
+    ) -> None:
+        self.size, self.chunk_bytes = size, chunk_bytes
+        self.chunks = -(-size // chunk_bytes)
+        self.peer_window = window
+        self.cc, self.rtt, self.give_up_s = cc, rtt, give_up_s
+        self.stats = SenderStats()
+        self.failed = False
+        self._next_new = 0
+        self._inflight: dict[int, _Sent] = {}
+        self._lost: list[int] = []
+        self._acked_below = 0
+        self._sacked = RangeSet()
+        self._tx = 0
+        self._largest_acked_tx = -1
+        self._delivered = 0
+        self._delivered_at = now
+        self._bytes_in_flight = 0
+        self._next_send_at = now
+        self._progress_at = now
+        self._rto_base = now
+        self._probe: int | None = None
+        self._probed = False
+
+    @property
+    def done(self) -> bool:
+        """Every chunk is acknowledged."""
+        return self._acked_below >= self.chunks
+
+    @property
+    def bytes_in_flight(self) -> int:
+        return self._bytes_in_flight
+
+    def chunk_size(self, seq: int) -> int:
+        return min(self.chunk_bytes, self.size - seq * self.chunk_bytes)
+
+    # ---- sending ------------------------------------------------------------------------
+
+    def poll(self, now: float) -> list[tuple[int, int]]:
+        """(chunk, transmission number) pairs to send now (recorded as sent at ``now``)."""
+        out: list[tuple[int, int]] = []
+        if now < self._next_send_at or self.failed:
+            return out
+        burst_bytes = 0
+        probe, self._probe = self._probe, None
+        if probe is not None and probe in self._inflight:  # not held back by the window
+            self._bytes_in_flight -= self._inflight.pop(probe).size
+            out.append((probe, self._tx))
+            self._record(probe, self.chunk_size(probe), now, True)
+        cwnd = self.cc.cwnd()
+        while len(out) < BURST_PACKETS and self._bytes_in_flight + self.chunk_bytes <= cwnd:
+            seq, again = self._next_chunk()
+            if seq is None:
+                break
+            size = self.chunk_size(seq)
+            out.append((seq, self._tx))
+            self._record(seq, size, now, again)
+            burst_bytes += size
+        if out:
+            start = max(self._next_send_at, now - 0.001)
+            self._next_send_at = start + burst_bytes / max(self.cc.pacing_rate(), 1.0)
+        return out
+
+    def _next_chunk(self) -> tuple[int | None, bool]:
+        while self._lost:
+            seq = heapq.heappop(self._lost)
+            if seq >= self._acked_below and seq not in self._sacked and seq not in self._inflight:
+                return seq, True
+        if self._next_new < self.chunks and self._next_new < self._acked_below + self.peer_window:
+            self._next_new += 1
+            return self._next_new - 1, False
+        return None, False
+
+    def _record(self, seq: int, size: int, now: float, again: bool) -> None:
+        if not self._inflight:
+            self._rto_base = now
+        self._inflight[seq] = _Sent(
+            tx=self._tx,
+            sent_at=now,
+            size=size,
+            delivered=self._delivered,
+            delivered_at=self._delivered_at,
+            app_limited=self._next_new >= self.chunks,
+            retransmitted=again,
+        )
+        self._tx += 1
+        self._bytes_in_flight += size
+        self.stats.sent += 1
+        self.stats.bytes_sent += size
+        if again:
+            self.stats.retransmitted += 1
+
+    # ---- acknowledgements ----------------------------------------------------------------
+
+    def on_ack(self, ack: Ack, now: float) -> None:
+        """Process an acknowledgement from the receiver."""
+        self.stats.acks += 1
+        self.peer_window = ack.window
+        # The receiver echoes the largest transmission number it has seen; one never
+        # sent (a forged ack) is clamped to what was sent.
+        self._largest_acked_tx = max(self._largest_acked_tx, min(ack.largest_tx, self._tx - 1))
+        horizon = self._next_new  # nothing at or beyond this was ever sent
+        newly: list[_Sent] = []
+        cumulative = min(ack.cumulative, horizon)
+        for seq in range(self._acked_below, cumulative):
+            self._take(seq, newly)
+        if cumulative > self._acked_below:
+            self._acked_below = cumulative
+            self._sacked.discard_below(cumulative)
+        for start, stop in ack.ranges:
+            start, stop = max(start, self._acked_below), min(stop, horizon)
+            if start < stop:
+                for a, b in self._sacked.add_new(start, stop):
+                    for seq in range(a, b):
+                        self._take(seq, newly)
+        if newly:
+            self._on_delivered(newly, ack.delay_us / 1e6, now)
+        self._detect_losses(now)
+
+    def _take(self, seq: int, newly: list[_Sent]) -> None:
+        sent = self._inflight.pop(seq, None)
+        if sent is not None:
+            self._bytes_in_flight -= sent.size
+            newly.append(sent)
+
+    def _on_delivered(self, newly: list[_Sent], ack_delay: float, now: float) -> None:
+        newest = max(newly, key=lambda s: s.tx)
+        if not newest.retransmitted:  # Karn: never sample a retransmitted chunk
+            sample = now - newest.sent_at
+            min_rtt = self.rtt.min_rtt or 0.0
+            self.rtt.on_sample(sample - ack_delay if sample - ack_delay >= min_rtt else sample)
+        acked = sum(s.size for s in newly)
+        self._delivered += acked
+        self._delivered_at = now
+        self._progress_at = self._rto_base = now
+        self._probed = False
+        interval = max(now - newest.delivered_at, 1e-6)
+        rate = RateSample(
+            delivery_rate=(self._delivered - newest.delivered) / interval,
+            prior_delivered=newest.delivered,
+            app_limited=newest.app_limited,
+        )
+        self.cc.on_ack(
+            now=now,
+            acked=acked,
+            delivered=self._delivered,
+            inflight=self._bytes_in_flight,
+            sample=rate,
+            rtt=self.rtt,
+        )
+
+    def _loss_delay(self) -> float:
+        return LOSS_TIME_THRESHOLD * max(self.rtt.srtt or 0.0, self.rtt.latest or 0.0, 0.001)
+
+    def _detect_losses(self, now: float) -> None:
+        delay = self._loss_delay()
+        lost: list[int] = []
+        for seq, sent in self._inflight.items():
+            if sent.tx >= self._largest_acked_tx:
+                break
+            behind = self._largest_acked_tx - sent.tx >= LOSS_PACKET_THRESHOLD
+            if not (behind or now - sent.sent_at >= delay):
+                break  # later entries were sent later still: none of them is lost yet
+            lost.append(seq)
+        if lost:
+            self._declare_lost(lost, now)
+
+    def _declare_lost(self, lost: list[int], now: float) -> None:
+        lost_bytes = 0
+        for seq in lost:
+            sent = self._inflight.pop(seq)
+            self._bytes_in_flight -= sent.size
+            lost_bytes += sent.size
+            heapq.heappush(self._lost, seq)
+        self.cc.on_loss(now=now, lost=lost_bytes, inflight=self._bytes_in_flight, rtt=self.rtt)
+
+    # ---- timers --------------------------------------------------------------------------
+
+    def _loss_deadline(self) -> float | None:
+        for sent in self._inflight.values():
+            if sent.tx < self._largest_acked_tx:
+                return sent.sent_at + self._loss_delay()
+            return None
+        return None
+
+    def _probe_deadline(self) -> float | None:
+        """Tail-loss probe (RFC 8985 section 7): two RTTs without progress, before the RTO."""
+        if self._probed or not self._inflight or self.rtt.srtt is None:
+            return None
+        return self._rto_base + 2 * self.rtt.srtt + PROBE_ACK_DELAY_S
+
+    def _can_send(self) -> bool:
+        if self._bytes_in_flight + self.chunk_bytes > self.cc.cwnd():
+            return False
+        if self._lost:
+            return True
+        return self._next_new < min(self.chunks, self._acked_below + self.peer_window)
+
+    def get_timer(self) -> float | None:
+        """The next moment ``handle_timer`` has work, or None."""
+        if self.done or self.failed:
+            return None
+        deadlines = [self._progress_at + self.give_up_s]
+        if self._inflight:
+            deadlines.append(self._rto_base + self.rtt.rto())
+            loss = self._loss_deadline()
+            if loss is not None:
+                deadlines.append(loss)
+            probe = self._probe_deadline()
+            if probe is not None:
+                deadlines.append(probe)
+        if self._can_send() or self._probe is not None:
+            deadlines.append(self._next_send_at)
+        return min(deadlines)
+
+    def handle_timer(self, now: float) -> None:
+        """Run the loss, retransmission and give-up timers that are due."""
+        if self.done or self.failed:
+            return
+        if now >= self._progress_at + self.give_up_s:
+            self.failed = True
+            return
+        loss = self._loss_deadline()
+        probe = self._probe_deadline()
+        if loss is not None and now >= loss:
+            self._detect_losses(now)
+        elif self._inflight and now >= self._rto_base + self.rtt.rto():
+            # Nothing acknowledged for an RTO: count the whole flight as lost (as TCP
+            # does after a timeout, RFC 6675 section 5.1), so the retransmissions are
+            # not blocked by stale bytes in flight; they go out lowest first.
+            self.rtt.on_timeout()
+            self.cc.on_timeout(now=now)
+            self._declare_lost(list(self._inflight), now)
+            self._rto_base = now
+            self._next_send_at = now
+        elif probe is not None and now >= probe:
+            # Resend the newest chunk in flight: its ack (carrying a larger transmission
+            # number) lets ordinary loss detection find what else is missing.
+            self._probed = True
+            self._probe = next(reversed(self._inflight))
+            self._next_send_at = now

@@ -1,0 +1,272 @@
+"""The sans-IO UDP core: codec, range sets, RTT, sender invariants, handshake."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ftransfer.proto import packets as pk
+from ftransfer.proto.congestion import NewReno, create
+from ftransfer.proto.endpoint import ServerEndpoint, cookie_valid, make_cookie
+from ftransfer.proto.rangeset import RangeSet
+from ftransfer.proto.rtt import INITIAL_RTO_S, MAX_RTO_S, MIN_RTO_S, RttEstimator
+from ftransfer.proto.sender import Sender
+from ftransfer.proto.udp import SessionConfig
+
+# ---- range sets ------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 20)), max_size=40), st.integers(0, 220)
+)
+def test_rangeset_matches_a_plain_set(adds: list[tuple[int, int]], bound: int) -> None:
+    ranges, model = RangeSet(), set()
+    for start, length in adds:
+        fresh = ranges.add_new(start, start + length)
+        assert {x for a, b in fresh for x in range(a, b)} == set(
+            range(start, start + length)
+        ) - model
+        model |= set(range(start, start + length))
+    listed = list(ranges)
+    assert all(a < b for a, b in listed)
+    assert all(listed[i][1] < listed[i + 1][0] for i in range(len(listed) - 1))  # not adjacent
+    assert {x for a, b in listed for x in range(a, b)} == model
+    for probe in range(0, 225, 7):
+        found = ranges.containing(probe)
+        assert (probe in ranges) == (probe in model) == (found is not None)
+    assert ranges.newest(3) == sorted(listed, reverse=True)[:3]
+    ranges.discard_below(bound)
+    assert {x for a, b in ranges for x in range(a, b)} == {x for x in model if x >= bound}
+
+
+# ---- RTT (RFC 6298) ---------------------------------------------------------------------
+
+
+def test_rto_follows_rfc6298() -> None:
+    rtt = RttEstimator()
+    assert rtt.rto() == INITIAL_RTO_S
+    rtt.on_sample(0.1)
+    assert rtt.srtt == 0.1 and rtt.rttvar == 0.05
+    assert rtt.rto() == pytest.approx(0.3)  # SRTT + 4 RTTVAR
+    rtt.on_sample(0.3)
+    assert rtt.rttvar == pytest.approx(0.75 * 0.05 + 0.25 * 0.2)
+    assert rtt.srtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.3)
+    for _ in range(20):
+        rtt.on_timeout()
+    assert rtt.rto() == MAX_RTO_S  # backoff is clamped
+    rtt.on_sample(0.001)
+    assert rtt.backoff == 1  # a new sample collapses the backoff
+    fast = RttEstimator()
+    fast.on_sample(0.0001)
+    assert fast.rto() == MIN_RTO_S
+
+
+# ---- datagram codec ---------------------------------------------------------------------
+
+BODIES: list[pk.Body] = [
+    pk.Initial(
+        nonce=7,
+        operation=pk.Operation.PUT,
+        chunk_bytes=1400,
+        window=4096,
+        cookie=b"c" * 20,
+        size=123,
+        mtime_ns=-1,
+        path="dir/ü.bin",
+    ),
+    pk.Retry(nonce=9, cookie=b"x" * 20),
+    pk.Accept(nonce=9, code=0, chunk_bytes=1400, window=64, size=5, mtime_ns=3, message="ok"),
+    pk.Data(seq=2**63, tx=5, payload=b"payload"),
+    pk.Ack(cumulative=10, largest_tx=99, window=64, delay_us=250, ranges=((20, 25), (12, 14))),
+    pk.Fin(size=77, digest=bytes(range(16))),
+    pk.Result(code=30, digest=bytes(16), message="mismatch"),
+    pk.Close(code=0, message=""),
+    pk.Ping(seq=1, timestamp_ns=2, padding=30),
+    pk.Pong(seq=1, timestamp_ns=2, padding=30),
+]
+
+
+@pytest.mark.parametrize("body", BODIES, ids=lambda b: type(b).__name__)
+def test_datagrams_round_trip(body: pk.Body) -> None:
+    datagram = pk.encode(0xDEADBEEF, body)
+    packet = pk.decode_untrusted(datagram)
+    assert packet.session == 0xDEADBEEF
+    decoded = packet.body
+    if isinstance(body, pk.Data):
+        assert isinstance(decoded, pk.Data) and bytes(decoded.payload) == body.payload
+    else:
+        assert decoded == body
+
+
+def test_initial_is_padded_and_default_data_fits_a_1500_byte_mtu() -> None:
+    assert len(pk.encode(0, BODIES[0])) >= pk.MIN_INITIAL_BYTES
+    data = pk.encode(1, pk.Data(seq=0, tx=0, payload=bytes(pk.DEFAULT_CHUNK_BYTES)))
+    assert len(data) <= 1500 - 40 - 8  # IPv6 + UDP headers
+
+
+@pytest.mark.parametrize("body", BODIES, ids=lambda b: type(b).__name__)
+def test_every_flipped_bit_is_detected(body: pk.Body) -> None:
+    datagram = pk.encode(1, body)
+    for bit in range(0, len(datagram) * 8, 7):
+        flipped = bytearray(datagram)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(pk.PacketError):
+            pk.decode_untrusted(bytes(flipped))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_datagrams_raise_only_packet_error(noise: bytes) -> None:
+    with contextlib.suppress(pk.PacketError):
+        pk.decode_untrusted(noise)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(BODIES), st.data())
+def test_truncated_datagrams_raise_only_packet_error(body: pk.Body, data: st.DataObject) -> None:
+    datagram = pk.encode(3, body)
+    cut = data.draw(st.integers(0, len(datagram) - 1))
+    with pytest.raises(pk.PacketError):
+        pk.decode_untrusted(datagram[:cut])
+
+
+def _resealed(body_bytes: bytes, kind: pk.PacketType) -> bytes:
+    head = pk.HEADER.pack(pk.MAGIC, kind, 1) + body_bytes
+    from ftransfer.checksum import datagram_check
+
+    return head + pk.CHECK.pack(datagram_check(head))
+
+
+def test_well_sealed_but_malformed_bodies_are_refused() -> None:
+    below = pk._ACK.pack(10, 0, 1, 0, 1) + pk._RANGE.pack(5, 2)  # range below cumulative
+    with pytest.raises(pk.PacketError, match="below the cumulative"):
+        pk.decode_untrusted(_resealed(below, pk.PacketType.ACK))
+    with pytest.raises(pk.PacketError, match="unknown datagram type"):
+        pk.decode_untrusted(_resealed(b"", pk.PacketType.RETRY + 100))  # type: ignore[arg-type]
+    with pytest.raises(pk.PacketError):
+        pk.decode_untrusted(_resealed(b"\x00" * 11 + b"\x09", pk.PacketType.INITIAL))
+
+
+# ---- sender invariants --------------------------------------------------------------------
+
+
+def _sender(size: int = 100 * 1400, cc: str = "bbr") -> Sender:
+    return Sender(
+        size=size,
+        chunk_bytes=1400,
+        window=1000,
+        cc=create(cc, mss=1400),
+        rtt=RttEstimator(),
+        now=0.0,
+        give_up_s=10.0,
+    )
+
+
+def _ack(cum: int, largest_tx: int, *ranges: tuple[int, int], window: int = 1000) -> pk.Ack:
+    return pk.Ack(
+        cumulative=cum, largest_tx=largest_tx, window=window, delay_us=0, ranges=tuple(ranges)
+    )
+
+
+def test_acks_for_data_never_sent_are_ignored() -> None:
+    sender = _sender()
+    sent = sender.poll(0.0)
+    assert len(sent) == 16
+    window_before = sender.cc.cwnd()
+    sender.on_ack(_ack(90, 10_000, (95, 100)), 0.05)  # claims chunks never sent
+    assert sender.bytes_in_flight == 0  # the 16 that were sent are acknowledged...
+    assert sender.stats.sent == 16 and not sender.done  # ...but nothing beyond them
+    assert sender.cc.cwnd() >= window_before
+    assert [seq for seq, _tx in sender.poll(1.0)][:1] == [16]  # continues after the real ones
+
+
+def test_a_duplicate_ack_never_triggers_a_retransmission() -> None:
+    sender = _sender(cc="reno")
+    sender.poll(0.0)
+    ack = _ack(4, 4)
+    for _ in range(50):
+        sender.on_ack(ack, 0.01)
+    assert sender.stats.retransmitted == 0
+
+
+def test_karn_no_rtt_sample_from_a_retransmitted_chunk() -> None:
+    sender = _sender(size=1400)
+    [(seq, _tx)] = sender.poll(0.0)
+    deadline = sender.get_timer()
+    assert deadline is not None
+    sender.handle_timer(deadline)  # RTO: chunk 0 counts as lost
+    assert [s for s, _t in sender.poll(deadline)] == [seq]
+    sender.on_ack(_ack(1, 1), deadline + 0.001)
+    assert sender.done and sender.rtt.srtt is None  # ambiguous: not sampled
+
+
+def test_loss_is_detected_three_transmissions_later() -> None:
+    sender = _sender()
+    sender.poll(0.0)
+    sender.on_ack(_ack(0, 4, (1, 5)), 0.04)  # 0 missing, 1..4 arrived
+    assert sender.stats.retransmitted == 0
+    resent = [seq for seq, _tx in sender.poll(0.05)]
+    assert resent[0] == 0 and sender.stats.retransmitted == 1
+
+
+# ---- address validation -------------------------------------------------------------------
+
+
+def test_cookies_bind_address_nonce_and_time() -> None:
+    secret = b"s" * 32
+    cookie = make_cookie(secret, ("10.0.0.1", 5), 42, now=100.0)
+    assert cookie_valid(secret, cookie, ("10.0.0.1", 5), 42, now=100.0)
+    assert cookie_valid(secret, cookie, ("10.0.0.1", 5), 42, now=125.0)  # next bucket
+    assert not cookie_valid(secret, cookie, ("10.0.0.1", 5), 42, now=200.0)  # expired
+    assert not cookie_valid(secret, cookie, ("10.0.0.2", 5), 42, now=100.0)
+    assert not cookie_valid(secret, cookie, ("10.0.0.1", 6), 42, now=100.0)
+    assert not cookie_valid(secret, cookie, ("10.0.0.1", 5), 43, now=100.0)
+    assert not cookie_valid(b"t" * 32, cookie, ("10.0.0.1", 5), 42, now=100.0)
+
+
+def test_unvalidated_clients_get_at_most_three_times_what_they_sent() -> None:
+    rng = random.Random(5)
+    endpoint = ServerEndpoint(
+        secret=b"k" * 32,
+        rng=rng,
+        config=SessionConfig(chunk_bytes=1400, window=64, give_up_s=5),
+        max_sessions=4,
+    )
+    received = sent = 0
+    for i in range(200):  # a spoofed flood from many "victims", never echoing a cookie
+        initial = pk.Initial(
+            nonce=i,
+            operation=pk.Operation.GET,
+            chunk_bytes=65000,
+            window=10**6,
+            cookie=b"",
+            size=0,
+            mtime_ns=0,
+            path="big",
+        )
+        datagram = pk.encode(0, initial)
+        received += len(datagram)
+        endpoint.receive(datagram, (f"203.0.113.{i % 250}", 1000 + i), now=float(i))
+        sent += sum(len(d) for d, _a in endpoint.outbox)
+        endpoint.outbox.clear()
+    assert endpoint.sessions == {} and endpoint.requests == []  # no state was allocated
+    assert sent <= received / 10  # RETRY is tiny: far below the 3x bound
+    ping = pk.encode(0, pk.Ping(seq=1, timestamp_ns=5, padding=0))
+    endpoint.receive(ping, ("203.0.113.9", 1), now=0.0)
+    [(pong, address)] = endpoint.outbox
+    assert len(pong) == len(ping) and address == ("203.0.113.9", 1)
+
+
+def test_newreno_halves_once_per_round_trip() -> None:
+    reno = NewReno(mss=1000)
+    rtt = RttEstimator()
+    rtt.on_sample(0.1)
+    start = reno.cwnd()
+    reno.on_loss(now=1.0, lost=1000, inflight=0, rtt=rtt)
+    reno.on_loss(now=1.05, lost=1000, inflight=0, rtt=rtt)  # same round trip: ignored
+    assert reno.cwnd() == start // 2
