@@ -8,30 +8,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from . import __version__
-from .checksum import ZERO_DIGEST, hex_digest
-from .client import Client, Remote, TransferResult, get_target, parse_remote, put_targets
+from . import __version__, cli_udp
+from .client import Client, Remote, get_target, parse_remote, put_targets
 from .config import DEFAULT_PORT, ClientConfig, ServerConfig
 from .errors import ExitCode, FtransferError
-from .proto.events import Entry, EntryKind
+from .output import print_listing, print_record, print_stat, transfer_record
+from .proto.packets import DEFAULT_CHUNK_BYTES
 from .storage import escape
-
-_KIND_LETTER = {
-    EntryKind.FILE: "-",
-    EntryKind.DIRECTORY: "d",
-    EntryKind.SYMLINK: "l",
-    EntryKind.OTHER: "?",
-}
 
 
 class _Bars:
@@ -88,19 +79,6 @@ class _Bars:
             self._overall.close()
 
 
-def _print_result(result: TransferResult, out: TextIO) -> None:
-    seconds = max(result.seconds, 1e-9)
-    record = {
-        "path": result.remote,
-        "local": result.local,
-        "bytes": result.size,
-        "seconds": round(result.seconds, 6),
-        "bytes_per_second": round(result.size / seconds),
-        "xxh3_128": hex_digest(result.digest),
-    }
-    out.write(json.dumps(record) + "\n")
-
-
 def _error(exc: FtransferError) -> int:
     sys.stderr.write(f"ftransfer: error: {exc}\n")
     return int(exc.exit_code)
@@ -134,6 +112,12 @@ def _bars(args: argparse.Namespace, files: int, total: int | None) -> _Bars:
 async def _put(args: argparse.Namespace) -> int:
     remote = _remote(args.paths[-1])
     sources = [Path(p) for p in args.paths[:-1]]
+    if args.udp:
+        bars = _bars(args, len(sources), None)
+        try:
+            return await cli_udp.put(args, remote, sources, bars)
+        finally:
+            bars.close()
 
     async def job(client: Client) -> int:
         items = await put_targets(client, sources, remote.path)
@@ -148,7 +132,7 @@ async def _put(args: argparse.Namespace) -> int:
             if isinstance(outcome, FtransferError):
                 status = status or _error(outcome)
             elif args.json:
-                _print_result(outcome, sys.stdout)
+                print_record(transfer_record(outcome), sys.stdout)
         return status
 
     return await _with_client(args, remote, job)
@@ -159,6 +143,12 @@ async def _get(args: argparse.Namespace) -> int:
     if not remote.path:
         raise _Usage("get needs a remote file path: HOST[:PORT]/PATH")
     target = get_target(remote.path, args.local)
+    if args.udp:
+        bars = _bars(args, 1, None)
+        try:
+            return await cli_udp.get(args, remote, bars)
+        finally:
+            bars.close()
 
     async def job(client: Client) -> int:
         bars = _bars(args, 1, None)
@@ -168,37 +158,19 @@ async def _get(args: argparse.Namespace) -> int:
         finally:
             bars.close()
         if args.json:
-            _print_result(result, sys.stderr if target is None else sys.stdout)
+            print_record(transfer_record(result), sys.stderr if target is None else sys.stdout)
         return 0
 
     return await _with_client(args, remote, job)
 
 
-def _format_time(mtime_ns: int) -> str:
-    return datetime.fromtimestamp(mtime_ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _entry_record(entry: Entry) -> dict[str, Any]:
-    return {
-        "name": entry.name,
-        "type": entry.kind.name.lower(),
-        "size": entry.size,
-        "mtime_ns": entry.mtime_ns,
-    }
-
-
 async def _ls(args: argparse.Namespace) -> int:
     remote = _remote(args.remote)
+    if args.udp:
+        return await cli_udp.ls(args, remote)
 
     async def job(client: Client) -> int:
-        for entry in await client.list_dir(remote.path):
-            if args.json:
-                print(json.dumps(_entry_record(entry)))
-            else:
-                suffix = "/" if entry.kind is EntryKind.DIRECTORY else ""
-                when = _format_time(entry.mtime_ns)
-                line = f"{_KIND_LETTER[entry.kind]} {entry.size:>14} {when} {escape(entry.name)}"
-                print(line + suffix)
+        print_listing(await client.list_dir(remote.path), as_json=args.json, out=sys.stdout)
         return 0
 
     return await _with_client(args, remote, job)
@@ -206,20 +178,12 @@ async def _ls(args: argparse.Namespace) -> int:
 
 async def _stat(args: argparse.Namespace) -> int:
     remote = _remote(args.remote)
+    if args.udp:
+        return await cli_udp.stat(args, remote)
 
     async def job(client: Client) -> int:
         entry, digest = await client.stat(remote.path)
-        record = _entry_record(entry)
-        record["name"] = remote.path
-        record["mtime"] = _format_time(entry.mtime_ns)
-        record["xxh3_128"] = hex_digest(digest) if digest != ZERO_DIGEST else None
-        if args.json:
-            print(json.dumps(record))
-        else:
-            for key in ("name", "type", "size", "mtime", "xxh3_128"):
-                if record[key] is not None:
-                    value = escape(record[key]) if isinstance(record[key], str) else record[key]
-                    print(f"{key}: {value}")
+        print_stat(remote.path, entry, digest, as_json=args.json, out=sys.stdout)
         return 0
 
     return await _with_client(args, remote, job)
@@ -232,6 +196,8 @@ def _simple(
         remote = _remote(args.remote)
         if not remote.path:
             raise _Usage("a remote path is required: HOST[:PORT]/PATH")
+        if getattr(args, "udp", False):
+            return await cli_udp.rm(args, remote)
 
         async def job(client: Client) -> int:
             await action(client, remote, args)
@@ -266,6 +232,9 @@ async def _serve(args: argparse.Namespace) -> int:
         hello_timeout_s=args.hello_timeout,
         max_file_bytes=args.max_file_size,
         fsync=not args.no_fsync,
+        udp=not args.no_udp,
+        udp_port=args.udp_port,
+        udp_give_up_s=args.udp_give_up,
     )
     if not config.root.is_dir():
         raise _Usage(f"--root {args.root}: not a directory")
@@ -355,8 +324,45 @@ def _add_serve(sub: Any) -> None:
         action="store_true",
         help="skip fsync before commit (faster; a crash may lose recent uploads)",
     )
+    p.add_argument(
+        "--udp-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="UDP port (default: the TCP port's number)",
+    )
+    p.add_argument("--no-udp", action="store_true", help="serve TCP only")
+    p.add_argument(
+        "--udp-give-up",
+        type=_positive,
+        default=defaults.udp_give_up_s,
+        metavar="S",
+        help="abandon a UDP session after this long without progress",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=_serve)
+
+
+def _udp_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--udp", action="store_true", help="use the UDP protocol (lossy links)")
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=DEFAULT_CHUNK_BYTES,
+        metavar="BYTES",
+        help=f"UDP payload per datagram (default {DEFAULT_CHUNK_BYTES}, safe on a "
+        "1500-byte MTU; up to 65000 on loopback)",
+    )
+    p.add_argument(
+        "--give-up",
+        type=_positive,
+        default=30.0,
+        metavar="S",
+        help="UDP: fail after this long without progress (default 30)",
+    )
+    p.add_argument(
+        "--cc", choices=["bbr", "reno"], default="bbr", help="UDP congestion control (default bbr)"
+    )
 
 
 def _client_options(p: argparse.ArgumentParser, *, transfer: bool = False) -> None:
@@ -383,16 +389,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="LOCAL... REMOTE")
     p.add_argument("--no-clobber", action="store_true", help="refuse to replace existing files")
     _client_options(p, transfer=True)
+    _udp_options(p)
     p.set_defaults(run=_put)
     p = sub.add_parser("get", help="download a file (LOCAL '-' is stdout)")
     p.add_argument("remote", metavar="REMOTE")
     p.add_argument("local", nargs="?", metavar="LOCAL")
     _client_options(p, transfer=True)
+    _udp_options(p)
     p.set_defaults(run=_get)
     for name, run, text in (("ls", _ls, "list a directory"), ("stat", _stat, "size, mtime, xxh3")):
         p = sub.add_parser(name, help=text)
         p.add_argument("remote", metavar="REMOTE")
         _client_options(p)
+        _udp_options(p)
         p.set_defaults(run=run)
     for name, action, text in (
         ("rm", _rm, "remove a file or empty directory"),
@@ -402,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("remote", metavar="REMOTE")
         if name == "mkdir":
             p.add_argument("-p", "--parents", action="store_true", help="create parents too")
+        else:
+            _udp_options(p)
         _client_options(p)
         p.set_defaults(run=_simple(action))
     p = sub.add_parser("mv", help="rename on the server")
@@ -409,7 +420,92 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("newpath", metavar="NEWPATH")
     _client_options(p)
     p.set_defaults(run=_simple(_mv))
+    _add_relay(sub)
+    p = sub.add_parser("ping", help="UDP echoes: RTT min/avg/max/jitter and loss")
+    p.add_argument("remote", metavar="REMOTE")
+    p.add_argument("--udp", action="store_true", help="(the default and only mode)")
+    p.add_argument("-c", "--count", type=int, default=5, metavar="N")
+    p.add_argument("-i", "--interval", type=float, default=0.2, metavar="S")
+    p.add_argument(
+        "--timeout",
+        type=_positive,
+        default=1.0,
+        metavar="S",
+        help="wait this long for each echo (default 1)",
+    )
+    p.set_defaults(run=_ping)
     return parser
+
+
+def _add_relay(sub: Any) -> None:
+    p = sub.add_parser("relay", help="a UDP relay that impairs traffic (rehearse a bad link)")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="port 0 picks one")
+    p.add_argument("--to", required=True, metavar="HOST:PORT")
+    for name, text in (
+        ("loss", "drop"),
+        ("dup", "duplicate"),
+        ("reorder", "hold back"),
+        ("corrupt", "flip one bit of"),
+    ):
+        p.add_argument(
+            f"--{name}",
+            type=_probability,
+            default=0.0,
+            metavar="P",
+            help=f"probability to {text} a datagram",
+        )
+    p.add_argument("--delay", type=float, default=0.0, metavar="MS", help="one-way delay")
+    p.add_argument("--jitter", type=float, default=0.0, metavar="MS", help="extra random delay")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="MBIT",
+        help="bottleneck rate, with a 50 ms drop-tail queue",
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.set_defaults(run=_relay)
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+async def _relay(args: argparse.Namespace) -> int:
+    from .relay import Impairment, Relay
+    from .server import format_url
+
+    try:
+        listen = parse_remote(args.listen, allow_port_zero=True)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
+    to = _remote(args.to)
+    impairment = Impairment(
+        loss=args.loss,
+        dup=args.dup,
+        reorder=args.reorder,
+        corrupt=args.corrupt,
+        delay_s=args.delay / 1000,
+        jitter_s=args.jitter / 1000,
+        rate_bytes_per_s=None if args.rate is None else args.rate * 1e6 / 8,
+    )
+    relay = Relay((listen.host, listen.port), (to.host, to.port), impairment, args.seed)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    here = format_url("udp", relay.address)
+    print(f"ftransfer: relaying {here} -> udp://{to.host}:{to.port}", flush=True)
+    await stop.wait()
+    relay.close()
+    return 0
+
+
+async def _ping(args: argparse.Namespace) -> int:
+    return await cli_udp.ping(args, _remote(args.remote))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

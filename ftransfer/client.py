@@ -57,8 +57,11 @@ class Remote:
     path: str
 
 
-def parse_remote(text: str) -> Remote:
-    """Parse ``HOST[:PORT][/PATH]`` or ``[V6ADDR][:PORT][/PATH]``; ValueError if malformed."""
+def parse_remote(text: str, *, allow_port_zero: bool = False) -> Remote:
+    """Parse ``HOST[:PORT][/PATH]`` or ``[V6ADDR][:PORT][/PATH]``; ValueError if malformed.
+
+    Port 0 ("pick a free one") is only meaningful for addresses we listen on.
+    """
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
@@ -74,7 +77,8 @@ def parse_remote(text: str) -> Remote:
         digits, slash, tail = rest[1:].partition("/")
         rest = slash + tail
         if digits:
-            if not digits.isdigit() or not 0 < int(digits) < 65536:
+            lowest = 0 if allow_port_zero else 1
+            if not digits.isdigit() or not lowest <= int(digits) < 65536:
                 raise ValueError(f"{text!r}: port must be a number from 1 to 65535")
             port = int(digits)
     if rest and not rest.startswith("/"):

@@ -73,6 +73,12 @@ class ServerConfig:
     """Largest upload accepted."""
     fsync: bool = True
     """fsync each file and its directory before reporting success."""
+    udp: bool = True
+    """Also serve the UDP protocol."""
+    udp_port: int | None = None
+    """UDP port; None means the same number as the TCP port."""
+    udp_give_up_s: float = 30.0
+    """A UDP session with no progress for this long is abandoned."""
 
 
 @dataclass(frozen=True, kw_only=True)

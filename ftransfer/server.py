@@ -27,6 +27,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .aio.datagram import open_udp_socket
 from .aio.stream import FrameStream, SinkFailed
 from .checksum import ZERO_DIGEST, file_digest
 from .config import HASH_SCRATCH_BYTES, LIST_BATCH_BYTES, MAX_FRAME_BYTES, ServerConfig
@@ -43,6 +44,7 @@ from .errors import (
 from .proto import events as ev
 from .proto.tcp import Connection, Role, negotiate_version
 from .storage import Storage, escape
+from .udp_service import UdpService
 
 logger = logging.getLogger("ftransfer.server")
 
@@ -92,10 +94,14 @@ class Server:
         self._sessions: set[asyncio.Task[None]] = set()
         self._per_address: collections.Counter[str] = collections.Counter()
         self.address: tuple[Any, ...] = ()
+        self.udp: UdpService | None = None
 
     @property
     def urls(self) -> list[str]:
-        return [format_url("tcp", self.address)]
+        urls = [format_url("tcp", self.address)]
+        if self.udp is not None:
+            urls.append(format_url("udp", self.udp.address))
+        return urls
 
     async def start(self) -> None:
         """Remove stale temporary files, bind and start accepting."""
@@ -106,6 +112,12 @@ class Server:
         self.address = sock.getsockname()
         loop = asyncio.get_running_loop()
         self._listeners.append(await loop.create_server(self._new_stream, sock=sock))
+        if self.config.udp:
+            port = self.config.udp_port
+            udp_sock = open_udp_socket(
+                self.config.host, self.address[1] if port is None else port, connect=False
+            )
+            self.udp = UdpService(self.storage, self.config, udp_sock)
 
     def _new_stream(self) -> FrameStream:
         stream = FrameStream(Connection(Role.SERVER), self._scratch, self.config.idle_timeout_s)
@@ -137,6 +149,8 @@ class Server:
         """Stop listening, cancel sessions (aborting uploads), release the root."""
         for listener in self._listeners:
             listener.close()
+        if self.udp is not None:
+            self.udp.close()
         for task in list(self._sessions):
             task.cancel()
         await asyncio.gather(*self._sessions, return_exceptions=True)

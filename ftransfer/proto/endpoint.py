@@ -47,6 +47,8 @@ from .udp import Session, SessionConfig
 
 COOKIE_BUCKET_S = 30.0
 """Cookies are valid in the bucket they were made in and the next one."""
+WINDOW_BYTES = 8 * 1024 * 1024
+"""A session's reorder buffer holds at most this many bytes (window x chunk size)."""
 ACCEPT_MEMORY_S = 30.0
 """How long an ACCEPT is remembered, to repeat it for a repeated INITIAL."""
 HANDSHAKE_RTO_S = 0.5
@@ -186,9 +188,10 @@ class ServerEndpoint:
         chunk = min(max(initial.chunk_bytes, 512), self.config.chunk_bytes)
         session_id = self.rng.getrandbits(64) or 1
         sending = read_chunk is not None
+        window = max(16, min(self.config.window, WINDOW_BYTES // chunk))
         config = SessionConfig(
             chunk_bytes=chunk,
-            window=initial.window if sending else self.config.window,
+            window=initial.window if sending else window,
             give_up_s=self.config.give_up_s,
             cc=self.config.cc,
         )
@@ -205,7 +208,7 @@ class ServerEndpoint:
             nonce=initial.nonce,
             code=0,
             chunk_bytes=chunk,
-            window=self.config.window,
+            window=window,
             size=size,
             mtime_ns=mtime_ns,
             message="",

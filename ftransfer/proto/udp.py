@@ -126,8 +126,14 @@ class Session:
             self._hasher = new_hasher()
             self._hashed = 0
         else:
-            chunks = -(-size // config.chunk_bytes)
-            self.receiver = Receiver(chunks=chunks, window=config.window)
+            self.receiver = Receiver(
+                size=size, chunk_bytes=config.chunk_bytes, window=config.window
+            )
+
+    @property
+    def hashed_bytes(self) -> int:
+        """Sender: bytes read and sent at least once (for progress bars)."""
+        return min(self.size, getattr(self, "_hashed", 0) * self.config.chunk_bytes)
 
     # ---- input -----------------------------------------------------------------------
 

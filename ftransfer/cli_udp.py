@@ -1,0 +1,222 @@
+"""The CLI's UDP commands (``--udp`` on put/get/ls/stat/rm, and ``ping``): parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .client import Remote, get_target
+from .errors import FtransferError, NotFound
+from .output import print_listing, print_record, print_stat, transfer_record
+from .proto import events as ev
+from .proto.frames import FrameType, decode_untrusted
+from .proto.packets import (
+    MAX_CHUNK_BYTES,
+    MIN_CHUNK_BYTES,
+    Operation,
+    PacketError,
+    Ping,
+    Pong,
+    encode,
+)
+from .proto.packets import decode_untrusted as decode_dg
+from .udp_client import UdpOptions, UdpOutcome, UdpStats, as_transfer_result, udp_request
+
+
+def options(args: argparse.Namespace) -> UdpOptions:
+    chunk = max(MIN_CHUNK_BYTES, min(args.chunk, MAX_CHUNK_BYTES))
+    return UdpOptions(chunk_bytes=chunk, give_up_s=args.give_up, cc=args.cc)
+
+
+def summary(stats: UdpStats) -> str:
+    srtt = "n/a" if stats.srtt_ms is None else f"{stats.srtt_ms:.1f} ms"
+    return (
+        f"udp: {stats.bytes:,} bytes in {stats.seconds:.2f} s ({stats.goodput / 1e6:.1f} MB/s), "
+        f"{stats.datagrams_sent:,} data datagrams sent, {stats.datagrams_received:,} received, "
+        f"{stats.retransmitted:,} retransmitted, "
+        f"{stats.duplicates:,} duplicates and {stats.corrupt:,} corrupt dropped, srtt {srtt}, "
+        f"loss estimate {stats.loss_estimate:.1%}"
+    )
+
+
+def stats_record(stats: UdpStats) -> dict[str, Any]:
+    return {
+        "goodput_bytes_per_second": round(stats.goodput),
+        "datagrams_sent": stats.datagrams_sent,
+        "datagrams_received": stats.datagrams_received,
+        "retransmitted": stats.retransmitted,
+        "duplicates": stats.duplicates,
+        "corrupt_dropped": stats.corrupt,
+        "srtt_ms": None if stats.srtt_ms is None else round(stats.srtt_ms, 3),
+        "loss_estimate": round(stats.loss_estimate, 5),
+    }
+
+
+def _report(args: argparse.Namespace, outcome: UdpOutcome, remote: str, local: str) -> None:
+    if args.json:
+        record = transfer_record(as_transfer_result(outcome, remote, local))
+        record.update(stats_record(outcome.stats))
+        print_record(record, sys.stdout if local != "-" else sys.stderr)
+    elif not args.quiet:
+        sys.stderr.write(summary(outcome.stats) + "\n")
+
+
+async def _stat_entry(remote: Remote, path: str, opts: UdpOptions) -> tuple[ev.Entry, bytes]:
+    outcome = await udp_request(remote.host, remote.port, Operation.STAT, path, options=opts)
+    event = decode_untrusted(FrameType.STAT_OK, outcome.data)
+    assert isinstance(event, ev.Stated)
+    return event.entry, event.digest
+
+
+async def put(args: argparse.Namespace, remote: Remote, sources: list[Path], bars: Any) -> int:
+    opts = options(args)
+    into_dir = len(sources) > 1 or not remote.path or remote.path.endswith("/")
+    if not into_dir:
+        try:
+            entry, _digest = await _stat_entry(remote, remote.path, opts)
+            into_dir = entry.kind is ev.EntryKind.DIRECTORY
+        except NotFound:
+            pass
+    status = 0
+    for source in sources:
+        target = f"{remote.path.rstrip('/')}/{source.name}".lstrip("/") if into_dir else remote.path
+        try:
+            outcome = await udp_request(
+                remote.host,
+                remote.port,
+                Operation.PUT,
+                target,
+                options=opts,
+                local=source,
+                progress=bars,
+            )
+        except FtransferError as exc:
+            sys.stderr.write(f"ftransfer: error: {exc}\n")
+            status = status or int(exc.exit_code)
+            continue
+        _report(args, outcome, target, str(source))
+    return status
+
+
+async def get(args: argparse.Namespace, remote: Remote, bars: Any) -> int:
+    target = get_target(remote.path, args.local)
+    outcome = await udp_request(
+        remote.host,
+        remote.port,
+        Operation.GET,
+        remote.path,
+        options=options(args),
+        target=target,
+        progress=bars,
+    )
+    if target is None:
+        sys.stdout.buffer.write(outcome.data)
+        sys.stdout.flush()
+    _report(args, outcome, remote.path, "-" if target is None else str(target))
+    return 0
+
+
+async def ls(args: argparse.Namespace, remote: Remote) -> int:
+    outcome = await udp_request(
+        remote.host, remote.port, Operation.LIST, remote.path, options=options(args)
+    )
+    event = decode_untrusted(FrameType.ENTRIES, outcome.data)
+    assert isinstance(event, ev.Listed)
+    print_listing(list(event.entries), as_json=args.json, out=sys.stdout)
+    return 0
+
+
+async def stat(args: argparse.Namespace, remote: Remote) -> int:
+    entry, digest = await _stat_entry(remote, remote.path, options(args))
+    print_stat(remote.path, entry, digest, as_json=args.json, out=sys.stdout)
+    return 0
+
+
+async def rm(args: argparse.Namespace, remote: Remote) -> int:
+    await udp_request(
+        remote.host, remote.port, Operation.REMOVE, remote.path, options=options(args)
+    )
+    return 0
+
+
+# ---- ping ------------------------------------------------------------------------------
+
+PING_PADDING = 48
+"""Bytes of padding in a PING (the PONG is the same size: no amplification)."""
+
+
+async def ping(args: argparse.Namespace, remote: Remote) -> int:
+    """Timestamped echoes; prints RTT min/avg/max/jitter and loss."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(remote.host, remote.port, type=socket.SOCK_DGRAM)
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setblocking(False)
+    rtts: list[float] = []
+    try:
+        await loop.sock_connect(sock, address)
+        for seq in range(args.count):
+            rtt = await _one_ping(sock, seq, args.timeout)
+            _print_ping(remote, seq, rtt)
+            if rtt is not None:
+                rtts.append(rtt)
+            if seq + 1 < args.count:
+                await asyncio.sleep(args.interval)
+    except OSError as exc:
+        raise FtransferError(f"ping {remote.host}:{remote.port}: {exc.strerror}") from None
+    finally:
+        sock.close()
+    _print_ping_summary(remote, args.count, rtts)
+    return 0 if rtts else 7
+
+
+async def _one_ping(sock: socket.socket, seq: int, timeout: float) -> float | None:
+    loop = asyncio.get_running_loop()
+    sent_ns = time.monotonic_ns()
+    await loop.sock_sendall(
+        sock, encode(0, Ping(seq=seq, timestamp_ns=sent_ns, padding=PING_PADDING))
+    )
+    deadline = loop.time() + timeout
+    while (remaining := deadline - loop.time()) > 0:
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 2048), remaining)
+        except TimeoutError:
+            return None
+        try:
+            body = decode_dg(data).body
+        except PacketError:
+            continue
+        if isinstance(body, Pong) and body.seq == seq and body.timestamp_ns == sent_ns:
+            return (time.monotonic_ns() - sent_ns) / 1e6
+    return None
+
+
+def _print_ping(remote: Remote, seq: int, rtt: float | None) -> None:
+    where = f"{remote.host}:{remote.port}"
+    if rtt is None:
+        print(f"{where}: seq={seq} timeout", flush=True)
+    else:
+        print(f"{where}: seq={seq} rtt={rtt:.3f} ms", flush=True)
+
+
+def _print_ping_summary(remote: Remote, count: int, rtts: list[float]) -> None:
+    lost = count - len(rtts)
+    print(f"--- {remote.host}:{remote.port} ping statistics ---")
+    print(f"{count} sent, {len(rtts)} received, {lost / count:.1%} loss")
+    if rtts:
+        jitter = (
+            statistics.mean(abs(a - b) for a, b in itertools.pairwise(rtts))
+            if len(rtts) > 1
+            else 0.0
+        )
+        print(
+            f"rtt min/avg/max/jitter = {min(rtts):.3f}/{statistics.mean(rtts):.3f}/"
+            f"{max(rtts):.3f}/{jitter:.3f} ms"
+        )

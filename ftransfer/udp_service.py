@@ -1,0 +1,235 @@
+"""The server's UDP side: one socket, the sans-IO endpoint, the same storage policy.
+
+Theory of operation
+-------------------
+``UdpService`` owns a ``ServerEndpoint`` (handshake, cookies, sessions) and a
+``DatagramPump`` (socket and timer). After every batch of datagrams and every timer
+it runs ``_process``: new validated requests are decided here, with exactly the
+storage calls and refusals of the TCP server (path safety, read-only, size and
+space limits, atomic commit); session events move data between sessions and
+storage; then every datagram the core produced is sent and the one timer re-armed.
+
+PUT streams into an ``AtomicWriter`` and commits only when the FIN's digest matches
+what arrived; GET reads with pread from a descriptor opened at ACCEPT time (a
+replacement during the download is not seen); LIST and STAT answers are small byte
+strings in the TCP mode's entry encoding, sent like a file; REMOVE's result rides
+in the ACCEPT. Finished and timed-out sessions are forgotten and their files closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .aio.datagram import DatagramPump
+from .checksum import ZERO_DIGEST, file_digest
+from .config import ServerConfig
+from .errors import FtransferError, InternalError
+from .proto.endpoint import Address, RequestReceived, ServerEndpoint
+from .proto.frames import encode_entry
+from .proto.packets import MAX_CHUNK_BYTES, Operation
+from .proto.udp import DataArrived, FinArrived, Finished, Session, SessionConfig, State, TimedOut
+from .storage import AtomicWriter, Storage, escape
+
+logger = logging.getLogger("ftransfer.server")
+
+SERVER_WINDOW_CHUNKS = 8192
+"""Reorder window offered to clients, before the per-session byte bound (endpoint.py)."""
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""A LIST answer larger than this is refused rather than built in memory."""
+
+
+@dataclass
+class _Job:
+    """What a session reads from or writes to."""
+
+    what: str
+    peer: Address
+    writer: AtomicWriter | None = None
+    fd: int | None = None
+    size: int = 0
+    done: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _bytes_reader(data: bytes) -> Callable[[int, int], bytes]:
+    return lambda offset, size: data[offset : offset + size]
+
+
+def _fd_reader(fd: int) -> Callable[[int, int], bytes]:
+    return lambda offset, size: os.pread(fd, size, offset)
+
+
+class UdpService:
+    """Serves the UDP protocol on one socket."""
+
+    def __init__(self, storage: Storage, config: ServerConfig, sock: socket.socket) -> None:
+        self.storage, self.config = storage, config
+        session_config = SessionConfig(
+            chunk_bytes=MAX_CHUNK_BYTES,
+            window=SERVER_WINDOW_CHUNKS,
+            give_up_s=config.udp_give_up_s,
+        )
+        self.endpoint = ServerEndpoint(
+            secret=secrets.token_bytes(32),
+            rng=random.SystemRandom(),
+            config=session_config,
+            max_sessions=config.max_connections,
+        )
+        self._jobs: dict[int, _Job] = {}
+        self.pump = DatagramPump(sock, self._on_datagram, self._process, self._on_timer)
+        self.address = sock.getsockname()
+
+    def _on_datagram(self, datagram: memoryview, address: Address) -> None:
+        self.endpoint.receive(datagram, address, self.pump.now())
+
+    def _on_timer(self) -> None:
+        now = self.pump.now()
+        for _address, session in list(self.endpoint.sessions.values()):
+            deadline = session.get_timer()
+            if deadline is not None and deadline <= now:
+                session.handle_timer(now)
+        self._process()
+
+    def _process(self) -> None:
+        now = self.pump.now()
+        while self.endpoint.requests:
+            self._decide(self.endpoint.requests.pop(0), now)
+        for session_id, (address, session) in list(self.endpoint.sessions.items()):
+            self._run_events(session_id, session, now)
+            for datagram in session.datagrams(now):
+                self.pump.send(datagram, address)
+            if session.state is State.DONE:
+                self._forget(session_id)
+        for datagram, address in self.endpoint.outbox:
+            self.pump.send(datagram, address)
+        self.endpoint.outbox.clear()
+        self.pump.arm(self.endpoint.get_timer())
+
+    # ---- requests ---------------------------------------------------------------------
+
+    def _decide(self, request: RequestReceived, now: float) -> None:
+        initial = request.initial
+        what = f"udp {initial.operation.name.lower()} {escape(initial.path)}"
+        try:
+            self._start(request, what, now)
+        except FtransferError as exc:
+            logger.info("%s:%d: %s refused: %s", *request.address, what, exc)
+            self.endpoint.refuse(request, code=exc.code, message=str(exc), now=now)
+        except OSError as exc:
+            logger.warning("%s:%d: %s failed: %s", *request.address, what, exc)
+            self.endpoint.refuse(request, code=InternalError.code, message="I/O error", now=now)
+
+    def _start(self, request: RequestReceived, what: str, now: float) -> None:
+        initial, operation = request.initial, request.initial.operation
+        job = _Job(what=what, peer=request.address)
+        if operation is Operation.PUT:
+            job.writer = self.storage.begin_write(
+                initial.path, size=initial.size, mtime_ns=initial.mtime_ns, exclusive=False
+            )
+            job.size = initial.size
+            session = self.endpoint.accept(request, size=0, mtime_ns=-1, now=now, read_chunk=None)
+        elif operation is Operation.GET:
+            handle = self.storage.open_read(initial.path)
+            job.fd, job.size = handle.fd, handle.size
+            session = self.endpoint.accept(
+                request,
+                size=handle.size,
+                mtime_ns=handle.mtime_ns,
+                now=now,
+                read_chunk=_fd_reader(handle.fd),
+            )
+        elif operation in (Operation.LIST, Operation.STAT):
+            answer = self._answer(operation, initial.path)
+            job.size = len(answer)
+            session = self.endpoint.accept(
+                request, size=len(answer), mtime_ns=-1, now=now, read_chunk=_bytes_reader(answer)
+            )
+        else:
+            self.storage.remove(initial.path)
+            self.endpoint.refuse(request, code=0, message="removed", now=now)
+            logger.info("%s:%d: %s", *request.address, what)
+            return
+        self._jobs[session.session_id] = job
+
+    def _answer(self, operation: Operation, path: str) -> bytes:
+        if operation is Operation.STAT:
+            entry, handle = self.storage.stat(path)
+            digest = ZERO_DIGEST
+            if handle is not None:
+                try:
+                    digest = file_digest(handle.fd)
+                finally:
+                    handle.close()
+            return encode_entry(entry) + digest
+        parts: list[bytes] = []
+        total = 0
+        for entry in self.storage.list_dir(path):
+            parts.append(encode_entry(entry))
+            total += len(parts[-1])
+            if total > MAX_ANSWER_BYTES:
+                raise InternalError("directory listing too large for UDP; use TCP")
+        return b"".join(parts)
+
+    # ---- sessions ------------------------------------------------------------------------
+
+    def _run_events(self, session_id: int, session: Session, now: float) -> None:
+        job = self._jobs.get(session_id)
+        for event in session.events:
+            if job is None:
+                break
+            if isinstance(event, DataArrived) and job.writer is not None:
+                self._write(session, job, event)
+            elif isinstance(event, FinArrived) and job.writer is not None:
+                self._commit(session, job, event, now)
+            elif isinstance(event, Finished | TimedOut):
+                self._log_end(job, event)
+        session.events.clear()
+
+    def _write(self, session: Session, job: _Job, event: DataArrived) -> None:
+        assert job.writer is not None
+        try:
+            for chunk in event.chunks:
+                job.writer.write(chunk)
+        except FtransferError as exc:
+            session.fail(code=exc.code, message=str(exc))
+
+    def _commit(self, session: Session, job: _Job, event: FinArrived, now: float) -> None:
+        assert job.writer is not None
+        try:
+            digest = job.writer.commit(event.digest)
+        except FtransferError as exc:
+            session.finish(code=exc.code, message=str(exc), digest=ZERO_DIGEST, now=now)
+            return
+        session.finish(code=0, message="", digest=digest, now=now)
+
+    def _log_end(self, job: _Job, event: Finished | TimedOut) -> None:
+        peer = f"{job.peer[0]}:{job.peer[1]}"
+        if isinstance(event, TimedOut):
+            logger.info("%s: %s timed out", peer, job.what)
+        elif event.code:
+            logger.info("%s: %s failed: %s", peer, job.what, event.message)
+        else:
+            logger.info("%s: %s (%d bytes)", peer, job.what, job.size)
+
+    def _forget(self, session_id: int) -> None:
+        self.endpoint.forget(session_id)
+        job = self._jobs.pop(session_id, None)
+        if job is not None:
+            job.close()
+
+    def close(self) -> None:
+        for session_id in list(self._jobs):
+            self._forget(session_id)
+        self.pump.close()
