@@ -1,0 +1,158 @@
+"""UDP mode through the real server, the real relay and the real CLI, on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import CLI, ServerProcess, run_cli, temporaries
+
+from ftransfer.checksum import digest_bytes
+from ftransfer.errors import ExitCode
+
+
+class RelayProcess:
+    def __init__(self, target_port: int, *impairments: str) -> None:
+        self.proc = subprocess.Popen(
+            [
+                *CLI,
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--to",
+                f"127.0.0.1:{target_port}",
+                *impairments,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.search(r"udp://127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        self.port = int(match.group(1))
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        return code
+
+
+@pytest.fixture
+def relay_factory(server: ServerProcess) -> Iterator[list[RelayProcess]]:
+    relays: list[RelayProcess] = []
+    yield relays
+    for relay in relays:
+        assert relay.stop() == 0
+
+
+def test_ready_line_names_udp(server: ServerProcess) -> None:
+    assert f"udp://127.0.0.1:{server.port}" in server.ready_line
+
+
+@pytest.mark.parametrize(
+    "impairments",
+    [
+        (),
+        ("--loss", "0.05", "--seed", "1"),
+        (
+            "--loss",
+            "0.2",
+            "--dup",
+            "0.05",
+            "--reorder",
+            "0.05",
+            "--corrupt",
+            "0.02",
+            "--delay",
+            "5",
+            "--jitter",
+            "2",
+            "--seed",
+            "2",
+        ),
+    ],
+    ids=["clean", "loss5", "everything"],
+)
+def test_put_and_get_through_the_relay_are_byte_exact(
+    server: ServerProcess,
+    relay_factory: list[RelayProcess],
+    tmp_path: Path,
+    impairments: tuple[str, ...],
+) -> None:
+    relay = RelayProcess(server.port, *impairments)
+    relay_factory.append(relay)
+    data = os.urandom(3 << 20)
+    (tmp_path / "in.bin").write_bytes(data)
+    remote = f"127.0.0.1:{relay.port}/via.bin"
+    put = run_cli("put", "--udp", "--json", str(tmp_path / "in.bin"), remote)
+    assert put.returncode == 0, put.stderr
+    record = json.loads(put.stdout)
+    assert record["xxh3_128"] == digest_bytes(data).hex()
+    assert {
+        "datagrams_sent",
+        "retransmitted",
+        "duplicates",
+        "corrupt_dropped",
+        "srtt_ms",
+        "loss_estimate",
+        "goodput_bytes_per_second",
+    } <= set(record)
+    assert (server.root / "via.bin").read_bytes() == data
+    got = run_cli("get", "--udp", remote, str(tmp_path / "out.bin"))
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert b"udp:" in got.stderr and b"retransmitted" in got.stderr  # the summary
+    assert temporaries(server.root) == [] and temporaries(tmp_path) == []
+
+
+def test_udp_ls_stat_rm_and_refusals(server: ServerProcess, tmp_path: Path) -> None:
+    (server.root / "a.txt").write_bytes(b"alpha")
+    (server.root / "sub").mkdir()
+    listing = run_cli("ls", "--udp", "--json", server.remote())
+    assert sorted(json.loads(x)["name"] for x in listing.stdout.splitlines()) == ["a.txt", "sub"]
+    stat = json.loads(run_cli("stat", "--udp", "--json", server.remote("a.txt")).stdout)
+    assert stat["size"] == 5 and stat["xxh3_128"] == digest_bytes(b"alpha").hex()
+    assert run_cli("get", "--udp", server.remote("missing")).returncode == ExitCode.NOT_FOUND
+    assert run_cli("get", "--udp", server.remote("../x")).returncode == ExitCode.REFUSED
+    assert run_cli("rm", "--udp", server.remote("a.txt")).returncode == 0
+    assert not (server.root / "a.txt").exists()
+
+
+def test_read_only_refuses_udp_uploads(served: Path, tmp_path: Path) -> None:
+    srv = ServerProcess(served, "--read-only", log=tmp_path / "log")
+    (tmp_path / "x").write_bytes(b"x")
+    result = run_cli("put", "--udp", str(tmp_path / "x"), srv.remote())
+    assert result.returncode == ExitCode.REFUSED and b"read-only" in result.stderr
+    assert os.listdir(served) == []
+    assert srv.stop() == 0
+
+
+def test_a_dead_path_ends_in_a_timeout_and_nothing_committed(
+    server: ServerProcess, relay_factory: list[RelayProcess], tmp_path: Path
+) -> None:
+    relay = RelayProcess(server.port, "--loss", "1.0")
+    relay_factory.append(relay)
+    (tmp_path / "x").write_bytes(os.urandom(100_000))
+    result = run_cli(
+        "put", "--udp", "--give-up", "1.5", str(tmp_path / "x"), f"127.0.0.1:{relay.port}/x"
+    )
+    assert result.returncode == ExitCode.TIMEOUT, result.stderr
+    assert b"ftransfer: error:" in result.stderr
+    assert not (server.root / "x").exists() and temporaries(server.root) == []
+
+
+def test_ping_reports_rtt_and_loss(server: ServerProcess) -> None:
+    result = run_cli("ping", "-c", "3", "-i", "0.01", server.remote())
+    assert result.returncode == 0
+    assert b"3 sent, 3 received, 0.0% loss" in result.stdout
+    assert re.search(rb"rtt min/avg/max/jitter = [\d.]+/[\d.]+/[\d.]+/[\d.]+ ms", result.stdout)
