@@ -28,6 +28,7 @@ from ftransfer.proto.endpoint import (
 )
 from ftransfer.proto.packets import DEFAULT_CHUNK_BYTES, Operation
 from ftransfer.proto.udp import DataArrived, FinArrived, Finished, Session, SessionConfig, TimedOut
+from ftransfer.relay import ImpairedPath, Impairment
 
 CLIENT = ("192.0.2.1", 40000)
 SERVER = ("192.0.2.2", 9021)
@@ -42,8 +43,7 @@ class LinkConfig:
     queue_bytes: int = 1_000_000
     loss: float = 0.0
     burst: float = 0.0
-    """Probability that a loss starts a burst (Gilbert): the next datagram is lost
-    with probability 0.5 while in a burst."""
+    """Probability that a loss starts a burst (Gilbert model)."""
     dup: float = 0.0
     reorder: float = 0.0
     """Probability a datagram is held back by 1..3 extra delays of jitter/delay."""
@@ -51,6 +51,19 @@ class LinkConfig:
     blackholes: list[tuple[float, float]] = field(default_factory=list)
     drop_once: Callable[[bytes], bool] | None = None
     """Drops the first datagram this returns True for (to lose exactly one on purpose)."""
+
+    def impairment(self) -> Impairment:
+        return Impairment(
+            loss=self.loss,
+            burst=self.burst,
+            dup=self.dup,
+            reorder=self.reorder,
+            corrupt=self.corrupt,
+            delay_s=self.delay,
+            jitter_s=self.jitter,
+            rate_bytes_per_s=self.rate,
+            queue_bytes=self.queue_bytes,
+        )
 
 
 @dataclass
@@ -63,61 +76,35 @@ class LinkStats:
 
 
 class Link:
+    """The relay's impairment model (``ImpairedPath``) on virtual time, plus
+    blackholes and drop-once for tests that lose exactly what they mean to."""
+
     def __init__(self, config: LinkConfig, rng: random.Random) -> None:
-        self.config, self.rng = config, rng
+        self.config = config
+        self.path = ImpairedPath(config.impairment(), rng)
         self.stats = LinkStats()
-        self._busy_until = 0.0
-        self._in_burst = False
+        self._extra_drops = 0
         self._arrivals: list[tuple[float, int, bytes]] = []
         self._order = 0
-
-    def _lost(self, now: float) -> bool:
-        c = self.config
-        if any(a <= now < b for a, b in c.blackholes):
-            return True
-        if self._in_burst:
-            self._in_burst = self.rng.random() < 0.5
-            if self._in_burst:
-                return True
-        if self.rng.random() < c.loss:
-            self._in_burst = self.rng.random() < c.burst
-            return True
-        return False
 
     def send(self, datagram: bytes, now: float) -> None:
         self.stats.offered += 1
         self.stats.offered_bytes += len(datagram)
-        if self.config.drop_once is not None and self.config.drop_once(datagram):
+        if self._dropped_on_purpose(datagram, now):
+            self._extra_drops += 1
+        else:
+            for arrival, copy in self.path.admit(datagram, now):
+                self._order += 1
+                heapq.heappush(self._arrivals, (arrival, self._order, copy))
+        self.stats.dropped_random = self.path.dropped_random + self._extra_drops
+        self.stats.dropped_queue = self.path.dropped_queue
+
+    def _dropped_on_purpose(self, datagram: bytes, now: float) -> bool:
+        once = self.config.drop_once
+        if once is not None and once(datagram):
             self.config.drop_once = None
-            self.stats.dropped_random += 1
-            return
-        if self._lost(now):
-            self.stats.dropped_random += 1
-            return
-        copies = 2 if self.rng.random() < self.config.dup else 1
-        for _ in range(copies):
-            self._enqueue(self._maybe_corrupt(datagram), now)
-
-    def _maybe_corrupt(self, datagram: bytes) -> bytes:
-        if self.rng.random() >= self.config.corrupt:
-            return datagram
-        bit = self.rng.randrange(len(datagram) * 8)
-        flipped = bytearray(datagram)
-        flipped[bit // 8] ^= 1 << (bit % 8)
-        return bytes(flipped)
-
-    def _enqueue(self, datagram: bytes, now: float) -> None:
-        c = self.config
-        backlog = max(self._busy_until - now, 0.0) * c.rate
-        if backlog + len(datagram) > c.queue_bytes:
-            self.stats.dropped_queue += 1
-            return
-        self._busy_until = max(self._busy_until, now) + len(datagram) / c.rate
-        arrival = self._busy_until + c.delay + self.rng.uniform(0, c.jitter)
-        if self.rng.random() < c.reorder:
-            arrival += self.rng.uniform(1, 3) * max(c.jitter, c.delay / 4, 0.001)
-        self._order += 1
-        heapq.heappush(self._arrivals, (arrival, self._order, datagram))
+            return True
+        return any(a <= now < b for a, b in self.config.blackholes)
 
     def next_time(self) -> float | None:
         return self._arrivals[0][0] if self._arrivals else None
