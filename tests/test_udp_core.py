@@ -270,3 +270,24 @@ def test_newreno_halves_once_per_round_trip() -> None:
     reno.on_loss(now=1.0, lost=1000, inflight=0, rtt=rtt)
     reno.on_loss(now=1.05, lost=1000, inflight=0, rtt=rtt)  # same round trip: ignored
     assert reno.cwnd() == start // 2
+
+
+def test_receiver_refuses_wrong_lengths_out_of_window_and_counts_duplicates() -> None:
+    from ftransfer.proto.receiver import Receiver
+
+    wide = Receiver(size=10 * 100 + 7, chunk_bytes=100, window=64)
+    assert wide.on_data(0, 0, bytes(99), now=0.0) == []  # short, and not the last chunk
+    assert wide.on_data(10, 1, bytes(100), now=0.0) == []  # the last chunk is 7 bytes
+    assert wide.stats.malformed == 2
+    assert wide.on_data(11, 2, bytes(7), now=0.0) == []  # beyond the file: never sent
+    assert wide.stats.beyond_window == 1
+    receiver = Receiver(size=10 * 100 + 7, chunk_bytes=100, window=4)
+    assert receiver.on_data(4, 2, bytes(100), now=0.0) == []  # cumulative 0 + window 4
+    assert receiver.stats.beyond_window == 1
+    assert receiver.on_data(2, 4, bytes(100), now=0.0) == []  # buffered out of order
+    assert [len(c) for c in receiver.on_data(0, 5, bytes(100), now=0.0)] == [100]
+    assert [len(c) for c in receiver.on_data(1, 6, bytes(100), now=0.0)] == [100, 100]
+    assert receiver.on_data(1, 7, bytes(100), now=0.0) == []
+    assert receiver.stats.duplicates == 1 and receiver.cumulative == 3
+    ack = receiver.make_ack(now=0.0)
+    assert ack.cumulative == 3 and ack.largest_tx == 7 and ack.ranges == ()

@@ -76,18 +76,6 @@ class RangeSet:
             return self._starts[i], self._stops[i]
         return None
 
-    def first_stop(self) -> int | None:
-        """End of the first range, or None if empty."""
-        return self._stops[0] if self._stops else None
-
-    def first_start(self) -> int | None:
-        """Start of the first range, or None if empty."""
-        return self._starts[0] if self._starts else None
-
-    def count(self) -> int:
-        """Number of integers in the set."""
-        return sum(b - a for a, b in zip(self._starts, self._stops, strict=True))
-
     def newest(self, limit: int) -> list[tuple[int, int]]:
         """The ``limit`` highest ranges, highest first (what a SACK reports)."""
         n = len(self._starts)

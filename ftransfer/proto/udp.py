@@ -110,6 +110,7 @@ class Session:
         self._fin: Fin | None = None
         self.sender: Sender | None = None
         self.receiver: Receiver | None = None
+        self._hashed = 0  # chunks read (and hashed) by the sender so far
         if sending:
             assert read_chunk is not None
             mss = config.chunk_bytes
@@ -124,7 +125,6 @@ class Session:
             )
             self._read_chunk = read_chunk
             self._hasher = new_hasher()
-            self._hashed = 0
         else:
             self.receiver = Receiver(
                 size=size, chunk_bytes=config.chunk_bytes, window=config.window
@@ -133,7 +133,7 @@ class Session:
     @property
     def hashed_bytes(self) -> int:
         """Sender: bytes read and sent at least once (for progress bars)."""
-        return min(self.size, getattr(self, "_hashed", 0) * self.config.chunk_bytes)
+        return min(self.size, self._hashed * self.config.chunk_bytes)
 
     # ---- input -----------------------------------------------------------------------
 
