@@ -53,6 +53,11 @@ class RttEstimator:
         if self.rto() < MAX_RTO_S:
             self._backoff *= 2
 
+    def reset_backoff(self) -> None:
+        """New data was acknowledged: the path works, drop the timeout backoff
+        (RFC 9002 section 6.2.1 resets it on any acknowledgement)."""
+        self._backoff = 1
+
     @property
     def backoff(self) -> int:
         """Current backoff multiplier (1 when no timeout is outstanding)."""

@@ -47,7 +47,14 @@ from .rangeset import RangeSet
 from .rtt import RttEstimator
 
 LOSS_PACKET_THRESHOLD = 3
-"""Transmissions after a chunk that may be acknowledged before it is lost (RFC 9002)."""
+"""Transmissions after a chunk that may arrive before it counts as lost (RFC 9002);
+the starting value of an adaptive threshold, raised when reordering is observed."""
+MAX_REORDER_THRESHOLD = 4096
+"""Ceiling of the adaptive packet threshold (the time threshold still applies)."""
+GIVE_UP_PROBES = 5
+"""The backed-off RTO never exceeds give_up_s / this."""
+SPURIOUS_RTT_FRACTION = 0.8
+"""An ack this soon (x min RTT) after a retransmission is for the original (Eifel)."""
 LOSS_TIME_THRESHOLD = 9 / 8
 """A chunk older than this many RTTs behind an acknowledged one is lost (RFC 9002)."""
 BURST_PACKETS = 16
@@ -65,12 +72,16 @@ class _Sent:
     delivered_at: float
     app_limited: bool
     retransmitted: bool
+    reordering: int = 0
+    """For a retransmission: how far behind the newest arrival the original was
+    when it was declared lost (the reordering we learn of if it was not lost)."""
 
 
 @dataclass(slots=True)
 class SenderStats:
     sent: int = 0
     retransmitted: int = 0
+    spurious: int = 0
     acks: int = 0
     bytes_sent: int = 0
 
@@ -110,6 +121,8 @@ class Sender:
         self._rto_base = now
         self._probe: int | None = None
         self._probed = False
+        self._reorder_threshold = LOSS_PACKET_THRESHOLD
+        self._declared: dict[int, int] = {}  # seq -> reordering distance when declared lost
 
     @property
     def done(self) -> bool:
@@ -171,6 +184,7 @@ class Sender:
             delivered_at=self._delivered_at,
             app_limited=self._next_new >= self.chunks,
             retransmitted=again,
+            reordering=self._declared.pop(seq, 0) if again else 0,
         )
         self._tx += 1
         self._bytes_in_flight += size
@@ -212,7 +226,23 @@ class Sender:
             self._bytes_in_flight -= sent.size
             newly.append(sent)
 
+    def _learn_reordering(self, newly: list[_Sent], now: float) -> None:
+        """Spurious-retransmission detection by timing (the Eifel idea, RFC 3522): a
+        retransmission acknowledged sooner than a round trip allows means the original
+        arrived after all, so the packet threshold grows to cover that reordering."""
+        floor = SPURIOUS_RTT_FRACTION * (self.rtt.min_rtt or 0.0)
+        for sent in newly:
+            if sent.retransmitted and sent.reordering and now - sent.sent_at < floor:
+                self.stats.spurious += 1
+                wanted = min(sent.reordering + LOSS_PACKET_THRESHOLD, MAX_REORDER_THRESHOLD)
+                self._reorder_threshold = max(self._reorder_threshold, wanted)
+
     def _on_delivered(self, newly: list[_Sent], ack_delay: float, now: float) -> None:
+        self._learn_reordering(newly, now)
+        # Progress: forget the timeout backoff even when every chunk acknowledged was a
+        # retransmission (no RTT sample by Karn's rule), or a tail of retransmissions
+        # would wait ever longer, each timeout doubling the next.
+        self.rtt.reset_backoff()
         newest = max(newly, key=lambda s: s.tx)
         if not newest.retransmitted:  # Karn: never sample a retransmitted chunk
             sample = now - newest.sent_at
@@ -247,7 +277,7 @@ class Sender:
         for seq, sent in self._inflight.items():
             if sent.tx >= self._largest_acked_tx:
                 break
-            behind = self._largest_acked_tx - sent.tx >= LOSS_PACKET_THRESHOLD
+            behind = self._largest_acked_tx - sent.tx >= self._reorder_threshold
             if not (behind or now - sent.sent_at >= delay):
                 break  # later entries were sent later still: none of them is lost yet
             lost.append(seq)
@@ -258,6 +288,7 @@ class Sender:
         lost_bytes = 0
         for seq in lost:
             sent = self._inflight.pop(seq)
+            self._declared[seq] = max(self._largest_acked_tx - sent.tx, 0)
             self._bytes_in_flight -= sent.size
             lost_bytes += sent.size
             heapq.heappush(self._lost, seq)
@@ -271,6 +302,11 @@ class Sender:
                 return sent.sent_at + self._loss_delay()
             return None
         return None
+
+    def _rto(self) -> float:
+        """The RTO, backoff included, but at most a fifth of the give-up time: a path
+        that comes back is probed several more times before the sender gives up."""
+        return min(self.rtt.rto(), self.give_up_s / GIVE_UP_PROBES)
 
     def _probe_deadline(self) -> float | None:
         """Tail-loss probe (RFC 8985 section 7): two RTTs without progress, before the RTO."""
@@ -291,7 +327,7 @@ class Sender:
             return None
         deadlines = [self._progress_at + self.give_up_s]
         if self._inflight:
-            deadlines.append(self._rto_base + self.rtt.rto())
+            deadlines.append(self._rto_base + self._rto())
             loss = self._loss_deadline()
             if loss is not None:
                 deadlines.append(loss)
@@ -313,12 +349,13 @@ class Sender:
         probe = self._probe_deadline()
         if loss is not None and now >= loss:
             self._detect_losses(now)
-        elif self._inflight and now >= self._rto_base + self.rtt.rto():
+        elif self._inflight and now >= self._rto_base + self._rto():
             # Nothing acknowledged for an RTO: count the whole flight as lost (as TCP
             # does after a timeout, RFC 6675 section 5.1), so the retransmissions are
             # not blocked by stale bytes in flight; they go out lowest first.
             self.rtt.on_timeout()
             self.cc.on_timeout(now=now)
+            self._reorder_threshold = LOSS_PACKET_THRESHOLD  # the path changed: relearn
             self._declare_lost(list(self._inflight), now)
             self._rto_base = now
             self._next_send_at = now
