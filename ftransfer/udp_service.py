@@ -86,6 +86,7 @@ class UdpService:
             rng=random.SystemRandom(),
             config=session_config,
             max_sessions=config.max_connections,
+            max_per_address=config.max_connections_per_address,
         )
         self._jobs: dict[int, _Job] = {}
         self.pump = DatagramPump(sock, self._on_datagram, self._process, self._on_timer)

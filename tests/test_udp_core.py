@@ -291,3 +291,39 @@ def test_receiver_refuses_wrong_lengths_out_of_window_and_counts_duplicates() ->
     assert receiver.stats.duplicates == 1 and receiver.cumulative == 3
     ack = receiver.make_ack(now=0.0)
     assert ack.cumulative == 3 and ack.largest_tx == 7 and ack.ranges == ()
+
+
+def test_sessions_are_capped_per_address_and_in_all() -> None:
+    endpoint = ServerEndpoint(
+        secret=b"k" * 32,
+        rng=random.Random(1),
+        config=SessionConfig(chunk_bytes=1400, window=64, give_up_s=5),
+        max_sessions=3,
+        max_per_address=2,
+    )
+
+    def ask(host: str, nonce: int) -> int:
+        """The code of the ACCEPT this request gets."""
+        address = (host, 1000 + nonce)
+        initial = pk.Initial(
+            nonce=nonce,
+            operation=pk.Operation.PUT,
+            chunk_bytes=1400,
+            window=64,
+            cookie=make_cookie(b"k" * 32, address, nonce, 0.0),
+            size=10,
+            mtime_ns=-1,
+            path="f",
+        )
+        endpoint.receive(pk.encode(0, initial), address, now=0.0)
+        while endpoint.requests:
+            endpoint.accept(endpoint.requests.pop(0), size=0, mtime_ns=-1, now=0.0, read_chunk=None)
+        [(datagram, _address)] = endpoint.outbox
+        endpoint.outbox.clear()
+        accept = pk.decode_untrusted(datagram).body
+        assert isinstance(accept, pk.Accept)
+        return accept.code
+
+    assert [ask("10.0.0.1", n) for n in (1, 2, 3)] == [0, 0, 41]  # 2 per address
+    assert ask("10.0.0.2", 4) == 0
+    assert ask("10.0.0.3", 5) == 41  # 3 in all

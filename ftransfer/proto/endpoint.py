@@ -16,7 +16,8 @@ Sessions: a validated INITIAL yields a ``RequestReceived`` for the application
 routed by session id *and* source address: a forged id, or a right id from another
 address, is dropped and counted without touching the session. A repeated INITIAL
 (the ACCEPT was lost) gets the same ACCEPT again. The table is bounded by
-``max_sessions``; over it, validated clients get an ERROR-coded ACCEPT (busy).
+``max_sessions`` in all and ``max_per_address`` per client IP; over either, a
+validated client gets an ACCEPT coded 41 (busy) at once.
 
 PING is answered with a PONG of the same size, to the source address only: no
 amplification.
@@ -109,9 +110,16 @@ class ServerEndpoint:
     """The server side of UDP: one socket's worth of sessions."""
 
     def __init__(
-        self, *, secret: bytes, rng: Rng, config: SessionConfig, max_sessions: int
+        self,
+        *,
+        secret: bytes,
+        rng: Rng,
+        config: SessionConfig,
+        max_sessions: int,
+        max_per_address: int | None = None,
     ) -> None:
         self.secret, self.rng, self.config, self.max_sessions = secret, rng, config, max_sessions
+        self.max_per_address = max_per_address or max_sessions
         self.stats = EndpointStats()
         self.sessions: dict[int, tuple[Address, Session]] = {}
         self.requests: list[RequestReceived] = []
@@ -154,7 +162,8 @@ class ServerEndpoint:
             cookie = make_cookie(self.secret, address, initial.nonce, now)
             self.outbox.append((encode(0, Retry(nonce=initial.nonce, cookie=cookie)), address))
             return
-        if len(self.sessions) >= self.max_sessions:
+        same_host = sum(1 for a, _s in self.sessions.values() if a[0] == address[0])
+        if len(self.sessions) >= self.max_sessions or same_host >= self.max_per_address:
             self.refuse(
                 RequestReceived(address=address, initial=initial),
                 code=BUSY_CODE,
