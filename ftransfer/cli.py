@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, cli_udp
+from .argtypes import positive, size_bytes
 from .client import Client, Remote, get_target, parse_remote, put_targets
 from .config import DEFAULT_PORT, ClientConfig, ServerConfig
-from .errors import ExitCode, FtransferError
+from .errors import ExitCode, FtransferError, UsageError
 from .output import print_listing, print_record, print_stat, transfer_record
 from .proto.packets import DEFAULT_CHUNK_BYTES
 from .storage import escape
@@ -88,7 +89,7 @@ def _remote(text: str) -> Remote:
     try:
         return parse_remote(text)
     except ValueError as exc:
-        raise _Usage(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def _client_config(args: argparse.Namespace) -> ClientConfig:
@@ -141,7 +142,7 @@ async def _put(args: argparse.Namespace) -> int:
 async def _get(args: argparse.Namespace) -> int:
     remote = _remote(args.remote)
     if not remote.path:
-        raise _Usage("get needs a remote file path: HOST[:PORT]/PATH")
+        raise UsageError("get needs a remote file path: HOST[:PORT]/PATH")
     target = get_target(remote.path, args.local)
     if args.udp:
         bars = _bars(args, 1, None)
@@ -195,7 +196,7 @@ def _simple(
     async def run(args: argparse.Namespace) -> int:
         remote = _remote(args.remote)
         if not remote.path:
-            raise _Usage("a remote path is required: HOST[:PORT]/PATH")
+            raise UsageError("a remote path is required: HOST[:PORT]/PATH")
         if getattr(args, "udp", False):
             return await cli_udp.rm(args, remote)
 
@@ -237,7 +238,7 @@ async def _serve(args: argparse.Namespace) -> int:
         udp_give_up_s=args.udp_give_up,
     )
     if not config.root.is_dir():
-        raise _Usage(f"--root {args.root}: not a directory")
+        raise UsageError(f"--root {args.root}: not a directory")
     from .server import Server  # only `serve` needs it
 
     server = Server(config)
@@ -252,28 +253,6 @@ async def _serve(args: argparse.Namespace) -> int:
     await server.close()
     logging.getLogger("ftransfer.server").info("stopped")
     return 0
-
-
-class _Usage(Exception):
-    """A usage error found after argparse (exit 2)."""
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
-
-
-def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    text = text.strip().lower().removesuffix("b").removesuffix("i")
-    scale = units.get(text[-1:], 1)
-    digits = text[:-1] if text[-1:] in units else text
-    try:
-        return int(float(digits) * scale)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
 
 
 def _add_serve(sub: Any) -> None:
@@ -300,21 +279,21 @@ def _add_serve(sub: Any) -> None:
     )
     p.add_argument(
         "--idle-timeout",
-        type=_positive,
+        type=positive,
         default=defaults.idle_timeout_s,
         metavar="S",
         help=f"close a silent connection (default {defaults.idle_timeout_s:g} s)",
     )
     p.add_argument(
         "--hello-timeout",
-        type=_positive,
+        type=positive,
         default=defaults.hello_timeout_s,
         metavar="S",
         help=f"deadline for the opening HELLO (default {defaults.hello_timeout_s:g} s)",
     )
     p.add_argument(
         "--max-file-size",
-        type=_size,
+        type=size_bytes,
         default=defaults.max_file_bytes,
         metavar="BYTES",
         help="largest upload, e.g. 10G (default 1T)",
@@ -334,7 +313,7 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--no-udp", action="store_true", help="serve TCP only")
     p.add_argument(
         "--udp-give-up",
-        type=_positive,
+        type=positive,
         default=defaults.udp_give_up_s,
         metavar="S",
         help="abandon a UDP session after this long without progress",
@@ -355,7 +334,7 @@ def _udp_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--give-up",
-        type=_positive,
+        type=positive,
         default=30.0,
         metavar="S",
         help="UDP: fail after this long without progress (default 30)",
@@ -368,7 +347,7 @@ def _udp_options(p: argparse.ArgumentParser) -> None:
 def _client_options(p: argparse.ArgumentParser, *, transfer: bool = False) -> None:
     p.add_argument(
         "--timeout",
-        type=_positive,
+        type=positive,
         default=60.0,
         metavar="S",
         help="give up when the server is silent this long (default 60)",
@@ -420,92 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("newpath", metavar="NEWPATH")
     _client_options(p)
     p.set_defaults(run=_simple(_mv))
-    _add_relay(sub)
-    p = sub.add_parser("ping", help="UDP echoes: RTT min/avg/max/jitter and loss")
-    p.add_argument("remote", metavar="REMOTE")
-    p.add_argument("--udp", action="store_true", help="(the default and only mode)")
-    p.add_argument("-c", "--count", type=int, default=5, metavar="N")
-    p.add_argument("-i", "--interval", type=float, default=0.2, metavar="S")
-    p.add_argument(
-        "--timeout",
-        type=_positive,
-        default=1.0,
-        metavar="S",
-        help="wait this long for each echo (default 1)",
-    )
-    p.set_defaults(run=_ping)
+    cli_udp.add_parsers(sub)
     return parser
-
-
-def _add_relay(sub: Any) -> None:
-    p = sub.add_parser("relay", help="a UDP relay that impairs traffic (rehearse a bad link)")
-    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="port 0 picks one")
-    p.add_argument("--to", required=True, metavar="HOST:PORT")
-    for name, text in (
-        ("loss", "drop"),
-        ("dup", "duplicate"),
-        ("reorder", "hold back"),
-        ("corrupt", "flip one bit of"),
-    ):
-        p.add_argument(
-            f"--{name}",
-            type=_probability,
-            default=0.0,
-            metavar="P",
-            help=f"probability to {text} a datagram",
-        )
-    p.add_argument("--delay", type=float, default=0.0, metavar="MS", help="one-way delay")
-    p.add_argument("--jitter", type=float, default=0.0, metavar="MS", help="extra random delay")
-    p.add_argument(
-        "--rate",
-        type=float,
-        default=None,
-        metavar="MBIT",
-        help="bottleneck rate, with a 50 ms drop-tail queue",
-    )
-    p.add_argument("--seed", type=int, default=0, metavar="N")
-    p.set_defaults(run=_relay)
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
-
-
-async def _relay(args: argparse.Namespace) -> int:
-    from .relay import Impairment, Relay
-    from .server import format_url
-
-    try:
-        listen = parse_remote(args.listen, allow_port_zero=True)
-    except ValueError as exc:
-        raise _Usage(str(exc)) from None
-    to = _remote(args.to)
-    impairment = Impairment(
-        loss=args.loss,
-        dup=args.dup,
-        reorder=args.reorder,
-        corrupt=args.corrupt,
-        delay_s=args.delay / 1000,
-        jitter_s=args.jitter / 1000,
-        rate_bytes_per_s=None if args.rate is None else args.rate * 1e6 / 8,
-    )
-    relay = Relay((listen.host, listen.port), (to.host, to.port), impairment, args.seed)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    here = format_url("udp", relay.address)
-    print(f"ftransfer: relaying {here} -> udp://{to.host}:{to.port}", flush=True)
-    await stop.wait()
-    relay.close()
-    return 0
-
-
-async def _ping(args: argparse.Namespace) -> int:
-    return await cli_udp.ping(args, _remote(args.remote))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -522,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = asyncio.run(args.run(args))
         return status
-    except _Usage as exc:
+    except UsageError as exc:
         parser.error(str(exc))
     except FtransferError as exc:
         return _error(exc)

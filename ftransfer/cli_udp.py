@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import signal
 import socket
 import statistics
 import sys
@@ -12,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .client import Remote, get_target
-from .errors import FtransferError, NotFound
+from .argtypes import positive, probability
+from .client import Remote, get_target, parse_remote
+from .errors import ConnectionFailed, FtransferError, NotFound, UsageError
 from .output import print_listing, print_record, print_stat, transfer_record
 from .proto import events as ev
 from .proto.frames import FrameType, decode_untrusted
@@ -28,6 +30,87 @@ from .proto.packets import (
 )
 from .proto.packets import decode_untrusted as decode_dg
 from .udp_client import UdpOptions, UdpOutcome, UdpStats, as_transfer_result, udp_request
+
+
+def add_parsers(sub: Any) -> None:
+    """The UDP-only commands: relay and ping."""
+    p = sub.add_parser("relay", help="a UDP relay that impairs traffic (rehearse a bad link)")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="port 0 picks one")
+    p.add_argument("--to", required=True, metavar="HOST:PORT")
+    for name, text in (
+        ("loss", "drop"),
+        ("dup", "duplicate"),
+        ("reorder", "hold back"),
+        ("corrupt", "flip one bit of"),
+    ):
+        p.add_argument(
+            f"--{name}",
+            type=probability,
+            default=0.0,
+            metavar="P",
+            help=f"probability to {text} a datagram",
+        )
+    p.add_argument("--delay", type=float, default=0.0, metavar="MS", help="one-way delay")
+    p.add_argument("--jitter", type=float, default=0.0, metavar="MS", help="extra random delay")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="MBIT",
+        help="bottleneck rate, with a 50 ms drop-tail queue",
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.set_defaults(run=relay)
+    p = sub.add_parser("ping", help="UDP echoes: RTT min/avg/max/jitter and loss")
+    p.add_argument("remote", metavar="REMOTE")
+    p.add_argument("--udp", action="store_true", help="(the default and only mode)")
+    p.add_argument("-c", "--count", type=int, default=5, metavar="N")
+    p.add_argument("-i", "--interval", type=float, default=0.2, metavar="S")
+    p.add_argument(
+        "--timeout",
+        type=positive,
+        default=1.0,
+        metavar="S",
+        help="wait this long for each echo (default 1)",
+    )
+    p.set_defaults(run=lambda args: ping(args, _address(args.remote)))
+
+
+def _address(text: str, *, allow_port_zero: bool = False) -> Remote:
+    try:
+        return parse_remote(text, allow_port_zero=allow_port_zero)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+async def relay(args: argparse.Namespace) -> int:
+    """Run the impairment relay until SIGINT/SIGTERM."""
+    from .relay import Impairment, Relay
+    from .server import format_url
+
+    listen = _address(args.listen, allow_port_zero=True)
+    to = _address(args.to)
+    impairment = Impairment(
+        loss=args.loss,
+        dup=args.dup,
+        reorder=args.reorder,
+        corrupt=args.corrupt,
+        delay_s=args.delay / 1000,
+        jitter_s=args.jitter / 1000,
+        rate_bytes_per_s=None if args.rate is None else args.rate * 1e6 / 8,
+    )
+    running = Relay((listen.host, listen.port), (to.host, to.port), impairment, args.seed)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(
+        f"ftransfer: relaying {format_url('udp', running.address)} -> udp://{to.host}:{to.port}",
+        flush=True,
+    )
+    await stop.wait()
+    running.close()
+    return 0
 
 
 def options(args: argparse.Namespace) -> UdpOptions:
@@ -170,7 +253,7 @@ async def ping(args: argparse.Namespace, remote: Remote) -> int:
             if seq + 1 < args.count:
                 await asyncio.sleep(args.interval)
     except OSError as exc:
-        raise FtransferError(f"ping {remote.host}:{remote.port}: {exc.strerror}") from None
+        raise ConnectionFailed(f"ping {remote.host}:{remote.port}: {exc.strerror}") from None
     finally:
         sock.close()
     _print_ping_summary(remote, args.count, rtts)

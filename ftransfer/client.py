@@ -79,7 +79,7 @@ def parse_remote(text: str, *, allow_port_zero: bool = False) -> Remote:
         if digits:
             lowest = 0 if allow_port_zero else 1
             if not digits.isdigit() or not lowest <= int(digits) < 65536:
-                raise ValueError(f"{text!r}: port must be a number from 1 to 65535")
+                raise ValueError(f"{text!r}: port must be a number from {lowest} to 65535")
             port = int(digits)
     if rest and not rest.startswith("/"):
         raise ValueError(f"{text!r}: expected '/' before the path")

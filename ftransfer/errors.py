@@ -41,6 +41,13 @@ class FtransferError(Exception):
     exit_code: ClassVar[ExitCode] = ExitCode.FAILURE
 
 
+class UsageError(FtransferError):
+    """The command line asks for something impossible (exit 2, like argparse)."""
+
+    code = 0
+    exit_code = ExitCode.USAGE
+
+
 class InternalError(FtransferError):
     """The server failed in a way it did not expect (a bug): code 50."""
 

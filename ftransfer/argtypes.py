@@ -1,0 +1,33 @@
+"""argparse value types shared by the CLI modules: one definition of each rule."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive(text: str) -> float:
+    """A number of seconds (or any quantity) greater than zero."""
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def probability(text: str) -> float:
+    """A probability from 0 to 1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def size_bytes(text: str) -> int:
+    """A size with an optional K/M/G/T suffix (binary): 10G, 512M, 4096."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    scale = units.get(text[-1:], 1)
+    digits = text[:-1] if text[-1:] in units else text
+    try:
+        return int(float(digits) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
