@@ -1,0 +1,290 @@
+"""Emulated-WAN benchmark: UDP mode vs TCP mode vs TFTP over one impaired path.
+
+    python benchmarks/bench_wan.py [--rate 100] [--rtt 40] [--losses 0,1,5,10]
+                                   [--size-mib 8] [--plot benchmarks/wan.png]
+
+Needs root (network namespaces and TUN devices), iproute2, and for the TFTP rows
+Debian's atftp/atftpd and curl. The kernel here has no netem, so the path is made
+in user space: a forwarder process opens two TUN devices, moves one into each of
+two fresh network namespaces (10.201.0.1/30 and 10.201.0.2/30), and copies IP
+packets between them through ``ftransfer.relay.ImpairedPath`` -- the relay's and
+the simulator's model -- so TCP and UDP cross the same link: ``--rate`` Mbit/s
+with a drop-tail queue of 50 ms, ``--rtt`` ms of delay, ``--loss`` in each
+direction. Everything created is removed at the end, also on failure.
+
+Each cell is one transfer of ``--size-mib`` (single runs: TCP at 10 % loss alone
+takes tens of seconds); a transfer that exceeds ``--limit`` seconds is reported as
+such. Goodput is verified payload bytes per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import heapq
+import json
+import os
+import random
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+CLI = [sys.executable, "-m", "ftransfer"]
+TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
+CLIENT_IP, SERVER_IP = "10.201.0.1", "10.201.0.2"
+
+
+# ---- the forwarder (runs as root in its own process) ----------------------------------
+
+
+def _open_tun(name: str) -> int:
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+    return fd
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True)
+
+
+def forward(ns_a: str, ns_b: str, rate_mbit: float, rtt_ms: float, loss: float,
+            seed: int) -> None:
+    from ftransfer.relay import ImpairedPath, Impairment
+
+    fds = {}
+    for ns, dev, address in ((ns_a, f"{ns_a}t", f"{CLIENT_IP}/30"),
+                             (ns_b, f"{ns_b}t", f"{SERVER_IP}/30")):
+        fds[ns] = _open_tun(dev)
+        _ip("netns", "add", ns)
+        _ip("link", "set", dev, "netns", ns)
+        _ip("-n", ns, "addr", "add", address, "dev", dev)
+        _ip("-n", ns, "link", "set", dev, "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+    impairment = Impairment(loss=loss, delay_s=rtt_ms / 2000, rate_bytes_per_s=rate_mbit * 1e6 / 8)
+    rng = random.Random(seed)
+    a, b = fds[ns_a], fds[ns_b]
+    paths = {a: (ImpairedPath(impairment, rng), b), b: (ImpairedPath(impairment, rng), a)}
+    heap: list[tuple[float, int, int, bytes]] = []
+    order = 0
+    stop = False
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    print("ready", flush=True)
+    while not stop:
+        timeout = max(heap[0][0] - time.monotonic(), 0.0) if heap else 0.2
+        try:
+            readable, _, _ = select.select([a, b], [], [], timeout)
+        except InterruptedError:
+            continue
+        now = time.monotonic()
+        for fd in readable:
+            path, out = paths[fd]
+            while True:
+                try:
+                    packet = os.read(fd, 65535)
+                except BlockingIOError:
+                    break
+                for leave, copy in path.admit(packet, now):
+                    order += 1
+                    heapq.heappush(heap, (leave, order, out, copy))
+        now = time.monotonic()
+        while heap and heap[0][0] <= now:
+            _leave, _order, out, packet = heapq.heappop(heap)
+            with contextlib.suppress(OSError):
+                os.write(out, packet)
+    for ns in (ns_a, ns_b):
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+class WanLink:
+    """Context manager around the forwarder subprocess."""
+
+    def __init__(self, rate_mbit: float, rtt_ms: float, loss: float, seed: int) -> None:
+        tag = f"ftw{os.getpid() % 10000}"
+        self.ns_client, self.ns_server = f"{tag}a", f"{tag}b"
+        self.args = [str(rate_mbit), str(rtt_ms), str(loss), str(seed)]
+
+    def __enter__(self) -> WanLink:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--forward", self.ns_client, self.ns_server, *self.args],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit("the emulated link did not come up (root and iproute2 needed)")
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        for ns in (self.ns_client, self.ns_server):  # in case the forwarder died early
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+    def run(self, ns: str, command: list[str], **kwargs: object) -> subprocess.Popen[str]:
+        return subprocess.Popen(["ip", "netns", "exec", ns, *command], text=True, **kwargs)  # type: ignore[call-overload]
+
+
+# ---- the measurements ----------------------------------------------------------------
+
+
+def _timed(link: WanLink, command: list[str], limit: float) -> float | None:
+    start = time.perf_counter()
+    proc = link.run(link.ns_client, command, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+    try:
+        code = proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+    return time.perf_counter() - start if code == 0 else None
+
+
+def _ftransfer(link: WanLink, args: list[str], limit: float) -> float | None:
+    proc = link.run(link.ns_client, [*CLI, *args, "--json", "-q"], stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL)
+    try:
+        out, _err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None
+    if proc.returncode != 0 or not out:
+        return None
+    return float(json.loads(out.splitlines()[-1])["seconds"])
+
+
+def measure(link: WanLink, root: Path, work: Path, limit: float) -> dict[str, float | None]:
+    server = link.run(link.ns_server, [*CLI, "serve", "--root", str(root), "--host", SERVER_IP,
+                                       "--port", "9021", "--log-level", "warning"],
+                      stdout=subprocess.PIPE)
+    assert server.stdout is not None
+    server.stdout.readline()
+    tftpd = None
+    if shutil.which("atftpd"):
+        tftpd = link.run(link.ns_server, [
+            "atftpd", "--daemon", "--no-fork", "--port", "6969", "--bind-address", SERVER_IP,
+            "--user", "root", "--group", "root", "--logfile", "/dev/null", str(root)])
+        time.sleep(0.5)  # atftpd has no readiness signal
+    out = str(work / "out.bin")
+    remote = f"{SERVER_IP}:9021/file.bin"
+    results: dict[str, float | None] = {}
+    try:
+        results["ftransfer UDP"] = _ftransfer(link, ["get", "--udp", remote, out], limit)
+        results["ftransfer TCP"] = _ftransfer(link, ["get", remote, out], limit)
+        if tftpd is not None:
+            results["TFTP windowsize 32 (atftp)"] = _timed(link, [
+                "atftp", "--option", "blksize 1428", "--option", "windowsize 32", "-g",
+                "-r", "file.bin", "-l", out, SERVER_IP, "6969"], limit)
+            results["TFTP lockstep (curl)"] = _timed(link, [
+                "curl", "-s", "--tftp-blksize", "1428", "-o", out,
+                f"tftp://{SERVER_IP}:6969/file.bin"], limit)
+    finally:
+        for proc in (server, tftpd):
+            if proc is not None:
+                proc.terminate()
+                proc.wait()
+    return results
+
+
+def plot(table: dict[float, dict[str, float | None]], size: int, link_rate: float,
+         path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return
+    losses = sorted(table)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name in next(iter(table.values())):
+        # A transfer over the time limit is not a measurement: leave the point out.
+        values = [size / s / 1e6 if (s := table[loss][name]) else float("nan") for loss in losses]
+        missing = sum(1 for v in values if v != v)
+        label = f"{name} ({missing} over the time limit, not drawn)" if missing else name
+        ax.plot([loss * 100 for loss in losses], values, marker="o", label=label)
+    ax.axhline(link_rate / 1e6, color="grey", linestyle="--", linewidth=1, label="link rate")
+    ax.set_xlabel("random loss, each direction (%)")
+    ax.set_ylabel("goodput (MB/s)")
+    ax.set_title("Emulated WAN: 100 Mbit/s, 40 ms RTT, 50 ms drop-tail queue")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot written to {path}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--forward":
+        ns_a, ns_b, rate, rtt, loss, seed = sys.argv[2:8]
+        forward(ns_a, ns_b, float(rate), float(rtt), float(loss), int(seed))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=100.0, help="Mbit/s")
+    parser.add_argument("--rtt", type=float, default=40.0, help="ms")
+    parser.add_argument("--losses", default="0,1,5,10", help="percent, comma-separated")
+    parser.add_argument("--size-mib", type=int, default=8)
+    parser.add_argument("--limit", type=float, default=60.0, help="seconds per transfer")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--plot", type=Path, default=None, help="write a PNG here")
+    args = parser.parse_args()
+    size = args.size_mib << 20
+    link_rate = args.rate * 1e6 / 8
+    work = Path(tempfile.mkdtemp(prefix="ftbench-wan-", dir="/dev/shm"))
+    table: dict[float, dict[str, float | None]] = {}
+    try:
+        root = work / "root"
+        root.mkdir()
+        (root / "file.bin").write_bytes(os.urandom(size))
+        for loss in (float(x) / 100 for x in args.losses.split(",")):
+            with WanLink(args.rate, args.rtt, loss, args.seed) as link:
+                table[loss] = measure(link, root, work, args.limit)
+            print(f"loss {loss:.0%}: " + ", ".join(
+                f"{k} {'>' + str(args.limit) + ' s' if v is None else f'{size / v / 1e6:.2f} MB/s'}"
+                for k, v in table[loss].items()), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report(table, size, link_rate, args)
+    if args.plot is not None:
+        plot(table, size, link_rate, args.plot)
+
+
+def report(table: dict[float, dict[str, float | None]], size: int, link_rate: float,
+           args: argparse.Namespace) -> None:
+    names = list(next(iter(table.values())))
+    print(f"\nEmulated WAN: {args.rate:g} Mbit/s, {args.rtt:g} ms RTT, 50 ms queue, "
+          f"{args.size_mib} MiB per transfer, one run per cell; goodput in MB/s "
+          f"(% of the link's {link_rate / 1e6:.2f} MB/s)\n")
+    print("| loss | " + " | ".join(names) + " | UDP / TCP |")
+    print("| --- |" + " --- |" * (len(names) + 1))
+    for loss, cells in table.items():
+        shown = []
+        for name in names:
+            seconds = cells[name]
+            if seconds is None:
+                shown.append(f"< {size / args.limit / 1e6:.2f} (timed out)")
+            else:
+                rate = size / seconds
+                shown.append(f"{rate / 1e6:.2f} ({rate / link_rate:.0%})")
+        udp, tcp = cells.get("ftransfer UDP"), cells.get("ftransfer TCP")
+        ratio = f"{tcp / udp:.1f}x" if udp and tcp else ("> " + f"{args.limit / udp:.1f}x"
+                                                         if udp else "n/a")
+        print(f"| {loss:.0%} | " + " | ".join(shown) + f" | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
