@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from .client import Remote, parse_remote
+from .errors import UsageError
+
 
 def positive(text: str) -> float:
     """A number of seconds (or any quantity) greater than zero."""
@@ -31,3 +34,11 @@ def size_bytes(text: str) -> int:
         return int(float(digits) * scale)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def remote(text: str, *, allow_port_zero: bool = False) -> Remote:
+    """A ``HOST[:PORT][/PATH]`` argument; a malformed one is a usage error (exit 2)."""
+    try:
+        return parse_remote(text, allow_port_zero=allow_port_zero)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None

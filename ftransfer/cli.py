@@ -18,7 +18,8 @@ from typing import Any
 
 from . import __version__, cli_udp
 from .argtypes import positive, size_bytes
-from .client import Client, Remote, get_target, parse_remote, put_targets
+from .argtypes import remote as remote_arg
+from .client import Client, Remote, get_target, put_targets
 from .config import DEFAULT_PORT, ClientConfig, ServerConfig
 from .errors import ExitCode, FtransferError, UsageError
 from .output import print_listing, print_record, print_stat, transfer_record
@@ -85,13 +86,6 @@ def _error(exc: FtransferError) -> int:
     return int(exc.exit_code)
 
 
-def _remote(text: str) -> Remote:
-    try:
-        return parse_remote(text)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def _client_config(args: argparse.Namespace) -> ClientConfig:
     return ClientConfig(connect_timeout_s=args.timeout, idle_timeout_s=args.timeout)
 
@@ -111,7 +105,7 @@ def _bars(args: argparse.Namespace, files: int, total: int | None) -> _Bars:
 
 
 async def _put(args: argparse.Namespace) -> int:
-    remote = _remote(args.paths[-1])
+    remote = remote_arg(args.paths[-1])
     sources = [Path(p) for p in args.paths[:-1]]
     if args.udp:
         bars = _bars(args, len(sources), None)
@@ -121,7 +115,7 @@ async def _put(args: argparse.Namespace) -> int:
             bars.close()
 
     async def job(client: Client) -> int:
-        items = await put_targets(client, sources, remote.path)
+        items = await put_targets(client.stat, sources, remote.path)
         total = sum(p.stat().st_size for p, _r in items if p.is_file())
         bars = _bars(args, len(items), total)
         try:
@@ -140,7 +134,7 @@ async def _put(args: argparse.Namespace) -> int:
 
 
 async def _get(args: argparse.Namespace) -> int:
-    remote = _remote(args.remote)
+    remote = remote_arg(args.remote)
     if not remote.path:
         raise UsageError("get needs a remote file path: HOST[:PORT]/PATH")
     target = get_target(remote.path, args.local)
@@ -166,7 +160,7 @@ async def _get(args: argparse.Namespace) -> int:
 
 
 async def _ls(args: argparse.Namespace) -> int:
-    remote = _remote(args.remote)
+    remote = remote_arg(args.remote)
     if args.udp:
         return await cli_udp.ls(args, remote)
 
@@ -178,7 +172,7 @@ async def _ls(args: argparse.Namespace) -> int:
 
 
 async def _stat(args: argparse.Namespace) -> int:
-    remote = _remote(args.remote)
+    remote = remote_arg(args.remote)
     if args.udp:
         return await cli_udp.stat(args, remote)
 
@@ -194,7 +188,7 @@ def _simple(
     action: Callable[[Client, Remote, argparse.Namespace], Awaitable[None]],
 ) -> Callable[[argparse.Namespace], Awaitable[int]]:
     async def run(args: argparse.Namespace) -> int:
-        remote = _remote(args.remote)
+        remote = remote_arg(args.remote)
         if not remote.path:
             raise UsageError("a remote path is required: HOST[:PORT]/PATH")
         if getattr(args, "udp", False):

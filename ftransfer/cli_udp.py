@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .argtypes import positive, probability
-from .client import Remote, get_target, parse_remote
-from .errors import ConnectionFailed, FtransferError, NotFound, UsageError
+from .argtypes import remote as remote_arg
+from .client import Remote, get_target, put_targets
+from .errors import ConnectionFailed, ExitCode, FtransferError
 from .output import print_listing, print_record, print_stat, transfer_record
 from .proto import events as ev
 from .proto.frames import FrameType, decode_untrusted
@@ -73,14 +74,7 @@ def add_parsers(sub: Any) -> None:
         metavar="S",
         help="wait this long for each echo (default 1)",
     )
-    p.set_defaults(run=lambda args: ping(args, _address(args.remote)))
-
-
-def _address(text: str, *, allow_port_zero: bool = False) -> Remote:
-    try:
-        return parse_remote(text, allow_port_zero=allow_port_zero)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    p.set_defaults(run=lambda args: ping(args, remote_arg(args.remote)))
 
 
 async def relay(args: argparse.Namespace) -> int:
@@ -88,8 +82,8 @@ async def relay(args: argparse.Namespace) -> int:
     from .relay import Impairment, Relay
     from .server import format_url
 
-    listen = _address(args.listen, allow_port_zero=True)
-    to = _address(args.to)
+    listen = remote_arg(args.listen, allow_port_zero=True)
+    to = remote_arg(args.to)
     impairment = Impairment(
         loss=args.loss,
         dup=args.dup,
@@ -160,16 +154,9 @@ async def _stat_entry(remote: Remote, path: str, opts: UdpOptions) -> tuple[ev.E
 
 async def put(args: argparse.Namespace, remote: Remote, sources: list[Path], bars: Any) -> int:
     opts = options(args)
-    into_dir = len(sources) > 1 or not remote.path or remote.path.endswith("/")
-    if not into_dir:
-        try:
-            entry, _digest = await _stat_entry(remote, remote.path, opts)
-            into_dir = entry.kind is ev.EntryKind.DIRECTORY
-        except NotFound:
-            pass
+    items = await put_targets(lambda path: _stat_entry(remote, path, opts), sources, remote.path)
     status = 0
-    for source in sources:
-        target = f"{remote.path.rstrip('/')}/{source.name}".lstrip("/") if into_dir else remote.path
+    for source, target in items:
         try:
             outcome = await udp_request(
                 remote.host,
@@ -196,12 +183,9 @@ async def get(args: argparse.Namespace, remote: Remote, bars: Any) -> int:
         Operation.GET,
         remote.path,
         options=options(args),
-        target=target,
+        target=target if target is not None else sys.stdout.fileno(),
         progress=bars,
     )
-    if target is None:
-        sys.stdout.buffer.write(outcome.data)
-        sys.stdout.flush()
     _report(args, outcome, remote.path, "-" if target is None else str(target))
     return 0
 
@@ -257,7 +241,7 @@ async def ping(args: argparse.Namespace, remote: Remote) -> int:
     finally:
         sock.close()
     _print_ping_summary(remote, args.count, rtts)
-    return 0 if rtts else 7
+    return 0 if rtts else int(ExitCode.TIMEOUT)
 
 
 async def _one_ping(sock: socket.socket, seq: int, timeout: float) -> float | None:

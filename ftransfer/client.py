@@ -21,7 +21,7 @@ import asyncio
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -43,7 +43,7 @@ from .errors import (
 )
 from .proto import events as ev
 from .proto.tcp import Connection, Role
-from .storage import AtomicWriter, open_local_writer, os_error
+from .storage import open_local_writer, os_error, write_all
 
 E = TypeVar("E")
 
@@ -133,32 +133,70 @@ def open_local_file(path: Path) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-class _StdoutSink:
-    """Download target ``-``: bytes go to a descriptor as they arrive (not atomic)."""
+class Sink(Protocol):
+    """Where received file bytes go: written and hashed as they arrive, and only
+    accepted by ``commit`` if the sender's xxh3-128 matches (AtomicWriter too)."""
 
-    def __init__(self, fd: int) -> None:
-        self._fd, self._hasher = fd, new_hasher()
+    @property
+    def digest(self) -> bytes: ...
+
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    def commit(self, expected: bytes) -> bytes: ...
+
+    def abort(self) -> None: ...
+
+
+class _HashingSink:
+    """The digest and the check that StdoutSink and MemorySink share."""
+
+    what = "data received"
+
+    def __init__(self) -> None:
+        self._hasher = new_hasher()
 
     @property
     def digest(self) -> bytes:
         return self._hasher.digest()
 
+    def commit(self, expected: bytes) -> bytes:
+        if self.digest != expected:
+            raise IntegrityError(f"xxh3-128 mismatch: the {self.what} is corrupt")
+        return self.digest
+
+    def abort(self) -> None:
+        """Nothing to undo: the bytes were not going to a file of ours."""
+
+
+class StdoutSink(_HashingSink):
+    """Download target ``-``: bytes go to a descriptor as they arrive (not atomic)."""
+
+    what = "output written"
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
     def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, data)
         except OSError as exc:
             raise os_error(exc, "standard output") from None
         self._hasher.update(data)
 
-    def commit(self, expected: bytes) -> bytes:
-        if self.digest != expected:
-            raise IntegrityError("xxh3-128 mismatch: the output written is corrupt")
-        return self.digest
 
-    def abort(self) -> None:
-        pass
+class MemorySink(_HashingSink):
+    """A small answer (a listing, a STAT) kept in memory until verified."""
+
+    what = "answer received"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.data += data
+        self._hasher.update(data)
 
 
 class Client:
@@ -275,9 +313,9 @@ class Client:
         """Download ``remote`` to ``target`` (a path, written atomically, or a descriptor)."""
         started = time.perf_counter()
         header = await self._request(ev.GetRequested(path=remote), ev.FileStarted)
-        sink: AtomicWriter | _StdoutSink
+        sink: Sink
         if isinstance(target, int):
-            sink = _StdoutSink(target)
+            sink = StdoutSink(target)
         else:
             sink = open_local_writer(target, size=header.size, mtime_ns=header.mtime_ns)
         if progress is not None:
@@ -294,9 +332,7 @@ class Client:
             remote=remote, local=local, size=header.size, seconds=seconds, digest=digest
         )
 
-    async def _receive_file(
-        self, sink: AtomicWriter | _StdoutSink, progress: Progress | None
-    ) -> bytes:
+    async def _receive_file(self, sink: Sink, progress: Progress | None) -> bytes:
         def consume(data: bytes | memoryview) -> None:
             sink.write(data)
             if progress is not None:
@@ -407,8 +443,12 @@ def _join(directory: str, name: str) -> str:
     return f"{directory}/{name}" if directory else name
 
 
+StatFunction = Callable[[str], Awaitable[tuple[ev.Entry, bytes]]]
+"""``Client.stat``, or its UDP counterpart."""
+
+
 async def put_targets(
-    client: Client, sources: Sequence[Path], remote_path: str
+    stat: StatFunction, sources: Sequence[Path], remote_path: str
 ) -> list[tuple[Path, str]]:
     """Where each local file goes: into ``remote_path`` if it is (or must be) a directory.
 
@@ -418,7 +458,7 @@ async def put_targets(
     into_dir = len(sources) > 1 or not remote_path or remote_path.endswith("/")
     if not into_dir:
         try:
-            entry, _digest = await client.stat(remote_path)
+            entry, _digest = await stat(remote_path)
             into_dir = entry.kind is ev.EntryKind.DIRECTORY
         except NotFound:
             pass  # the name will be created

@@ -43,7 +43,7 @@ from .errors import (
 )
 from .proto import events as ev
 from .proto.tcp import Connection, Role, negotiate_version
-from .storage import Storage, escape
+from .storage import AtomicWriter, Storage, escape
 from .udp_service import UdpService
 
 logger = logging.getLogger("ftransfer.server")
@@ -266,7 +266,7 @@ class Session:
             assert isinstance(event, ev.FileEnded)  # the core allows nothing else mid-file
             self._commit(writer, request, event.digest)
 
-    def _commit(self, writer: Any, request: ev.PutRequested, digest: bytes) -> None:
+    def _commit(self, writer: AtomicWriter, request: ev.PutRequested, digest: bytes) -> None:
         try:
             written = writer.commit(digest)
         except FtransferError as exc:

@@ -87,6 +87,13 @@ _ERRNO_ERRORS: dict[int, type[FtransferError]] = {
 }
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """os.write until every byte is written (a write may be partial)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def os_error(exc: OSError, name: str) -> FtransferError:
     """The ftransfer error for an OSError met while handling ``name``."""
     cls = _ERRNO_ERRORS.get(exc.errno or 0, StorageIOError)
@@ -213,10 +220,8 @@ class AtomicWriter:
         if self.written + len(data) > self._size:
             self.abort()
             raise IntegrityError(f"{escape(self._leaf)}: more bytes than the declared {self._size}")
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, data)
         except OSError as exc:
             self.abort()
             raise os_error(exc, self._leaf) from None

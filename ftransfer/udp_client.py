@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .aio.datagram import DatagramPump, open_udp_socket
-from .client import Progress, TransferResult, open_local_file
-from .errors import FtransferError, IntegrityError, TransferTimeout, error_from_code
+from .client import MemorySink, Progress, Sink, StdoutSink, TransferResult, open_local_file
+from .errors import FtransferError, TransferTimeout, error_from_code
 from .proto.endpoint import Accepted, ClientRequest, HandshakeTimedOut, Refused
 from .proto.packets import DEFAULT_CHUNK_BYTES, Operation
 from .proto.udp import DataArrived, FinArrived, Finished, SessionConfig, TimedOut
-from .storage import AtomicWriter, open_local_writer
+from .storage import open_local_writer
 
 CLIENT_WINDOW_CHUNKS = 8192
 """Reorder window the client offers (bounded in bytes by the server's choice)."""
@@ -77,12 +77,12 @@ class _Run:
     def __init__(
         self,
         request: ClientRequest,
-        sink: Callable[[Accepted], object] | None,
+        sink: Callable[[Accepted], Sink] | None,
         progress: Progress | None,
         name: str,
     ) -> None:
         self.request, self._make_sink, self.progress, self.name = request, sink, progress, name
-        self.sink: AtomicWriter | bytearray | None = None
+        self.sink: Sink | None = None
         self.accepted: Accepted | None = None
         self.result: tuple[int, str, bytes] | None = None
         self.error: FtransferError | None = None
@@ -110,9 +110,7 @@ class _Run:
         else:
             self.accepted = event
             if self._make_sink is not None:
-                sink = self._make_sink(event)
-                assert isinstance(sink, AtomicWriter | bytearray)
-                self.sink = sink
+                self.sink = self._make_sink(event)
             if self.progress is not None:
                 self.progress.file_started(self.name, event.size or self.request.size)
 
@@ -133,30 +131,26 @@ class _Run:
             )
 
     def _consume(self, chunk: bytes | memoryview) -> None:
-        if isinstance(self.sink, bytearray):
-            self.sink += chunk
-        elif self.sink is not None:
+        if self.sink is not None:
             self.sink.write(chunk)
         if self.progress is not None:
             self.progress.advance(len(chunk))
 
     def _verify(self, event: FinArrived) -> tuple[int, str, bytes]:
-        if isinstance(self.sink, AtomicWriter):
-            try:
-                return 0, "", self.sink.commit(event.digest)
-            except FtransferError as exc:
-                self.error = exc
-                return exc.code, str(exc), self.sink.digest
-        if isinstance(self.sink, bytearray) and len(self.sink) != event.size:
-            self.error = IntegrityError("answer size does not match")
-            return IntegrityError.code, "size mismatch", event.digest
-        return 0, "", event.digest
+        """The verdict for the RESULT: every sink checks the FIN's digest on commit
+        (the session has already checked every chunk's length and the total size)."""
+        assert self.sink is not None  # a data receiver always has one
+        try:
+            return 0, "", self.sink.commit(event.digest)
+        except FtransferError as exc:
+            self.error = exc
+            return exc.code, str(exc), self.sink.digest
 
     def _report_sent(self) -> None:
         session = self.request.session
         if self.progress is None or session is None or session.sender is None:
             return
-        sent = min(session.sender.size, session.hashed_bytes)
+        sent = session.hashed_bytes
         if sent > self._reported:
             self.progress.advance(sent - self._reported)
             self._reported = sent
@@ -170,10 +164,11 @@ async def udp_request(
     *,
     options: UdpOptions,
     local: Path | None = None,
-    target: Path | None = None,
+    target: Path | int | None = None,
     progress: Progress | None = None,
 ) -> UdpOutcome:
-    """Run one request; PUT sends ``local``, GET writes ``target`` (None: keep in memory)."""
+    """Run one request. PUT sends ``local``; what the server sends goes to ``target``:
+    a path (written atomically), a descriptor (streamed), or None (kept in memory)."""
     fd, size, mtime_ns = -1, 0, -1
     if operation is Operation.PUT:
         assert local is not None
@@ -197,7 +192,7 @@ async def _run(
     fd: int,
     size: int,
     mtime_ns: int,
-    target: Path | None,
+    target: Path | int | None,
     progress: Progress | None,
 ) -> UdpOutcome:
     loop = asyncio.get_running_loop()
@@ -218,10 +213,10 @@ async def _run(
         read_chunk=(lambda off, n: os.pread(fd, n, off)) if fd >= 0 else None,
     )
 
-    def make_sink(accepted: Accepted) -> AtomicWriter | bytearray:
-        if target is not None:
+    def make_sink(accepted: Accepted) -> Sink:
+        if isinstance(target, Path):
             return open_local_writer(target, size=accepted.size, mtime_ns=accepted.mtime_ns)
-        return bytearray()
+        return StdoutSink(target) if target is not None else MemorySink()
 
     sink = (
         make_sink if operation is not Operation.PUT and operation is not Operation.REMOVE else None
@@ -231,9 +226,7 @@ async def _run(
     started = time.perf_counter()
 
     def pump_step() -> None:
-        for datagram in request.datagrams(loop.time()):
-            pump.send(datagram)
-        run.step(loop.time())
+        run.step(loop.time())  # first: the verdict's RESULT leaves in the same batch
         for datagram in request.datagrams(loop.time()):
             pump.send(datagram)
         pump.arm(request.get_timer())
@@ -249,8 +242,8 @@ async def _run(
         pump_step()
         await run.done
     finally:
-        if isinstance(run.sink, AtomicWriter):
-            run.sink.abort()
+        if run.sink is not None:
+            run.sink.abort()  # after a commit this only releases; otherwise it discards
         if progress is not None and run.accepted is not None:
             progress.file_done()
         pump.close()
@@ -264,7 +257,7 @@ def _outcome(run: _Run, request: ClientRequest, seconds: float) -> UdpOutcome:
     code, message, digest = run.result
     if code:
         raise error_from_code(code, message)
-    data = bytes(run.sink) if isinstance(run.sink, bytearray) else b""
+    data = bytes(run.sink.data) if isinstance(run.sink, MemorySink) else b""
     return UdpOutcome(
         accepted=run.accepted,
         code=code,

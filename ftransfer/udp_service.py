@@ -24,7 +24,7 @@ import random
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .aio.datagram import DatagramPump
 from .checksum import ZERO_DIGEST, file_digest
@@ -53,7 +53,6 @@ class _Job:
     writer: AtomicWriter | None = None
     fd: int | None = None
     size: int = 0
-    done: list[str] = field(default_factory=list)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -96,11 +95,7 @@ class UdpService:
         self.endpoint.receive(datagram, address, self.pump.now())
 
     def _on_timer(self) -> None:
-        now = self.pump.now()
-        for _address, session in list(self.endpoint.sessions.values()):
-            deadline = session.get_timer()
-            if deadline is not None and deadline <= now:
-                session.handle_timer(now)
+        self.endpoint.handle_timer(self.pump.now())
         self._process()
 
     def _process(self) -> None:

@@ -6,14 +6,16 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 mkdir "$work/served"
+mkfifo "$work/ready"
 ftransfer serve --root "$work/served" --port 0 >"$work/ready" 2>"$work/server.log" &
 server=$!
-while ! grep -q 'tcp://' "$work/ready" 2>/dev/null; do
-    kill -0 "$server" 2>/dev/null || { cat "$work/server.log"; exit 1; }
-    sleep 0.05
-done
-cat "$work/ready"
-port=$(sed -n 's|.*tcp://[^ ]*:\([0-9]*\).*|\1|p' "$work/ready")
+exec 3<"$work/ready"  # held open for the server's lifetime
+if ! read -r ready <&3; then  # blocks until the ready line, or EOF if the server died
+    cat "$work/server.log"
+    exit 1
+fi
+echo "$ready"
+port=$(echo "$ready" | sed -n 's|.*tcp://[^ ]*:\([0-9]*\).*|\1|p')
 remote="127.0.0.1:$port"
 set -x
 ftransfer put "$here/hello.txt" "$here/utf8.txt" "$here/empty.txt" "$here/data.bin" "$remote/"

@@ -238,10 +238,7 @@ class Transfer:
         timer = client.get_timer()
         if timer is not None and timer <= now:
             client.handle_timer(now)
-        for _addr, session in list(self.endpoint.sessions.values()):
-            timer = session.get_timer()
-            if timer is not None and timer <= now:
-                session.handle_timer(now)
+        self.endpoint.handle_timer(now)
         self.server.step(now)
         for datagram in client.datagrams(now):
             self.up.send(datagram, now)

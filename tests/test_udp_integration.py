@@ -156,3 +156,22 @@ def test_ping_reports_rtt_and_loss(server: ServerProcess) -> None:
     assert result.returncode == 0
     assert b"3 sent, 3 received, 0.0% loss" in result.stdout
     assert re.search(rb"rtt min/avg/max/jitter = [\d.]+/[\d.]+/[\d.]+/[\d.]+ ms", result.stdout)
+
+
+def test_udp_get_to_stdout_streams_and_verifies(server: ServerProcess) -> None:
+    data = os.urandom(2 << 20)
+    (server.root / "s.bin").write_bytes(data)
+    result = run_cli("get", "--udp", "-q", server.remote("s.bin"), "-")
+    assert result.returncode == 0 and result.stdout == data
+
+
+def test_ping_without_an_echo_reports_loss_and_exits_7() -> None:
+    import socket
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+    silent.bind(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    result = run_cli("ping", "-c", "2", "-i", "0.01", "--timeout", "0.2", f"127.0.0.1:{port}")
+    silent.close()
+    assert result.returncode == ExitCode.TIMEOUT
+    assert b"2 sent, 0 received, 100.0% loss" in result.stdout

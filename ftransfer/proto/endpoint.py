@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..errors import Busy
 from .packets import (
     Accept,
     Initial,
@@ -57,7 +58,6 @@ HANDSHAKE_RTO_S = 0.5
 HANDSHAKE_MAX_RTO_S = 1.0
 """INITIAL is retried at least this often: each try needs two datagrams to survive, so
 on a 20 % lossy link sparse retries would often exhaust the give-up time."""
-BUSY_CODE = 41
 
 Address = tuple[str, int]
 
@@ -166,7 +166,7 @@ class ServerEndpoint:
         if len(self.sessions) >= self.max_sessions or same_host >= self.max_per_address:
             self.refuse(
                 RequestReceived(address=address, initial=initial),
-                code=BUSY_CODE,
+                code=Busy.code,
                 message="too many sessions, try later",
                 now=now,
             )
@@ -243,8 +243,16 @@ class ServerEndpoint:
         self.sessions.pop(session_id, None)
 
     def get_timer(self) -> float | None:
+        """The earliest deadline of any session."""
         timers = [t for _a, s in self.sessions.values() if (t := s.get_timer()) is not None]
         return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run the timers of every session whose deadline has come."""
+        for _address, session in list(self.sessions.values()):
+            deadline = session.get_timer()
+            if deadline is not None and deadline <= now:
+                session.handle_timer(now)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

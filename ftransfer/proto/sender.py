@@ -297,11 +297,12 @@ class Sender:
     # ---- timers --------------------------------------------------------------------------
 
     def _loss_deadline(self) -> float | None:
-        for sent in self._inflight.values():
-            if sent.tx < self._largest_acked_tx:
-                return sent.sent_at + self._loss_delay()
+        """When the oldest chunk in flight becomes lost by time, if something sent
+        after it has arrived (only the oldest matters: the others were sent later)."""
+        oldest = next(iter(self._inflight.values()), None)
+        if oldest is None or oldest.tx >= self._largest_acked_tx:
             return None
-        return None
+        return oldest.sent_at + self._loss_delay()
 
     def _rto(self) -> float:
         """The RTO, backoff included, but at most a fifth of the give-up time: a path
