@@ -12,12 +12,14 @@ storage; then every datagram the core produced is sent and the one timer re-arme
 PUT streams into an ``AtomicWriter`` and commits only when the FIN's digest matches
 what arrived; GET reads with pread from a descriptor opened at ACCEPT time (a
 replacement during the download is not seen); LIST and STAT answers are small byte
-strings in the TCP mode's entry encoding, sent like a file; REMOVE's result rides
-in the ACCEPT. Finished and timed-out sessions are forgotten and their files closed.
+strings in the TCP mode's entry encoding, built in a worker thread (a STAT hashes
+the whole file) and sent like a file; REMOVE's result rides in the ACCEPT.
+Finished and timed-out sessions are forgotten and their files closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -88,6 +90,8 @@ class UdpService:
             max_per_address=config.max_connections_per_address,
         )
         self._jobs: dict[int, _Job] = {}
+        self._answering: set[tuple[Address, int]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.pump = DatagramPump(sock, self._on_datagram, self._process, self._on_timer)
         self.address = sock.getsockname()
 
@@ -102,15 +106,17 @@ class UdpService:
         now = self.pump.now()
         while self.endpoint.requests:
             self._decide(self.endpoint.requests.pop(0), now)
+        # The endpoint's datagrams (ACCEPT, RETRY, PONG) first: a new session's DATA
+        # sent ahead of its ACCEPT would be dropped by a client that has no session yet.
+        for datagram, address in self.endpoint.outbox:
+            self.pump.send(datagram, address)
+        self.endpoint.outbox.clear()
         for session_id, (address, session) in list(self.endpoint.sessions.items()):
             self._run_events(session_id, session, now)
             for datagram in session.datagrams(now):
                 self.pump.send(datagram, address)
             if session.state is State.DONE:
                 self._forget(session_id)
-        for datagram, address in self.endpoint.outbox:
-            self.pump.send(datagram, address)
-        self.endpoint.outbox.clear()
         self.pump.arm(self.endpoint.get_timer())
 
     # ---- requests ---------------------------------------------------------------------
@@ -118,14 +124,56 @@ class UdpService:
     def _decide(self, request: RequestReceived, now: float) -> None:
         initial = request.initial
         what = f"udp {initial.operation.name.lower()} {escape(initial.path)}"
+        if initial.operation in (Operation.LIST, Operation.STAT):
+            self._answer_later(request, what)
+            return
         try:
             self._start(request, what, now)
-        except FtransferError as exc:
+        except (FtransferError, OSError) as exc:
+            self._refuse(request, what, exc, now)
+
+    def _refuse(
+        self, request: RequestReceived, what: str, exc: FtransferError | OSError, now: float
+    ) -> None:
+        if isinstance(exc, FtransferError):
             logger.info("%s:%d: %s refused: %s", *request.address, what, exc)
             self.endpoint.refuse(request, code=exc.code, message=str(exc), now=now)
-        except OSError as exc:
+        else:
             logger.warning("%s:%d: %s failed: %s", *request.address, what, exc)
             self.endpoint.refuse(request, code=InternalError.code, message="I/O error", now=now)
+
+    def _answer_later(self, request: RequestReceived, what: str) -> None:
+        """LIST and STAT read a whole directory or hash a whole file: in a worker
+        thread, so a 100 GiB STAT does not stall every other client. A repeated
+        INITIAL while the work runs is ignored (the ACCEPT will answer both)."""
+        key = (request.address, request.initial.nonce)
+        if key in self._answering:
+            return
+        self._answering.add(key)
+        task = asyncio.get_running_loop().create_task(self._answer_task(request, what, key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_task(
+        self, request: RequestReceived, what: str, key: tuple[Address, int]
+    ) -> None:
+        initial = request.initial
+        try:
+            answer = await asyncio.to_thread(self._answer, initial.operation, initial.path)
+        except (FtransferError, OSError) as exc:
+            self._refuse(request, what, exc, self.pump.now())
+        else:
+            session = self.endpoint.accept(
+                request,
+                size=len(answer),
+                mtime_ns=-1,
+                now=self.pump.now(),
+                read_chunk=_bytes_reader(answer),
+            )
+            self._jobs[session.session_id] = _Job(what=what, peer=request.address, size=len(answer))
+        finally:
+            self._answering.discard(key)
+        self._process()
 
     def _start(self, request: RequestReceived, what: str, now: float) -> None:
         initial, operation = request.initial, request.initial.operation
@@ -145,12 +193,6 @@ class UdpService:
                 mtime_ns=handle.mtime_ns,
                 now=now,
                 read_chunk=_fd_reader(handle.fd),
-            )
-        elif operation in (Operation.LIST, Operation.STAT):
-            answer = self._answer(operation, initial.path)
-            job.size = len(answer)
-            session = self.endpoint.accept(
-                request, size=len(answer), mtime_ns=-1, now=now, read_chunk=_bytes_reader(answer)
             )
         else:
             self.storage.remove(initial.path)
@@ -226,6 +268,8 @@ class UdpService:
             job.close()
 
     def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         for session_id in list(self._jobs):
             self._forget(session_id)
         self.pump.close()
