@@ -327,3 +327,27 @@ def test_sessions_are_capped_per_address_and_in_all() -> None:
     assert [ask("10.0.0.1", n) for n in (1, 2, 3)] == [0, 0, 41]  # 2 per address
     assert ask("10.0.0.2", 4) == 0
     assert ask("10.0.0.3", 5) == 41  # 3 in all
+
+
+@pytest.mark.parametrize("name", ["bbr", "reno"])
+def test_window_never_falls_below_what_the_receiver_acks_promptly(name: str) -> None:
+    """Below the receiver's ack-every count each round waits for the delayed-ack
+    timer and the rate estimate collapses with it (seen on loopback: 75 s stalls)."""
+    from ftransfer.proto.congestion import RateSample
+    from ftransfer.proto.receiver import ACK_EVERY_PACKETS
+
+    mss = 1400
+    cc = create(name, mss=mss)
+    rtt = RttEstimator()
+    rtt.on_sample(0.000085)  # loopback
+    cc.on_ack(
+        now=0.1,
+        acked=mss,
+        delivered=mss,
+        inflight=0,
+        rtt=rtt,
+        sample=RateSample(delivery_rate=1e5, prior_delivered=0, app_limited=False),
+    )
+    cc.on_loss(now=0.2, lost=10 * mss, inflight=mss, rtt=rtt)
+    cc.on_timeout(now=0.3)
+    assert cc.cwnd() >= 2 * ACK_EVERY_PACKETS * mss

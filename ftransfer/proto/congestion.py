@@ -30,12 +30,16 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from .receiver import ACK_EVERY_PACKETS
 from .rtt import RttEstimator
 
 INITIAL_WINDOW_PACKETS = 32
 """Packets in flight before the first ack (a LAN-friendly initial window)."""
-MIN_WINDOW_PACKETS = 4
-"""Never fewer than this many packets allowed in flight."""
+MIN_WINDOW_PACKETS = 2 * ACK_EVERY_PACKETS
+"""Never fewer than this many packets in flight. Below the receiver's ack-every count,
+each round waits for its delayed-ack timer, the delivery-rate samples fall, and the
+window stays at the floor: measured on loopback, 2 of 6 downloads of 64 MiB stuck at
+0.9 MB/s for 75 s with a floor of 4."""
 STARTUP_GAIN = 2.885
 """2/ln 2: doubles the sending rate each round trip in startup (BBR)."""
 CWND_GAIN = 2.0
