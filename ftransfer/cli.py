@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, cli_udp
+from . import __version__, cli_tftp, cli_udp
 from .argtypes import positive, size_bytes
 from .argtypes import remote as remote_arg
 from .client import Client, Remote, get_target, put_targets
@@ -60,7 +60,7 @@ class _Bars:
             nrows=size.lines,
         )
 
-    def file_started(self, name: str, size: int) -> None:
+    def file_started(self, name: str, size: int | None) -> None:
         if self._enabled:
             self._bar = self._new(escape(name), size, leave=self._overall is None)
 
@@ -104,15 +104,21 @@ def _bars(args: argparse.Namespace, files: int, total: int | None) -> _Bars:
     return _Bars(files, total, enabled=not args.quiet and sys.stderr.isatty())
 
 
+async def _with_bars(args: argparse.Namespace, job: Callable[[_Bars], Awaitable[int]]) -> int:
+    bars = _bars(args, len(getattr(args, "paths", ())[:-1]) or 1, None)
+    try:
+        return await job(bars)
+    finally:
+        bars.close()
+
+
 async def _put(args: argparse.Namespace) -> int:
+    if cli_tftp.is_tftp(args.paths[-1]):
+        return await _with_bars(args, lambda bars: cli_tftp.put(args, bars))
     remote = remote_arg(args.paths[-1])
     sources = [Path(p) for p in args.paths[:-1]]
     if args.udp:
-        bars = _bars(args, len(sources), None)
-        try:
-            return await cli_udp.put(args, remote, sources, bars)
-        finally:
-            bars.close()
+        return await _with_bars(args, lambda bars: cli_udp.put(args, remote, sources, bars))
 
     async def job(client: Client) -> int:
         items = await put_targets(client.stat, sources, remote.path)
@@ -134,16 +140,14 @@ async def _put(args: argparse.Namespace) -> int:
 
 
 async def _get(args: argparse.Namespace) -> int:
+    if cli_tftp.is_tftp(args.remote):
+        return await _with_bars(args, lambda bars: cli_tftp.get(args, bars))
     remote = remote_arg(args.remote)
     if not remote.path:
         raise UsageError("get needs a remote file path: HOST[:PORT]/PATH")
     target = get_target(remote.path, args.local)
     if args.udp:
-        bars = _bars(args, 1, None)
-        try:
-            return await cli_udp.get(args, remote, bars)
-        finally:
-            bars.close()
+        return await _with_bars(args, lambda bars: cli_udp.get(args, remote, bars))
 
     async def job(client: Client) -> int:
         bars = _bars(args, 1, None)
@@ -230,6 +234,7 @@ async def _serve(args: argparse.Namespace) -> int:
         udp=not args.no_udp,
         udp_port=args.udp_port,
         udp_give_up_s=args.udp_give_up,
+        **cli_tftp.server_config(args),
     )
     if not config.root.is_dir():
         raise UsageError(f"--root {args.root}: not a directory")
@@ -312,6 +317,7 @@ def _add_serve(sub: Any) -> None:
         metavar="S",
         help="abandon a UDP session after this long without progress",
     )
+    cli_tftp.add_serve_options(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=_serve)
 
@@ -363,12 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-clobber", action="store_true", help="refuse to replace existing files")
     _client_options(p, transfer=True)
     _udp_options(p)
+    cli_tftp.add_client_options(p)
     p.set_defaults(run=_put)
     p = sub.add_parser("get", help="download a file (LOCAL '-' is stdout)")
     p.add_argument("remote", metavar="REMOTE")
     p.add_argument("local", nargs="?", metavar="LOCAL")
     _client_options(p, transfer=True)
     _udp_options(p)
+    cli_tftp.add_client_options(p)
     p.set_defaults(run=_get)
     for name, run, text in (("ls", _ls, "list a directory"), ("stat", _stat, "size, mtime, xxh3")):
         p = sub.add_parser(name, help=text)

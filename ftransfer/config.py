@@ -79,6 +79,18 @@ class ServerConfig:
     """UDP port; None means the same number as the TCP port."""
     udp_give_up_s: float = 30.0
     """A UDP session with no progress for this long is abandoned."""
+    tftp_port: int | None = None
+    """Also serve standard TFTP on this UDP port (None: off; 0 picks a free port)."""
+    tftp_max_blksize: int = 65464
+    """Largest blksize a TFTP client may negotiate (RFC 2348 allows 8..65464)."""
+    tftp_max_window: int = 64
+    """Largest windowsize a TFTP client may negotiate (RFC 7440)."""
+    tftp_max_sessions: int = 64
+    """TFTP transfers at once, all addresses together (one thread each)."""
+    tftp_max_sessions_per_address: int = 8
+    """TFTP transfers at once from one IP address."""
+    tftp_give_up_s: float = 15.0
+    """A TFTP transfer with no progress for this long ends with ERROR 0 "timed out"."""
 
 
 @dataclass(frozen=True, kw_only=True)

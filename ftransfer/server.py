@@ -44,6 +44,7 @@ from .errors import (
 from .proto import events as ev
 from .proto.tcp import Connection, Role, negotiate_version
 from .storage import AtomicWriter, Storage, escape
+from .tftp_service import TftpService
 from .udp_service import UdpService
 
 logger = logging.getLogger("ftransfer.server")
@@ -95,12 +96,15 @@ class Server:
         self._per_address: collections.Counter[str] = collections.Counter()
         self.address: tuple[Any, ...] = ()
         self.udp: UdpService | None = None
+        self.tftp: TftpService | None = None
 
     @property
     def urls(self) -> list[str]:
         urls = [format_url("tcp", self.address)]
         if self.udp is not None:
             urls.append(format_url("udp", self.udp.address))
+        if self.tftp is not None:
+            urls.append(format_url("tftp", self.tftp.address))
         return urls
 
     async def start(self) -> None:
@@ -118,6 +122,9 @@ class Server:
                 self.config.host, self.address[1] if port is None else port, connect=False
             )
             self.udp = UdpService(self.storage, self.config, udp_sock)
+        if self.config.tftp_port is not None:
+            tftp_sock = open_udp_socket(self.config.host, self.config.tftp_port, connect=False)
+            self.tftp = TftpService(self.storage, self.config, tftp_sock)
 
     def _new_stream(self) -> FrameStream:
         stream = FrameStream(Connection(Role.SERVER), self._scratch, self.config.idle_timeout_s)
@@ -151,6 +158,9 @@ class Server:
             listener.close()
         if self.udp is not None:
             self.udp.close()
+        if self.tftp is not None:
+            self.tftp.close()
+            await asyncio.to_thread(self.tftp.join)  # transfer threads abort and end
         for task in list(self._sessions):
             task.cancel()
         await asyncio.gather(*self._sessions, return_exceptions=True)

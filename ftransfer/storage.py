@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,9 +191,20 @@ class AtomicWriter:
     """A file that appears whole at its final name on ``commit``, or not at all."""
 
     def __init__(
-        self, dir_fd: int, leaf: str, *, size: int, mtime_ns: int, exclusive: bool, fsync: bool
+        self,
+        dir_fd: int,
+        leaf: str,
+        *,
+        size: int | None,
+        mtime_ns: int,
+        exclusive: bool,
+        fsync: bool,
+        limit: int | None = None,
     ) -> None:
+        """``size`` is the declared size, or None when the sender cannot tell it in
+        advance (TFTP without tsize); then ``limit`` bounds what may be written."""
         self._dir_fd, self._leaf, self._size = dir_fd, leaf, size
+        self._bound = size if size is not None else limit
         self._mtime_ns, self._exclusive, self._fsync = mtime_ns, exclusive, fsync
         self._temp = TEMP_PREFIX + secrets.token_hex(8)
         self._hasher = new_hasher()
@@ -217,8 +229,10 @@ class AtomicWriter:
 
     def write(self, data: bytes | memoryview) -> None:
         """Append bytes; more than the declared size is an integrity error."""
-        if self.written + len(data) > self._size:
+        if self._bound is not None and self.written + len(data) > self._bound:
             self.abort()
+            if self._size is None:
+                raise TooLarge(f"{escape(self._leaf)}: more than the limit of {self._bound} bytes")
             raise IntegrityError(f"{escape(self._leaf)}: more bytes than the declared {self._size}")
         try:
             write_all(self._fd, data)
@@ -232,7 +246,7 @@ class AtomicWriter:
         """Verify, make durable and publish; returns the digest of what was written."""
         digest = self._hasher.digest()
         try:
-            if self.written != self._size:
+            if self._size is not None and self.written != self._size:
                 raise IntegrityError(
                     f"{escape(self._leaf)}: got {self.written} of {self._size} bytes"
                 )
@@ -331,10 +345,13 @@ class Storage:
             raise
         return ReadHandle(fd=fd, size=st.st_size, mtime_ns=st.st_mtime_ns)
 
-    def begin_write(self, name: str, *, size: int, mtime_ns: int, exclusive: bool) -> AtomicWriter:
-        """Start an upload to ``name``; refusals come before any byte is accepted."""
+    def begin_write(
+        self, name: str, *, size: int | None, mtime_ns: int, exclusive: bool
+    ) -> AtomicWriter:
+        """Start an upload to ``name``; refusals come before any byte is accepted.
+        A ``size`` of None (not known in advance) is bounded by the file size limit."""
         self._writable()
-        if size > self.max_file_bytes:
+        if size is not None and size > self.max_file_bytes:
             limit = self.max_file_bytes
             raise TooLarge(f"{escape(name)}: {size} bytes exceeds the limit of {limit}")
         parts = split_name(name)
@@ -342,13 +359,19 @@ class Storage:
         try:
             self._check_target(dfd, parts[-1], name, exclusive)
             vfs = os.fstatvfs(dfd)
-            if size > vfs.f_bavail * vfs.f_frsize:
+            if size is not None and size > vfs.f_bavail * vfs.f_frsize:
                 raise NoSpace(f"{escape(name)}: {size} bytes do not fit in the free space")
         except BaseException:
             os.close(dfd)
             raise
         return AtomicWriter(
-            dfd, parts[-1], size=size, mtime_ns=mtime_ns, exclusive=exclusive, fsync=self.fsync
+            dfd,
+            parts[-1],
+            size=size,
+            mtime_ns=mtime_ns,
+            exclusive=exclusive,
+            fsync=self.fsync,
+            limit=self.max_file_bytes,
         )
 
     def _check_target(self, dfd: int, leaf: str, name: str, exclusive: bool) -> None:
@@ -483,7 +506,22 @@ class Storage:
         return removed
 
 
-def open_local_writer(target: Path, *, size: int, mtime_ns: int) -> AtomicWriter:
+def sequential_reader(fd: int, size: int) -> Callable[[int], bytes]:
+    """``read(n)`` from the start of ``fd``, stopping after ``size`` bytes (the size
+    that was announced, even if the file grows meanwhile)."""
+    stream = io.FileIO(fd, closefd=False)
+    remaining = size
+
+    def read(n: int) -> bytes:
+        nonlocal remaining
+        data = stream.read(min(n, remaining)) or b""
+        remaining -= len(data)
+        return data
+
+    return read
+
+
+def open_local_writer(target: Path, *, size: int | None, mtime_ns: int) -> AtomicWriter:
     """An atomic writer for a path the local user named (client downloads)."""
     parent = target.parent if str(target.parent) else Path(".")
     try:

@@ -1,0 +1,354 @@
+"""The server's TFTP endpoint: RFC 1350 clients over the same root and storage.
+
+Theory of operation
+-------------------
+The listening socket (``serve --tftp-port``) is read by the asyncio loop. A valid
+RRQ or WRQ becomes a ``_Transfer``: a new socket on an ephemeral port (the server's
+transfer id) and a thread that opens the file through ``Storage`` (the same path
+rules, read-only policy and atomic commit as the native protocols), negotiates
+options and runs a ``BlockSender`` or ``BlockReceiver`` with ``aio.blocking``.
+
+Reflection hardening: TFTP cannot validate a source address before answering, so a
+spoofed request must cost as little as the protocol allows.
+
+- A transfer never retransmits until the peer has answered it (the core's rule);
+  a client whose first reply was lost repeats its request, and the repeat is
+  routed to its transfer (keyed by source address and port) instead of starting
+  a second one.
+- Every error sent to an address that has not proved itself (malformed request,
+  over a cap) is cut to at most three times the bytes received, as the UDP mode
+  does; a datagram too short to afford one gets no answer.
+- Transfers are capped per address and in all. When the table is full, the oldest
+  transfer whose peer never answered is evicted first (a SYN-cache policy), so a
+  spoofed flood cannot lock real clients out for long.
+
+Uploads are decoded (netascii), hashed and written as blocks arrive; the final ACK
+is sent only after the atomic commit, so a client is told "done" only for a file
+that is whole at its final name. TFTP carries no checksum: the server logs the
+xxh3-128 of what it committed, and a client that sent tsize has its size checked.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import socket
+import threading
+import time
+
+from .aio import blocking
+from .aio.datagram import SOCKET_BUFFER_BYTES, DatagramPump
+from .checksum import hex_digest
+from .config import ServerConfig
+from .errors import (
+    Exists,
+    FtransferError,
+    NoSpace,
+    NotFound,
+    ReadOnly,
+    Refused,
+    TooLarge,
+)
+from .proto import netascii
+from .proto.tftp import (
+    DEFAULT_TIMEOUT_S,
+    Address,
+    BlockReceiver,
+    BlockSender,
+    Completed,
+    DataReceived,
+    Event,
+    Failed,
+)
+from .proto.tftp_packets import (
+    ErrorCode,
+    Limits,
+    Request,
+    TftpPacketError,
+    encode_ack,
+    encode_error,
+    encode_oack,
+    negotiate,
+    parse_untrusted,
+)
+from .storage import AtomicWriter, ReadHandle, Storage, escape, sequential_reader
+
+logger = logging.getLogger("ftransfer.tftp")
+
+AMPLIFICATION_LIMIT = 3
+"""An unproven address gets at most this many bytes per byte it sent (errors)."""
+MODES = ("octet", "netascii")
+
+
+def tftp_error_code(exc: FtransferError) -> int:
+    """The RFC 1350 code for a refusal."""
+    if isinstance(exc, NotFound):
+        return ErrorCode.FILE_NOT_FOUND
+    if isinstance(exc, NoSpace | TooLarge):
+        return ErrorCode.DISK_FULL
+    if isinstance(exc, Exists):
+        return ErrorCode.FILE_EXISTS
+    if isinstance(exc, Refused | ReadOnly):
+        return ErrorCode.ACCESS_VIOLATION
+    return ErrorCode.NOT_DEFINED
+
+
+def bounded_error(code: int, message: str, received: int) -> bytes | None:
+    """An ERROR packet no larger than AMPLIFICATION_LIMIT x ``received`` bytes."""
+    budget = AMPLIFICATION_LIMIT * received - 5  # opcode, code, NUL
+    if budget < 0:
+        return None
+    return encode_error(code, message.encode()[:budget].decode("utf-8", "ignore"))
+
+
+class _Transfer:
+    """One TFTP transfer: its socket, thread and storage handle."""
+
+    def __init__(
+        self, service: TftpService, request: Request, peer: Address, received: int
+    ) -> None:
+        self.service, self.request, self.peer = service, request, peer
+        self.received = received
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+        self.cancelled = threading.Event()
+        self.machine: BlockSender | BlockReceiver | None = None
+        self._writer: AtomicWriter | None = None
+        self._handle: ReadHandle | None = None
+        self._decoder = netascii.Decoder() if request.mode == "netascii" else None
+        self.sock = socket.socket(service.family, socket.SOCK_DGRAM)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        if service.family == socket.AF_INET6:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self.sock.bind((service.host, 0))
+        self.thread = threading.Thread(target=self._main, name=f"tftp {peer}", daemon=True)
+
+    @property
+    def proven(self) -> bool:
+        return self.machine is not None and self.machine.proven
+
+    def request_repeated(self) -> None:
+        """Answer a repeated request with our first packet again (if not proven)."""
+        if self.machine is None or not self.lock.acquire(blocking=False):
+            return  # still opening the file, or busy committing: the peer will retry
+        try:
+            self.machine.request_repeated(time.monotonic())
+            blocking.send_all(self.sock, self.machine)
+        finally:
+            self.lock.release()
+
+    def _main(self) -> None:
+        try:
+            self.machine = self._open()
+            machine = self.machine
+            blocking.run(self.sock, machine, self._on_event, stop=self._stopped, lock=self.lock)
+        except FtransferError as exc:
+            self._refuse(exc)
+        except Exception:
+            logger.exception("tftp %s: internal error", self.peer)
+            self._send_error(ErrorCode.NOT_DEFINED, "internal server error")
+        finally:
+            if self.machine is not None and not self.machine.finished:
+                self.machine.abort(ErrorCode.NOT_DEFINED, "server shutting down")
+                blocking.send_all(self.sock, self.machine)
+            self._close()
+            self.service.forget(self)
+
+    def _stopped(self) -> bool:
+        return self.service.stop.is_set() or self.cancelled.is_set()
+
+    def _send_error(self, code: int, message: str) -> None:
+        """An ERROR before the peer proved its address: bounded like the listener's."""
+        datagram = bounded_error(code, message, self.received)
+        if datagram is not None:
+            with contextlib.suppress(OSError):
+                self.sock.sendto(datagram, self.peer)
+
+    def _log(self, what: object) -> None:
+        verb = "WRQ" if self.request.write else "RRQ"
+        logger.info("tftp %s %s %s: %s", self.peer, verb, escape(self.request.filename), what)
+
+    def _refuse(self, exc: FtransferError) -> None:
+        self._log(exc)
+        self._send_error(tftp_error_code(exc), str(exc))
+
+    def _open(self) -> BlockSender | BlockReceiver:
+        config, request = self.service.config, self.request
+        limits = Limits(config.tftp_max_blksize, config.tftp_max_window)
+        now = time.monotonic()
+        give_up = config.tftp_give_up_s
+        if request.write:
+            params, accepted = negotiate(request.options, limits, write=True, file_size=None)
+            octet_size = params.tsize if self._decoder is None else None
+            self._writer = self.service.storage.begin_write(
+                request.filename, size=octet_size, mtime_ns=-1, exclusive=False
+            )
+            first = encode_oack(accepted) if accepted else encode_ack(0)
+            linger = 3 * (params.timeout_s or DEFAULT_TIMEOUT_S)
+            return BlockReceiver(
+                self.peer, params, now=now, give_up_s=give_up, first=first, linger_s=linger
+            )
+        self._handle = self.service.storage.open_read(request.filename)
+        size = self._handle.size if self._decoder is None else None
+        params, accepted = negotiate(request.options, limits, write=False, file_size=size)
+        read = sequential_reader(self._handle.fd, self._handle.size)
+        if self._decoder is not None:
+            read = netascii.encoding_reader(read)
+        oack = encode_oack(accepted) if accepted else None
+        return BlockSender(read, self.peer, params, now=now, give_up_s=give_up, oack=oack)
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, DataReceived):
+            self._store(event)
+        elif isinstance(event, Completed):
+            self._log_done()
+            self.service.forget(self)  # a lingering upload no longer holds a slot
+        elif isinstance(event, Failed):
+            self._log(f"failed: {event.error}")
+
+    def _store(self, event: DataReceived) -> None:
+        writer, machine = self._writer, self.machine
+        assert writer is not None and isinstance(machine, BlockReceiver)
+        try:
+            data = event.payload
+            if self._decoder is not None:
+                data = self._decoder.feed(data) + (self._decoder.finish() if event.final else b"")
+            writer.write(data)
+            if event.final:
+                writer.commit(writer.digest)
+                machine.accept_final(time.monotonic())
+        except FtransferError as exc:
+            machine.abort(tftp_error_code(exc), str(exc))
+            self._log(f"not stored: {exc}")
+
+    def _log_done(self) -> None:
+        machine = self.machine
+        assert machine is not None
+        seconds = time.monotonic() - self.started
+        stats, params = machine.stats, machine.params
+        digest = f" xxh3-128 {hex_digest(self._writer.digest)}" if self._writer else ""
+        self._log(
+            f"{stats.bytes} bytes in {seconds:.3f} s, blksize {params.blksize}, "
+            f"windowsize {params.windowsize}, {stats.retransmitted} retransmitted, "
+            f"{stats.duplicates} duplicates{digest}"
+        )
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        self.sock.close()
+
+
+class TftpService:
+    """The TFTP listener and its table of transfers."""
+
+    def __init__(self, storage: Storage, config: ServerConfig, sock: socket.socket) -> None:
+        self.storage, self.config = storage, config
+        self.family = sock.family
+        self.address = sock.getsockname()
+        self.host = str(self.address[0])
+        self.stop = threading.Event()
+        self.refused = 0
+        self._lock = threading.Lock()
+        self._transfers: dict[Address, _Transfer] = {}
+        self._per_host: collections.Counter[str] = collections.Counter()
+        self._pump = DatagramPump(sock, self._on_datagram, lambda: None, lambda: None)
+
+    @property
+    def active(self) -> int:
+        with self._lock:
+            return len(self._transfers)
+
+    def _on_datagram(self, datagram: memoryview, address: Address) -> None:
+        received = len(datagram)
+        try:
+            packet = parse_untrusted(datagram)
+        except TftpPacketError as exc:
+            self._answer(ErrorCode.ILLEGAL_OPERATION, str(exc), address, received)
+            return
+        if not isinstance(packet, Request):
+            self._answer(ErrorCode.ILLEGAL_OPERATION, "expected RRQ or WRQ", address, received)
+            return
+        with self._lock:
+            existing = self._transfers.get(address)
+        if existing is not None:
+            existing.request_repeated()
+            return
+        refusal = self._check(packet)
+        if refusal is not None:
+            self._answer(*refusal, address, received)
+            return
+        if not self._admit(address):
+            self._answer(ErrorCode.NOT_DEFINED, "server busy, try later", address, received)
+            return
+        try:
+            transfer = _Transfer(self, packet, address, received)
+        except OSError as exc:
+            self._forget_address(address)
+            logger.warning("tftp %s: cannot open a transfer socket: %s", address, exc)
+            return
+        with self._lock:
+            self._transfers[address] = transfer
+        transfer.thread.start()
+
+    def _check(self, request: Request) -> tuple[int, str] | None:
+        if request.mode not in MODES:
+            return ErrorCode.ILLEGAL_OPERATION, f"mode {request.mode!r} is not supported"
+        if request.write and self.storage.read_only:
+            return ErrorCode.ACCESS_VIOLATION, "the server is read-only"
+        return None
+
+    def _admit(self, address: Address) -> bool:
+        """Reserve a slot for ``address``, evicting the oldest unproven transfer if full."""
+        with self._lock:
+            if self._per_host[address[0]] >= self.config.tftp_max_sessions_per_address:
+                self.refused += 1
+                return False
+            if len(self._transfers) >= self.config.tftp_max_sessions:
+                unproven = [t for t in self._transfers.values() if not t.proven]
+                if not unproven:
+                    self.refused += 1
+                    return False
+                victim = min(unproven, key=lambda t: t.started)
+                del self._transfers[victim.peer]
+                self._per_host[victim.peer[0]] -= 1
+                victim.cancelled.set()  # its thread ends at its next wake-up
+            self._per_host[address[0]] += 1
+            return True
+
+    def _answer(self, code: int, message: str, address: Address, received: int) -> None:
+        datagram = bounded_error(code, message, received)
+        if datagram is not None:
+            self._pump.send(datagram, address)
+
+    def _forget_address(self, address: Address) -> None:
+        with self._lock:
+            self._per_host[address[0]] -= 1
+            if self._per_host[address[0]] <= 0:
+                del self._per_host[address[0]]
+
+    def forget(self, transfer: _Transfer) -> None:
+        """A transfer's thread ended: free its slot (unless it was evicted)."""
+        with self._lock:
+            if self._transfers.get(transfer.peer) is not transfer:
+                return
+            del self._transfers[transfer.peer]
+        self._forget_address(transfer.peer)
+
+    def close(self) -> None:
+        """Stop listening and tell every transfer to end (uploads are aborted)."""
+        self.stop.set()
+        self._pump.close()
+
+    def join(self) -> None:
+        """Wait for the transfer threads to end (after ``close``)."""
+        with self._lock:
+            threads = [t.thread for t in self._transfers.values()]
+        for thread in threads:
+            thread.join(timeout=2 * blocking.STOP_POLL_S + 5)
