@@ -36,6 +36,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from .aio import blocking
 from .aio.datagram import SOCKET_BUFFER_BYTES, DatagramPump
@@ -148,7 +149,7 @@ class _Transfer:
         except FtransferError as exc:
             self._refuse(exc)
         except Exception:
-            logger.exception("tftp %s: internal error", self.peer)
+            logger.exception("tftp %s: internal error", self.peer[0])
             self._send_error(ErrorCode.NOT_DEFINED, "internal server error")
         finally:
             if self.machine is not None and not self.machine.finished:
@@ -169,7 +170,9 @@ class _Transfer:
 
     def _log(self, what: object) -> None:
         verb = "WRQ" if self.request.write else "RRQ"
-        logger.info("tftp %s %s %s: %s", self.peer, verb, escape(self.request.filename), what)
+        host, port = self.peer
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        logger.info("tftp %s %s %s: %s", where, verb, escape(self.request.filename), what)
 
     def _refuse(self, exc: FtransferError) -> None:
         self._log(exc)
@@ -255,6 +258,7 @@ class TftpService:
         self.host = str(self.address[0])
         self.stop = threading.Event()
         self.refused = 0
+        self.evicted = 0
         self._lock = threading.Lock()
         self._transfers: dict[Address, _Transfer] = {}
         self._per_host: collections.Counter[str] = collections.Counter()
@@ -305,22 +309,32 @@ class TftpService:
         return None
 
     def _admit(self, address: Address) -> bool:
-        """Reserve a slot for ``address``, evicting the oldest unproven transfer if full."""
+        """Reserve a slot for ``address``. Over a cap (per address, then in all), the
+        oldest transfer in that group whose peer never answered is evicted."""
         with self._lock:
-            if self._per_host[address[0]] >= self.config.tftp_max_sessions_per_address:
+            host = address[0]
+            full_host = self._per_host[host] >= self.config.tftp_max_sessions_per_address
+            if full_host and not self._evict(lambda t: t.peer[0] == host):
                 self.refused += 1
                 return False
-            if len(self._transfers) >= self.config.tftp_max_sessions:
-                unproven = [t for t in self._transfers.values() if not t.proven]
-                if not unproven:
-                    self.refused += 1
-                    return False
-                victim = min(unproven, key=lambda t: t.started)
-                del self._transfers[victim.peer]
-                self._per_host[victim.peer[0]] -= 1
-                victim.cancelled.set()  # its thread ends at its next wake-up
-            self._per_host[address[0]] += 1
+            full = len(self._transfers) >= self.config.tftp_max_sessions
+            if full and not self._evict(lambda t: True):
+                self.refused += 1
+                return False
+            self._per_host[host] += 1
             return True
+
+    def _evict(self, group: Callable[[_Transfer], bool]) -> bool:
+        """End the oldest unproven transfer in ``group`` (lock held); False if none."""
+        unproven = [t for t in self._transfers.values() if not t.proven and group(t)]
+        if not unproven:
+            return False
+        victim = min(unproven, key=lambda t: t.started)
+        del self._transfers[victim.peer]
+        self._per_host[victim.peer[0]] -= 1
+        victim.cancelled.set()  # its thread ends at its next wake-up
+        self.evicted += 1
+        return True
 
     def _answer(self, code: int, message: str, address: Address, received: int) -> None:
         datagram = bounded_error(code, message, received)

@@ -277,7 +277,8 @@ class _Machine:
         seconds = self._give_up_s
         self._fail(
             TransferTimeout(f"tftp: no progress from the peer for {seconds:g} s"),
-            notify=(ErrorCode.NOT_DEFINED, "timed out"),
+            # A peer that never answered may be a spoofed address: send it nothing more.
+            notify=(ErrorCode.NOT_DEFINED, "timed out") if self.proven else None,
         )
 
     def _on_ack(self, block: int, now: float) -> None:

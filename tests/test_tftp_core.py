@@ -1,0 +1,474 @@
+"""The TFTP core without sockets: codec, negotiation, netascii, and whole transfers
+between a ``TftpClient`` and the server-side machines over a seeded, virtual-time
+link that drops, duplicates and reorders exactly as its seed says."""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import io
+import itertools
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ftransfer.errors import IntegrityError, RemoteProtocolError, TransferTimeout
+from ftransfer.proto import netascii
+from ftransfer.proto.tftp import (
+    Address,
+    BlockReceiver,
+    BlockSender,
+    Completed,
+    DataReceived,
+    Failed,
+    TftpClient,
+)
+from ftransfer.proto.tftp_packets import (
+    Ack,
+    Data,
+    Error,
+    ErrorCode,
+    Limits,
+    OptionAck,
+    OptionError,
+    Params,
+    Request,
+    TftpPacketError,
+    check_oack,
+    encode_ack,
+    encode_data,
+    encode_error,
+    encode_oack,
+    encode_request,
+    negotiate,
+    parse_untrusted,
+)
+
+CLIENT: Address = ("10.0.0.1", 5000)
+LISTENER: Address = ("10.0.0.2", 69)
+TID: Address = ("10.0.0.2", 40000)
+
+
+# ---- codec -----------------------------------------------------------------------------
+
+
+def test_request_round_trip_lowercases_mode_and_option_names() -> None:
+    raw = b"\x00\x01dir/f.bin\x00OCTET\x00BlkSize\x001428\x00tsize\x000\x00"
+    packet = parse_untrusted(raw)
+    assert packet == Request(False, "dir/f.bin", "octet", {"blksize": "1428", "tsize": "0"})
+    assert parse_untrusted(encode_request(packet)) == packet
+
+
+def test_each_packet_kind_parses() -> None:
+    assert parse_untrusted(encode_data(70000, b"abc")) == Data(70000 & 0xFFFF, b"abc")
+    assert parse_untrusted(encode_ack(3)) == Ack(3)
+    assert parse_untrusted(encode_error(1, "nope")) == Error(1, "nope")
+    assert parse_untrusted(encode_oack({"blksize": "512"})) == OptionAck({"blksize": "512"})
+    assert parse_untrusted(b"\x00\x05\x00\x02no nul") == Error(2, "no nul")  # lenient
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\x00",
+        b"\x00\x01name\x00",  # no mode
+        b"\x00\x01name\x00octet",  # no final NUL
+        b"\x00\x01name\x00octet\x00blksize\x00",  # option without value
+        b"\x00\x01\xff\xfe\x00octet\x00",  # filename not UTF-8
+        b"\x00\x03\x00",  # DATA without a whole block number
+        b"\x00\x04",
+        b"\x00\x09\x00\x01",  # unknown opcode
+        b"\x00\x06blksize\x00\xff\x00",  # non-ASCII option value
+    ],
+)
+def test_malformed_packets_raise_only_the_packet_error(raw: bytes) -> None:
+    with pytest.raises(TftpPacketError):
+        parse_untrusted(raw)
+
+
+@given(st.binary(max_size=600))
+def test_any_bytes_parse_or_raise_the_packet_error(raw: bytes) -> None:
+    with contextlib.suppress(TftpPacketError):
+        parse_untrusted(raw)
+
+
+# ---- negotiation -----------------------------------------------------------------------
+
+
+def test_server_clamps_ignores_and_answers() -> None:
+    limits = Limits(max_blksize=8192, max_windowsize=16)
+    options = {"blksize": "65464", "windowsize": "64", "timeout": "3", "tsize": "0", "x": "1"}
+    params, accepted = negotiate(options, limits, write=False, file_size=1234)
+    assert params == Params(blksize=8192, windowsize=16, timeout_s=3.0, tsize=1234)
+    assert accepted == {"blksize": "8192", "windowsize": "16", "timeout": "3", "tsize": "1234"}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"blksize": "7"},
+        {"blksize": "abc"},
+        {"windowsize": "0"},
+        {"timeout": "0"},
+        {"timeout": "256"},
+    ],
+)
+def test_out_of_range_options_are_ignored(options: dict[str, str]) -> None:
+    params, accepted = negotiate(options, Limits(), write=False, file_size=1)
+    assert accepted == {} and params == Params()
+
+
+def test_tsize_on_write_is_the_clients_and_unknown_reads_ignore_it() -> None:
+    assert negotiate({"tsize": "99"}, Limits(), write=True, file_size=None)[0].tsize == 99
+    assert negotiate({"tsize": "0"}, Limits(), write=False, file_size=None)[1] == {}
+
+
+def test_client_refuses_an_oack_that_raises_or_invents_options() -> None:
+    with pytest.raises(OptionError):
+        check_oack({"blksize": "1024"}, {"blksize": "2048"})
+    with pytest.raises(OptionError):
+        check_oack({"blksize": "1024"}, {"windowsize": "4"})
+    assert check_oack({"blksize": "1024", "tsize": "0"}, {"tsize": "5"}) == Params(tsize=5)
+
+
+# ---- netascii --------------------------------------------------------------------------
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=8))
+def test_netascii_round_trips_across_any_block_split(data: bytes, cuts: list[int]) -> None:
+    wire = netascii.encode(data)
+    decoder = netascii.Decoder()
+    points = sorted({min(c, len(wire)) for c in cuts})
+    pieces = [wire[a:b] for a, b in itertools.pairwise([0, *points, len(wire)])]
+    assert b"".join(decoder.feed(p) for p in pieces) + decoder.finish() == data
+
+
+def test_netascii_wire_form() -> None:
+    assert netascii.encode(b"a\nb\rc") == b"a\r\nb\r\0c"
+    reader = netascii.encoding_reader(io.BytesIO(b"x\n" * 10).read, chunk=3)
+    assert b"".join(iter(lambda: reader(4), b"")) == b"x\r\n" * 10
+
+
+# ---- a simulated link ------------------------------------------------------------------
+
+
+@dataclass
+class Link:
+    """Seeded impairments on virtual time: loss, duplication, reordering (jitter)."""
+
+    seed: int
+    loss: float = 0.0
+    dup: float = 0.0
+    reorder: float = 0.0
+    delay: float = 0.005
+    rng: random.Random = field(init=False)
+    queue: list[tuple[float, int, bytes, Address, Address]] = field(default_factory=list)
+    counter: itertools.count[int] = field(default_factory=itertools.count)
+    sent: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def send(self, now: float, data: bytes, src: Address, dst: Address) -> None:
+        self.sent += 1
+        for _copy in range(2 if self.rng.random() < self.dup else 1):
+            if self.rng.random() < self.loss:
+                continue
+            late = self.rng.uniform(0, 4 * self.delay) if self.rng.random() < self.reorder else 0
+            deliver = now + self.delay + late
+            heapq.heappush(self.queue, (deliver, next(self.counter), data, src, dst))
+
+
+Machine = BlockSender | BlockReceiver
+
+
+@dataclass
+class World:
+    """A TftpClient, and a server that negotiates and runs one transfer per request."""
+
+    link: Link
+    files: dict[str, bytes]
+    limits: Limits = field(default_factory=Limits)
+    give_up_s: float = 10.0
+    server: Machine | None = None
+    requests: int = 0
+    stored: bytearray = field(default_factory=bytearray)
+
+    def serve(self, data: bytes, src: Address, now: float) -> None:
+        packet = parse_untrusted(data)
+        assert isinstance(packet, Request)
+        self.requests += 1
+        if self.server is not None:
+            self.server.request_repeated(now)
+            return
+        if packet.write:
+            params, accepted = negotiate(packet.options, self.limits, write=True, file_size=None)
+            first = encode_oack(accepted) if accepted else encode_ack(0)
+            self.server = BlockReceiver(
+                src, params, now=now, give_up_s=self.give_up_s, first=first, linger_s=2.0
+            )
+        else:
+            body = self.files[packet.filename]
+            params, accepted = negotiate(
+                packet.options, self.limits, write=False, file_size=len(body)
+            )
+            oack = encode_oack(accepted) if accepted else None
+            self.server = BlockSender(
+                io.BytesIO(body).read, src, params, now=now, give_up_s=self.give_up_s, oack=oack
+            )
+
+    def run(self, client: TftpClient, limit_s: float = 3600.0) -> tuple[bytes, list[object]]:
+        received = bytearray()
+        outcome: list[object] = []
+        now = 0.0
+        while now < limit_s:
+            self._flush(client, now, received, outcome)
+            server_done = self.server is None or self.server.finished
+            if client.finished and server_done and not self.link.queue:
+                break
+            times = [t for t in (client.get_timer(),) if t is not None]
+            if self.server is not None and (t := self.server.get_timer()) is not None:
+                times.append(t)
+            if self.link.queue:
+                times.append(self.link.queue[0][0])
+            if not times:
+                break
+            now = max(now, min(times))
+            while self.link.queue and self.link.queue[0][0] <= now:
+                _t, _n, data, src, dst = heapq.heappop(self.link.queue)
+                if dst == LISTENER:
+                    self.serve(data, src, now)
+                elif dst == CLIENT:
+                    client.receive(data, src, now)
+                elif self.server is not None and dst == TID:
+                    self.server.receive(data, src, now)
+            for machine in (client, self.server):
+                if machine is not None and (t := machine.get_timer()) is not None and t <= now:
+                    machine.handle_timer(now)
+        return bytes(received), outcome
+
+    def _flush(
+        self, client: TftpClient, now: float, received: bytearray, out: list[object]
+    ) -> None:
+        while (event := client.next_event()) is not None:
+            out.append(event)
+            if isinstance(event, DataReceived):
+                received += event.payload
+                if event.final:
+                    client.accept_final(now)
+        while self.server is not None and (event := self.server.next_event()) is not None:
+            if isinstance(event, DataReceived):
+                self.stored += event.payload
+                if event.final:
+                    assert isinstance(self.server, BlockReceiver)
+                    self.server.accept_final(now)
+        for data, dst in client.datagrams_to_send():
+            self.link.send(now, data, CLIENT, dst)
+        if self.server is not None:
+            for data, dst in self.server.datagrams_to_send():
+                self.link.send(now, data, TID, dst)
+
+
+def client_for(request: Request, body: bytes | None = None, give_up_s: float = 10.0) -> TftpClient:
+    read = io.BytesIO(body).read if body is not None else None
+    return TftpClient(request, LISTENER, now=0.0, give_up_s=give_up_s, read=read)
+
+
+def options(blksize: int, window: int) -> dict[str, str]:
+    return {"blksize": str(blksize), "windowsize": str(window), "tsize": "0"}
+
+
+SIZES = [0, 1, 511, 512, 513, 20_000]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("window", [1, 8])
+@pytest.mark.parametrize("loss", [0.0, 0.05, 0.2])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_get_is_byte_exact_through_loss_dup_and_reordering(
+    size: int, window: int, loss: float, seed: int
+) -> None:
+    body = random.Random(seed).randbytes(size)
+    world = World(Link(seed, loss=loss, dup=0.05, reorder=0.1), {"f": body})
+    client = client_for(Request(False, "f", "octet", options(512, window)))
+    received, events = world.run(client)
+    assert received == body
+    assert isinstance(events[-1], Completed), events[-1]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("window", [1, 8])
+@pytest.mark.parametrize("loss", [0.0, 0.05, 0.2])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_put_is_byte_exact_through_loss_dup_and_reordering(
+    size: int, window: int, loss: float, seed: int
+) -> None:
+    body = random.Random(seed).randbytes(size)
+    world = World(Link(seed, loss=loss, dup=0.05, reorder=0.1), {})
+    asked = options(512, window) | {"tsize": str(size)}
+    client = client_for(Request(True, "f", "octet", asked), body)
+    _received, events = world.run(client)
+    assert bytes(world.stored) == body
+    assert isinstance(events[-1], Completed), events[-1]
+
+
+@pytest.mark.parametrize("window", [1, 16])
+def test_block_numbers_roll_over_past_65535(window: int) -> None:
+    body = random.Random(7).randbytes(8 * 70_000 + 3)  # 70,001 blocks of 8 bytes
+    world = World(Link(7, loss=0.01 if window > 1 else 0.0), {"big": body})
+    client = client_for(Request(False, "big", "octet", options(8, window)))
+    received, _events = world.run(client)
+    assert received == body
+
+
+def test_duplicates_alone_never_cause_a_retransmission() -> None:
+    """The overhead bound at 0 % loss + 10 % duplication: nothing is sent twice."""
+    body = random.Random(5).randbytes(100_000)
+    world = World(Link(5, dup=0.10), {"f": body})
+    client = client_for(Request(False, "f", "octet", options(512, 1)))
+    received, _events = world.run(client)
+    assert received == body
+    assert world.server is not None and world.server.stats.retransmitted == 0
+    assert world.server.stats.duplicates > 0  # the duplicate ACKs arrived, and were ignored
+
+
+def test_server_ignoring_options_gives_plain_rfc1350() -> None:
+    body = random.Random(3).randbytes(5000)
+    world = World(Link(3), {"f": body})
+    client = client_for(Request(False, "f", "octet", {}))
+    received, _events = world.run(client)
+    assert received == body and client.params == Params()
+
+
+# ---- the rules, one at a time ----------------------------------------------------------
+
+
+def sender(body: bytes = b"x" * 2000, **kwargs: object) -> BlockSender:
+    return BlockSender(io.BytesIO(body).read, CLIENT, Params(), now=0.0, give_up_s=5.0, **kwargs)  # type: ignore[arg-type]
+
+
+def test_duplicate_ack_sends_nothing_sorcerers_apprentice() -> None:
+    s = sender(proven=True)
+    assert [d[:4] for d, _a in s.datagrams_to_send()] == [encode_data(1, b"")[:4]]
+    s.receive(encode_ack(1), CLIENT, 0.01)
+    assert len(s.datagrams_to_send()) == 1  # DATA 2
+    for _ in range(5):
+        s.receive(encode_ack(1), CLIENT, 0.02)
+    assert s.datagrams_to_send() == []
+    assert s.stats.duplicates == 5
+
+
+def test_ack_for_a_block_never_sent_is_ignored() -> None:
+    s = sender(proven=True)
+    s.datagrams_to_send()
+    s.receive(encode_ack(3), CLIENT, 0.01)
+    assert s.datagrams_to_send() == [] and not s.finished
+
+
+def test_unproven_peer_gets_no_retransmission_only_answers_to_repeats() -> None:
+    s = sender()
+    assert len(s.datagrams_to_send()) == 1
+    now = 0.0
+    while (deadline := s.get_timer()) is not None:
+        now = deadline
+        s.handle_timer(now)
+        assert s.datagrams_to_send() == [] or s.finished
+    assert isinstance(s.next_event(), Failed) and now >= 5.0
+    fresh = sender()
+    fresh.datagrams_to_send()
+    fresh.request_repeated(0.5)
+    assert len(fresh.datagrams_to_send()) == 1
+
+
+def test_proven_peer_gets_timeout_retransmissions_with_backoff() -> None:
+    s = sender(proven=True)
+    s.datagrams_to_send()
+    first = s.get_timer()
+    assert first is not None
+    s.handle_timer(first)
+    assert len(s.datagrams_to_send()) == 1 and s.stats.timeouts == 1
+    second = s.get_timer()
+    assert second is not None and second - first >= first  # doubled
+    assert second - first <= 1.0  # bounded by the (default) negotiated timeout
+
+
+def test_datagram_from_another_port_gets_error_5_and_changes_nothing() -> None:
+    s = sender(proven=True)
+    s.datagrams_to_send()
+    stranger = (CLIENT[0], CLIENT[1] + 1)
+    s.receive(encode_ack(1), stranger, 0.01)
+    (reply,) = s.datagrams_to_send()
+    assert reply[1] == stranger and parse_untrusted(reply[0]) == Error(5, "unknown transfer id")
+    assert s.stats.strangers == 1 and s._acked == 0
+
+
+def test_lost_final_ack_is_answered_while_lingering() -> None:
+    r = BlockReceiver(CLIENT, Params(), now=0.0, give_up_s=5.0, first=encode_ack(0), linger_s=2.0)
+    r.datagrams_to_send()
+    r.receive(encode_data(1, b"end"), CLIENT, 0.1)
+    assert r.next_event() == DataReceived(b"end", True)
+    assert r.datagrams_to_send() == []  # no ACK before the commit
+    r.accept_final(0.2)
+    assert r.datagrams_to_send() == [(encode_ack(1), CLIENT)]
+    r.receive(encode_data(1, b"end"), CLIENT, 1.0)  # the client did not get it
+    assert r.datagrams_to_send() == [(encode_ack(1), CLIENT)]
+    r.handle_timer(2.3)
+    assert r.finished
+
+
+def test_more_than_announced_tsize_ends_the_transfer() -> None:
+    r = BlockReceiver(CLIENT, Params(blksize=8, tsize=10), now=0.0, give_up_s=5.0, proven=True)
+    r.receive(encode_data(1, b"12345678"), CLIENT, 0.1)
+    r.receive(encode_data(2, b"12345678"), CLIENT, 0.2)
+    events = [r.next_event(), r.next_event()]
+    assert isinstance(events[1], Failed) and isinstance(events[1].error, IntegrityError)
+    assert parse_untrusted(r.datagrams_to_send()[-1][0]).code == 0  # type: ignore[union-attr]
+
+
+def test_oversized_block_is_a_protocol_error() -> None:
+    r = BlockReceiver(CLIENT, Params(blksize=8), now=0.0, give_up_s=5.0, proven=True)
+    r.receive(encode_data(1, b"x" * 9), CLIENT, 0.1)
+    event = r.next_event()
+    assert isinstance(event, Failed) and isinstance(event.error, RemoteProtocolError)
+
+
+def test_malformed_datagrams_from_the_peer_are_counted_not_raised() -> None:
+    s = sender(proven=True)
+    for junk in (b"", b"\x00", b"\x01\x02\x03\x04", b"\x00\x07\x00\x00", b"\x00\x04\x00"):
+        s.receive(junk, CLIENT, 0.01)
+    assert s.stats.malformed == 5 and not s.finished
+
+
+def test_client_falls_back_without_options_when_refused() -> None:
+    c = client_for(Request(False, "f", "octet", options(1428, 32)))
+    assert len(c.datagrams_to_send()) == 1
+    c.receive(encode_error(ErrorCode.OPTION_REFUSED, "no options"), TID, 0.01)
+    (again,) = c.datagrams_to_send()
+    assert parse_untrusted(again[0]) == Request(False, "f", "octet", {})
+    c.receive(encode_data(1, b"tiny"), TID, 0.02)
+    assert c.next_event() == DataReceived(b"tiny", True)
+
+
+def test_client_rejects_an_oack_raising_its_blksize() -> None:
+    c = client_for(Request(False, "f", "octet", options(1024, 1)))
+    c.datagrams_to_send()
+    c.receive(encode_oack({"blksize": "4096"}), TID, 0.01)
+    event = c.next_event()
+    assert isinstance(event, Failed) and isinstance(event.error, RemoteProtocolError)
+    (reply,) = c.datagrams_to_send()
+    assert parse_untrusted(reply[0]).code == ErrorCode.OPTION_REFUSED  # type: ignore[union-attr]
+
+
+def test_client_gives_up_on_a_silent_server() -> None:
+    c = client_for(Request(False, "f", "octet", {}), give_up_s=3.0)
+    sent = 0
+    while (deadline := c.get_timer()) is not None:
+        sent += len(c.datagrams_to_send())
+        c.handle_timer(deadline)
+    event = c.next_event()
+    assert isinstance(event, Failed) and isinstance(event.error, TransferTimeout)
+    assert 2 <= sent <= 3  # the request, repeated with backoff (1 s, 2 s)
