@@ -385,6 +385,8 @@ class Storage:
             raise IsADirectory(f"{escape(name)}: is a directory")
         if stat.S_ISLNK(st.st_mode):
             raise NotRegularFile(f"{escape(name)}: symlinks are not followed or replaced")
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"{escape(name)}: not a regular file, not replaced")
         if exclusive:
             raise Exists(f"{escape(name)}: exists")
 
