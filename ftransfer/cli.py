@@ -104,8 +104,10 @@ def _bars(args: argparse.Namespace, files: int, total: int | None) -> _Bars:
     return _Bars(files, total, enabled=not args.quiet and sys.stderr.isatty())
 
 
-async def _with_bars(args: argparse.Namespace, job: Callable[[_Bars], Awaitable[int]]) -> int:
-    bars = _bars(args, len(getattr(args, "paths", ())[:-1]) or 1, None)
+async def _with_bars(
+    args: argparse.Namespace, files: int, job: Callable[[_Bars], Awaitable[int]]
+) -> int:
+    bars = _bars(args, files, None)
     try:
         return await job(bars)
     finally:
@@ -114,11 +116,13 @@ async def _with_bars(args: argparse.Namespace, job: Callable[[_Bars], Awaitable[
 
 async def _put(args: argparse.Namespace) -> int:
     if cli_tftp.is_tftp(args.paths[-1]):
-        return await _with_bars(args, lambda bars: cli_tftp.put(args, bars))
+        return await _with_bars(args, len(args.paths) - 1, lambda bars: cli_tftp.put(args, bars))
     remote = remote_arg(args.paths[-1])
     sources = [Path(p) for p in args.paths[:-1]]
     if args.udp:
-        return await _with_bars(args, lambda bars: cli_udp.put(args, remote, sources, bars))
+        return await _with_bars(
+            args, len(sources), lambda bars: cli_udp.put(args, remote, sources, bars)
+        )
 
     async def job(client: Client) -> int:
         items = await put_targets(client.stat, sources, remote.path)
@@ -141,13 +145,13 @@ async def _put(args: argparse.Namespace) -> int:
 
 async def _get(args: argparse.Namespace) -> int:
     if cli_tftp.is_tftp(args.remote):
-        return await _with_bars(args, lambda bars: cli_tftp.get(args, bars))
+        return await _with_bars(args, 1, lambda bars: cli_tftp.get(args, bars))
     remote = remote_arg(args.remote)
     if not remote.path:
         raise UsageError("get needs a remote file path: HOST[:PORT]/PATH")
     target = get_target(remote.path, args.local)
     if args.udp:
-        return await _with_bars(args, lambda bars: cli_udp.get(args, remote, bars))
+        return await _with_bars(args, 1, lambda bars: cli_udp.get(args, remote, bars))
 
     async def job(client: Client) -> int:
         bars = _bars(args, 1, None)

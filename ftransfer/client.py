@@ -57,7 +57,9 @@ class Remote:
     path: str
 
 
-def parse_remote(text: str, *, allow_port_zero: bool = False) -> Remote:
+def parse_remote(
+    text: str, *, allow_port_zero: bool = False, default_port: int = DEFAULT_PORT
+) -> Remote:
     """Parse ``HOST[:PORT][/PATH]`` or ``[V6ADDR][:PORT][/PATH]``; ValueError if malformed.
 
     Port 0 ("pick a free one") is only meaningful for addresses we listen on.
@@ -72,7 +74,7 @@ def parse_remote(text: str, *, allow_port_zero: bool = False) -> Remote:
         host, rest = text[:cut], text[cut:]
     if not host:
         raise ValueError(f"{text!r}: no host")
-    port = DEFAULT_PORT
+    port = default_port
     if rest.startswith(":"):
         digits, slash, tail = rest[1:].partition("/")
         rest = slash + tail

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .aio import blocking
 from .checksum import new_hasher
-from .client import Progress, Sink, StdoutSink, TransferResult, open_local_file
+from .client import Progress, Sink, StdoutSink, TransferResult, open_local_file, parse_remote
 from .errors import ConnectionFailed, FtransferError, UsageError
 from .proto import netascii
 from .proto.tftp import DataReceived, Event, Failed, Reader, TftpClient, TftpStats
@@ -64,16 +64,11 @@ class TftpUrl:
 
 def parse_url(text: str) -> TftpUrl:
     """``tftp://HOST[:PORT]/PATH`` (IPv6 hosts in brackets); UsageError if malformed."""
-    from .client import parse_remote
-
     try:
-        remote = parse_remote(text.removeprefix(SCHEME))
+        remote = parse_remote(text.removeprefix(SCHEME), default_port=TFTP_PORT)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    rest = text.removeprefix(SCHEME)
-    has_port = (rest.split("]", 1)[-1] if rest.startswith("[") else rest).split("/")[0]
-    port = remote.port if ":" in has_port else TFTP_PORT
-    return TftpUrl(remote.host, port, remote.path)
+    return TftpUrl(remote.host, remote.port, remote.path)
 
 
 def _connect(host: str, port: int) -> tuple[socket.socket, tuple[str, int]]:

@@ -47,7 +47,6 @@ from .errors import (
     FtransferError,
     NoSpace,
     NotFound,
-    ReadOnly,
     Refused,
     TooLarge,
 )
@@ -90,7 +89,7 @@ def tftp_error_code(exc: FtransferError) -> int:
         return ErrorCode.DISK_FULL
     if isinstance(exc, Exists):
         return ErrorCode.FILE_EXISTS
-    if isinstance(exc, Refused | ReadOnly):
+    if isinstance(exc, Refused):  # path, permission, read-only, not a regular file
         return ErrorCode.ACCESS_VIOLATION
     return ErrorCode.NOT_DEFINED
 

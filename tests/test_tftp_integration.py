@@ -20,12 +20,14 @@ from ftransfer.proto.tftp_packets import (
     Data,
     Error,
     ErrorCode,
+    OptionAck,
     Request,
     encode_ack,
     encode_data,
     encode_request,
     parse_untrusted,
 )
+from ftransfer.tftp_client import TftpUrl, parse_url
 
 TFTP_READY = re.compile(r"tftp://(\[[^\]]+\]|[^\s:]+):(\d+)")
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
@@ -401,3 +403,19 @@ def test_abandoned_and_killed_uploads_leave_nothing_at_the_final_name(served: Pa
         assert len(temporaries(served)) == 1  # the upload is in progress
         server.kill()
     assert not (served / "up").exists()
+
+
+def test_operator_caps_lower_what_a_client_asks_for(served: Path) -> None:
+    (served / "f").write_bytes(payload(50_000))
+    server = start(served, "--tftp-max-blksize", "1024", "--tftp-max-window", "4")
+    try:
+        asked = {"blksize": "8192", "windowsize": "32", "tsize": "0", "bogus": "1"}
+        packet, _source = ask(server.tftp_port, Request(False, "f", "octet", asked))
+        assert packet == OptionAck({"blksize": "1024", "windowsize": "4", "tsize": "50000"})
+    finally:
+        assert server.stop() == 0
+
+
+def test_url_port_defaults_to_69_and_ipv6_brackets_parse() -> None:
+    assert parse_url("tftp://host/a/b") == TftpUrl("host", 69, "a/b")
+    assert parse_url("tftp://[::1]:6969/x") == TftpUrl("::1", 6969, "x")

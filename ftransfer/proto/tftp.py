@@ -189,10 +189,6 @@ class _Machine:
         self._timed = None
         self._rto = self._compute_rto()
 
-    @property
-    def srtt(self) -> float | None:
-        return self._rtt.srtt
-
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
         out = self._out
         if out:
@@ -324,13 +320,6 @@ class BlockSender(_Machine):
             self._acked = 0
             self._send_window(now)
             self._first = self._unacked[0] if self._unacked else None
-
-    @property
-    def bytes_acked(self) -> int:
-        """Payload bytes the peer has acknowledged (for progress)."""
-        if self._final is not None and self._acked >= self._final:
-            return self.stats.bytes
-        return max(self._acked, 0) * self._blksize
 
     def _read_block(self, block: int) -> bytes:
         payload = self._read(self._blksize)
