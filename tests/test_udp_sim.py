@@ -137,6 +137,23 @@ def test_lost_handshake_datagrams_are_retried() -> None:
     assert transfer.server.files["f"] == b"handshake"
 
 
+def test_a_lost_accept_costs_a_few_round_trips_not_a_blind_timeout() -> None:
+    """The RETRY measured the round trip (40 ms), so the cookie-bearing INITIAL is
+    retried after 3x that: the GET completes within 4 round trips plus a retry timer
+    of 120 ms, where the blind first timer alone would be 250 ms."""
+    clean = Transfer(seed=13, up=LinkConfig(), down=LinkConfig(), files={"f": b"x"})
+    baseline = clean.run(Operation.GET, "f").seconds
+    lossy = Transfer(
+        seed=13,
+        up=LinkConfig(),
+        down=LinkConfig(drop_once=lambda d: d[1] == pk.PacketType.ACCEPT),
+        files={"f": b"x"},
+    )
+    outcome = lossy.run(Operation.GET, "f")
+    assert outcome.code == 0 and lossy.down.config.drop_once is None
+    assert 0.11 <= outcome.seconds - baseline <= 0.13
+
+
 def test_refusal_reaches_the_client() -> None:
     outcome = Transfer(seed=12, up=LinkConfig(), down=LinkConfig()).run(Operation.GET, "nope")
     assert outcome.code == 10

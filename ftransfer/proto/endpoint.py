@@ -15,7 +15,9 @@ Sessions: a validated INITIAL yields a ``RequestReceived`` for the application
 ``refuse``, an ACCEPT carrying a fresh random 64-bit session id. Datagrams are
 routed by session id *and* source address: a forged id, or a right id from another
 address, is dropped and counted without touching the session. A repeated INITIAL
-(the ACCEPT was lost) gets the same ACCEPT again. The table is bounded by
+(the ACCEPT was lost) gets the same ACCEPT again, and a sending session that has
+had no ack resends its first flight at once: the client dropped it, not knowing
+the session yet. The table is bounded by
 ``max_sessions`` in all and ``max_per_address`` per client IP; over either, a
 validated client gets an ACCEPT coded 41 (busy) at once.
 
@@ -53,11 +55,18 @@ WINDOW_BYTES = 8 * 1024 * 1024
 """A session's reorder buffer holds at most this many bytes (window x chunk size)."""
 ACCEPT_MEMORY_S = 30.0
 """How long an ACCEPT is remembered, to repeat it for a repeated INITIAL."""
-HANDSHAKE_RTO_S = 0.5
-"""First INITIAL retransmission timeout (doubles each time)."""
+HANDSHAKE_RTO_S = 0.25
+"""First INITIAL retransmission timeout before any RTT is known (doubles each time; a
+spurious retry costs one 1,200-byte INITIAL and one small RETRY)."""
 HANDSHAKE_MAX_RTO_S = 1.0
 """INITIAL is retried at least this often: each try needs two datagrams to survive, so
 on a 20 % lossy link sparse retries would often exhaust the give-up time."""
+HANDSHAKE_RTT_FACTOR = 3.0
+HANDSHAKE_MIN_RTO_S = 0.05
+"""Once a RETRY has measured the round trip, the cookie-bearing INITIAL is retried
+after 3x that (QUIC's first PTO: one sample, rttvar = sample / 2), never sooner than
+50 ms: on a 40 ms path a lost ACCEPT then costs 120 ms instead of 500 (measured in
+the simulator: 1 in 3 seeds at 5 % loss lost half a second here)."""
 
 Address = tuple[str, int]
 
@@ -156,6 +165,9 @@ class ServerEndpoint:
         known = self._accepts.get((address, initial.nonce))
         if known is not None:
             self.outbox.append((known[1], address))  # our ACCEPT was lost: repeat it
+            entry = self.sessions.get(known[0])
+            if entry is not None:
+                entry[1].on_request_repeated(now)
             return
         if not cookie_valid(self.secret, initial.cookie, address, initial.nonce, now):
             self.stats.retries += 1
@@ -340,9 +352,13 @@ class ClientRequest:
     def _handshake(self, packet: Packet, now: float) -> None:
         body = packet.body
         if isinstance(body, Retry) and body.nonce == self.nonce and not self._over:
+            if not self.cookie and not self._retransmitted:  # Karn: an unambiguous sample
+                rtt = HANDSHAKE_RTT_FACTOR * (now - self._initial_at)
+                self._rto = min(max(rtt, HANDSHAKE_MIN_RTO_S), HANDSHAKE_RTO_S)
             self.cookie = body.cookie
             self._outbox.append(self._initial())
             self._initial_at, self._retransmitted = now, False
+            self._retry_at = now + self._rto
         elif isinstance(body, Accept) and body.nonce == self.nonce and not self._over:
             self._over = True
             if body.code or packet.session == 0:

@@ -284,6 +284,20 @@ class Sender:
         if lost:
             self._declare_lost(lost, now)
 
+    def resend_unseen_flight(self, now: float) -> None:
+        """The peer repeated its request: it never got our ACCEPT, so it dropped the
+        data of a session it did not know. Before any ack, everything in flight is
+        therefore gone; send it again now instead of after a blind first RTO (1 s).
+        Not congestion: the window is left alone. A duplicated INITIAL arriving
+        late costs at most one initial window of extra sends."""
+        if self.stats.acks or not self._inflight:
+            return
+        for seq, sent in self._inflight.items():
+            self._bytes_in_flight -= sent.size
+            heapq.heappush(self._lost, seq)
+        self._inflight.clear()
+        self._rto_base = self._next_send_at = now
+
     def _declare_lost(self, lost: list[int], now: float) -> None:
         lost_bytes = 0
         for seq in lost:

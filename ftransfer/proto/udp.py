@@ -152,6 +152,11 @@ class Session:
         else:
             self._receiver_receive(body, now)
 
+    def on_request_repeated(self, now: float) -> None:
+        """The client sent its INITIAL again (our ACCEPT was lost)."""
+        if self.sender is not None and self.state is State.TRANSFER:
+            self.sender.resend_unseen_flight(now)
+
     def _sender_receive(self, body: Body, now: float) -> None:
         assert self.sender is not None
         if isinstance(body, Ack) and self.state is State.TRANSFER:
