@@ -113,8 +113,7 @@ class UdpService:
         self.endpoint.outbox.clear()
         for session_id, (address, session) in list(self.endpoint.sessions.items()):
             self._run_events(session_id, session, now)
-            for datagram in session.datagrams(now):
-                self.pump.send(datagram, address)
+            self.pump.send_many(session.datagrams(now), address)
             if session.state is State.DONE:
                 self._forget(session_id)
         self.pump.arm(self.endpoint.get_timer())
