@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ftransfer.proto import packets as pk
-from ftransfer.proto.congestion import NewReno, create
+from ftransfer.proto.congestion import Bbr, NewReno, RateSample, _Mode, create
 from ftransfer.proto.endpoint import ServerEndpoint, cookie_valid, make_cookie
 from ftransfer.proto.rangeset import RangeSet
 from ftransfer.proto.rtt import INITIAL_RTO_S, MAX_RTO_S, MIN_RTO_S, RttEstimator
@@ -351,3 +351,68 @@ def test_window_never_falls_below_what_the_receiver_acks_promptly(name: str) -> 
     cc.on_loss(now=0.2, lost=10 * mss, inflight=mss, rtt=rtt)
     cc.on_timeout(now=0.3)
     assert cc.cwnd() >= 2 * ACK_EVERY_PACKETS * mss
+
+
+# ---- ack aggregation and reordering -------------------------------------------------------
+
+
+def _bbr_in_probe_bw(acks: list[tuple[float, int]]) -> Bbr:
+    """A BBR that measured 10 MB/s over a 1 ms path, then saw ``acks`` (time, bytes)."""
+    bbr = Bbr(mss=1400)
+    rtt = RttEstimator()
+    rtt.on_sample(0.001)
+    bbr.mode = _Mode.PROBE_BW
+    delivered = 0
+    for now, acked in acks:
+        delivered += acked
+        sample = RateSample(delivery_rate=10e6, prior_delivered=delivered, app_limited=False)
+        bbr.on_ack(now=now, acked=acked, delivered=delivered, inflight=0, sample=sample, rtt=rtt)
+    return bbr
+
+
+def test_bbr_widens_its_window_by_the_ack_bursts_it_measures() -> None:
+    """Smooth acks (14 KB every 1.4 ms at 10 MB/s) add nothing; the same bytes acked
+    in 70 KB bursts every 7 ms (a receiver reading in batches) add about a burst."""
+    smooth = _bbr_in_probe_bw([(i * 0.0014, 14_000) for i in range(1, 200)])
+    bursty = _bbr_in_probe_bw([(i * 0.007, 70_000) for i in range(1, 40)])
+    base = 2 * 10e6 * 0.001 + 3 * 1400  # two BDPs plus three packets
+    assert smooth.cwnd() <= base + 14_000
+    assert base + 50_000 <= bursty.cwnd() <= base + 70_000
+
+
+def test_extra_acked_is_bounded_by_100_ms_of_bandwidth() -> None:
+    bbr = _bbr_in_probe_bw([(0.5, 5_000_000)])  # one absurd burst
+    assert bbr.cwnd() <= 2 * 10e6 * 0.001 + 3 * 1400 + 10e6 * 0.1
+
+
+def _lost_by(sender: Sender, start: float, check_after: float) -> bool:
+    """Send at ``start``; 40 ms later everything before the first new chunk and the
+    second one are acked: is the first resent ``check_after`` seconds after it left?"""
+    sent = sender.poll(start)
+    assert len(sent) >= 2
+    (first, _), (second, second_tx) = sent[0], sent[1]
+    sender.on_ack(_ack(first, second_tx, (second, second + 1)), start + 0.040)
+    sender.handle_timer(start + check_after)
+    return any(seq == first for seq, _tx in sender.poll(start + check_after))
+
+
+def _learned_reordering() -> Sender:
+    """A sender on a 40 ms path that declared chunk 0 lost and then learned, from an
+    ack 1 ms after the resend, that the original had arrived after all."""
+    sender = _sender(size=1000 * 1400)
+    sender.poll(0.0)  # chunks 0..15
+    sender.on_ack(_ack(0, 4, (1, 5)), 0.040)  # 0 missing, 4 later ones arrived
+    resent = sender.poll(0.041)
+    assert resent[0][0] == 0 and sender.stats.retransmitted == 1
+    sender.on_ack(_ack(16, resent[-1][1]), 0.042)
+    assert sender.stats.spurious == 1
+    return sender
+
+
+def test_reordering_widens_the_time_threshold_as_rack_does() -> None:
+    """Before reordering is seen, a chunk is lost 9/8 RTT (45 ms) after it was sent
+    if a later one has arrived; afterwards the window is RTT + min_rtt / 4 (50 ms)."""
+    assert _lost_by(_sender(size=1000 * 1400), 0.0, 0.046)
+    learned = _learned_reordering()
+    assert not _lost_by(learned, 0.1, 0.046)
+    assert _lost_by(_learned_reordering(), 0.1, 0.051)

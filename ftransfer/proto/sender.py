@@ -56,7 +56,12 @@ GIVE_UP_PROBES = 5
 SPURIOUS_RTT_FRACTION = 0.8
 """An ack this soon (x min RTT) after a retransmission is for the original (Eifel)."""
 LOSS_TIME_THRESHOLD = 9 / 8
-"""A chunk older than this many RTTs behind an acknowledged one is lost (RFC 9002)."""
+"""A chunk older than this many RTTs behind an acknowledged one is lost (RFC 9002),
+until reordering is observed; then the RACK window below takes over."""
+MAX_REORDER_STEPS = 4
+"""RACK (RFC 8985 section 6.2): each round trip that reveals a spurious retransmission
+widens the reordering window by min_rtt / 4, up to this many steps (and at most one
+smoothed RTT)."""
 BURST_PACKETS = 16
 """Datagrams released at once before the pacer waits."""
 PROBE_ACK_DELAY_S = 0.005
@@ -122,6 +127,8 @@ class Sender:
         self._probe: int | None = None
         self._probed = False
         self._reorder_threshold = LOSS_PACKET_THRESHOLD
+        self._reorder_steps = 0
+        self._reorder_step_at = -1.0
         self._declared: dict[int, int] = {}  # seq -> reordering distance when declared lost
 
     @property
@@ -236,6 +243,15 @@ class Sender:
                 self.stats.spurious += 1
                 wanted = min(sent.reordering + LOSS_PACKET_THRESHOLD, MAX_REORDER_THRESHOLD)
                 self._reorder_threshold = max(self._reorder_threshold, wanted)
+                self._widen_reorder_window(now)
+
+    def _widen_reorder_window(self, now: float) -> None:
+        """A packet threshold alone does not help when the time threshold fires first
+        (5-15 ms of reordering on a 40 ms path): widen the time window too, once per
+        round trip, as RACK does."""
+        if now - self._reorder_step_at >= (self.rtt.srtt or 0.0):
+            self._reorder_steps = min(self._reorder_steps + 1, MAX_REORDER_STEPS)
+            self._reorder_step_at = now
 
     def _on_delivered(self, newly: list[_Sent], ack_delay: float, now: float) -> None:
         self._learn_reordering(newly, now)
@@ -269,7 +285,11 @@ class Sender:
         )
 
     def _loss_delay(self) -> float:
-        return LOSS_TIME_THRESHOLD * max(self.rtt.srtt or 0.0, self.rtt.latest or 0.0, 0.001)
+        rtt = max(self.rtt.srtt or 0.0, self.rtt.latest or 0.0, 0.001)
+        if not self._reorder_steps:
+            return LOSS_TIME_THRESHOLD * rtt
+        window = self._reorder_steps * (self.rtt.min_rtt or rtt) / 4
+        return rtt + min(window, self.rtt.srtt or rtt)
 
     def _detect_losses(self, now: float) -> None:
         delay = self._loss_delay()
@@ -371,6 +391,7 @@ class Sender:
             self.rtt.on_timeout()
             self.cc.on_timeout(now=now)
             self._reorder_threshold = LOSS_PACKET_THRESHOLD  # the path changed: relearn
+            self._reorder_steps = 0
             self._declare_lost(list(self._inflight), now)
             self._rto_base = now
             self._next_send_at = now
