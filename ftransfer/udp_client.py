@@ -30,7 +30,7 @@ from .errors import FtransferError, TransferTimeout, error_from_code
 from .proto.endpoint import Accepted, ClientRequest, HandshakeTimedOut, Refused
 from .proto.packets import DEFAULT_CHUNK_BYTES, Operation
 from .proto.udp import DataArrived, FinArrived, Finished, SessionConfig, TimedOut
-from .storage import open_local_writer
+from .storage import BlockReader, open_local_writer
 
 CLIENT_WINDOW_CHUNKS = 8192
 """Reorder window the client offers (bounded in bytes by the server's choice)."""
@@ -118,8 +118,7 @@ class _Run:
         session = self.request.session
         assert session is not None
         if isinstance(event, DataArrived):
-            for chunk in event.chunks:
-                self._consume(chunk)
+            self._consume(b"".join(event.chunks))  # one write per batch, not per datagram
         elif isinstance(event, FinArrived):
             code, message, digest = self._verify(event)
             session.finish(code=code, message=message, digest=digest, now=now)
@@ -130,7 +129,7 @@ class _Run:
                 f"no progress for {session.config.give_up_s:g} s: the server or the path is gone"
             )
 
-    def _consume(self, chunk: bytes | memoryview) -> None:
+    def _consume(self, chunk: bytes) -> None:
         if self.sink is not None:
             self.sink.write(chunk)
         if self.progress is not None:
@@ -210,7 +209,7 @@ async def _run(
         config=config,
         rng=random.SystemRandom(),
         now=loop.time(),
-        read_chunk=(lambda off, n: os.pread(fd, n, off)) if fd >= 0 else None,
+        read_chunk=BlockReader(fd) if fd >= 0 else None,
     )
 
     def make_sink(accepted: Accepted) -> Sink:

@@ -25,7 +25,6 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from .aio.datagram import DatagramPump
@@ -35,8 +34,17 @@ from .errors import FtransferError, InternalError
 from .proto.endpoint import Address, RequestReceived, ServerEndpoint
 from .proto.frames import encode_entry
 from .proto.packets import MAX_CHUNK_BYTES, Operation
-from .proto.udp import DataArrived, FinArrived, Finished, Session, SessionConfig, State, TimedOut
-from .storage import AtomicWriter, Storage, escape
+from .proto.udp import (
+    DataArrived,
+    FinArrived,
+    Finished,
+    ReadChunk,
+    Session,
+    SessionConfig,
+    State,
+    TimedOut,
+)
+from .storage import AtomicWriter, BlockReader, Storage, escape
 
 logger = logging.getLogger("ftransfer.server")
 
@@ -64,12 +72,8 @@ class _Job:
             self.fd = None
 
 
-def _bytes_reader(data: bytes) -> Callable[[int, int], bytes]:
+def _bytes_reader(data: bytes) -> ReadChunk:
     return lambda offset, size: data[offset : offset + size]
-
-
-def _fd_reader(fd: int) -> Callable[[int, int], bytes]:
-    return lambda offset, size: os.pread(fd, size, offset)
 
 
 class UdpService:
@@ -191,7 +195,7 @@ class UdpService:
                 size=handle.size,
                 mtime_ns=handle.mtime_ns,
                 now=now,
-                read_chunk=_fd_reader(handle.fd),
+                read_chunk=BlockReader(handle.fd),
             )
         else:
             self.storage.remove(initial.path)
@@ -237,8 +241,7 @@ class UdpService:
     def _write(self, session: Session, job: _Job, event: DataArrived) -> None:
         assert job.writer is not None
         try:
-            for chunk in event.chunks:
-                job.writer.write(chunk)
+            job.writer.write(b"".join(event.chunks))  # one write per batch of datagrams
         except FtransferError as exc:
             session.fail(code=exc.code, message=str(exc))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import socket
 import stat
 import subprocess
@@ -31,7 +32,7 @@ from ftransfer.errors import (
     TooLarge,
 )
 from ftransfer.proto.events import EntryKind
-from ftransfer.storage import Storage, split_name
+from ftransfer.storage import READ_AHEAD_BYTES, BlockReader, Storage, split_name
 
 
 @pytest.fixture
@@ -384,3 +385,17 @@ def test_mkdir_remove_move(storage: Storage, root: Path) -> None:
     storage.remove("renamed.txt")
     storage.remove("a/b/c")
     assert not (root / "a" / "b" / "c").exists()
+
+
+def test_block_reader_serves_any_offset_like_pread(tmp_path: Path) -> None:
+    data = random.Random(3).randbytes(READ_AHEAD_BYTES * 2 + 777)
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        read = BlockReader(fd)
+        offsets = [0, 1400, 2800, READ_AHEAD_BYTES - 100, 7, READ_AHEAD_BYTES * 2 + 700]
+        offsets += random.Random(4).sample(range(len(data)), 50)  # retransmissions
+        for offset in offsets:
+            assert bytes(read(offset, 1400)) == data[offset : offset + 1400]
+    finally:
+        os.close(fd)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,10 +43,11 @@ from .packets import (
     Ping,
     Pong,
     Retry,
+    decode_data,
     decode_untrusted,
     encode,
 )
-from .udp import Session, SessionConfig
+from .udp import ReadChunk, Session, SessionConfig
 
 COOKIE_BUCKET_S = 30.0
 """Cookies are valid in the bucket they were made in and the next one."""
@@ -137,6 +137,14 @@ class ServerEndpoint:
 
     def receive(self, datagram: bytes | memoryview, address: Address, now: float) -> None:
         """One datagram from ``address``: decode, validate, route."""
+        data = decode_data(datagram)
+        if data is not None:
+            entry = self.sessions.get(data[0])
+            if entry is None or entry[0] != address:
+                self.stats.stray += 1
+            else:
+                entry[1].receive_data(data[1], data[2], data[3], now)
+            return
         try:
             packet = decode_untrusted(datagram)
         except PacketError:
@@ -201,7 +209,7 @@ class ServerEndpoint:
         size: int,
         mtime_ns: int,
         now: float,
-        read_chunk: Callable[[int, int], bytes] | None,
+        read_chunk: ReadChunk | None,
     ) -> Session:
         """Start the session: the server sends ``size`` bytes if ``read_chunk`` is given,
         else it receives the client's ``initial.size`` bytes."""
@@ -302,7 +310,7 @@ class ClientRequest:
         config: SessionConfig,
         rng: Rng,
         now: float,
-        read_chunk: Callable[[int, int], bytes] | None = None,
+        read_chunk: ReadChunk | None = None,
     ) -> None:
         self.operation, self.path, self.config = operation, path, config
         self.size, self.mtime_ns, self._read_chunk = size, mtime_ns, read_chunk
@@ -336,6 +344,13 @@ class ClientRequest:
         )
 
     def receive(self, datagram: bytes | memoryview, now: float) -> None:
+        data = decode_data(datagram)
+        if data is not None and self.session is not None:
+            if data[0] == self.session.session_id:
+                self.session.receive_data(data[1], data[2], data[3], now)
+            else:
+                self.stray += 1
+            return
         try:
             packet = decode_untrusted(datagram)
         except PacketError:

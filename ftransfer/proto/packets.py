@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from ..checksum import DIGEST_BYTES, datagram_check
 from ..errors import RemoteProtocolError
@@ -97,8 +98,10 @@ class Accept:
     message: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Data:
+class Data(NamedTuple):
+    """A NamedTuple, not a frozen dataclass like the rarer bodies: one is built per
+    datagram, and a frozen dataclass costs ~1 us more to construct."""
+
     seq: int
     """Chunk number: the payload is bytes seq * chunk_bytes onwards."""
     tx: int
@@ -155,9 +158,8 @@ class Pong:
 Body = Initial | Retry | Accept | Data | Ack | Fin | Result | Close | Ping | Pong
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
-    """A decoded datagram."""
+class Packet(NamedTuple):
+    """A decoded datagram (a NamedTuple: one per datagram, see Data)."""
 
     session: int
     body: Body
@@ -169,6 +171,7 @@ _RETRY = struct.Struct(">QB")
 _ACCEPT = struct.Struct(">QHHIQq")
 _ACK = struct.Struct(">QQIIB")
 _DATA = struct.Struct(">QQ")
+_DATA_HEAD = struct.Struct(">BBQQQ")  # HEADER + _DATA in one call
 _RANGE = struct.Struct(">QI")
 _ECHO = struct.Struct(">IQ")
 _CODE = struct.Struct(">H")
@@ -187,11 +190,17 @@ def _text(text: str) -> bytes:
     return text.encode("utf-8", errors="replace")
 
 
+def encode_data(session: int, seq: int, tx: int, payload: bytes | memoryview) -> bytes:
+    """A DATA datagram, without building a Data first (the sender's hot path)."""
+    head = HEADER.pack(MAGIC, PacketType.DATA, session) + _DATA.pack(seq, tx) + payload
+    return head + CHECK.pack(datagram_check(head))
+
+
 def encode(session: int, body: Body) -> bytes:
     """The datagram for ``body`` in ``session``."""
     match body:
         case Data(seq=seq, tx=tx, payload=payload):
-            return _seal(PacketType.DATA, session, _DATA.pack(seq, tx) + bytes(payload))
+            return encode_data(session, seq, tx, payload)
         case Ack(cumulative=cum, largest_tx=largest, window=win, delay_us=delay, ranges=ranges):
             ranges = ranges[:MAX_SACK_RANGES]
             parts = [_ACK.pack(cum, largest, win, min(delay, 2**32 - 1), len(ranges))]
@@ -252,6 +261,22 @@ def decode_untrusted(datagram: bytes | memoryview) -> Packet:
         raise PacketError(f"unknown datagram type 0x{kind:02x}") from None
     except (struct.error, ValueError) as exc:
         raise PacketError(f"malformed datagram: {exc}") from None
+
+
+def decode_data(datagram: bytes | memoryview) -> tuple[int, int, int, memoryview] | None:
+    """(session, seq, tx, payload) of an intact DATA datagram, else None: then
+    ``decode_untrusted`` decodes it or says what is wrong. The receivers' hot path:
+    one struct call and plain tuples (building Packet and Data cost ~0.7 us more)."""
+    n = len(datagram)
+    if n < DATA_OVERHEAD_BYTES:
+        return None
+    view = memoryview(datagram)
+    magic, kind, session, seq, tx = _DATA_HEAD.unpack_from(view)
+    if kind != PacketType.DATA or magic != MAGIC:
+        return None
+    if datagram_check(view[: n - CHECK.size]) != CHECK.unpack_from(view, n - CHECK.size)[0]:
+        return None
+    return session, seq, tx, view[_DATA_HEAD.size : n - CHECK.size]
 
 
 def _utf8(raw: memoryview | bytes) -> str:

@@ -72,7 +72,7 @@ class Receiver:
         an adapter may read a whole batch of datagrams before the data is consumed.
         """
         self.largest_tx = max(self.largest_tx, tx)
-        if seq < self.cumulative or seq in self._received:
+        if seq < self.cumulative or seq in self._buffer:  # above cumulative: _received
             self.stats.duplicates += 1
             self._ack_now = True
             return []

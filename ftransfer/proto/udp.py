@@ -31,10 +31,13 @@ from enum import Enum
 
 from ..checksum import ZERO_DIGEST, new_hasher
 from . import congestion
-from .packets import Ack, Body, Close, Data, Fin, Packet, Result, encode
+from .packets import Ack, Body, Close, Data, Fin, Packet, Result, encode, encode_data
 from .receiver import Receiver
 from .rtt import RttEstimator
 from .sender import Sender
+
+ReadChunk = Callable[[int, int], bytes | memoryview]
+"""``read_chunk(offset, size)``: the sender's view of the file."""
 
 
 class State(Enum):
@@ -46,7 +49,8 @@ class State(Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DataArrived:
-    """In-order bytes for the receiving application (views valid until the next datagram)."""
+    """In-order bytes for the receiving application. Consecutive deliveries join the
+    same event, so the application writes once per batch of datagrams."""
 
     chunks: list[bytes | memoryview]
 
@@ -96,7 +100,7 @@ class Session:
         sending: bool,
         config: SessionConfig,
         now: float,
-        read_chunk: Callable[[int, int], bytes] | None = None,
+        read_chunk: ReadChunk | None = None,
     ) -> None:
         self.session_id, self.size, self.config = session_id, size, config
         self.rtt = RttEstimator()
@@ -165,12 +169,24 @@ class Session:
             self._outbox.append(encode(self.session_id, Close(code=0, message="")))
             self._end(Finished(code=body.code, message=body.message, digest=body.digest))
 
+    def receive_data(self, seq: int, tx: int, payload: memoryview, now: float) -> None:
+        """A DATA datagram for this session (the hot path: no Packet is built)."""
+        self._last_heard = now
+        if self.receiver is None or self.state is not State.TRANSFER:
+            return  # DATA to the data sender, or after the last chunk: nothing to do
+        delivered = self.receiver.on_data(seq, tx, payload, now)
+        if delivered:
+            events = self.events
+            if events and isinstance(events[-1], DataArrived):
+                events[-1].chunks.extend(delivered)
+            else:
+                events.append(DataArrived(chunks=delivered))
+            self._maybe_fin_arrived()  # the FIN may have overtaken the last chunks
+
     def _receiver_receive(self, body: Body, now: float) -> None:
         assert self.receiver is not None
-        if isinstance(body, Data) and self.state is State.TRANSFER:
-            delivered = self.receiver.on_data(body.seq, body.tx, body.payload, now)
-            if delivered:
-                self.events.append(DataArrived(chunks=delivered))
+        if isinstance(body, Data):
+            self.receive_data(body.seq, body.tx, memoryview(body.payload), now)
         elif isinstance(body, Fin):
             if self._result is not None:  # our RESULT was lost: repeat it
                 self._outbox.append(encode(self.session_id, self._result))
@@ -228,7 +244,7 @@ class Session:
             if seq == self._hashed:
                 self._hasher.update(payload)
                 self._hashed += 1
-            self._outbox.append(encode(self.session_id, Data(seq=seq, tx=tx, payload=payload)))
+            self._outbox.append(encode_data(self.session_id, seq, tx, payload))
         if self.sender.done:
             self._send_fin(now)
 
