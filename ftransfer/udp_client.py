@@ -11,7 +11,9 @@ class, silence past ``give_up_s`` to ``TransferTimeout``.
 
 ``UdpStats`` carries what a user of a lossy link wants to see afterwards:
 goodput, datagrams sent and retransmitted, duplicates and corrupt datagrams
-dropped, smoothed RTT, and the loss estimate (retransmitted / sent).
+dropped, smoothed RTT, and the loss estimate: retransmitted / sent when this side
+sends the data, the share of the server's transmission numbers that never arrived
+when it receives.
 """
 
 from __future__ import annotations
@@ -271,15 +273,18 @@ def _stats(request: ClientRequest, seconds: float) -> UdpStats:
     sent = received = retransmitted = duplicates = corrupt = 0
     size = 0
     srtt = None
+    loss = 0.0
     if session is not None:
         size = session.size
         srtt = session.rtt.srtt
         corrupt = request.corrupt + session.corrupt
         if session.sender is not None:
             sent, retransmitted = session.sender.stats.sent, session.sender.stats.retransmitted
+            loss = retransmitted / sent if sent else 0.0
         if session.receiver is not None:
             duplicates = session.receiver.stats.duplicates
             received = session.receiver.stats.received + duplicates
+            loss = session.receiver.loss_estimate()
     return UdpStats(
         seconds=seconds,
         bytes=size,
@@ -289,7 +294,7 @@ def _stats(request: ClientRequest, seconds: float) -> UdpStats:
         duplicates=duplicates,
         corrupt=corrupt,
         srtt_ms=None if srtt is None else srtt * 1000,
-        loss_estimate=retransmitted / sent if sent else 0.0,
+        loss_estimate=loss,
     )
 
 

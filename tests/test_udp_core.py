@@ -421,3 +421,18 @@ def test_reordering_widens_the_time_threshold_as_rack_does() -> None:
     learned = _learned_reordering()
     assert not _lost_by(learned, 0.1, 0.046)
     assert _lost_by(_learned_reordering(), 0.1, 0.051)
+
+
+def test_a_receiver_estimates_loss_from_transmission_numbers() -> None:
+    from ftransfer.proto.receiver import Receiver
+
+    receiver = Receiver(size=200 * 100, chunk_bytes=100, window=1000)
+    assert receiver.loss_estimate() == 0.0
+    lost = set(range(5, 200, 10))  # 20 of 200 transmissions never arrive
+    for tx in range(200):
+        if tx not in lost:
+            receiver.on_data(tx, tx, bytes(100), now=0.0)
+    assert receiver.loss_estimate() == pytest.approx(0.10)
+    for tx, seq in enumerate(sorted(lost), start=200):  # resent, all arrive
+        receiver.on_data(seq, tx, bytes(100), now=0.0)
+    assert receiver.loss_estimate() == pytest.approx(20 / 220)

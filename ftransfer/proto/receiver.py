@@ -148,3 +148,14 @@ class Receiver:
 
     def get_timer(self) -> float | None:
         return self._ack_at
+
+    def loss_estimate(self) -> float:
+        """The share of the peer's transmissions that never arrived: every DATA
+        carries a transmission number, one per datagram sent, so up to the largest
+        seen the peer sent ``largest_tx + 1`` (corrupt ones, dropped before this
+        receiver, count as lost; duplicated ones can only lower the estimate)."""
+        stats = self.stats
+        arrived = stats.received + stats.duplicates + stats.beyond_window + stats.malformed
+        if not arrived:
+            return 0.0
+        return max(0.0, 1.0 - arrived / (self.largest_tx + 1))
