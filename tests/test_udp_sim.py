@@ -76,12 +76,13 @@ def test_ten_percent_loss_costs_at_most_half_again() -> None:
 
 
 def test_link_is_filled_and_random_loss_is_not_taken_for_congestion() -> None:
-    """100 Mbit/s, 40 ms RTT, 1 MB queue, 40 MiB, startup included. Measured: 0.90 of
-    the link clean, 0.74 at 5 % random loss (the issue's WAN target is 0.75: not yet)."""
+    """100 Mbit/s, 40 ms RTT, 1 MB queue, 40 MiB, handshake and startup included.
+    Measured: 0.90 of the link clean, 0.78 at 5 % random loss (the WAN targets are
+    0.90 and 0.75)."""
     size = 40 << 20
     data = _payload(size, 5)
     link = LinkConfig().rate
-    for loss, target in ((0.0, 0.90), (0.05, 0.70)):
+    for loss, target in ((0.0, 0.90), (0.05, 0.75)):
         transfer = Transfer(seed=5, up=LinkConfig(loss=loss), down=LinkConfig(loss=loss))
         outcome = transfer.run(Operation.PUT, "f", data)
         assert outcome.code == 0
