@@ -183,9 +183,10 @@ class Bbr:
         if self.btl_bw <= 0 or self._min_rtt <= 0:
             window = float(INITIAL_WINDOW_PACKETS * self.mss)
         else:
-            window = STARTUP_GAIN * self._bdp() + 3 * self.mss
+            gain, extra = STARTUP_GAIN, 0.0
             if self.mode is not _Mode.STARTUP:  # in startup the estimate lags: every ack is "extra"
-                window = CWND_GAIN * self._bdp() + 3 * self.mss + self._extra_acked()
+                gain, extra = CWND_GAIN, self._extra_acked()
+            window = gain * self._bdp() + 3 * self.mss + extra
         if self._inflight_cap is not None:
             window = min(window, self._inflight_cap)
         if self._after_timeout:
