@@ -8,6 +8,7 @@ can change the bytes can recompute it (see README, "Integrity is not authenticit
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import xxhash
 
@@ -64,6 +65,6 @@ def hex_digest(digest: bytes) -> str:
     return digest.hex()
 
 
-def datagram_check(data: bytes | memoryview) -> int:
-    """The per-datagram integrity check of the UDP mode: xxh3-64 as an integer."""
-    return xxhash.xxh3_64_intdigest(data)
+datagram_check: Callable[[bytes | memoryview], int] = xxhash.xxh3_64_intdigest
+"""The per-datagram integrity check of the UDP mode: xxh3-64 as an integer (the C
+function itself: a Python wrapper cost 0.2 us twice per datagram)."""

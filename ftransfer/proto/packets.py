@@ -192,7 +192,7 @@ def _text(text: str) -> bytes:
 
 def encode_data(session: int, seq: int, tx: int, payload: bytes | memoryview) -> bytes:
     """A DATA datagram, without building a Data first (the sender's hot path)."""
-    head = HEADER.pack(MAGIC, PacketType.DATA, session) + _DATA.pack(seq, tx) + payload
+    head = _DATA_HEAD.pack(MAGIC, PacketType.DATA, session, seq, tx) + payload
     return head + CHECK.pack(datagram_check(head))
 
 

@@ -166,11 +166,12 @@ class Sender:
             self._record(probe, self.chunk_size(probe), now, True)
         cwnd, rate = self.cc.cwnd(), max(self.cc.pacing_rate(), 1.0)
         burst = min(max(BURST_PACKETS, int(rate * BURST_S / self.chunk_bytes)), MAX_BURST_PACKETS)
-        while len(out) < burst and self._bytes_in_flight + self.chunk_bytes <= cwnd:
+        chunk_bytes, total = self.chunk_bytes, self.size
+        while len(out) < burst and self._bytes_in_flight + chunk_bytes <= cwnd:
             seq, again = self._next_chunk()
             if seq is None:
                 break
-            size = self.chunk_size(seq)
+            size = min(chunk_bytes, total - seq * chunk_bytes)
             out.append((seq, self._tx))
             self._record(seq, size, now, again)
             burst_bytes += size

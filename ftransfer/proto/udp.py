@@ -238,9 +238,10 @@ class Session:
 
     def _send_data(self, now: float) -> None:
         assert self.sender is not None
-        chunk_bytes = self.config.chunk_bytes
+        chunk_bytes, size, read = self.config.chunk_bytes, self.size, self._read_chunk
         for seq, tx in self.sender.poll(now):
-            payload = self._read_chunk(seq * chunk_bytes, self.sender.chunk_size(seq))
+            offset = seq * chunk_bytes
+            payload = read(offset, min(chunk_bytes, size - offset))
             if seq == self._hashed:
                 self._hasher.update(payload)
                 self._hashed += 1
