@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from .client import Remote, parse_remote
 from .errors import UsageError
@@ -14,6 +15,30 @@ def positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
     return value
+
+
+def non_negative(text: str) -> float:
+    """A quantity that may be zero (a delay, a jitter)."""
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def ranged(low: int, high: int) -> Callable[[str], int]:
+    """An integer from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
+        return value
+
+    return parse
+
+
+port = ranged(0, 65535)
+"""A port number (0: pick a free one). A bare int let 70000 wrap to 4464."""
 
 
 def probability(text: str) -> float:

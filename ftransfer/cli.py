@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, cli_tftp, cli_udp
-from .argtypes import positive, size_bytes
+from .argtypes import port, positive, ranged, size_bytes
 from .argtypes import remote as remote_arg
 from .client import Client, Remote, get_target, put_targets
-from .config import DEFAULT_PORT, ClientConfig, ServerConfig
+from .config import DEFAULT_PORT, MAX_CONNECTIONS_LIMIT, ClientConfig, ServerConfig
 from .errors import ExitCode, FtransferError, UsageError
 from .output import print_listing, print_record, print_stat, transfer_record
-from .proto.packets import DEFAULT_CHUNK_BYTES
+from .proto.packets import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from .storage import escape
 
 
@@ -262,19 +262,19 @@ def _add_serve(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve a directory")
     p.add_argument("--root", default=".", help="directory to serve (default: current)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (:: for all)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port; 0 picks a free one")
+    p.add_argument("--port", type=port, default=DEFAULT_PORT, help="TCP port; 0 picks a free one")
     p.add_argument("--read-only", action="store_true", help="refuse every change")
     defaults = ServerConfig()
     p.add_argument(
         "--max-connections",
-        type=int,
+        type=ranged(1, MAX_CONNECTIONS_LIMIT),
         default=defaults.max_connections,
         metavar="N",
         help=f"connections at once (default {defaults.max_connections})",
     )
     p.add_argument(
         "--max-per-address",
-        type=int,
+        type=ranged(1, MAX_CONNECTIONS_LIMIT),
         default=defaults.max_connections_per_address,
         metavar="N",
         help="connections at once from one address "
@@ -308,7 +308,7 @@ def _add_serve(sub: Any) -> None:
     )
     p.add_argument(
         "--udp-port",
-        type=int,
+        type=port,
         default=None,
         metavar="N",
         help="UDP port (default: the TCP port's number)",
@@ -330,7 +330,7 @@ def _udp_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--udp", action="store_true", help="use the UDP protocol (lossy links)")
     p.add_argument(
         "--chunk",
-        type=int,
+        type=ranged(MIN_CHUNK_BYTES, MAX_CHUNK_BYTES),
         default=DEFAULT_CHUNK_BYTES,
         metavar="BYTES",
         help=f"UDP payload per datagram (default {DEFAULT_CHUNK_BYTES}, safe on a "

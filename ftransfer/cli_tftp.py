@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .argtypes import positive
+from .argtypes import port, positive, ranged
 from .client import get_target
 from .config import ServerConfig
 from .errors import FtransferError, UsageError
@@ -21,42 +21,32 @@ def is_tftp(text: str) -> bool:
     return text.startswith(SCHEME)
 
 
-def _ranged(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
-        return value
-
-    return parse
-
-
 def add_serve_options(p: argparse.ArgumentParser) -> None:
     defaults = ServerConfig()
     p.add_argument(
         "--tftp-port",
-        type=_ranged(0, 65535),
+        type=port,
         default=None,
         metavar="N",
         help="also serve standard TFTP on UDP port N (off by default; 0 picks one)",
     )
     p.add_argument(
         "--tftp-max-blksize",
-        type=_ranged(MIN_BLKSIZE, MAX_BLKSIZE),
+        type=ranged(MIN_BLKSIZE, MAX_BLKSIZE),
         default=defaults.tftp_max_blksize,
         metavar="N",
         help=f"largest TFTP blksize a client may get (default {defaults.tftp_max_blksize})",
     )
     p.add_argument(
         "--tftp-max-window",
-        type=_ranged(1, MAX_WINDOWSIZE),
+        type=ranged(1, MAX_WINDOWSIZE),
         default=defaults.tftp_max_window,
         metavar="N",
         help=f"largest TFTP windowsize a client may get (default {defaults.tftp_max_window})",
     )
     p.add_argument(
         "--tftp-max-sessions",
-        type=_ranged(1, 4096),
+        type=ranged(1, 4096),
         default=defaults.tftp_max_sessions,
         metavar="N",
         help=f"TFTP transfers at once (default {defaults.tftp_max_sessions}; "
@@ -86,14 +76,14 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
     defaults = TftpOptions()
     p.add_argument(
         "--blksize",
-        type=_ranged(MIN_BLKSIZE, MAX_BLKSIZE),
+        type=ranged(MIN_BLKSIZE, MAX_BLKSIZE),
         default=defaults.blksize,
         metavar="N",
         help=f"tftp://: block size to ask for (default {defaults.blksize})",
     )
     p.add_argument(
         "--windowsize",
-        type=_ranged(1, MAX_WINDOWSIZE),
+        type=ranged(1, MAX_WINDOWSIZE),
         default=defaults.windowsize,
         metavar="N",
         help=f"tftp://: blocks per ACK to ask for (default {defaults.windowsize})",

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .argtypes import positive, probability
+from .argtypes import non_negative, positive, probability, ranged
 from .argtypes import remote as remote_arg
 from .client import Remote, get_target, put_targets
 from .errors import ConnectionFailed, ExitCode, FtransferError
@@ -51,11 +51,13 @@ def add_parsers(sub: Any) -> None:
             metavar="P",
             help=f"probability to {text} a datagram",
         )
-    p.add_argument("--delay", type=float, default=0.0, metavar="MS", help="one-way delay")
-    p.add_argument("--jitter", type=float, default=0.0, metavar="MS", help="extra random delay")
+    p.add_argument("--delay", type=non_negative, default=0.0, metavar="MS", help="one-way delay")
+    p.add_argument(
+        "--jitter", type=non_negative, default=0.0, metavar="MS", help="extra random delay"
+    )
     p.add_argument(
         "--rate",
-        type=float,
+        type=positive,
         default=None,
         metavar="MBIT",
         help="bottleneck rate, with a 50 ms drop-tail queue",
@@ -65,8 +67,8 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("ping", help="UDP echoes: RTT min/avg/max/jitter and loss")
     p.add_argument("remote", metavar="REMOTE")
     p.add_argument("--udp", action="store_true", help="(the default and only mode)")
-    p.add_argument("-c", "--count", type=int, default=5, metavar="N")
-    p.add_argument("-i", "--interval", type=float, default=0.2, metavar="S")
+    p.add_argument("-c", "--count", type=ranged(1, 1_000_000), default=5, metavar="N")
+    p.add_argument("-i", "--interval", type=positive, default=0.2, metavar="S")
     p.add_argument(
         "--timeout",
         type=positive,

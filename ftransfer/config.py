@@ -52,6 +52,9 @@ WRITE_LOW_WATER_BYTES = 1 * MIB
 TEMP_PREFIX = ".ftransfer-tmp-"
 """Prefix of in-progress uploads: never listed, never served, refused as names."""
 
+MAX_CONNECTIONS_LIMIT = 100_000
+"""The most --max-connections / --max-per-address accept (each costs ~1 MiB)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:

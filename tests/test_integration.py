@@ -326,6 +326,27 @@ def test_exit_codes_and_one_line_errors(server: ServerProcess, tmp_path: Path) -
         assert lines[-1].startswith("ftransfer: error:") or "usage:" in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("option", "args"),
+    [
+        ("--port", ("serve", "--port", "70000")),  # an int type let this wrap to port 4464
+        ("--udp-port", ("serve", "--udp-port", "-1")),
+        ("--tftp-port", ("serve", "--tftp-port", "65536")),
+        ("--max-connections", ("serve", "--max-connections", "0")),
+        ("-c/--count", ("ping", "127.0.0.1:9", "-c", "0")),  # was a ZeroDivisionError
+        ("-i/--interval", ("ping", "127.0.0.1:9", "-i", "-1")),
+        ("--chunk", ("get", "--udp", "--chunk", "10", "127.0.0.1:9/x")),
+        ("--delay", ("relay", "--listen", "127.0.0.1:0", "--to", "127.0.0.1:9", "--delay", "-5")),
+        ("--rate", ("relay", "--listen", "127.0.0.1:0", "--to", "127.0.0.1:9", "--rate", "0")),
+    ],
+)
+def test_out_of_range_options_are_usage_errors(option: str, args: tuple[str, ...]) -> None:
+    result = run_cli(*args)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert f"argument {option}: must".encode() in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
 def test_remote_commands(server: ServerProcess, tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"12345")
     assert run_cli("mkdir", "-p", server.remote("a/b")).returncode == 0
