@@ -241,7 +241,7 @@ class UdpService:
     def _write(self, session: Session, job: _Job, event: DataArrived) -> None:
         assert job.writer is not None
         try:
-            job.writer.write(b"".join(event.chunks))  # one write per batch of datagrams
+            job.writer.write(memoryview(event.data))  # one write per batch of datagrams
         except FtransferError as exc:
             session.fail(code=exc.code, message=str(exc))
 

@@ -162,8 +162,7 @@ class MemoryServer:
 
     def _on_event(self, session_id: int, session: Session, event: object, now: float) -> None:
         if isinstance(event, DataArrived):
-            for chunk in event.chunks:
-                self._uploads[session_id][1].extend(chunk)
+            self._uploads[session_id][1].extend(event.data)
         elif isinstance(event, FinArrived):
             name, data = self._uploads.pop(session_id)
             if digest_bytes(bytes(data)) == event.digest and len(data) == event.size:
@@ -265,8 +264,7 @@ class Transfer:
             return
         for event in session.events:
             if isinstance(event, DataArrived):
-                for chunk in event.chunks:
-                    received.extend(chunk)
+                received.extend(event.data)
             elif isinstance(event, FinArrived):
                 ok = digest_bytes(bytes(received)) == event.digest
                 session.finish(code=0 if ok else 30, message="", digest=event.digest, now=self.now)

@@ -182,7 +182,7 @@ def test_acks_for_data_never_sent_are_ignored() -> None:
     assert sender.bytes_in_flight == 0  # the n that were sent are acknowledged...
     assert sender.stats.sent == n and not sender.done  # ...but nothing beyond them
     assert sender.cc.cwnd() >= window_before
-    assert [seq for seq, _tx in sender.poll(1.0)][:1] == [n]  # continues after the real ones
+    assert [seq for seq, _tx, _size in sender.poll(1.0)][:1] == [n]  # continues after the real ones
 
 
 def test_a_duplicate_ack_never_triggers_a_retransmission() -> None:
@@ -196,11 +196,11 @@ def test_a_duplicate_ack_never_triggers_a_retransmission() -> None:
 
 def test_karn_no_rtt_sample_from_a_retransmitted_chunk() -> None:
     sender = _sender(size=1400)
-    [(seq, _tx)] = sender.poll(0.0)
+    [(seq, _tx, _size)] = sender.poll(0.0)
     deadline = sender.get_timer()
     assert deadline is not None
     sender.handle_timer(deadline)  # RTO: chunk 0 counts as lost
-    assert [s for s, _t in sender.poll(deadline)] == [seq]
+    assert [s for s, _t, _n in sender.poll(deadline)] == [seq]
     sender.on_ack(_ack(1, 1), deadline + 0.001)
     assert sender.done and sender.rtt.srtt is None  # ambiguous: not sampled
 
@@ -213,7 +213,7 @@ def test_loss_is_detected_three_transmissions_later() -> None:
     sender.on_ack(_ack(0, 3, (1, 4)), 0.041)  # 3 arrived too: 0 is lost
     assert sender.bytes_in_flight == (n - 4) * 1400
     sender.on_ack(_ack(0, n - 1, (1, n)), 0.042)  # room in the window to resend
-    resent = [seq for seq, _tx in sender.poll(0.05)]
+    resent = [seq for seq, _tx, _size in sender.poll(0.05)]
     assert resent[0] == 0 and sender.stats.retransmitted == 1
 
 
@@ -394,7 +394,7 @@ def _lost_by(sender: Sender, start: float, check_after: float) -> bool:
     left? (Only it can be: the rest were sent after the newest acknowledged.)"""
     sent = sender.poll(start)
     assert len(sent) >= 2
-    (first, _), (second, second_tx) = sent[0], sent[1]
+    (first, _, _), (second, second_tx, _) = sent[0], sent[1]
     sender.on_ack(_ack(first, second_tx, (second, second + 1)), start + 0.040)
     before = sender.bytes_in_flight
     sender.handle_timer(start + check_after)

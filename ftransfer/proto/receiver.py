@@ -68,8 +68,9 @@ class Receiver:
     ) -> list[bytes | memoryview]:
         """Accept a chunk; returns the payloads now deliverable, in order.
 
-        Payloads are copied out of the caller's buffer (150 ns per 1,400 bytes), so
-        an adapter may read a whole batch of datagrams before the data is consumed.
+        The first payload returned may be the caller's own view (an in-order chunk,
+        not copied): consume it before the buffer is reused. Chunks that arrive out
+        of order are copied into the reorder buffer.
         """
         self.largest_tx = max(self.largest_tx, tx)
         if seq < self.cumulative or seq in self._buffer:  # above cumulative: _received
@@ -95,7 +96,7 @@ class Receiver:
         return self._deliver(payload)
 
     def _deliver(self, payload: bytes | memoryview) -> list[bytes | memoryview]:
-        out: list[bytes | memoryview] = [bytes(payload)]  # never a view: see on_data
+        out = [payload]  # the caller's view: see on_data
         self.cumulative += 1
         if self._buffer:
             while self.cumulative in self._buffer:

@@ -148,22 +148,21 @@ class Sender:
     def bytes_in_flight(self) -> int:
         return self._bytes_in_flight
 
-    def chunk_size(self, seq: int) -> int:
-        return min(self.chunk_bytes, self.size - seq * self.chunk_bytes)
-
     # ---- sending ------------------------------------------------------------------------
 
-    def poll(self, now: float) -> list[tuple[int, int]]:
-        """(chunk, transmission number) pairs to send now (recorded as sent at ``now``)."""
-        out: list[tuple[int, int]] = []
+    def poll(self, now: float) -> list[tuple[int, int, int]]:
+        """(chunk, transmission number, size) of what to send now (recorded as sent
+        at ``now``)."""
+        out: list[tuple[int, int, int]] = []
         if now < self._next_send_at or self.failed:
             return out
         burst_bytes = 0
         probe, self._probe = self._probe, None
         if probe is not None and probe in self._inflight:  # not held back by the window
-            self._bytes_in_flight -= self._inflight.pop(probe).size
-            out.append((probe, self._tx))
-            self._record(probe, self.chunk_size(probe), now, True)
+            size = self._inflight.pop(probe).size
+            self._bytes_in_flight -= size
+            out.append((probe, self._tx, size))
+            self._record(probe, size, now, True)
         cwnd, rate = self.cc.cwnd(), max(self.cc.pacing_rate(), 1.0)
         burst = min(max(BURST_PACKETS, int(rate * BURST_S / self.chunk_bytes)), MAX_BURST_PACKETS)
         chunk_bytes, total = self.chunk_bytes, self.size
@@ -172,7 +171,7 @@ class Sender:
             if seq is None:
                 break
             size = min(chunk_bytes, total - seq * chunk_bytes)
-            out.append((seq, self._tx))
+            out.append((seq, self._tx, size))
             self._record(seq, size, now, again)
             burst_bytes += size
         if out:

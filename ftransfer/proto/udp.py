@@ -50,9 +50,10 @@ class State(Enum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DataArrived:
     """In-order bytes for the receiving application. Consecutive deliveries join the
-    same event, so the application writes once per batch of datagrams."""
+    same event: the payloads are copied out of the adapter's receive buffer once,
+    here, and the application writes and hashes once per batch of datagrams."""
 
-    chunks: list[bytes | memoryview]
+    data: bytearray
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,11 +177,13 @@ class Session:
             return  # DATA to the data sender, or after the last chunk: nothing to do
         delivered = self.receiver.on_data(seq, tx, payload, now)
         if delivered:
-            events = self.events
-            if events and isinstance(events[-1], DataArrived):
-                events[-1].chunks.extend(delivered)
-            else:
-                events.append(DataArrived(chunks=delivered))
+            last = self.events[-1] if self.events else None
+            if not isinstance(last, DataArrived):
+                last = DataArrived(data=bytearray())
+                self.events.append(last)
+            data = last.data  # += on a local: in place (the event is frozen)
+            for chunk in delivered:
+                data += chunk
             self._maybe_fin_arrived()  # the FIN may have overtaken the last chunks
 
     def _receiver_receive(self, body: Body, now: float) -> None:
@@ -238,10 +241,9 @@ class Session:
 
     def _send_data(self, now: float) -> None:
         assert self.sender is not None
-        chunk_bytes, size, read = self.config.chunk_bytes, self.size, self._read_chunk
-        for seq, tx in self.sender.poll(now):
-            offset = seq * chunk_bytes
-            payload = read(offset, min(chunk_bytes, size - offset))
+        chunk_bytes, read = self.config.chunk_bytes, self._read_chunk
+        for seq, tx, size in self.sender.poll(now):
+            payload = read(seq * chunk_bytes, size)
             if seq == self._hashed:
                 self._hasher.update(payload)
                 self._hashed += 1
