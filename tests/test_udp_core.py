@@ -436,3 +436,22 @@ def test_a_receiver_estimates_loss_from_transmission_numbers() -> None:
     for tx, seq in enumerate(sorted(lost), start=200):  # resent, all arrive
         receiver.on_data(seq, tx, bytes(100), now=0.0)
     assert receiver.loss_estimate() == pytest.approx(20 / 220)
+
+
+def test_a_repeated_request_resends_the_flight_only_before_any_ack() -> None:
+    """The client repeated its INITIAL: before any ack it never saw our data, so the
+    whole flight goes again at once; after an ack, a late duplicate INITIAL must
+    not cause a single resend."""
+    fresh = _sender()
+    n = len(fresh.poll(0.0))
+    fresh.resend_unseen_flight(0.01)
+    assert fresh.bytes_in_flight == 0
+    assert [seq for seq, _tx, _size in fresh.poll(0.01)] == list(range(n))
+    assert fresh.stats.retransmitted == n
+    acked = _sender()
+    n = len(acked.poll(0.0))
+    acked.on_ack(_ack(1, 0), 0.04)
+    before = acked.bytes_in_flight
+    acked.resend_unseen_flight(0.05)
+    assert acked.bytes_in_flight == before == (n - 1) * 1400
+    assert acked.stats.retransmitted == 0
