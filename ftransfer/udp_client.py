@@ -270,14 +270,14 @@ def _outcome(run: _Run, request: ClientRequest, seconds: float) -> UdpOutcome:
 
 def _stats(request: ClientRequest, seconds: float) -> UdpStats:
     session = request.session
-    sent = received = retransmitted = duplicates = corrupt = 0
+    sent = received = retransmitted = duplicates = 0
+    corrupt = request.corrupt  # every datagram is decoded by the request first
     size = 0
     srtt = None
     loss = 0.0
     if session is not None:
         size = session.size
         srtt = session.rtt.srtt
-        corrupt = request.corrupt + session.corrupt
         if session.sender is not None:
             sent, retransmitted = session.sender.stats.sent, session.sender.stats.retransmitted
             loss = retransmitted / sent if sent else 0.0

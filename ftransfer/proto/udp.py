@@ -107,7 +107,6 @@ class Session:
         self.rtt = RttEstimator()
         self.state = State.TRANSFER
         self.events: list[SessionEvent] = []
-        self.corrupt = 0
         self._outbox: list[bytes] = []
         self._last_heard = now
         self._deadline: float | None = None
