@@ -78,9 +78,12 @@ class _ReceiveTimeout:
 
 def send_all(sock: socket.socket, machine: Machine) -> None:
     """Send what the core queued; a failed send is a lost datagram (UDP's contract)."""
+    sendto = sock.sendto
     for datagram, address in machine.datagrams_to_send():
-        with contextlib.suppress(OSError):
-            sock.sendto(datagram, address)
+        try:  # noqa: SIM105 (suppress() would cost an object per datagram)
+            sendto(datagram, address)
+        except OSError:
+            pass
 
 
 def run(
@@ -103,17 +106,13 @@ def run(
     view = memoryview(buf)
     timeout = _ReceiveTimeout(sock)
     guard = lock if lock is not None else contextlib.nullcontext()
-    recv, sendto = sock.recvfrom_into, sock.sendto
+    recv = sock.recvfrom_into
     prefetch: Callable[[], None] = getattr(machine, "prefetch", lambda: None)
     countdown = STOP_CHECK_EVERY
     now = clock()
     while True:
         with guard:
-            for datagram, address in machine.datagrams_to_send():
-                try:  # noqa: SIM105 (suppress() would cost an object per datagram)
-                    sendto(datagram, address)
-                except OSError:
-                    pass  # a lost datagram: the protocol recovers
+            send_all(sock, machine)
             event = machine.next_event()
             if event is not None:
                 while event is not None:
