@@ -23,7 +23,7 @@ from .client import Client, Remote, get_target, put_targets
 from .config import DEFAULT_PORT, MAX_CONNECTIONS_LIMIT, ClientConfig, ServerConfig
 from .errors import ExitCode, FtransferError, UsageError
 from .output import print_listing, print_record, print_stat, transfer_record
-from .proto.packets import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
+from .proto.udp.packets import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from .storage import escape
 
 

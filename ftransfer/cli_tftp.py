@@ -13,7 +13,7 @@ from .client import get_target
 from .config import ServerConfig
 from .errors import FtransferError, UsageError
 from .output import print_record, transfer_record
-from .proto.tftp_packets import MAX_BLKSIZE, MAX_WINDOWSIZE, MIN_BLKSIZE
+from .proto.tftp.packets import MAX_BLKSIZE, MAX_WINDOWSIZE, MIN_BLKSIZE
 from .tftp_client import SCHEME, TftpOptions, TftpOutcome, TftpUrl, parse_url, tftp_get, tftp_put
 
 
@@ -136,7 +136,7 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 async def get(args: argparse.Namespace, bars: Any) -> int:
-    """``get tftp://HOST[:PORT]/PATH [LOCAL]``. Blocking by design (aio.blocking):
+    """``get tftp://HOST[:PORT]/PATH [LOCAL]``. Blocking by design (io.threaded):
     nothing else runs in this process, and Ctrl-C reaches the transfer directly."""
     _check_flags(args)
     url = parse_url(args.remote)

@@ -18,9 +18,9 @@ from .argtypes import remote as remote_arg
 from .client import Remote, get_target, put_targets
 from .errors import ConnectionFailed, ExitCode, FtransferError
 from .output import print_listing, print_record, print_stat, transfer_record
-from .proto import events as ev
-from .proto.frames import FrameType, decode_untrusted
-from .proto.packets import (
+from .proto.tcp import events as ev
+from .proto.tcp.frames import FrameType, decode_untrusted
+from .proto.udp.packets import (
     MAX_CHUNK_BYTES,
     MIN_CHUNK_BYTES,
     Operation,
@@ -29,7 +29,7 @@ from .proto.packets import (
     Pong,
     encode,
 )
-from .proto.packets import decode_untrusted as decode_dg
+from .proto.udp.packets import decode_untrusted as decode_dg
 from .udp_client import UdpOptions, UdpOutcome, UdpStats, as_transfer_result, udp_request
 
 

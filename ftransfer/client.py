@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from .aio.stream import FrameStream, SinkFailed
 from .checksum import new_hasher
 from .config import DEFAULT_PORT, HASH_SCRATCH_BYTES, PROTOCOL_VERSION, ClientConfig
 from .errors import (
@@ -41,8 +40,9 @@ from .errors import (
     UnsupportedVersion,
     error_from_code,
 )
-from .proto import events as ev
-from .proto.tcp import Connection, Role
+from .io.stream import FrameStream, SinkFailed
+from .proto.tcp import events as ev
+from .proto.tcp.connection import Connection, Role
 from .storage import open_local_writer, os_error, write_all
 
 E = TypeVar("E")

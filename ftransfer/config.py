@@ -44,7 +44,7 @@ xxh3 through a 64 KiB buffer costs 0.155 s/GiB, through 128 KiB or more 0.46 s/G
 SMALL_FILE_BYTES = 256 * KIB
 """Files up to this size are sent with one pread + write; larger ones with sendfile."""
 CORK_BYTES = 64 * KIB
-"""Queued outgoing frames are flushed once they reach this size (or earlier, see aio)."""
+"""Queued outgoing frames are flushed once they reach this size (or earlier, see io.stream)."""
 WRITE_HIGH_WATER_BYTES = 4 * MIB
 """Transport buffer above which a sender pauses (backpressure)."""
 WRITE_LOW_WATER_BYTES = 1 * MIB

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from .checksum import ZERO_DIGEST, hex_digest
 from .client import TransferResult
-from .proto.events import Entry, EntryKind
+from .proto.tcp.events import Entry, EntryKind
 from .storage import escape
 
 _KIND_LETTER = {

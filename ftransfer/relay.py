@@ -22,7 +22,7 @@ import random
 import socket
 from dataclasses import dataclass
 
-from .aio.datagram import open_udp_socket
+from .io.datagram import open_udp_socket
 
 QUEUE_S = 0.05
 """Drop-tail queue at the emulated bottleneck: 50 ms of backlog at --rate."""

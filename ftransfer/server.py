@@ -27,8 +27,6 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .aio.datagram import open_udp_socket
-from .aio.stream import FrameStream, SinkFailed
 from .checksum import ZERO_DIGEST, file_digest
 from .config import HASH_SCRATCH_BYTES, LIST_BATCH_BYTES, MAX_FRAME_BYTES, ServerConfig
 from .errors import (
@@ -41,8 +39,10 @@ from .errors import (
     TransferTimeout,
     UnsupportedVersion,
 )
-from .proto import events as ev
-from .proto.tcp import Connection, Role, negotiate_version
+from .io.datagram import open_udp_socket
+from .io.stream import FrameStream, SinkFailed
+from .proto.tcp import events as ev
+from .proto.tcp.connection import Connection, Role, negotiate_version
 from .storage import AtomicWriter, Storage, escape
 from .tftp_service import TftpService
 from .udp_service import UdpService

@@ -61,7 +61,7 @@ from .errors import (
     StorageIOError,
     TooLarge,
 )
-from .proto.events import Entry, EntryKind
+from .proto.tcp.events import Entry, EntryKind
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-One request per call, run by ``aio.blocking`` on a socket of its own in the calling
+One request per call, run by ``io.threaded`` on a socket of its own in the calling
 thread (see that module for why TFTP runs on blocking sockets). The request asks
 for ``blksize``, ``windowsize`` and ``tsize``; ``proto.tftp.TftpClient`` takes what
 the server confirms and falls back to plain RFC 1350 when it refuses options.
@@ -24,13 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .aio import blocking
 from .checksum import new_hasher
 from .client import Progress, Sink, StdoutSink, TransferResult, open_local_file, parse_remote
 from .errors import ConnectionFailed, FtransferError, UsageError
-from .proto import netascii
-from .proto.tftp import DataReceived, Event, Failed, Reader, TftpClient, TftpStats
-from .proto.tftp_packets import DEFAULT_BLKSIZE, ErrorCode, Params, Request
+from .io import threaded
+from .proto.tftp import netascii
+from .proto.tftp.packets import DEFAULT_BLKSIZE, ErrorCode, Params, Request
+from .proto.tftp.transfer import DataReceived, Event, Failed, Reader, TftpClient, TftpStats
 from .storage import open_local_writer, sequential_reader
 
 TFTP_PORT = 69
@@ -112,12 +112,12 @@ def _transfer(
             on_data(event, client)
 
     try:
-        blocking.run(sock, client, on_event)
+        threaded.run(sock, client, on_event)
     except (FtransferError, KeyboardInterrupt) as exc:
         if not client.finished:
             reason = str(exc) if isinstance(exc, FtransferError) else "interrupted"
             client.abort(ErrorCode.NOT_DEFINED, reason)
-            blocking.send_all(sock, client)
+            threaded.send_all(sock, client)
         raise
     finally:
         sock.close()

@@ -6,7 +6,7 @@ The listening socket (``serve --tftp-port``) is read by the asyncio loop. A vali
 RRQ or WRQ becomes a ``_Transfer``: a new socket on an ephemeral port (the server's
 transfer id) and a thread that opens the file through ``Storage`` (the same path
 rules, read-only policy and atomic commit as the native protocols), negotiates
-options and runs a ``BlockSender`` or ``BlockReceiver`` with ``aio.blocking``.
+options and runs a ``BlockSender`` or ``BlockReceiver`` with ``io.threaded``.
 
 Reflection hardening: TFTP cannot validate a source address before answering, so a
 spoofed request must cost as little as the protocol allows.
@@ -38,8 +38,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from .aio import blocking
-from .aio.datagram import SOCKET_BUFFER_BYTES, DatagramPump
 from .checksum import hex_digest
 from .config import ServerConfig
 from .errors import (
@@ -50,18 +48,10 @@ from .errors import (
     Refused,
     TooLarge,
 )
-from .proto import netascii
-from .proto.tftp import (
-    DEFAULT_TIMEOUT_S,
-    Address,
-    BlockReceiver,
-    BlockSender,
-    Completed,
-    DataReceived,
-    Event,
-    Failed,
-)
-from .proto.tftp_packets import (
+from .io import threaded
+from .io.datagram import SOCKET_BUFFER_BYTES, DatagramPump
+from .proto.tftp import netascii
+from .proto.tftp.packets import (
     ErrorCode,
     Limits,
     Request,
@@ -71,6 +61,16 @@ from .proto.tftp_packets import (
     encode_oack,
     negotiate,
     parse_untrusted,
+)
+from .proto.tftp.transfer import (
+    DEFAULT_TIMEOUT_S,
+    Address,
+    BlockReceiver,
+    BlockSender,
+    Completed,
+    DataReceived,
+    Event,
+    Failed,
 )
 from .storage import AtomicWriter, ReadHandle, Storage, escape, sequential_reader
 
@@ -136,7 +136,7 @@ class _Transfer:
             return  # still opening the file, or busy committing: the peer will retry
         try:
             self.machine.request_repeated(time.monotonic())
-            blocking.send_all(self.sock, self.machine)
+            threaded.send_all(self.sock, self.machine)
         finally:
             self.lock.release()
 
@@ -144,7 +144,7 @@ class _Transfer:
         try:
             self.machine = self._open()
             machine = self.machine
-            blocking.run(self.sock, machine, self._on_event, stop=self._stopped, lock=self.lock)
+            threaded.run(self.sock, machine, self._on_event, stop=self._stopped, lock=self.lock)
         except FtransferError as exc:
             self._refuse(exc)
         except Exception:
@@ -153,7 +153,7 @@ class _Transfer:
         finally:
             if self.machine is not None and not self.machine.finished:
                 self.machine.abort(ErrorCode.NOT_DEFINED, "server shutting down")
-                blocking.send_all(self.sock, self.machine)
+                threaded.send_all(self.sock, self.machine)
             self._close()
             self.service.forget(self)
 
@@ -364,4 +364,4 @@ class TftpService:
         with self._lock:
             threads = [t.thread for t in self._transfers.values()]
         for thread in threads:
-            thread.join(timeout=2 * blocking.STOP_POLL_S + 5)
+            thread.join(timeout=2 * threaded.STOP_POLL_S + 5)

@@ -26,12 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .aio.datagram import DatagramPump, open_udp_socket
 from .client import MemorySink, Progress, Sink, StdoutSink, TransferResult, open_local_file
 from .errors import FtransferError, TransferTimeout, error_from_code
-from .proto.endpoint import Accepted, ClientRequest, HandshakeTimedOut, Refused
-from .proto.packets import DEFAULT_CHUNK_BYTES, Operation
-from .proto.udp import DataArrived, FinArrived, Finished, SessionConfig, TimedOut
+from .io.datagram import DatagramPump, open_udp_socket
+from .proto.udp.handshake import Accepted, ClientRequest, HandshakeTimedOut, Refused
+from .proto.udp.packets import DEFAULT_CHUNK_BYTES, Operation
+from .proto.udp.session import DataArrived, FinArrived, Finished, SessionConfig, TimedOut
 from .storage import BlockReader, open_local_writer
 
 CLIENT_WINDOW_CHUNKS = 8192

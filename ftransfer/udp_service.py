@@ -27,14 +27,14 @@ import secrets
 import socket
 from dataclasses import dataclass
 
-from .aio.datagram import DatagramPump
 from .checksum import ZERO_DIGEST, file_digest
 from .config import ServerConfig
 from .errors import FtransferError, InternalError
-from .proto.endpoint import Address, RequestReceived, ServerEndpoint
-from .proto.frames import encode_entry
-from .proto.packets import MAX_CHUNK_BYTES, Operation
-from .proto.udp import (
+from .io.datagram import DatagramPump
+from .proto.tcp.frames import encode_entry
+from .proto.udp.handshake import Address, RequestReceived, ServerEndpoint
+from .proto.udp.packets import MAX_CHUNK_BYTES, Operation
+from .proto.udp.session import (
     DataArrived,
     FinArrived,
     Finished,

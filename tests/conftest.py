@@ -14,8 +14,8 @@ from typing import IO
 
 import pytest
 
-from ftransfer.proto import events as ev
-from ftransfer.proto.tcp import Connection, Role
+from ftransfer.proto.tcp import events as ev
+from ftransfer.proto.tcp.connection import Connection, Role
 
 READY = re.compile(r"tcp://(\[[^\]]+\]|[^\s:]+):(\d+)")
 CLI = [sys.executable, "-m", "ftransfer"]

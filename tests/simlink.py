@@ -19,15 +19,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ftransfer.checksum import digest_bytes
-from ftransfer.proto.endpoint import (
+from ftransfer.proto.udp.handshake import (
     ClientRequest,
     HandshakeTimedOut,
     Refused,
     RequestReceived,
     ServerEndpoint,
 )
-from ftransfer.proto.packets import DEFAULT_CHUNK_BYTES, Operation
-from ftransfer.proto.udp import DataArrived, FinArrived, Finished, Session, SessionConfig, TimedOut
+from ftransfer.proto.udp.packets import DEFAULT_CHUNK_BYTES, Operation
+from ftransfer.proto.udp.session import (
+    DataArrived,
+    FinArrived,
+    Finished,
+    Session,
+    SessionConfig,
+    TimedOut,
+)
 from ftransfer.relay import ImpairedPath, Impairment
 
 CLIENT = ("192.0.2.1", 40000)

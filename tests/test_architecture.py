@@ -74,8 +74,8 @@ def test_only_cli_imports_tqdm_and_only_checksum_imports_xxhash() -> None:
 @pytest.mark.parametrize(
     ("layer", "forbidden"),
     [
-        ("ftransfer.aio", ("ftransfer.client", "ftransfer.server", "ftransfer.cli")),
-        ("ftransfer.storage", ("ftransfer.aio", "ftransfer.client", "ftransfer.server")),
+        ("ftransfer.io", ("ftransfer.client", "ftransfer.server", "ftransfer.cli")),
+        ("ftransfer.storage", ("ftransfer.io", "ftransfer.client", "ftransfer.server")),
         ("ftransfer.client", ("ftransfer.server", "ftransfer.cli")),
         ("ftransfer.server", ("ftransfer.client", "ftransfer.cli")),
     ],

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ftransfer.aio.datagram import (
+from ftransfer.io.datagram import (
     GSO_MAX_BYTES,
     GSO_MAX_SEGMENTS,
     DatagramPump,

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from ftransfer.config import FRAME_HEADER_BYTES, MAX_CONTROL_BYTES, MAX_FRAME_BYTES
 from ftransfer.errors import LocalProtocolError, RemoteProtocolError
-from ftransfer.proto import events as ev
-from ftransfer.proto.frames import FrameType, decode_untrusted, encode, parse_header_untrusted
+from ftransfer.proto.tcp import events as ev
+from ftransfer.proto.tcp.frames import FrameType, decode_untrusted, encode, parse_header_untrusted
 
 DIGEST = bytes(range(16))
 ENTRY = ev.Entry(name="dir/ü name", kind=ev.EntryKind.FILE, size=12, mtime_ns=-5)

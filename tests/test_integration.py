@@ -17,9 +17,9 @@ from conftest import CLI, RawPeer, ServerProcess, run_cli, temporaries
 from ftransfer.checksum import digest_bytes
 from ftransfer.config import MAX_FRAME_BYTES, SMALL_FILE_BYTES
 from ftransfer.errors import ExitCode
-from ftransfer.proto import events as ev
-from ftransfer.proto.frames import FrameType
-from ftransfer.proto.tcp import Connection, Role
+from ftransfer.proto.tcp import events as ev
+from ftransfer.proto.tcp.connection import Connection, Role
+from ftransfer.proto.tcp.frames import FrameType
 
 SIZES = [
     0,

@@ -69,7 +69,7 @@ def test_put_targets_keeps_names_in_directories() -> None:
 
     from ftransfer.client import put_targets
     from ftransfer.errors import NotFound
-    from ftransfer.proto.events import Entry, EntryKind
+    from ftransfer.proto.tcp.events import Entry, EntryKind
 
     kinds = {"dir": EntryKind.DIRECTORY, "file": EntryKind.FILE}
     asked: list[str] = []

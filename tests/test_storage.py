@@ -31,7 +31,7 @@ from ftransfer.errors import (
     StorageIOError,
     TooLarge,
 )
-from ftransfer.proto.events import EntryKind
+from ftransfer.proto.tcp.events import EntryKind
 from ftransfer.storage import READ_AHEAD_BYTES, BlockReader, Storage, split_name
 
 

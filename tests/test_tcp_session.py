@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ftransfer.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from ftransfer.proto import events as ev
-from ftransfer.proto.frames import FrameType, encode, header
-from ftransfer.proto.tcp import Connection, Role, StreamState
+from ftransfer.proto.tcp import events as ev
+from ftransfer.proto.tcp.connection import Connection, Role, StreamState
+from ftransfer.proto.tcp.frames import FrameType, encode, header
 
 D1, D2 = b"\x01" * 16, b"\x02" * 16
 HELLO = ev.HelloOffered(min_version=1, max_version=1)

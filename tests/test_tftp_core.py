@@ -16,17 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ftransfer.errors import IntegrityError, RemoteProtocolError, TransferTimeout
-from ftransfer.proto import netascii
-from ftransfer.proto.tftp import (
-    Address,
-    BlockReceiver,
-    BlockSender,
-    Completed,
-    DataReceived,
-    Failed,
-    TftpClient,
-)
-from ftransfer.proto.tftp_packets import (
+from ftransfer.proto.tftp import netascii
+from ftransfer.proto.tftp.packets import (
     Ack,
     Data,
     Error,
@@ -45,6 +36,15 @@ from ftransfer.proto.tftp_packets import (
     encode_request,
     negotiate,
     parse_untrusted,
+)
+from ftransfer.proto.tftp.transfer import (
+    Address,
+    BlockReceiver,
+    BlockSender,
+    Completed,
+    DataReceived,
+    Failed,
+    TftpClient,
 )
 
 CLIENT: Address = ("10.0.0.1", 5000)

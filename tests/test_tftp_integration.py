@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import ServerProcess, run_cli, temporaries
 
-from ftransfer.proto.tftp_packets import (
+from ftransfer.proto.tftp.packets import (
     Data,
     Error,
     ErrorCode,

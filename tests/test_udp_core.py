@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftransfer.proto import packets as pk
-from ftransfer.proto.congestion import Bbr, NewReno, RateSample, _Mode, create
-from ftransfer.proto.endpoint import ServerEndpoint, cookie_valid, make_cookie
-from ftransfer.proto.rangeset import RangeSet
 from ftransfer.proto.rtt import INITIAL_RTO_S, MAX_RTO_S, MIN_RTO_S, RttEstimator
-from ftransfer.proto.sender import Sender
-from ftransfer.proto.udp import SessionConfig
+from ftransfer.proto.udp import packets as pk
+from ftransfer.proto.udp.congestion import Bbr, NewReno, RateSample, _Mode, create
+from ftransfer.proto.udp.handshake import ServerEndpoint, cookie_valid, make_cookie
+from ftransfer.proto.udp.rangeset import RangeSet
+from ftransfer.proto.udp.sender import Sender
+from ftransfer.proto.udp.session import SessionConfig
 
 # ---- range sets ------------------------------------------------------------------------
 
@@ -276,7 +276,7 @@ def test_newreno_halves_once_per_round_trip() -> None:
 
 
 def test_receiver_refuses_wrong_lengths_out_of_window_and_counts_duplicates() -> None:
-    from ftransfer.proto.receiver import Receiver
+    from ftransfer.proto.udp.receiver import Receiver
 
     wide = Receiver(size=10 * 100 + 7, chunk_bytes=100, window=64)
     assert wide.on_data(0, 0, bytes(99), now=0.0) == []  # short, and not the last chunk
@@ -336,8 +336,8 @@ def test_sessions_are_capped_per_address_and_in_all() -> None:
 def test_window_never_falls_below_what_the_receiver_acks_promptly(name: str) -> None:
     """Below the receiver's ack-every count each round waits for the delayed-ack
     timer and the rate estimate collapses with it (seen on loopback: 75 s stalls)."""
-    from ftransfer.proto.congestion import RateSample
-    from ftransfer.proto.receiver import ACK_EVERY_PACKETS
+    from ftransfer.proto.udp.congestion import RateSample
+    from ftransfer.proto.udp.receiver import ACK_EVERY_PACKETS
 
     mss = 1400
     cc = create(name, mss=mss)
@@ -424,7 +424,7 @@ def test_reordering_widens_the_time_threshold_as_rack_does() -> None:
 
 
 def test_a_receiver_estimates_loss_from_transmission_numbers() -> None:
-    from ftransfer.proto.receiver import Receiver
+    from ftransfer.proto.udp.receiver import Receiver
 
     receiver = Receiver(size=200 * 100, chunk_bytes=100, window=1000)
     assert receiver.loss_estimate() == 0.0

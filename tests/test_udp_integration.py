@@ -193,10 +193,10 @@ def test_a_repeated_stat_request_is_answered_once(tmp_path: Path) -> None:
     import socket
 
     from ftransfer.config import ServerConfig
-    from ftransfer.proto import packets as pk
-    from ftransfer.proto.endpoint import RequestReceived
-    from ftransfer.proto.events import Entry, EntryKind
-    from ftransfer.proto.frames import encode_entry
+    from ftransfer.proto.tcp.events import Entry, EntryKind
+    from ftransfer.proto.tcp.frames import encode_entry
+    from ftransfer.proto.udp import packets as pk
+    from ftransfer.proto.udp.handshake import RequestReceived
     from ftransfer.storage import Storage
     from ftransfer.udp_service import UdpService
 

@@ -7,9 +7,9 @@ import random
 import pytest
 from simlink import CLIENT, LinkConfig, Transfer
 
-from ftransfer.proto import packets as pk
-from ftransfer.proto.packets import DEFAULT_CHUNK_BYTES as CHUNK
-from ftransfer.proto.packets import Operation
+from ftransfer.proto.udp import packets as pk
+from ftransfer.proto.udp.packets import DEFAULT_CHUNK_BYTES as CHUNK
+from ftransfer.proto.udp.packets import Operation
 
 SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 1 << 20]
 LOSSES = [0.0, 0.01, 0.05, 0.10, 0.20]

@@ -52,8 +52,8 @@ from ..config import (
     WRITE_LOW_WATER_BYTES,
 )
 from ..errors import ConnectionFailed, FtransferError, TransferTimeout
-from ..proto import events as ev
-from ..proto.tcp import Connection
+from ..proto.tcp import events as ev
+from ..proto.tcp.connection import Connection
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just sent or received."""

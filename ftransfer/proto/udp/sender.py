@@ -43,10 +43,10 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+from ..rtt import RttEstimator
 from .congestion import CongestionControl, RateSample
 from .packets import Ack
 from .rangeset import RangeSet
-from .rtt import RttEstimator
 
 LOSS_PACKET_THRESHOLD = 3
 """Transmissions after a chunk that may arrive before it counts as lost (RFC 9002);

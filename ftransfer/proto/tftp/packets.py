@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from ..errors import RemoteProtocolError
+from ...errors import RemoteProtocolError
 
 DEFAULT_BLKSIZE = 512
 """RFC 1350's block size, used whenever blksize is not negotiated."""

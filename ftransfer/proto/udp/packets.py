@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
-from ..checksum import DIGEST_BYTES, datagram_check
-from ..errors import RemoteProtocolError
+from ...checksum import DIGEST_BYTES, datagram_check
+from ...errors import RemoteProtocolError
 
 MAGIC = 0xF7
 HEADER = struct.Struct(">BBQ")

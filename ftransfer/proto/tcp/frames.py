@@ -14,15 +14,15 @@ import struct
 from collections.abc import Callable
 from enum import IntEnum
 
-from ..checksum import DIGEST_BYTES
-from ..config import (
+from ...checksum import DIGEST_BYTES
+from ...config import (
     FRAME_HEADER_BYTES,
     HELLO_MAGIC,
     MAX_CONTROL_BYTES,
     MAX_ERROR_MESSAGE_BYTES,
     MAX_FRAME_BYTES,
 )
-from ..errors import LocalProtocolError, RemoteProtocolError
+from ...errors import LocalProtocolError, RemoteProtocolError
 from . import events as ev
 
 

@@ -29,11 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from ..checksum import ZERO_DIGEST, new_hasher
+from ...checksum import ZERO_DIGEST, new_hasher
+from ..rtt import RttEstimator
 from . import congestion
 from .packets import Ack, Body, Close, Data, Fin, Packet, Result, encode, encode_data
 from .receiver import Receiver
-from .rtt import RttEstimator
 from .sender import Sender
 
 ReadChunk = Callable[[int, int], bytes | memoryview]

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from ..proto.tftp import Address, Event
+from ..proto.tftp.transfer import Address, Event
 
 STOP_POLL_S = 0.5
 """Longest single wait, so a stop request is noticed within this."""

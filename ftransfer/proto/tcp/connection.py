@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections import deque
 from enum import Enum
 
-from ..config import FRAME_HEADER_BYTES, PROTOCOL_VERSION
-from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ...config import FRAME_HEADER_BYTES, PROTOCOL_VERSION
+from ...errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from . import events as ev
 from . import frames
 from .frames import FrameType

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from ..rtt import RttEstimator
 from .receiver import ACK_EVERY_PACKETS
-from .rtt import RttEstimator
 
 INITIAL_WINDOW_PACKETS = 32
 """Packets in flight before the first ack (a LAN-friendly initial window)."""

@@ -33,7 +33,7 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import Busy
+from ...errors import Busy
 from .packets import (
     Accept,
     Initial,
@@ -47,7 +47,7 @@ from .packets import (
     decode_untrusted,
     encode,
 )
-from .udp import ReadChunk, Session, SessionConfig
+from .session import ReadChunk, Session, SessionConfig
 
 COOKIE_BUCKET_S = 30.0
 """Cookies are valid in the bucket they were made in and the next one."""

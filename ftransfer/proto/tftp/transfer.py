@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..errors import (
+from ...errors import (
     Exists,
     FtransferError,
     IntegrityError,
@@ -56,8 +56,8 @@ from ..errors import (
     RemoteProtocolError,
     TransferTimeout,
 )
-from .rtt import MIN_RTO_S, RttEstimator
-from .tftp_packets import (
+from ..rtt import MIN_RTO_S, RttEstimator
+from .packets import (
     Ack,
     Data,
     Error,

@@ -1,0 +1,1 @@
+"""tcp core (sans-IO)."""

@@ -1,0 +1,1 @@
+"""tftp core (sans-IO)."""

@@ -1,0 +1,1 @@
+"""udp core (sans-IO)."""
