@@ -1,22 +1,25 @@
 """Every limit, timeout and default in one place, with units and a reason.
 
-The protocol constants are part of the wire contract (protocol.md); the dataclasses
-hold what an operator may tune. Both are frozen: a running server never changes them.
+The protocol constants are part of the wire contract (protocol.md); the records
+hold what an operator or a client may tune. Both are frozen: a running server never
+changes them. This module is imported by every command, so it imports nothing
+heavy (records, not dataclasses: see _records.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from ._records import record
 
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
 
-PROTOCOL_VERSION = 1
-"""The only wire version this build speaks."""
+PROTOCOL_VERSION = 2
+"""The only TCP wire version this build speaks (protocol.md, "Versions")."""
 DEFAULT_PORT = 9021
-"""TCP (and later UDP) port when a REMOTE names none."""
+"""TCP and UDP port when a REMOTE names none."""
+TFTP_PORT = 69
+"""TFTP's well-known port (RFC 1350), for tftp:// URLs that name none."""
 HELLO_MAGIC = b"FTRN"
 """First four payload bytes of HELLO: rejects stray traffic at once."""
 
@@ -56,11 +59,43 @@ MAX_CONNECTIONS_LIMIT = 100_000
 """The most --max-connections / --max-per-address accept (each costs ~1 MiB)."""
 
 
-@dataclass(frozen=True, kw_only=True)
+GIVE_UP_S = 30.0
+"""A UDP transfer with no progress for this long fails (both ends)."""
+CLIENT_TIMEOUT_S = 60.0
+"""The client gives up on a TCP server silent for this long (--timeout)."""
+CONNECT_TIMEOUT_S = 10.0
+"""Resolving and connecting must finish within this."""
+HELLO_ANSWER_MIN_S = 0.5
+HELLO_ANSWER_RTTS = 10
+"""A TCP server answers HELLO at once; silence for max(0.5 s, 10 x the connect round
+trip) means the peer is not an ftransfer server (or is stuck): the client fails fast
+with a protocol error instead of waiting for the idle timeout."""
+UDP_CHUNK_BYTES = 1400
+"""UDP payload per datagram by default: a 1,434-byte datagram fits a 1,500-byte MTU
+over IPv6 (proto/udp/packets.py has the datagram layout)."""
+UDP_MIN_CHUNK_BYTES = 512
+"""Smallest payload a peer may propose: below it the headers dominate (a request
+outside UDP_MIN_CHUNK_BYTES..UDP_MAX_CHUNK_BYTES is refused)."""
+UDP_MAX_CHUNK_BYTES = 65000
+"""Largest payload a peer may propose (fits a 64 KiB datagram)."""
+TFTP_MIN_BLKSIZE, TFTP_MAX_BLKSIZE = 8, 65464
+"""RFC 2348's range of blksize."""
+TFTP_MAX_WINDOWSIZE = 65535
+"""RFC 7440's largest windowsize (the smallest is 1)."""
+TFTP_BLKSIZE = 1428
+"""TFTP block size the client asks for: 1428 + 4 + 8 + 40 = 1480 fits a 1,500-byte
+MTU over IPv6."""
+TFTP_WINDOWSIZE = 32
+"""TFTP windowsize the client asks for (RFC 7440; servers without it run lockstep)."""
+TFTP_GIVE_UP_S = 15.0
+"""A TFTP transfer with no progress for this long fails."""
+
+
+@record
 class ServerConfig:
     """What `ftransfer serve` accepts; every limit has a safe default."""
 
-    root: Path = Path(".")
+    root: str = "."
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     read_only: bool = False
@@ -80,7 +115,7 @@ class ServerConfig:
     """Also serve the UDP protocol."""
     udp_port: int | None = None
     """UDP port; None means the same number as the TCP port."""
-    udp_give_up_s: float = 30.0
+    udp_give_up_s: float = GIVE_UP_S
     """A UDP session with no progress for this long is abandoned."""
     tftp_port: int | None = None
     """Also serve standard TFTP on this UDP port (None: off; 0 picks a free port)."""
@@ -92,15 +127,26 @@ class ServerConfig:
     """TFTP transfers at once, all addresses together (one thread each)."""
     tftp_max_sessions_per_address: int = 8
     """TFTP transfers at once from one IP address."""
-    tftp_give_up_s: float = 15.0
+    tftp_give_up_s: float = TFTP_GIVE_UP_S
     """A TFTP transfer with no progress for this long ends with ERROR 0 "timed out"."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@record
 class ClientConfig:
-    """Client-side timeouts."""
+    """What a client may tune; the defaults suit most links."""
 
-    connect_timeout_s: float = 10.0
-    """Connecting (resolution and TCP handshake) must finish within this."""
-    idle_timeout_s: float = 60.0
-    """A reply that makes no progress for this long ends the command with a timeout."""
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+    """Resolving and connecting (TCP) must finish within this."""
+    idle_timeout_s: float = CLIENT_TIMEOUT_S
+    """A TCP server that sends nothing for this long ends the request (timeout)."""
+    udp_chunk_bytes: int = UDP_CHUNK_BYTES
+    """UDP payload per datagram (the server may choose less)."""
+    udp_give_up_s: float = GIVE_UP_S
+    """A UDP transfer with no progress for this long fails."""
+    udp_cc: str = "bbr"
+    """UDP congestion control: "bbr" or "reno"."""
+    tftp_blksize: int = TFTP_BLKSIZE
+    tftp_windowsize: int = TFTP_WINDOWSIZE
+    tftp_netascii: bool = False
+    """TFTP text mode (CR LF line ends on the wire)."""
+    tftp_give_up_s: float = TFTP_GIVE_UP_S

@@ -48,6 +48,13 @@ class UsageError(FtransferError):
     exit_code = ExitCode.USAGE
 
 
+class NotSupported(FtransferError):
+    """The transport cannot do this (TFTP has no listing, no remove, ...)."""
+
+    code = 0
+    exit_code = ExitCode.USAGE
+
+
 class InternalError(FtransferError):
     """The server failed in a way it did not expect (a bug): code 50."""
 
@@ -153,6 +160,12 @@ class IsADirectory(Refused):
     """The name is a directory where a file was expected."""
 
     code = 18
+
+
+class InvalidMove(Refused):
+    """The move cannot be done: a directory into itself, the root, a directory over a file."""
+
+    code = 19
 
 
 class TooLarge(Refused):

@@ -1,10 +1,14 @@
-"""Storage: every name row of THREATS.md, containment, atomic commit under faults."""
+"""Stores: containment, atomic commits under faults, and one semantics for both.
+
+The tests marked ``both`` run against LocalStore (a directory, jailed with openat)
+and MemoryStore (the simulator's): what the server's operations rely on is the
+same whichever store is behind them.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
-import random
 import socket
 import stat
 import subprocess
@@ -21,18 +25,26 @@ from ftransfer.errors import (
     Exists,
     FtransferError,
     IntegrityError,
+    InvalidMove,
     IsADirectory,
     NoSpace,
     NotADirectory,
     NotFound,
     NotRegularFile,
-    PathRefused,
-    ReadOnly,
     StorageIOError,
     TooLarge,
 )
-from ftransfer.proto.tcp.events import EntryKind
-from ftransfer.storage import READ_AHEAD_BYTES, BlockReader, Storage, split_name
+from ftransfer.storage.base import Store
+from ftransfer.storage.entry import EntryKind
+from ftransfer.storage.local import LocalStore
+from ftransfer.storage.memory import MemoryStore
+from ftransfer.storage.names import Name, parse_name
+
+LIMIT = 1 << 30
+
+
+def n(text: str) -> Name:
+    return parse_name(text, allow_root=True)
 
 
 @pytest.fixture
@@ -49,77 +61,182 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def storage(root: Path) -> Iterator[Storage]:
-    s = Storage(root, max_file_bytes=1 << 30)
-    yield s
-    s.close()
+def local(root: Path) -> Iterator[LocalStore]:
+    store = LocalStore(root)
+    yield store
+    store.close()
 
 
-def put(storage: Storage, name: str, data: bytes, *, exclusive: bool = False) -> bytes:
-    with storage.begin_write(name, size=len(data), mtime_ns=-1, exclusive=exclusive) as writer:
+@pytest.fixture(params=["local", "memory"])
+def store(request: pytest.FixtureRequest, root: Path) -> Iterator[Store]:
+    """Both stores, holding old.txt and sub/inner.txt."""
+    if request.param == "local":
+        local_store = LocalStore(root)
+        yield local_store
+        local_store.close()
+        return
+    memory = MemoryStore()
+    memory.put_file("old.txt", b"old content")
+    memory.put_file("sub/inner.txt", b"inner")
+    yield memory
+
+
+def put(
+    store: Store, name: str, data: bytes, *, exclusive: bool = False, mode: int | None = None
+) -> bytes:
+    writer = store.open_write(
+        n(name), size=len(data), mtime_ns=-1, mode=mode, exclusive=exclusive, limit=LIMIT
+    )
+    try:
         writer.write(data)
         return writer.commit(digest_bytes(data))
+    finally:
+        writer.abort()
+
+
+def read(store: Store, name: str) -> bytes:
+    readable = store.open_read(n(name))
+    try:
+        return readable.read(0, readable.size + 1)
+    finally:
+        readable.close()
 
 
 def temporaries(directory: Path) -> list[str]:
-    return [n for n in os.listdir(directory) if n.startswith(TEMP_PREFIX)]
+    return [name for name in os.listdir(directory) if name.startswith(TEMP_PREFIX)]
 
 
-BAD_NAMES = [
-    "",
-    ".",
-    "..",
-    "../outside.txt",
-    "sub/../../outside.txt",
-    "sub/..",
-    "./old.txt",
-    "/etc/passwd",
-    "//etc/passwd",
-    "sub//inner.txt",
-    "sub/",
-    "..\\outside.txt",
-    "sub\\inner.txt",
-    "C:",
-    "c:/windows",
-    "a\x00b",
-    "a\nb",
-    "esc\x1b[31m",
-    "del\x7f",
-    "x" * 256,
-    "a/" * 2100 + "a",
-    TEMP_PREFIX + "abc",
-    "sub/" + TEMP_PREFIX + "abc",
-    "../root2/secret",
-]
+# ---- one semantics for both stores -------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
-def test_bad_names_are_refused_everywhere(storage: Storage, name: str) -> None:
-    with pytest.raises(PathRefused):
-        split_name(name)
-    operations: list[Callable[[], object]] = [
-        lambda: storage.open_read(name),
-        lambda: storage.begin_write(name, size=1, mtime_ns=-1, exclusive=False),
-        lambda: storage.remove(name),
-        lambda: storage.mkdir(name, parents=True),
-        lambda: storage.move(name, "new"),
-        lambda: storage.move("old.txt", name),
-    ]
-    for operation in operations:
-        with pytest.raises(PathRefused):
-            operation()
+def test_both_stores_write_atomically_and_read_back(store: Store) -> None:
+    data = os.urandom(10_000)
+    writer = store.open_write(
+        n("old.txt"), size=len(data), mtime_ns=10**18, mode=0o640, exclusive=False, limit=LIMIT
+    )
+    writer.write(data[:10])
+    writer.write(memoryview(data)[10:])
+    assert read(store, "old.txt") == b"old content"  # not visible before the commit
+    assert writer.commit(digest_bytes(data)) == digest_bytes(data)
+    assert read(store, "old.txt") == data
+    entry = store.stat(n("old.txt"))
+    assert (entry.kind, entry.size, entry.mtime_ns) == (EntryKind.FILE, len(data), 10**18)
+    assert entry.mode & 0o700 == 0o600 and store.digest(n("old.txt")) == digest_bytes(data)
 
 
-def test_good_names_split_into_components() -> None:
-    assert split_name("a/b c/ü.txt") == ("a", "b c", "ü.txt")
-    assert split_name("...") == ("...",)
-    assert split_name("x" * 255) == ("x" * 255,)
-    assert split_name("", allow_root=True) == ()
+def test_both_stores_commit_nothing_on_a_bad_digest_or_size(store: Store) -> None:
+    writer = store.open_write(
+        n("old.txt"), size=3, mtime_ns=-1, mode=None, exclusive=False, limit=LIMIT
+    )
+    writer.write(b"new")
+    with pytest.raises(IntegrityError, match="mismatch"):
+        writer.commit(digest_bytes(b"NEW"))
+    short = store.open_write(
+        n("old.txt"), size=3, mtime_ns=-1, mode=None, exclusive=False, limit=LIMIT
+    )
+    short.write(b"ne")
+    with pytest.raises(IntegrityError, match="got 2 of 3"):
+        short.commit(digest_bytes(b"ne"))
+    long = store.open_write(
+        n("old.txt"), size=3, mtime_ns=-1, mode=None, exclusive=False, limit=LIMIT
+    )
+    with pytest.raises(IntegrityError, match="more bytes"):
+        long.write(b"news")
+    unsized = store.open_write(
+        n("new"), size=None, mtime_ns=-1, mode=None, exclusive=False, limit=4
+    )
+    with pytest.raises(TooLarge, match="limit"):
+        unsized.write(b"12345")
+    assert read(store, "old.txt") == b"old content"
+    with pytest.raises(NotFound):
+        store.stat(n("new"))
 
 
-def test_absolute_name_does_not_drop_the_root(storage: Storage, root: Path) -> None:
-    with pytest.raises(PathRefused, match="absolute"):
-        storage.open_read(str(root / "old.txt"))
+def test_both_stores_refuse_what_is_not_a_file(store: Store) -> None:
+    with pytest.raises(IsADirectory):
+        store.open_read(n("sub"))
+    with pytest.raises(IsADirectory):
+        store.open_write(n("sub"), size=1, mtime_ns=-1, mode=None, exclusive=False, limit=LIMIT)
+    with pytest.raises(NotADirectory):
+        store.open_read(n("old.txt/x"))
+    with pytest.raises(NotADirectory):
+        store.open_read(n("old.txt/"))  # a trailing slash says "directory"
+    with pytest.raises(NotFound):
+        store.open_read(n("missing"))
+
+
+def test_both_stores_exclusive_writes_fail_atomically(store: Store) -> None:
+    with pytest.raises(Exists):
+        store.open_write(n("old.txt"), size=1, mtime_ns=-1, mode=None, exclusive=True, limit=LIMIT)
+    first = store.open_write(n("race"), size=1, mtime_ns=-1, mode=None, exclusive=True, limit=LIMIT)
+    second = store.open_write(
+        n("race"), size=1, mtime_ns=-1, mode=None, exclusive=True, limit=LIMIT
+    )
+    first.write(b"1")
+    second.write(b"2")
+    first.commit(digest_bytes(b"1"))
+    with pytest.raises(Exists):
+        second.commit(digest_bytes(b"2"))
+    assert read(store, "race") == b"1"
+
+
+def test_both_stores_mkdir_remove_move(store: Store) -> None:
+    store.mkdir(n("a/b/c"), parents=True)
+    store.mkdir(n("a/b/c"), parents=True)  # exists: fine with parents
+    with pytest.raises(Exists):
+        store.mkdir(n("a"), parents=False)
+    with pytest.raises(NotFound):
+        store.mkdir(n("x/y"), parents=False)
+    with pytest.raises(DirectoryNotEmpty):
+        store.remove(n("a"))
+    assert store.move(n("old.txt"), n("a/b"), exclusive=False) == n("a/b/old.txt")
+    assert read(store, "a/b/old.txt") == b"old content"
+    store.move(n("a/b/old.txt"), n("renamed.txt"), exclusive=False)
+    with pytest.raises(NotFound):
+        store.move(n("missing"), n("x"), exclusive=False)
+    with pytest.raises(InvalidMove, match="into itself"):
+        store.move(n("a"), n("a/b/c"), exclusive=False)
+    with pytest.raises(NotADirectory):
+        store.move(n("renamed.txt"), n("nowhere/"), exclusive=False)
+    store.remove(n("renamed.txt"))
+    store.remove(n("a/b/c/"))
+    assert {e.name for e in store.list(n("a/b"))} == set()
+
+
+def test_both_stores_move_no_clobber_and_never_over_a_directory(store: Store) -> None:
+    put(store, "other", b"other")
+    with pytest.raises(Exists):
+        store.move(n("old.txt"), n("other"), exclusive=True)
+    store.mkdir(n("d/old.txt"), parents=True)
+    with pytest.raises(IsADirectory):
+        store.move(n("old.txt"), n("d"), exclusive=False)  # d/old.txt is a directory
+    store.move(n("old.txt"), n("other"), exclusive=False)  # replaces a file
+    assert read(store, "other") == b"old content"
+
+
+def test_both_stores_list_names_and_kinds(store: Store) -> None:
+    entries = {e.name: e for e in store.list(n(""))}
+    assert set(entries) == {"old.txt", "sub"}
+    assert entries["old.txt"].size == len(b"old content")
+    assert entries["sub"].kind is EntryKind.DIRECTORY
+    assert [e.name for e in store.list(n("sub/"))] == ["inner.txt"]
+    assert store.stat(n("")).kind is EntryKind.DIRECTORY
+
+
+def test_a_reader_keeps_the_old_version_across_a_replacement(store: Store) -> None:
+    readable = store.open_read(n("old.txt"))
+    put(store, "old.txt", b"brand new content")
+    assert readable.read(0, 100) == b"old content"
+    readable.close()
+    assert read(store, "old.txt") == b"brand new content"
+
+
+# ---- the local store's jail -------------------------------------------------------------
+
+
+def test_absolute_names_cannot_be_made(local: LocalStore, root: Path) -> None:
+    with pytest.raises(FtransferError):
+        local.open_read(parse_name(str(root / "old.txt")))
 
 
 @pytest.fixture
@@ -133,30 +250,40 @@ def links(root: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("name", ["out_file", "in_file"])
 def test_symlinked_files_are_refused_for_read_and_write(
-    storage: Storage, links: Path, tmp_path: Path, name: str
+    local: LocalStore, links: Path, tmp_path: Path, name: str
 ) -> None:
     with pytest.raises(NotRegularFile, match="symlink"):
-        storage.open_read(name)
+        local.open_read(n(name))
     with pytest.raises(NotRegularFile, match="symlink"):
-        storage.begin_write(name, size=3, mtime_ns=-1, exclusive=False)
+        local.open_write(n(name), size=3, mtime_ns=-1, mode=None, exclusive=False, limit=LIMIT)
     assert (tmp_path / "outside.txt").read_bytes() == b"outside"
     assert os.path.islink(links / name)
 
 
+def test_moves_never_replace_a_symlink(local: LocalStore, links: Path, tmp_path: Path) -> None:
+    for name in ("out_file", "in_file", "out_dir"):
+        with pytest.raises(NotRegularFile, match="symlinks are not replaced"):
+            local.move(n("sub/inner.txt"), n(name), exclusive=False)
+        assert os.path.islink(links / name)
+    assert (tmp_path / "outside.txt").read_bytes() == b"outside"
+
+
 @pytest.mark.parametrize("directory", ["out_dir", "in_dir"])
 def test_symlinked_directories_are_never_traversed(
-    storage: Storage, links: Path, tmp_path: Path, directory: str
+    local: LocalStore, links: Path, tmp_path: Path, directory: str
 ) -> None:
     target = "outside.txt" if directory == "out_dir" else "inner.txt"
     name = f"{directory}/{target}"
     attempts: list[Callable[[], object]] = [
-        lambda: storage.open_read(name),
-        lambda: storage.begin_write(f"{directory}/new", size=1, mtime_ns=-1, exclusive=False),
-        lambda: list(storage.list_dir(directory)),
-        lambda: storage.remove(name),
-        lambda: storage.mkdir(f"{directory}/made", parents=True),
-        lambda: storage.move(name, "stolen"),
-        lambda: storage.move("old.txt", f"{directory}/planted"),
+        lambda: local.open_read(n(name)),
+        lambda: local.open_write(
+            n(f"{directory}/new"), size=1, mtime_ns=-1, mode=None, exclusive=False, limit=LIMIT
+        ),
+        lambda: list(local.list(n(directory))),
+        lambda: local.remove(n(name)),
+        lambda: local.mkdir(n(f"{directory}/made"), parents=True),
+        lambda: local.move(n(name), n("stolen"), exclusive=False),
+        lambda: local.move(n("old.txt"), n(f"{directory}/planted"), exclusive=False),
     ]
     for attempt in attempts:
         with pytest.raises(NotRegularFile, match="symlink"):
@@ -165,13 +292,13 @@ def test_symlinked_directories_are_never_traversed(
     assert sorted(os.listdir(tmp_path)) == ["outside.txt", "root", "root2"]
 
 
-def test_listing_shows_symlinks_as_symlinks(storage: Storage, links: Path) -> None:
-    kinds = {e.name: e.kind for e in storage.list_dir("")}
+def test_listing_shows_symlinks_as_symlinks(local: LocalStore, links: Path) -> None:
+    kinds = {e.name: e.kind for e in local.list(n(""))}
     assert kinds["out_dir"] is EntryKind.SYMLINK and kinds["sub"] is EntryKind.DIRECTORY
 
 
 @pytest.mark.timeout(10)
-def test_fifo_socket_and_device_are_refused_without_blocking(storage: Storage, root: Path) -> None:
+def test_fifo_socket_and_device_are_refused_without_blocking(local: LocalStore, root: Path) -> None:
     os.mkfifo(root / "fifo")
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(root / "sock"))
@@ -182,61 +309,39 @@ def test_fifo_socket_and_device_are_refused_without_blocking(storage: Storage, r
     try:
         for name in specials:
             with pytest.raises(NotRegularFile, match="not a regular file"):
-                storage.open_read(name)
-            entry, handle = storage.stat(name)
-            assert entry.kind is EntryKind.OTHER and handle is None
+                local.open_read(n(name))
+            assert local.stat(n(name)).kind is EntryKind.OTHER
+            with pytest.raises(NotRegularFile):
+                local.open_write(
+                    n(name), size=1, mtime_ns=-1, mode=None, exclusive=False, limit=LIMIT
+                )
     finally:
         sock.close()
 
 
-def test_directories_are_not_files(storage: Storage) -> None:
-    with pytest.raises(IsADirectory):
-        storage.open_read("sub")
-    with pytest.raises(IsADirectory):
-        storage.begin_write("sub", size=1, mtime_ns=-1, exclusive=False)
-    with pytest.raises(NotADirectory):
-        storage.open_read("old.txt/x")
-    with pytest.raises(NotFound):
-        storage.open_read("missing")
+def test_listing_leaves_out_what_no_request_could_name(local: LocalStore, root: Path) -> None:
+    (root / (TEMP_PREFIX + "leftover")).write_bytes(b"partial")
+    (root / "back\\slash").write_bytes(b"x")
+    (root / "ctrl\x01").write_bytes(b"x")
+    os.close(os.open(os.fsencode(root) + b"/bad\xffname", os.O_CREAT | os.O_WRONLY, 0o644))
+    assert {e.name for e in local.list(n(""))} == {"old.txt", "sub"}
 
 
-def test_atomic_write_replaces_and_preserves_mtime(storage: Storage, root: Path) -> None:
-    data = os.urandom(100_000)
-    with storage.begin_write("old.txt", size=len(data), mtime_ns=10**18, exclusive=False) as w:
-        w.write(data[:10])
-        w.write(memoryview(data)[10:])
-        assert (root / "old.txt").read_bytes() == b"old content"  # not visible yet
-        assert w.commit(digest_bytes(data)) == digest_bytes(data)
-    assert (root / "old.txt").read_bytes() == data
-    assert os.stat(root / "old.txt").st_mtime_ns == 10**18
-    assert temporaries(root) == []
+def test_modes_pass_through_the_umask(local: LocalStore, root: Path) -> None:
+    put(local, "run.sh", b"#!/bin/sh\n", mode=0o750)
+    assert stat.S_IMODE(os.stat(root / "run.sh").st_mode) == 0o750 & ~local.umask
+    put(local, "plain", b"x")  # no mode: as created
+    assert stat.S_IMODE(os.stat(root / "plain").st_mode) == 0o666 & ~local.umask
+    assert local.stat(n("run.sh")).mode == 0o750 & ~local.umask
 
 
-def test_digest_mismatch_commits_nothing(storage: Storage, root: Path) -> None:
-    with (
-        pytest.raises(IntegrityError, match="mismatch"),
-        storage.begin_write("old.txt", size=3, mtime_ns=-1, exclusive=False) as w,
-    ):
-        w.write(b"new")
-        w.commit(digest_bytes(b"NEW"))
-    assert (root / "old.txt").read_bytes() == b"old content"
-    assert temporaries(root) == []
-
-
-def test_short_or_long_upload_commits_nothing(storage: Storage, root: Path) -> None:
-    with (
-        pytest.raises(IntegrityError, match="got 2 of 3"),
-        storage.begin_write("old.txt", size=3, mtime_ns=-1, exclusive=False) as w,
-    ):
-        w.write(b"ne")
-        w.commit(digest_bytes(b"ne"))
-    with (
-        pytest.raises(IntegrityError, match="more bytes"),
-        storage.begin_write("old.txt", size=3, mtime_ns=-1, exclusive=False) as w,
-    ):
-        w.write(b"news")
-    assert (root / "old.txt").read_bytes() == b"old content"
-    assert temporaries(root) == []
+def test_a_time_before_1970_is_kept(local: LocalStore, root: Path) -> None:
+    writer = local.open_write(
+        n("old"), size=1, mtime_ns=-2_000_000_000, mode=None, exclusive=False, limit=LIMIT
+    )
+    writer.write(b"x")
+    writer.commit(digest_bytes(b"x"))
+    assert os.stat(root / "old").st_mtime_ns == -2_000_000_000
 
 
 def _failing(err: int) -> Callable[..., object]:
@@ -259,7 +364,7 @@ def _failing(err: int) -> Callable[..., object]:
     ],
 )
 def test_storage_faults_keep_the_old_version_and_remove_the_temp(
-    storage: Storage,
+    local: LocalStore,
     root: Path,
     monkeypatch: pytest.MonkeyPatch,
     syscall: str,
@@ -267,135 +372,86 @@ def test_storage_faults_keep_the_old_version_and_remove_the_temp(
     expected: type[FtransferError],
 ) -> None:
     data = b"replacement"
-    with storage.begin_write("old.txt", size=len(data), mtime_ns=5, exclusive=False) as w:
-        monkeypatch.setattr(os, syscall, _failing(err))
-        with pytest.raises(expected):
-            w.write(data)
-            w.commit(digest_bytes(data))
-        monkeypatch.undo()
+    writer = local.open_write(
+        n("old.txt"), size=len(data), mtime_ns=5, mode=None, exclusive=False, limit=LIMIT
+    )
+    monkeypatch.setattr(os, syscall, _failing(err))
+    with pytest.raises(expected):
+        writer.write(data)
+        writer.commit(digest_bytes(data))
+    monkeypatch.undo()
+    writer.abort()
     assert (root / "old.txt").read_bytes() == b"old content"
     assert temporaries(root) == []
-    assert put(storage, "old.txt", data) == digest_bytes(data)  # the next request is served
+    assert put(local, "old.txt", data) == digest_bytes(data)  # the next request is served
+
+
+def test_no_space_is_refused_before_any_byte(local: LocalStore, root: Path) -> None:
+    with pytest.raises(NoSpace):
+        local.open_write(
+            n("big"), size=1 << 61, mtime_ns=-1, mode=None, exclusive=False, limit=1 << 62
+        )
+    assert temporaries(root) == []
 
 
 def test_crash_between_write_and_rename(root: Path) -> None:
-    """A process killed before commit leaves the old file; the temp is hidden and swept."""
+    """A process killed before commit leaves the old file; its temporary is hidden,
+    refused as a name, and swept because its writer is gone."""
     script = f"""
 import os
-from pathlib import Path
-from ftransfer.storage import Storage
-s = Storage(Path({str(root)!r}), max_file_bytes=1 << 30)
-w = s.begin_write("old.txt", size=8, mtime_ns=-1, exclusive=False)
+from ftransfer.storage.local import LocalStore
+from ftransfer.storage.names import parse_name
+s = LocalStore({str(root)!r})
+w = s.open_write(parse_name("old.txt"), size=8, mtime_ns=-1, mode=None, exclusive=False, limit=100)
 w.write(b"new data")
 os._exit(9)
 """
     result = subprocess.run([sys.executable, "-c", script], check=False)
     assert result.returncode == 9
     assert (root / "old.txt").read_bytes() == b"old content"
-    leftovers = temporaries(root)
-    assert len(leftovers) == 1
-    restarted = Storage(root, max_file_bytes=1 << 30)
-    assert leftovers[0] not in {e.name for e in restarted.list_dir("")}
-    with pytest.raises(PathRefused, match="reserved"):
-        restarted.open_read(leftovers[0])
+    [leftover] = temporaries(root)
+    restarted = LocalStore(root)
+    assert leftover not in {e.name for e in restarted.list(n(""))}
     assert restarted.sweep_temporaries() == 1
     assert temporaries(root) == []
     restarted.close()
 
 
-def test_a_reader_keeps_the_old_version_across_a_replacement(storage: Storage) -> None:
-    handle = storage.open_read("old.txt")
-    put(storage, "old.txt", b"brand new content")
-    assert os.pread(handle.fd, 100, 0) == b"old content"
-    handle.close()
-    fresh = storage.open_read("old.txt")
-    assert os.pread(fresh.fd, 100, 0) == b"brand new content"
-    fresh.close()
+def test_a_live_writers_temporary_survives_a_sweep(local: LocalStore, root: Path) -> None:
+    writer = local.open_write(
+        n("sub/busy"), size=4, mtime_ns=-1, mode=None, exclusive=False, limit=LIMIT
+    )
+    writer.write(b"half")
+    other = LocalStore(root)  # a second server on the same root (scale-out)
+    assert other.sweep_temporaries() == 0
+    assert len(temporaries(root / "sub")) == 1
+    with pytest.raises(DirectoryNotEmpty, match="upload into it is running"):
+        local.remove(n("sub/inner.txt"))
+        local.remove(n("sub"))
+    writer.abort()
+    other.close()
 
 
-def test_exclusive_write_is_atomic_against_a_racing_writer(storage: Storage, root: Path) -> None:
-    with pytest.raises(Exists):
-        storage.begin_write("old.txt", size=1, mtime_ns=-1, exclusive=True)
-    first = storage.begin_write("race", size=1, mtime_ns=-1, exclusive=True)
-    second = storage.begin_write("race", size=1, mtime_ns=-1, exclusive=True)
-    first.write(b"1")
-    second.write(b"2")
-    first.commit(digest_bytes(b"1"))
-    with pytest.raises(Exists):
-        second.commit(digest_bytes(b"2"))
-    assert (root / "race").read_bytes() == b"1"
-    assert temporaries(root) == []
+def test_a_directory_holding_only_dead_temporaries_can_be_removed(
+    local: LocalStore, root: Path
+) -> None:
+    (root / "sub" / "inner.txt").unlink()
+    (root / "sub" / (TEMP_PREFIX + "placed-by-hand")).write_bytes(b"x")
+    local.remove(n("sub"))
+    assert not (root / "sub").exists()
 
 
-def test_limits_are_checked_before_any_byte(root: Path) -> None:
-    small = Storage(root, max_file_bytes=10)
-    with pytest.raises(TooLarge):
-        small.begin_write("big", size=11, mtime_ns=-1, exclusive=False)
-    huge = Storage(root, max_file_bytes=1 << 62)
-    with pytest.raises(NoSpace):
-        huge.begin_write("big", size=1 << 61, mtime_ns=-1, exclusive=False)
-    assert temporaries(root) == []
-    small.close()
-    huge.close()
-
-
-def test_read_only_refuses_every_change(root: Path) -> None:
-    ro = Storage(root, read_only=True, max_file_bytes=1 << 30)
-    changes: list[Callable[[], object]] = [
-        lambda: ro.begin_write("new", size=1, mtime_ns=-1, exclusive=False),
-        lambda: ro.remove("old.txt"),
-        lambda: ro.mkdir("d", parents=False),
-        lambda: ro.move("old.txt", "moved"),
-    ]
-    for change in changes:
-        with pytest.raises(ReadOnly):
-            change()
-    handle = ro.open_read("old.txt")
-    assert os.read(handle.fd, 100) == b"old content"
-    handle.close()
-    ro.close()
-
-
-def test_listing_hides_temporaries_and_reports_kinds(storage: Storage, root: Path) -> None:
-    (root / (TEMP_PREFIX + "leftover")).write_bytes(b"partial")
-    entries = {e.name: e for e in storage.list_dir("")}
-    assert set(entries) == {"old.txt", "sub"}
-    assert entries["old.txt"].size == len(b"old content")
-    assert entries["sub"].kind is EntryKind.DIRECTORY
-    assert [e.name for e in storage.list_dir("sub")] == ["inner.txt"]
-
-
-def test_mkdir_remove_move(storage: Storage, root: Path) -> None:
-    storage.mkdir("a/b/c", parents=True)
-    storage.mkdir("a/b/c", parents=True)  # exists: fine with parents
-    with pytest.raises(Exists):
-        storage.mkdir("a", parents=False)
-    with pytest.raises(NotFound):
-        storage.mkdir("x/y", parents=False)
-    with pytest.raises(DirectoryNotEmpty):
-        storage.remove("a")
-    storage.move("old.txt", "a/b")  # into a directory keeps the name
-    assert (root / "a" / "b" / "old.txt").read_bytes() == b"old content"
-    storage.move("a/b/old.txt", "renamed.txt")
-    assert (root / "renamed.txt").exists()
-    with pytest.raises(NotFound):
-        storage.move("missing", "x")
-    with pytest.raises(PathRefused):
-        storage.move("a", "a/b/c")  # a directory into itself
-    storage.remove("renamed.txt")
-    storage.remove("a/b/c")
-    assert not (root / "a" / "b" / "c").exists()
-
-
-def test_block_reader_serves_any_offset_like_pread(tmp_path: Path) -> None:
-    data = random.Random(3).randbytes(READ_AHEAD_BYTES * 2 + 777)
-    (tmp_path / "f").write_bytes(data)
-    fd = os.open(tmp_path / "f", os.O_RDONLY)
-    try:
-        read = BlockReader(fd)
-        offsets = [0, 1400, 2800, READ_AHEAD_BYTES - 100, 7, READ_AHEAD_BYTES * 2 + 700]
-        offsets += random.Random(4).sample(range(len(data)), 50)  # retransmissions
-        for offset in offsets:
-            assert bytes(read(offset, 1400)) == data[offset : offset + 1400]
-    finally:
-        os.close(fd)
+def test_the_digest_of_a_committed_file_is_remembered(
+    local: LocalStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(4096)
+    put(local, "f", data)
+    readable = local.open_read(n("f"))
+    assert readable.digest == digest_bytes(data)  # no need to read the file to know it
+    readable.close()
+    with open(root / "f", "r+b") as changed:  # changed behind the store's back
+        changed.write(b"X")
+    readable = local.open_read(n("f"))
+    assert readable.digest is None
+    readable.close()
+    assert local.digest(n("f")) == digest_bytes(b"X" + data[1:])

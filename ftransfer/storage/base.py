@@ -1,0 +1,150 @@
+"""The Store port: what the server's operations need from a place that keeps files.
+
+Theory of operation
+-------------------
+The upper layer (server/operations.py) speaks to storage only through the three
+protocols below, in the manner of httpcore's network backends: a small port with a
+real implementation (``LocalStore``, a directory jailed with openat), one for tests
+and the simulator (``MemoryStore``), and later an object store. Nothing above this
+port sees a file descriptor, a path string joined onto a root, or an object key.
+
+- ``Store``: names in, entries and handles out. Every name arrives as a checked
+  ``Name`` (names.py); a store adds what only it can know: whether the name exists,
+  is a directory, a symlink, a FIFO; free space; atomic replacement.
+- ``Readable``: an open file, with the size, mtime and permission bits it had when
+  opened and, when the store already knows it, its xxh3-128 ``digest`` (a store may
+  remember the digest of what it committed or hashed, keyed by the file's identity,
+  so a download or a STAT need not read the file twice). ``read(offset, n)`` reads
+  at an offset; ``fileno()``, where a store has one, is the zero-copy fast path
+  (sendfile) and is optional: callers test for it with ``zero_copy_fd``.
+- ``Writer``: an upload that appears whole at its final name on ``commit`` (after
+  the size and digest are checked and the bytes are durable) or not at all; it
+  hashes what passes through ``write``.
+
+Every method raises only the ftransfer error tree (errors.py), already mapped from
+whatever the backend raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from .entry import Entry, EntryKind
+from .names import Name
+
+__all__ = ["Entry", "EntryKind", "Readable", "Store", "Writer", "zero_copy_fd"]
+
+
+class Readable(Protocol):
+    """An open file for reading."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def mtime_ns(self) -> int: ...
+
+    @property
+    def mode(self) -> int: ...
+
+    @property
+    def digest(self) -> bytes | None:
+        """The xxh3-128 of the whole file if the store knows it already."""
+        ...
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset``; fewer only at the end of the file."""
+        ...
+
+    def remember_digest(self, digest: bytes) -> None:
+        """The caller hashed the whole file as it read it: keep it if the store can."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Writer(Protocol):
+    """An atomic upload in progress."""
+
+    @property
+    def written(self) -> int: ...
+
+    @property
+    def digest(self) -> bytes:
+        """xxh3-128 of the bytes written so far."""
+        ...
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes; more than the declared size (or the limit) is refused."""
+        ...
+
+    def commit(self, expected_digest: bytes) -> bytes:
+        """Check size and digest, make durable, publish; returns the digest."""
+        ...
+
+    def abort(self) -> None:
+        """Discard the upload; safe to call more than once, and after commit."""
+        ...
+
+
+class Store(Protocol):
+    """A tree of directories and files that names resolve in."""
+
+    def open_read(self, name: Name) -> Readable:
+        """Open a regular file (never a symlink, FIFO or device)."""
+        ...
+
+    def open_write(
+        self,
+        name: Name,
+        *,
+        size: int | None,
+        mtime_ns: int,
+        mode: int | None,
+        exclusive: bool,
+        limit: int,
+    ) -> Writer:
+        """Start an upload. ``size`` is exact when known (else ``limit`` bounds it);
+        ``mtime_ns`` -1 keeps the store's clock; ``mode`` None is the default
+        permissions; ``exclusive`` refuses to replace (checked again at commit)."""
+        ...
+
+    def stat(self, name: Name) -> Entry:
+        """What ``name`` is (the root for an empty name); symlinks are not followed."""
+        ...
+
+    def digest(self, name: Name) -> bytes:
+        """The xxh3-128 of a regular file (from memory if the store knows it)."""
+        ...
+
+    def list(self, name: Name) -> Iterator[Entry]:
+        """A directory's entries, in no particular order, leaving out temporary
+        files and names no request could use (names.is_valid_component)."""
+        ...
+
+    def remove(self, name: Name) -> None:
+        """Remove a file, a symlink (not its target) or an empty directory."""
+        ...
+
+    def mkdir(self, name: Name, *, parents: bool) -> None:
+        """Create a directory; ``parents``: missing parents too, existing is fine."""
+        ...
+
+    def move(self, source: Name, target: Name, *, exclusive: bool) -> Name:
+        """Rename ``source`` to ``target``, or into it if ``target`` is a directory;
+        returns where it went. Never replaces a directory or a symlink; with
+        ``exclusive`` never replaces anything."""
+        ...
+
+    def sweep_temporaries(self) -> int:
+        """Remove temporary files whose writer is no longer alive; returns how many."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def zero_copy_fd(readable: Readable) -> int | None:
+    """The descriptor for sendfile if the readable has one (an optional capability)."""
+    fileno = getattr(readable, "fileno", None)
+    return fileno() if callable(fileno) else None
