@@ -14,20 +14,27 @@ from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.frames import FrameType, decode_untrusted, encode, parse_header_untrusted
 
 DIGEST = bytes(range(16))
-ENTRY = ev.Entry(name="dir/ü name", kind=ev.EntryKind.FILE, size=12, mtime_ns=-5)
+ENTRY = ev.Entry(name="dir/ü name", kind=ev.EntryKind.FILE, size=12, mtime_ns=-5, mode=0o755)
 
 CONTROL_EVENTS: list[ev.Event] = [
     ev.HelloOffered(min_version=1, max_version=3),
     ev.HelloAccepted(version=1, max_frame_bytes=MAX_FRAME_BYTES, read_only=True),
-    ev.PutRequested(path="a/b.bin", size=2**40, mtime_ns=1_700_000_000_123_456_789, exclusive=True),
+    ev.PutRequested(
+        path="a/b.bin", size=2**40, mtime_ns=1_700_000_000_123_456_789, mode=0o644, exclusive=True
+    ),
     ev.FileEnded(digest=DIGEST),
     ev.FileAborted(),
     ev.PutCommitted(digest=DIGEST),
     ev.GetRequested(path="x"),
-    ev.FileStarted(size=0, mtime_ns=-1),
+    ev.FileStarted(size=0, mtime_ns=-1, mode=0o644),
     ev.DownloadVerified(digest=DIGEST),
     ev.ListRequested(path=""),
-    ev.Listed(entries=(ENTRY, ev.Entry(name="d", kind=ev.EntryKind.DIRECTORY, size=0, mtime_ns=1))),
+    ev.Listed(
+        entries=(
+            ENTRY,
+            ev.Entry(name="d", kind=ev.EntryKind.DIRECTORY, size=0, mtime_ns=1, mode=0o755),
+        )
+    ),
     ev.Listed(entries=()),
     ev.ListEnded(),
     ev.StatRequested(path="a"),
@@ -35,6 +42,7 @@ CONTROL_EVENTS: list[ev.Event] = [
     ev.RemoveRequested(path="a"),
     ev.MkdirRequested(path="a/b", parents=True),
     ev.MoveRequested(source="from/ä", target="to"),
+    ev.MoveRequested(source="a", target="b", exclusive=True),
     ev.Done(),
     ev.Failed(code=13, message="refused: .."),
 ]
@@ -73,16 +81,16 @@ def test_unknown_type_is_refused() -> None:
     ("frame_type", "payload", "message"),
     [
         (FrameType.HELLO, b"HTTP" + bytes(4), "magic"),
-        (FrameType.HELLO, b"FTRN\x00\x02\x00\x01", "empty"),
-        (FrameType.PUT, b"\x00" * 16, "truncated"),
-        (FrameType.PUT, bytes(17) + b"\xff\xfe", "UTF-8"),
-        (FrameType.PUT, b"\xff" * 17 + b"a", "out of range"),
+        (FrameType.HELLO, b"FTRN\x00\x02\x00\x01\x00", "wrong length"),
+        (FrameType.PUT, b"\x00" * 18, "truncated"),
+        (FrameType.PUT, bytes(19) + b"\xff\xfe", "UTF-8"),
+        (FrameType.PUT, b"\xff" * 19 + b"a", "out of range"),
         (FrameType.END, bytes(15), "16-byte"),
         (FrameType.ABORT, b"x", "empty"),
-        (FrameType.ENTRIES, bytes(12), "truncated"),
-        (FrameType.ENTRIES, b"\x09" + bytes(16) + b"\x00\x00", "kind"),
-        (FrameType.ENTRIES, b"\x01" + bytes(16) + b"\x00\x05ab", "name is truncated"),
-        (FrameType.MOVE, b"\x00\x09ab", "source is truncated"),
+        (FrameType.ENTRIES, bytes(20), "truncated"),
+        (FrameType.ENTRIES, b"\x09" + bytes(18) + b"\x00\x00", "kind"),
+        (FrameType.ENTRIES, b"\x01" + bytes(18) + b"\x00\x05ab", "name is truncated"),
+        (FrameType.MOVE, b"\x00\x00\x09ab", "source is truncated"),
         (FrameType.MKDIR, b"", "truncated"),
         (FrameType.DATA, b"", "no control payload"),
     ],
@@ -122,3 +130,22 @@ def test_header_parser_raises_only_remote_protocol_error(raw: bytes) -> None:
     except RemoteProtocolError:
         return
     assert length <= (MAX_FRAME_BYTES if frame_type is FrameType.DATA else MAX_CONTROL_BYTES)
+
+
+def test_an_empty_version_range_parses_so_that_the_server_can_answer_error_2() -> None:
+    event = decode_untrusted(FrameType.HELLO, b"FTRN\x00\x02\x00\x01")
+    assert event == ev.HelloOffered(min_version=2, max_version=1)
+
+
+def test_error_messages_are_cut_on_a_character_boundary() -> None:
+    frame = encode(ev.Failed(code=10, message="not found: " + "€" * 2000))
+    payload = frame[FRAME_HEADER_BYTES + 2 :]
+    assert len(payload) <= 1024
+    assert payload.decode("utf-8").startswith("not found: €")  # valid UTF-8 to the end
+
+
+def test_only_permission_bits_cross_the_wire() -> None:
+    put = ev.PutRequested(path="x", size=1, mtime_ns=-1, mode=0o4755, exclusive=False)
+    frame = encode(put)
+    decoded = decode_untrusted(FrameType.PUT, frame[FRAME_HEADER_BYTES:])
+    assert isinstance(decoded, ev.PutRequested) and decoded.mode == 0o755

@@ -18,7 +18,7 @@ from ftransfer.proto.tcp.connection import Connection, Role, StreamState
 from ftransfer.proto.tcp.frames import FrameType, encode, header
 
 D1, D2 = b"\x01" * 16, b"\x02" * 16
-HELLO = ev.HelloOffered(min_version=1, max_version=1)
+HELLO = ev.HelloOffered(min_version=2, max_version=2)
 ACCEPT = ev.HelloAccepted(version=1, max_frame_bytes=4 << 20, read_only=False)
 
 
@@ -73,9 +73,9 @@ def client_wire(*events: ev.Event) -> tuple[Connection, bytes]:
     return client, b"".join(client.send(e) for e in events)
 
 
-UPLOAD = [
+UPLOAD: list[ev.Event] = [
     HELLO,
-    ev.PutRequested(path="f", size=5, mtime_ns=-1, exclusive=False),
+    ev.PutRequested(path="f", size=5, mtime_ns=-1, mode=0o644, exclusive=False),
     ev.FileData(data=b"he"),
     ev.FileData(data=b"llo"),
     ev.FileEnded(digest=D1),
@@ -118,14 +118,14 @@ def test_client_receives_replies_in_order(feed: Feeder) -> None:
     server = Connection(Role.SERVER)
     server.receive_data(_wire)
     drain(server)
-    replies = [
+    replies: list[ev.Event] = [
         ACCEPT,
         ev.PutCommitted(digest=D1),
-        ev.FileStarted(size=3, mtime_ns=7),
+        ev.FileStarted(size=3, mtime_ns=7, mode=0o644),
         ev.FileData(data=b"abc"),
         ev.FileEnded(digest=D2),
         ev.Stated(
-            entry=ev.Entry(name="", kind=ev.EntryKind.DIRECTORY, size=0, mtime_ns=1),
+            entry=ev.Entry(name="", kind=ev.EntryKind.DIRECTORY, size=0, mtime_ns=1, mode=0o755),
             digest=bytes(16),
         ),
     ]
@@ -136,7 +136,9 @@ def test_client_receives_replies_in_order(feed: Feeder) -> None:
 
 def test_more_data_than_declared_is_refused() -> None:
     server = Connection(Role.SERVER)
-    _c, wire = client_wire(HELLO, ev.PutRequested(path="f", size=2, mtime_ns=-1, exclusive=False))
+    _c, wire = client_wire(
+        HELLO, ev.PutRequested(path="f", size=2, mtime_ns=-1, mode=0o644, exclusive=False)
+    )
     wire += header(FrameType.DATA, 3) + b"abc"
     server.receive_data(wire)
     with pytest.raises(RemoteProtocolError, match="more bytes than"):
@@ -147,7 +149,9 @@ def test_more_data_than_declared_is_refused() -> None:
 
 def test_end_before_all_declared_bytes_is_refused() -> None:
     server = Connection(Role.SERVER)
-    _c, wire = client_wire(HELLO, ev.PutRequested(path="f", size=2, mtime_ns=-1, exclusive=False))
+    _c, wire = client_wire(
+        HELLO, ev.PutRequested(path="f", size=2, mtime_ns=-1, mode=0o644, exclusive=False)
+    )
     wire += header(FrameType.DATA, 1) + b"a" + encode(ev.FileEnded(digest=D1))
     server.receive_data(wire)
     with pytest.raises(RemoteProtocolError, match="missing"):
@@ -157,7 +161,7 @@ def test_end_before_all_declared_bytes_is_refused() -> None:
 def test_sender_cannot_overrun_its_own_declared_size() -> None:
     client = Connection(Role.CLIENT)
     client.send(HELLO)
-    client.send(ev.PutRequested(path="f", size=2, mtime_ns=-1, exclusive=False))
+    client.send(ev.PutRequested(path="f", size=2, mtime_ns=-1, mode=0o644, exclusive=False))
     with pytest.raises(LocalProtocolError):
         client.start_data(3)
     client.start_data(2)
@@ -168,7 +172,7 @@ def test_refused_upload_is_discarded_by_the_core() -> None:
     server = Connection(Role.SERVER)
     _c, wire = client_wire(
         HELLO,
-        ev.PutRequested(path="f", size=4, mtime_ns=-1, exclusive=False),
+        ev.PutRequested(path="f", size=4, mtime_ns=-1, mode=0o644, exclusive=False),
         ev.FileData(data=b"ab"),
     )
     server.receive_data(wire)
@@ -183,7 +187,9 @@ def test_refused_upload_is_discarded_by_the_core() -> None:
 
 def test_commit_before_the_upload_ends_is_a_local_error() -> None:
     server = Connection(Role.SERVER)
-    _c, wire = client_wire(HELLO, ev.PutRequested(path="f", size=4, mtime_ns=-1, exclusive=False))
+    _c, wire = client_wire(
+        HELLO, ev.PutRequested(path="f", size=4, mtime_ns=-1, mode=0o644, exclusive=False)
+    )
     server.receive_data(wire)
     drain(server)
     server.send(ACCEPT)
@@ -259,7 +265,9 @@ def test_close_mid_frame_is_an_error(cut: int) -> None:
 
 def test_close_mid_file_is_an_error() -> None:
     server = Connection(Role.SERVER)
-    _c, wire = client_wire(HELLO, ev.PutRequested(path="f", size=4, mtime_ns=-1, exclusive=False))
+    _c, wire = client_wire(
+        HELLO, ev.PutRequested(path="f", size=4, mtime_ns=-1, mode=0o644, exclusive=False)
+    )
     server.receive_data(wire)
     drain(server)
     server.receive_data(b"")
@@ -276,6 +284,7 @@ REQUEST_EVENTS = st.one_of(
         path=st.just("f"),
         size=st.integers(0, 6),
         mtime_ns=st.just(-1),
+        mode=st.integers(0, 0o777),
         exclusive=st.booleans(),
     ),
     st.builds(ev.FileData, data=st.binary(min_size=1, max_size=4)),
@@ -327,3 +336,52 @@ def test_random_bytes_raise_only_protocol_errors(noise: bytes) -> None:
             drain(conn)
         except ProtocolError:
             pass
+
+
+def test_a_server_ends_a_broken_connection_with_one_error_frame() -> None:
+    server = Connection(Role.SERVER)
+    server.receive_data(
+        encode(HELLO) + encode(ev.HelloAccepted(version=2, max_frame_bytes=1, read_only=False))
+    )
+    with pytest.raises(RemoteProtocolError, match="not allowed"):
+        drain(server)  # a server-only frame from the client
+    wire = server.close_with_error(1, "protocol error: HelloAccepted is not allowed")
+    client = Connection(Role.CLIENT)
+    client.send(HELLO)
+    client.receive_data(wire)
+    assert drain(client) == [
+        ev.Failed(code=1, message="protocol error: HelloAccepted is not allowed")
+    ]
+    with pytest.raises(LocalProtocolError):
+        server.close_with_error(1, "twice")
+    with pytest.raises(LocalProtocolError):
+        server.send(ev.Done())  # nothing after the last frame
+
+
+def test_an_error_may_end_a_download_in_place_of_end() -> None:
+    server = Connection(Role.SERVER)
+    server.receive_data(encode(HELLO) + encode(ev.GetRequested(path="g")))
+    drain(server)
+    wire = server.send(ev.HelloAccepted(version=2, max_frame_bytes=1, read_only=False))
+    wire += server.send(ev.FileStarted(size=10, mtime_ns=0, mode=0o644))
+    wire += server.close_with_error(42, "timed out")  # mid-file, at a frame boundary
+    client = Connection(Role.CLIENT)
+    client.send(HELLO)
+    client.send(ev.GetRequested(path="g"))
+    client.receive_data(wire)
+    events = drain(client)
+    assert events[-1] == ev.Failed(code=42, message="timed out")
+
+
+def test_only_a_server_closes_with_an_error() -> None:
+    with pytest.raises(LocalProtocolError):
+        Connection(Role.CLIENT).close_with_error(1, "no")
+
+
+def test_a_local_protocol_error_breaks_the_connection() -> None:
+    client = Connection(Role.CLIENT)
+    client.send(HELLO)
+    with pytest.raises(LocalProtocolError):
+        client.send(ev.FileEnded(digest=D1))  # no upload in progress
+    with pytest.raises(LocalProtocolError, match="broken"):
+        client.send(ev.GetRequested(path="g"))

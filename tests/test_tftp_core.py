@@ -16,7 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ftransfer.errors import IntegrityError, RemoteProtocolError, TransferTimeout
+from ftransfer.proto.events import Completed, DataReceived, Failed
 from ftransfer.proto.tftp import netascii
+from ftransfer.proto.tftp.client import TftpClient
 from ftransfer.proto.tftp.packets import (
     Ack,
     Data,
@@ -37,15 +39,7 @@ from ftransfer.proto.tftp.packets import (
     negotiate,
     parse_untrusted,
 )
-from ftransfer.proto.tftp.transfer import (
-    Address,
-    BlockReceiver,
-    BlockSender,
-    Completed,
-    DataReceived,
-    Failed,
-    TftpClient,
-)
+from ftransfer.proto.tftp.transfer import Address, BlockReceiver, BlockSender
 
 CLIENT: Address = ("10.0.0.1", 5000)
 LISTENER: Address = ("10.0.0.2", 69)
@@ -58,16 +52,18 @@ TID: Address = ("10.0.0.2", 40000)
 def test_request_round_trip_lowercases_mode_and_option_names() -> None:
     raw = b"\x00\x01dir/f.bin\x00OCTET\x00BlkSize\x001428\x00tsize\x000\x00"
     packet = parse_untrusted(raw)
-    assert packet == Request(False, "dir/f.bin", "octet", {"blksize": "1428", "tsize": "0"})
+    assert packet == Request(
+        write=False, filename="dir/f.bin", mode="octet", options={"blksize": "1428", "tsize": "0"}
+    )
     assert parse_untrusted(encode_request(packet)) == packet
 
 
 def test_each_packet_kind_parses() -> None:
-    assert parse_untrusted(encode_data(70000, b"abc")) == Data(70000 & 0xFFFF, b"abc")
-    assert parse_untrusted(encode_ack(3)) == Ack(3)
-    assert parse_untrusted(encode_error(1, "nope")) == Error(1, "nope")
-    assert parse_untrusted(encode_oack({"blksize": "512"})) == OptionAck({"blksize": "512"})
-    assert parse_untrusted(b"\x00\x05\x00\x02no nul") == Error(2, "no nul")  # lenient
+    assert parse_untrusted(encode_data(70000, b"abc")) == Data(block=70000 & 0xFFFF, payload=b"abc")
+    assert parse_untrusted(encode_ack(3)) == Ack(block=3)
+    assert parse_untrusted(encode_error(1, "nope")) == Error(code=1, message="nope")
+    assert parse_untrusted(encode_oack({"blksize": "512"})) == OptionAck(options={"blksize": "512"})
+    assert parse_untrusted(b"\x00\x05\x00\x02no nul") == Error(code=2, message="no nul")  # lenient
 
 
 @pytest.mark.parametrize(
@@ -243,9 +239,9 @@ class World:
                 if dst == LISTENER:
                     self.serve(data, src, now)
                 elif dst == CLIENT:
-                    client.receive(data, src, now)
+                    client.receive_datagram(data, src, now)
                 elif self.server is not None and dst == TID:
-                    self.server.receive(data, src, now)
+                    self.server.receive_datagram(data, src, now)
             for machine in (client, self.server):
                 if machine is not None and (t := machine.get_timer()) is not None and t <= now:
                     machine.handle_timer(now)
@@ -257,19 +253,19 @@ class World:
         while (event := client.next_event()) is not None:
             out.append(event)
             if isinstance(event, DataReceived):
-                received += event.payload
+                received += event.data
                 if event.final:
                     client.accept_final(now)
         while self.server is not None and (event := self.server.next_event()) is not None:
             if isinstance(event, DataReceived):
-                self.stored += event.payload
+                self.stored += event.data
                 if event.final:
                     assert isinstance(self.server, BlockReceiver)
                     self.server.accept_final(now)
-        for data, dst in client.datagrams_to_send():
+        for data, dst in client.datagrams_to_send(now):
             self.link.send(now, data, CLIENT, dst)
         if self.server is not None:
-            for data, dst in self.server.datagrams_to_send():
+            for data, dst in self.server.datagrams_to_send(now):
                 self.link.send(now, data, TID, dst)
 
 
@@ -294,7 +290,9 @@ def test_get_is_byte_exact_through_loss_dup_and_reordering(
 ) -> None:
     body = random.Random(seed).randbytes(size)
     world = World(Link(seed, loss=loss, dup=0.05, reorder=0.1), {"f": body})
-    client = client_for(Request(False, "f", "octet", options(512, window)))
+    client = client_for(
+        Request(write=False, filename="f", mode="octet", options=options(512, window))
+    )
     received, events = world.run(client)
     assert received == body
     assert isinstance(events[-1], Completed), events[-1]
@@ -310,7 +308,7 @@ def test_put_is_byte_exact_through_loss_dup_and_reordering(
     body = random.Random(seed).randbytes(size)
     world = World(Link(seed, loss=loss, dup=0.05, reorder=0.1), {})
     asked = options(512, window) | {"tsize": str(size)}
-    client = client_for(Request(True, "f", "octet", asked), body)
+    client = client_for(Request(write=True, filename="f", mode="octet", options=asked), body)
     _received, events = world.run(client)
     assert bytes(world.stored) == body
     assert isinstance(events[-1], Completed), events[-1]
@@ -320,7 +318,9 @@ def test_put_is_byte_exact_through_loss_dup_and_reordering(
 def test_block_numbers_roll_over_past_65535(window: int) -> None:
     body = random.Random(7).randbytes(8 * 70_000 + 3)  # 70,001 blocks of 8 bytes
     world = World(Link(7, loss=0.01 if window > 1 else 0.0), {"big": body})
-    client = client_for(Request(False, "big", "octet", options(8, window)))
+    client = client_for(
+        Request(write=False, filename="big", mode="octet", options=options(8, window))
+    )
     received, _events = world.run(client)
     assert received == body
 
@@ -329,7 +329,7 @@ def test_duplicates_alone_never_cause_a_retransmission() -> None:
     """The overhead bound at 0 % loss + 10 % duplication: nothing is sent twice."""
     body = random.Random(5).randbytes(100_000)
     world = World(Link(5, dup=0.10), {"f": body})
-    client = client_for(Request(False, "f", "octet", options(512, 1)))
+    client = client_for(Request(write=False, filename="f", mode="octet", options=options(512, 1)))
     received, _events = world.run(client)
     assert received == body
     assert world.server is not None and world.server.stats.retransmitted == 0
@@ -339,7 +339,7 @@ def test_duplicates_alone_never_cause_a_retransmission() -> None:
 def test_server_ignoring_options_gives_plain_rfc1350() -> None:
     body = random.Random(3).randbytes(5000)
     world = World(Link(3), {"f": body})
-    client = client_for(Request(False, "f", "octet", {}))
+    client = client_for(Request(write=False, filename="f", mode="octet", options={}))
     received, _events = world.run(client)
     assert received == body and client.params == Params()
 
@@ -353,44 +353,44 @@ def sender(body: bytes = b"x" * 2000, **kwargs: object) -> BlockSender:
 
 def test_duplicate_ack_sends_nothing_sorcerers_apprentice() -> None:
     s = sender(proven=True)
-    assert [d[:4] for d, _a in s.datagrams_to_send()] == [encode_data(1, b"")[:4]]
-    s.receive(encode_ack(1), CLIENT, 0.01)
-    assert len(s.datagrams_to_send()) == 1  # DATA 2
+    assert [d[:4] for d, _a in s.datagrams_to_send(0.0)] == [encode_data(1, b"")[:4]]
+    s.receive_datagram(encode_ack(1), CLIENT, 0.01)
+    assert len(s.datagrams_to_send(0.0)) == 1  # DATA 2
     for _ in range(5):
-        s.receive(encode_ack(1), CLIENT, 0.02)
-    assert s.datagrams_to_send() == []
+        s.receive_datagram(encode_ack(1), CLIENT, 0.02)
+    assert s.datagrams_to_send(0.0) == []
     assert s.stats.duplicates == 5
 
 
 def test_ack_for_a_block_never_sent_is_ignored() -> None:
     s = sender(proven=True)
-    s.datagrams_to_send()
-    s.receive(encode_ack(3), CLIENT, 0.01)
-    assert s.datagrams_to_send() == [] and not s.finished
+    s.datagrams_to_send(0.0)
+    s.receive_datagram(encode_ack(3), CLIENT, 0.01)
+    assert s.datagrams_to_send(0.0) == [] and not s.finished
 
 
 def test_unproven_peer_gets_no_retransmission_only_answers_to_repeats() -> None:
     s = sender()
-    assert len(s.datagrams_to_send()) == 1
+    assert len(s.datagrams_to_send(0.0)) == 1
     now = 0.0
     while (deadline := s.get_timer()) is not None:
         now = deadline
         s.handle_timer(now)
-        assert s.datagrams_to_send() == [] or s.finished
+        assert s.datagrams_to_send(0.0) == [] or s.finished
     assert isinstance(s.next_event(), Failed) and now >= 5.0
     fresh = sender()
-    fresh.datagrams_to_send()
+    fresh.datagrams_to_send(0.0)
     fresh.request_repeated(0.5)
-    assert len(fresh.datagrams_to_send()) == 1
+    assert len(fresh.datagrams_to_send(0.0)) == 1
 
 
 def test_proven_peer_gets_timeout_retransmissions_with_backoff() -> None:
     s = sender(proven=True)
-    s.datagrams_to_send()
+    s.datagrams_to_send(0.0)
     first = s.get_timer()
     assert first is not None
     s.handle_timer(first)
-    assert len(s.datagrams_to_send()) == 1 and s.stats.timeouts == 1
+    assert len(s.datagrams_to_send(0.0)) == 1 and s.stats.timeouts == 1
     second = s.get_timer()
     assert second is not None and second - first >= first  # doubled
     assert second - first <= 1.0  # bounded by the (default) negotiated timeout
@@ -398,77 +398,118 @@ def test_proven_peer_gets_timeout_retransmissions_with_backoff() -> None:
 
 def test_datagram_from_another_port_gets_error_5_and_changes_nothing() -> None:
     s = sender(proven=True)
-    s.datagrams_to_send()
+    s.datagrams_to_send(0.0)
     stranger = (CLIENT[0], CLIENT[1] + 1)
-    s.receive(encode_ack(1), stranger, 0.01)
-    (reply,) = s.datagrams_to_send()
-    assert reply[1] == stranger and parse_untrusted(reply[0]) == Error(5, "unknown transfer id")
+    s.receive_datagram(encode_ack(1), stranger, 0.01)
+    (reply,) = s.datagrams_to_send(0.0)
+    assert reply[1] == stranger and parse_untrusted(reply[0]) == Error(
+        code=5, message="unknown transfer id"
+    )
     assert s.stats.strangers == 1 and s._acked == 0
 
 
 def test_lost_final_ack_is_answered_while_lingering() -> None:
     r = BlockReceiver(CLIENT, Params(), now=0.0, give_up_s=5.0, first=encode_ack(0), linger_s=2.0)
-    r.datagrams_to_send()
-    r.receive(encode_data(1, b"end"), CLIENT, 0.1)
-    assert r.next_event() == DataReceived(b"end", True)
-    assert r.datagrams_to_send() == []  # no ACK before the commit
+    r.datagrams_to_send(0.0)
+    r.receive_datagram(encode_data(1, b"end"), CLIENT, 0.1)
+    assert r.next_event() == DataReceived(data=b"end", final=True)
+    assert r.datagrams_to_send(0.0) == []  # no ACK before the commit
     r.accept_final(0.2)
-    assert r.datagrams_to_send() == [(encode_ack(1), CLIENT)]
-    r.receive(encode_data(1, b"end"), CLIENT, 1.0)  # the client did not get it
-    assert r.datagrams_to_send() == [(encode_ack(1), CLIENT)]
+    assert r.datagrams_to_send(0.0) == [(encode_ack(1), CLIENT)]
+    r.receive_datagram(encode_data(1, b"end"), CLIENT, 1.0)  # the client did not get it
+    assert r.datagrams_to_send(0.0) == [(encode_ack(1), CLIENT)]
     r.handle_timer(2.3)
     assert r.finished
 
 
 def test_more_than_announced_tsize_ends_the_transfer() -> None:
     r = BlockReceiver(CLIENT, Params(blksize=8, tsize=10), now=0.0, give_up_s=5.0, proven=True)
-    r.receive(encode_data(1, b"12345678"), CLIENT, 0.1)
-    r.receive(encode_data(2, b"12345678"), CLIENT, 0.2)
+    r.receive_datagram(encode_data(1, b"12345678"), CLIENT, 0.1)
+    r.receive_datagram(encode_data(2, b"12345678"), CLIENT, 0.2)
     events = [r.next_event(), r.next_event()]
-    assert isinstance(events[1], Failed) and isinstance(events[1].error, IntegrityError)
-    assert parse_untrusted(r.datagrams_to_send()[-1][0]).code == 0  # type: ignore[union-attr]
+    assert isinstance(events[1], Failed) and events[1].code == IntegrityError.code
+    assert parse_untrusted(r.datagrams_to_send(0.0)[-1][0]).code == 0  # type: ignore[union-attr]
 
 
 def test_oversized_block_is_a_protocol_error() -> None:
     r = BlockReceiver(CLIENT, Params(blksize=8), now=0.0, give_up_s=5.0, proven=True)
-    r.receive(encode_data(1, b"x" * 9), CLIENT, 0.1)
+    r.receive_datagram(encode_data(1, b"x" * 9), CLIENT, 0.1)
     event = r.next_event()
-    assert isinstance(event, Failed) and isinstance(event.error, RemoteProtocolError)
+    assert isinstance(event, Failed) and event.code == RemoteProtocolError.code
 
 
 def test_malformed_datagrams_from_the_peer_are_counted_not_raised() -> None:
     s = sender(proven=True)
     for junk in (b"", b"\x00", b"\x01\x02\x03\x04", b"\x00\x07\x00\x00", b"\x00\x04\x00"):
-        s.receive(junk, CLIENT, 0.01)
+        s.receive_datagram(junk, CLIENT, 0.01)
     assert s.stats.malformed == 5 and not s.finished
 
 
 def test_client_falls_back_without_options_when_refused() -> None:
-    c = client_for(Request(False, "f", "octet", options(1428, 32)))
-    assert len(c.datagrams_to_send()) == 1
-    c.receive(encode_error(ErrorCode.OPTION_REFUSED, "no options"), TID, 0.01)
-    (again,) = c.datagrams_to_send()
-    assert parse_untrusted(again[0]) == Request(False, "f", "octet", {})
-    c.receive(encode_data(1, b"tiny"), TID, 0.02)
-    assert c.next_event() == DataReceived(b"tiny", True)
+    c = client_for(Request(write=False, filename="f", mode="octet", options=options(1428, 32)))
+    assert len(c.datagrams_to_send(0.0)) == 1
+    c.receive_datagram(encode_error(ErrorCode.OPTION_REFUSED, "no options"), TID, 0.01)
+    (again,) = c.datagrams_to_send(0.0)
+    assert parse_untrusted(again[0]) == Request(write=False, filename="f", mode="octet", options={})
+    c.receive_datagram(encode_data(1, b"tiny"), TID, 0.02)
+    assert c.next_event() == DataReceived(data=b"tiny", final=True)
 
 
 def test_client_rejects_an_oack_raising_its_blksize() -> None:
-    c = client_for(Request(False, "f", "octet", options(1024, 1)))
-    c.datagrams_to_send()
-    c.receive(encode_oack({"blksize": "4096"}), TID, 0.01)
+    c = client_for(Request(write=False, filename="f", mode="octet", options=options(1024, 1)))
+    c.datagrams_to_send(0.0)
+    c.receive_datagram(encode_oack({"blksize": "4096"}), TID, 0.01)
     event = c.next_event()
-    assert isinstance(event, Failed) and isinstance(event.error, RemoteProtocolError)
-    (reply,) = c.datagrams_to_send()
+    assert isinstance(event, Failed) and event.code == RemoteProtocolError.code
+    (reply,) = c.datagrams_to_send(0.0)
     assert parse_untrusted(reply[0]).code == ErrorCode.OPTION_REFUSED  # type: ignore[union-attr]
 
 
 def test_client_gives_up_on_a_silent_server() -> None:
-    c = client_for(Request(False, "f", "octet", {}), give_up_s=3.0)
+    c = client_for(Request(write=False, filename="f", mode="octet", options={}), give_up_s=3.0)
     sent = 0
     while (deadline := c.get_timer()) is not None:
-        sent += len(c.datagrams_to_send())
+        sent += len(c.datagrams_to_send(0.0))
         c.handle_timer(deadline)
     event = c.next_event()
-    assert isinstance(event, Failed) and isinstance(event.error, TransferTimeout)
+    assert isinstance(event, Failed) and event.code == TransferTimeout.code
     assert 2 <= sent <= 3  # the request, repeated with backoff (1 s, 2 s)
+
+
+def test_a_tsize_of_many_digits_is_read_not_ignored() -> None:
+    """An upload announcing 2^41 bytes must be seen as that large (the server then
+    refuses it before any data), not as "no tsize" (which let it dodge the limit)."""
+    params, accepted = negotiate({"tsize": str(2**41)}, Limits(), write=True, file_size=None)
+    assert params.tsize == 2**41 and accepted == {"tsize": str(2**41)}
+    huge = "9" * 21  # more digits than any 64-bit size: ignored like a malformed option
+    assert negotiate({"tsize": huge}, Limits(), write=True, file_size=None)[0].tsize is None
+
+
+def test_an_abort_tells_only_a_peer_that_proved_its_address() -> None:
+    unproven = sender()
+    unproven.datagrams_to_send(0.0)
+    unproven.abort(ErrorCode.NOT_DEFINED, "evicted")
+    assert unproven.datagrams_to_send(0.0) == [] and unproven.finished
+    proven = sender(proven=True)
+    proven.datagrams_to_send(0.0)
+    proven.abort(ErrorCode.NOT_DEFINED, "server shutting down")
+    [(error, to)] = proven.datagrams_to_send(0.0)
+    assert to == CLIENT and parse_untrusted(error) == Error(code=0, message="server shutting down")
+
+
+def test_a_receiver_whose_peer_never_answered_gives_up_in_silence() -> None:
+    r = BlockReceiver(CLIENT, Params(), now=0.0, give_up_s=5.0, first=encode_ack(0))
+    r.datagrams_to_send(0.0)
+    r.handle_timer(5.0)
+    assert r.finished and r.datagrams_to_send(5.0) == []
+    assert isinstance(r.next_event(), Failed)
+
+
+def test_accepting_a_final_block_that_never_came_is_a_local_error() -> None:
+    from ftransfer.errors import LocalProtocolError
+    from ftransfer.proto.tftp.transfer import State
+
+    r = BlockReceiver(CLIENT, Params(), now=0.0, give_up_s=5.0, proven=True)
+    with pytest.raises(LocalProtocolError, match="stored"):
+        r.accept_final(0.1)
+    assert r.state is State.ERROR and r.finished

@@ -9,13 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ftransfer.errors import LocalProtocolError
+from ftransfer.proto.events import Completed, EndReceived, Failed
 from ftransfer.proto.rtt import INITIAL_RTO_S, MAX_RTO_S, MIN_RTO_S, RttEstimator
 from ftransfer.proto.udp import packets as pk
 from ftransfer.proto.udp.congestion import Bbr, NewReno, RateSample, _Mode, create
-from ftransfer.proto.udp.handshake import ServerEndpoint, cookie_valid, make_cookie
+from ftransfer.proto.udp.endpoint import RequestReceived, ServerEndpoint, cookie_valid, make_cookie
 from ftransfer.proto.udp.rangeset import RangeSet
 from ftransfer.proto.udp.sender import Sender
-from ftransfer.proto.udp.session import SessionConfig
+from ftransfer.proto.udp.session import Session, SessionConfig, State
 
 # ---- range sets ------------------------------------------------------------------------
 
@@ -25,7 +27,7 @@ from ftransfer.proto.udp.session import SessionConfig
     st.lists(st.tuples(st.integers(0, 200), st.integers(0, 20)), max_size=40), st.integers(0, 220)
 )
 def test_rangeset_matches_a_plain_set(adds: list[tuple[int, int]], bound: int) -> None:
-    ranges, model = RangeSet(), set()
+    ranges, model = RangeSet(), set[int]()
     for start, length in adds:
         fresh = ranges.add_new(start, start + length)
         assert {x for a, b in fresh for x in range(a, b)} == set(
@@ -78,9 +80,25 @@ BODIES: list[pk.Body] = [
         size=123,
         mtime_ns=-1,
         path="dir/ü.bin",
+        mode=0o750,
+        exclusive=True,
+    ),
+    pk.Initial(
+        nonce=8,
+        operation=pk.Operation.GET,
+        chunk_bytes=1400,
+        window=4096,
+        cookie=b"",
+        size=0,
+        mtime_ns=-1,
+        path="x",
     ),
     pk.Retry(nonce=9, cookie=b"x" * 20),
-    pk.Accept(nonce=9, code=0, chunk_bytes=1400, window=64, size=5, mtime_ns=3, message="ok"),
+    pk.Accept(
+        nonce=9, code=0, chunk_bytes=1400, window=64, size=5, mtime_ns=3, message="", mode=0o600
+    ),
+    pk.Accept(nonce=9, code=0, chunk_bytes=1400, window=64, size=5, mtime_ns=3, message=""),
+    pk.Accept(nonce=9, code=10, chunk_bytes=0, window=0, size=0, mtime_ns=0, message="not found"),
     pk.Data(seq=2**63, tx=5, payload=b"payload"),
     pk.Ack(cumulative=10, largest_tx=99, window=64, delay_us=250, ranges=((20, 25), (12, 14))),
     pk.Fin(size=77, digest=bytes(range(16))),
@@ -94,9 +112,8 @@ BODIES: list[pk.Body] = [
 @pytest.mark.parametrize("body", BODIES, ids=lambda b: type(b).__name__)
 def test_datagrams_round_trip(body: pk.Body) -> None:
     datagram = pk.encode(0xDEADBEEF, body)
-    packet = pk.decode_untrusted(datagram)
-    assert packet.session == 0xDEADBEEF
-    decoded = packet.body
+    session, decoded = pk.decode_untrusted(datagram)
+    assert session == 0xDEADBEEF
     if isinstance(body, pk.Data):
         assert isinstance(decoded, pk.Data) and bytes(decoded.payload) == body.payload
     else:
@@ -254,14 +271,13 @@ def test_unvalidated_clients_get_at_most_three_times_what_they_sent() -> None:
         )
         datagram = pk.encode(0, initial)
         received += len(datagram)
-        endpoint.receive(datagram, (f"203.0.113.{i % 250}", 1000 + i), now=float(i))
-        sent += sum(len(d) for d, _a in endpoint.outbox)
-        endpoint.outbox.clear()
-    assert endpoint.sessions == {} and endpoint.requests == []  # no state was allocated
+        endpoint.receive_datagram(datagram, (f"203.0.113.{i % 250}", 1000 + i), now=float(i))
+        sent += sum(len(d) for d, _a in endpoint.datagrams_to_send(float(i)))
+    assert endpoint.session_count == 0 and endpoint.next_event() is None  # no state kept
     assert sent <= received / 10  # RETRY is tiny: far below the 3x bound
     ping = pk.encode(0, pk.Ping(seq=1, timestamp_ns=5, padding=0))
-    endpoint.receive(ping, ("203.0.113.9", 1), now=0.0)
-    [(pong, address)] = endpoint.outbox
+    endpoint.receive_datagram(ping, ("203.0.113.9", 1), now=0.0)
+    [(pong, address)] = endpoint.datagrams_to_send(0.0)
     assert len(pong) == len(ping) and address == ("203.0.113.9", 1)
 
 
@@ -318,12 +334,12 @@ def test_sessions_are_capped_per_address_and_in_all() -> None:
             mtime_ns=-1,
             path="f",
         )
-        endpoint.receive(pk.encode(0, initial), address, now=0.0)
-        while endpoint.requests:
-            endpoint.accept(endpoint.requests.pop(0), size=0, mtime_ns=-1, now=0.0, read_chunk=None)
-        [(datagram, _address)] = endpoint.outbox
-        endpoint.outbox.clear()
-        accept = pk.decode_untrusted(datagram).body
+        endpoint.receive_datagram(pk.encode(0, initial), address, now=0.0)
+        while (request := endpoint.next_event()) is not None:
+            assert isinstance(request, RequestReceived)
+            endpoint.accept(request, size=0, mtime_ns=-1, now=0.0, read_chunk=None)
+        [(datagram, _address)] = endpoint.datagrams_to_send(0.0)
+        _session, accept = pk.decode_untrusted(datagram)
         assert isinstance(accept, pk.Accept)
         return accept.code
 
@@ -455,3 +471,133 @@ def test_a_repeated_request_resends_the_flight_only_before_any_ack() -> None:
     acked.resend_unseen_flight(0.05)
     assert acked.bytes_in_flight == before == (n - 1) * 1400
     assert acked.stats.retransmitted == 0
+
+
+# ---- requests a validated client may not make ---------------------------------------------
+
+
+def _validated(endpoint: ServerEndpoint, address: tuple[str, int], **fields: object) -> bytes:
+    values: dict[str, object] = {
+        "nonce": 5,
+        "operation": pk.Operation.GET,
+        "chunk_bytes": 1400,
+        "window": 64,
+        "size": 0,
+        "mtime_ns": -1,
+        "path": "f",
+    }
+    values.update(fields)
+    cookie = make_cookie(b"k" * 32, address, int(values["nonce"]), 0.0)  # type: ignore[call-overload]
+    return pk.encode(0, pk.Initial(cookie=cookie, **values))  # type: ignore[arg-type]
+
+
+def _endpoint() -> ServerEndpoint:
+    return ServerEndpoint(
+        secret=b"k" * 32,
+        rng=random.Random(1),
+        config=SessionConfig(chunk_bytes=65000, window=64, give_up_s=5),
+        max_sessions=8,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"operation": 9}, "unknown operation 9"),
+        ({"window": 0}, "window must be at least 1"),
+        ({"chunk_bytes": 100}, "chunk size must be from 512 to 65000"),
+        ({"chunk_bytes": 65001}, "chunk size must be from 512 to 65000"),
+    ],
+)
+def test_a_request_that_cannot_be_served_is_refused_at_once_with_the_reason(
+    fields: dict[str, object], reason: str
+) -> None:
+    endpoint = _endpoint()
+    address = ("10.0.0.1", 7)
+    endpoint.receive_datagram(_validated(endpoint, address, **fields), address, now=0.0)
+    assert endpoint.next_event() is None  # the application is not even asked
+    [(datagram, to)] = endpoint.datagrams_to_send(0.0)
+    session, accept = pk.decode_untrusted(datagram)
+    assert to == address and session == 0 and isinstance(accept, pk.Accept)
+    assert accept.code == 1 and reason in accept.message
+
+
+def test_an_initial_shorter_than_1200_bytes_gets_no_answer() -> None:
+    endpoint = _endpoint()
+    address = ("10.0.0.1", 7)
+    datagram = _validated(endpoint, address)
+    body = datagram[pk.HEADER.size : -pk.CHECK.size].rstrip(b"\0")  # strip the padding
+    head = pk.HEADER.pack(pk.MAGIC, pk.PacketType.INITIAL, 0) + body
+    from ftransfer.checksum import datagram_check
+
+    short = head + pk.CHECK.pack(datagram_check(head))
+    assert len(short) < pk.MIN_INITIAL_BYTES
+    endpoint.receive_datagram(short, address, now=0.0)
+    assert endpoint.datagrams_to_send(0.0) == [] and endpoint.stats.short_initials == 1
+
+
+def test_the_server_chooses_at_most_the_clients_chunk_size() -> None:
+    endpoint = _endpoint()
+    address = ("10.0.0.1", 7)
+    endpoint.receive_datagram(_validated(endpoint, address, chunk_bytes=600), address, now=0.0)
+    request = endpoint.next_event()
+    assert isinstance(request, RequestReceived)
+    endpoint.accept(request, size=10, mtime_ns=0, now=0.0, read_chunk=lambda o, n: bytes(n))
+    _session, accept = pk.decode_untrusted(endpoint.datagrams_to_send(0.0)[0][0])
+    assert isinstance(accept, pk.Accept) and accept.chunk_bytes == 600
+
+
+# ---- the session's state table --------------------------------------------------------------
+
+
+def _receiver_session() -> Session:
+    return Session(
+        session_id=1,
+        size=3,
+        sending=False,
+        config=SessionConfig(chunk_bytes=1400, window=64, give_up_s=5),
+        now=0.0,
+    )
+
+
+def test_a_verdict_is_given_once_and_only_on_end_received() -> None:
+    session = _receiver_session()
+    with pytest.raises(LocalProtocolError, match="finish"):
+        session.finish(code=0, message="", digest=bytes(16), now=0.0)  # nothing arrived yet
+    assert session.state is State.ERROR
+    with pytest.raises(LocalProtocolError, match="failed earlier"):
+        session.abort()  # an error state refuses all further work
+
+
+def test_a_failed_verdict_carries_the_receivers_digest_and_the_close_its_code() -> None:
+    receiver = _receiver_session()
+    receiver.receive_data(0, 0, memoryview(b"abc"), now=0.0)
+    receiver.receive(pk.Fin(size=3, digest=bytes(16)), now=0.0)
+    events = [receiver.next_event(), receiver.next_event()]
+    assert isinstance(events[1], EndReceived)
+    mine = b"\x01" * 16
+    receiver.finish(code=30, message="xxh3-128 mismatch", digest=mine, now=0.0)
+    [result] = [
+        pk.decode_untrusted(d)[1] for d in receiver.datagrams(0.0) if d[1] == pk.PacketType.RESULT
+    ]
+    assert isinstance(result, pk.Result) and result.digest == mine and result.code == 30
+    assert receiver.next_event() == Failed(
+        code=30, message="xxh3-128 mismatch", digest=mine, session=1
+    )
+    sender = Session(
+        session_id=1,
+        size=3,
+        sending=True,
+        config=SessionConfig(chunk_bytes=1400, window=64, give_up_s=5),
+        now=0.0,
+        read_chunk=lambda offset, n: b"abc"[offset : offset + n],
+    )
+    sender.datagrams(0.0)
+    sender.receive(pk.Ack(cumulative=1, largest_tx=0, window=64, delay_us=0, ranges=()), now=0.01)
+    sender.datagrams(0.01)  # every chunk acknowledged: the FIN goes out
+    sender.receive(result, now=0.02)
+    [close] = [pk.decode_untrusted(d)[1] for d in sender.datagrams(0.02)]
+    assert isinstance(close, pk.Close) and close.code == 30  # not 0: the transfer failed
+    assert isinstance(sender.next_event(), Failed)
+    assert sender.state is State.DONE and sender.next_event() is None
+    assert not isinstance(sender.next_event(), Completed)

@@ -18,6 +18,14 @@ already refused (ERROR sent while the client is still uploading) is *discarded*
 by the core: its remaining DATA/END/ABORT frames are consumed without events, so the
 server needs no "skip" state of its own.
 
+Errors (h11's rule): after a protocol error, received or local, the connection is
+broken and refuses more work. The last thing a server may still send is one ERROR
+that ends the connection (``close_with_error``: code 1 for a protocol error, 42
+for a timeout, 50 for an internal error), allowed whenever the reply stream is at
+a frame boundary: between replies, or in a download or listing, where ERROR may
+stand in place of END or LIST_END. Only a DATA frame half written (the adapter's
+sendfile) rules it out, and the adapter knows when that is.
+
 Zero copy: ``receive_data`` keeps a view of the caller's buffer and ``FileData``
 events are slices of it. The caller must drain ``next_event`` until ``NEED_DATA``
 before calling ``receive_data`` again (enforced). Only headers and control payloads
@@ -162,7 +170,8 @@ class Connection:
         self._control: tuple[FrameType, int] | None = None
         self._data_left = 0
         self._eof = False
-        self._broken: RemoteProtocolError | None = None
+        self._broken: ProtocolError | None = None
+        self._closed_with_error = False
 
     # ---- state, for adapters and tests ----------------------------------------
 
@@ -173,6 +182,12 @@ class Connection:
     @property
     def reply_state(self) -> StreamState:
         return self._replies.state
+
+    @property
+    def in_file(self) -> bool:
+        """A file's bytes are arriving (an upload on the server, a download on the
+        client): the adapter reads into a large buffer meanwhile."""
+        return self._inbound.state in (StreamState.UPLOADING, StreamState.DOWNLOADING)
 
     @property
     def pending_requests(self) -> int:
@@ -190,13 +205,18 @@ class Connection:
         self._view = memoryview(data)
         self._pos = 0
 
+    @property
+    def broken(self) -> ProtocolError | None:
+        """The protocol error that broke the connection, if one did."""
+        return self._broken
+
     def next_event(self) -> ev.Event | ev.NeedData | ev.ConnectionClosed:
         """The next complete event, NEED_DATA, or ConnectionClosed at a clean end."""
         if self._broken is not None:
             raise self._broken
         try:
             return self._next_event()
-        except RemoteProtocolError as exc:
+        except ProtocolError as exc:
             self._broken = exc
             raise
 
@@ -273,18 +293,40 @@ class Connection:
 
     def send(self, event: ev.Event) -> bytes:
         """Account for an event we send and return its bytes to write."""
+        self._check_usable()
         if isinstance(event, ev.FileData):
             return self.start_data(len(event.data)) + bytes(event.data)
         data = frames.encode(event)
-        self._accept(event, received=False)
+        try:
+            self._accept(event, received=False)
+        except LocalProtocolError as exc:
+            self._broken = exc
+            raise
         return data
 
     def start_data(self, nbytes: int) -> bytes:
         """Header of a DATA frame whose ``nbytes`` the caller sends itself (sendfile)."""
+        self._check_usable()
         outbound = self._requests if self.role is Role.CLIENT else self._replies
         outbound.check_data(nbytes, LocalProtocolError)
         outbound.remaining -= nbytes
         return frames.header(FrameType.DATA, nbytes)
+
+    def close_with_error(self, code: int, message: str) -> bytes:
+        """The server's last frame: an ERROR that ends the connection (see the module
+        docstring for when it may be sent). The caller closes after writing it."""
+        if self.role is not Role.SERVER or self._closed_with_error:
+            raise LocalProtocolError("only a server ends a connection with ERROR, once")
+        self._closed_with_error = True
+        self._replies.state = StreamState.CLOSED
+        self._pending.clear()
+        return frames.encode(ev.Failed(code=code, message=message))
+
+    def _check_usable(self) -> None:
+        if self._closed_with_error:
+            raise LocalProtocolError("the connection was ended with ERROR")
+        if isinstance(self._broken, LocalProtocolError):
+            raise LocalProtocolError(f"the connection is broken: {self._broken}")
 
     # ---- the two streams ------------------------------------------------------------
 

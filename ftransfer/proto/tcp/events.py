@@ -1,14 +1,18 @@
-"""Events of the TCP protocol: one frozen, keyword-only dataclass per message.
+"""Events of the TCP protocol: one frozen, keyword-only record per message.
 
 The same classes describe what was received (from ``Connection.next_event``) and
 what to send (``Connection.send``); names say what happened on the wire. Requests
 flow client -> server, replies server -> client (see protocol.md for the bytes).
+An ERROR frame is the shared ``Failed`` record (proto/events.py), as it is for the
+datagram cores.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
+
+from ..._records import record
+from ..events import Failed as Failed
 
 
 class EntryKind(IntEnum):
@@ -20,7 +24,7 @@ class EntryKind(IntEnum):
     OTHER = 4
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class Entry:
     """One directory entry."""
 
@@ -31,12 +35,14 @@ class Entry:
     """Bytes; 0 for directories."""
     mtime_ns: int
     """Modification time, nanoseconds since the epoch."""
+    mode: int
+    """Permission bits (0o777 at most)."""
 
 
 # ---- client -> server -------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class HelloOffered:
     """The client's opening: the range of versions it speaks."""
 
@@ -44,7 +50,7 @@ class HelloOffered:
     max_version: int
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class PutRequested:
     """An upload begins; DATA frames and END (or ABORT) follow."""
 
@@ -53,51 +59,53 @@ class PutRequested:
     """Exact number of bytes that will follow."""
     mtime_ns: int
     """Modification time to give the file; -1 keeps the server's clock."""
+    mode: int
+    """Permission bits of the source (the server applies its umask)."""
     exclusive: bool
     """Refuse if the name exists (no-clobber)."""
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class FileAborted:
     """The sender gives up on the current upload; nothing is committed."""
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class GetRequested:
     """Download a file."""
 
     path: str
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class DownloadVerified:
     """The client reports the digest it computed over a download (no reply)."""
 
     digest: bytes
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class ListRequested:
     """List a directory ("" is the root)."""
 
     path: str
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class StatRequested:
     """Size, mtime and digest of one name ("" is the root)."""
 
     path: str
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class RemoveRequested:
     """Remove a file or an empty directory."""
 
     path: str
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class MkdirRequested:
     """Create a directory; with ``parents`` also missing parents, and no error if it exists."""
 
@@ -105,18 +113,20 @@ class MkdirRequested:
     parents: bool
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class MoveRequested:
     """Rename ``source`` to ``target`` (into it, when ``target`` is a directory)."""
 
     source: str
     target: str
+    exclusive: bool = False
+    """Refuse if the final name exists (no-clobber)."""
 
 
 # ---- both directions ----------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class FileData:
     """A run of file bytes.
 
@@ -127,7 +137,7 @@ class FileData:
     data: bytes | memoryview
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class FileEnded:
     """End of a file's bytes, with the sender's xxh3-128 digest of all of them."""
 
@@ -137,7 +147,7 @@ class FileEnded:
 # ---- server -> client -----------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class HelloAccepted:
     """The server's answer to HELLO."""
 
@@ -146,34 +156,36 @@ class HelloAccepted:
     read_only: bool
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class PutCommitted:
     """The upload is verified and durable at its final name; the digest the server computed."""
 
     digest: bytes
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class FileStarted:
     """A download begins: DATA frames and END (or ERROR) follow."""
 
     size: int
     mtime_ns: int
+    mode: int
+    """Permission bits of the file on the server."""
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class Listed:
     """A batch of directory entries; more batches may follow, then ListEnded."""
 
     entries: tuple[Entry, ...]
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class ListEnded:
     """The listing is complete."""
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class Stated:
     """Answer to STAT; ``digest`` is all zeros for anything but a regular file."""
 
@@ -181,28 +193,20 @@ class Stated:
     digest: bytes
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class Done:
     """Success of REMOVE, MKDIR or MOVE."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Failed:
-    """The request failed; ``code`` is from protocol.md's table (errors.py)."""
-
-    code: int
-    message: str
 
 
 # ---- pseudo-events (never on the wire) --------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class ConnectionClosed:
     """The peer closed the connection cleanly, at a frame boundary."""
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@record
 class NeedData:
     """``next_event`` has nothing more until ``receive_data`` is called."""
 

@@ -23,6 +23,7 @@ from ...config import (
     MAX_FRAME_BYTES,
 )
 from ...errors import LocalProtocolError, RemoteProtocolError
+from ..events import Failed
 from . import events as ev
 
 
@@ -54,10 +55,13 @@ class FrameType(IntEnum):
 _HEADER = struct.Struct(">BI")
 _HELLO = struct.Struct(">4sHH")
 _HELLO_OK = struct.Struct(">HII")
-_PUT = struct.Struct(">QqB")
-_FILE = struct.Struct(">Qq")
-_ENTRY = struct.Struct(">BQqH")
+_PUT = struct.Struct(">QqBH")
+_FILE = struct.Struct(">QqH")
+_ENTRY = struct.Struct(">BQqHH")
+_MOVE = struct.Struct(">BH")
 _U16 = struct.Struct(">H")
+MODE_MASK = 0o777
+"""Only permission bits cross the wire: never setuid, setgid or sticky."""
 _MAX_SIZE = 2**63 - 1
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
 
@@ -119,9 +123,7 @@ def _hello(raw: bytes) -> ev.Event:
     magic, low, high = _HELLO.unpack(raw)
     if magic != HELLO_MAGIC:
         raise RemoteProtocolError("not an ftransfer peer (bad HELLO magic)")
-    if low > high:
-        raise RemoteProtocolError("HELLO version range is empty")
-    return ev.HelloOffered(min_version=low, max_version=high)
+    return ev.HelloOffered(min_version=low, max_version=high)  # an empty range: no version
 
 
 def _hello_ok(raw: bytes) -> ev.Event:
@@ -131,25 +133,31 @@ def _hello_ok(raw: bytes) -> ev.Event:
 
 
 def _put(raw: bytes) -> ev.Event:
-    size, mtime_ns, flags = _fixed_untrusted(raw, _PUT, "PUT")
-    assert isinstance(mtime_ns, int) and isinstance(flags, int)
+    size, mtime_ns, flags, mode = _fixed_untrusted(raw, _PUT, "PUT")
+    assert isinstance(mtime_ns, int) and isinstance(flags, int) and isinstance(mode, int)
     path = _text_untrusted(raw[_PUT.size :], "PUT path")
     return ev.PutRequested(
-        path=path, size=_size_untrusted(size, "PUT"), mtime_ns=mtime_ns, exclusive=bool(flags & 1)
+        path=path,
+        size=_size_untrusted(size, "PUT"),
+        mtime_ns=mtime_ns,
+        mode=mode & MODE_MASK,
+        exclusive=bool(flags & 1),
     )
 
 
 def _file(raw: bytes) -> ev.Event:
     if len(raw) != _FILE.size:
         raise RemoteProtocolError("FILE has the wrong length")
-    size, mtime_ns = _FILE.unpack(raw)
-    return ev.FileStarted(size=_size_untrusted(size, "FILE"), mtime_ns=mtime_ns)
+    size, mtime_ns, mode = _FILE.unpack(raw)
+    return ev.FileStarted(
+        size=_size_untrusted(size, "FILE"), mtime_ns=mtime_ns, mode=mode & MODE_MASK
+    )
 
 
 def _entry_untrusted(raw: bytes, offset: int) -> tuple[ev.Entry, int]:
     if len(raw) - offset < _ENTRY.size:
         raise RemoteProtocolError("ENTRIES frame is truncated")
-    kind, size, mtime_ns, name_len = _ENTRY.unpack_from(raw, offset)
+    kind, size, mtime_ns, mode, name_len = _ENTRY.unpack_from(raw, offset)
     start = offset + _ENTRY.size
     if len(raw) - start < name_len:
         raise RemoteProtocolError("ENTRIES name is truncated")
@@ -157,7 +165,11 @@ def _entry_untrusted(raw: bytes, offset: int) -> tuple[ev.Entry, int]:
         raise RemoteProtocolError(f"unknown entry kind {kind}")
     name = _text_untrusted(raw[start : start + name_len], "entry name")
     entry = ev.Entry(
-        name=name, kind=ev.EntryKind(kind), size=_size_untrusted(size, "entry"), mtime_ns=mtime_ns
+        name=name,
+        kind=ev.EntryKind(kind),
+        size=_size_untrusted(size, "entry"),
+        mtime_ns=mtime_ns,
+        mode=mode & MODE_MASK,
     )
     return entry, start + name_len
 
@@ -187,13 +199,16 @@ def _mkdir(raw: bytes) -> ev.Event:
 
 
 def _move(raw: bytes) -> ev.Event:
-    (src_len,) = _fixed_untrusted(raw, _U16, "MOVE")
-    assert isinstance(src_len, int)
-    if len(raw) - 2 < src_len:
+    flags, src_len = _fixed_untrusted(raw, _MOVE, "MOVE")
+    assert isinstance(flags, int) and isinstance(src_len, int)
+    start = _MOVE.size
+    if len(raw) - start < src_len:
         raise RemoteProtocolError("MOVE source is truncated")
-    source = _text_untrusted(raw[2 : 2 + src_len], "MOVE source")
+    source = _text_untrusted(raw[start : start + src_len], "MOVE source")
     return ev.MoveRequested(
-        source=source, target=_text_untrusted(raw[2 + src_len :], "MOVE target")
+        source=source,
+        target=_text_untrusted(raw[start + src_len :], "MOVE target"),
+        exclusive=bool(flags & 1),
     )
 
 
@@ -201,7 +216,7 @@ def _error(raw: bytes) -> ev.Event:
     (code,) = _fixed_untrusted(raw, _U16, "ERROR")
     assert isinstance(code, int)
     message = raw[2:].decode("utf-8", errors="replace")
-    return ev.Failed(code=code, message=message)
+    return Failed(code=code, message=message)
 
 
 def _empty(make: Callable[[], ev.Event], what: str) -> Callable[[bytes], ev.Event]:
@@ -264,9 +279,22 @@ def _path_bytes(path: str) -> bytes:
 
 
 def encode_entry(entry: ev.Entry) -> bytes:
-    """One entry of an ENTRIES frame; undecodable bytes in local names become U+FFFD."""
+    """One entry of an ENTRIES frame (stores list only names that are valid UTF-8;
+    anything else would become U+FFFD here)."""
     name = entry.name.encode("utf-8", errors="replace")
-    return _ENTRY.pack(entry.kind, entry.size, entry.mtime_ns, len(name)) + name
+    mode = entry.mode & MODE_MASK
+    return _ENTRY.pack(entry.kind, entry.size, entry.mtime_ns, mode, len(name)) + name
+
+
+def truncate_utf8(text: str, limit: int) -> bytes:
+    """``text`` in UTF-8, cut to at most ``limit`` bytes on a character boundary."""
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= limit:
+        return data
+    cut = limit
+    while cut > 0 and (data[cut] & 0xC0) == 0x80:  # a continuation byte: back up
+        cut -= 1
+    return data[:cut]
 
 
 def _encode_payload(event: ev.Event) -> tuple[FrameType, bytes]:
@@ -275,8 +303,8 @@ def _encode_payload(event: ev.Event) -> tuple[FrameType, bytes]:
             return FrameType.HELLO, _HELLO.pack(HELLO_MAGIC, low, high)
         case ev.HelloAccepted(version=v, max_frame_bytes=m, read_only=ro):
             return FrameType.HELLO_OK, _HELLO_OK.pack(v, m, int(ro))
-        case ev.PutRequested(path=p, size=s, mtime_ns=t, exclusive=x):
-            return FrameType.PUT, _PUT.pack(s, t, int(x)) + _path_bytes(p)
+        case ev.PutRequested(path=p, size=s, mtime_ns=t, mode=m, exclusive=x):
+            return FrameType.PUT, _PUT.pack(s, t, int(x), m & MODE_MASK) + _path_bytes(p)
         case ev.FileData(data=d):
             return FrameType.DATA, bytes(d)
         case ev.FileEnded(digest=d):
@@ -287,8 +315,8 @@ def _encode_payload(event: ev.Event) -> tuple[FrameType, bytes]:
             return FrameType.PUT_OK, d
         case ev.GetRequested(path=p):
             return FrameType.GET, _path_bytes(p)
-        case ev.FileStarted(size=s, mtime_ns=t):
-            return FrameType.FILE, _FILE.pack(s, t)
+        case ev.FileStarted(size=s, mtime_ns=t, mode=m):
+            return FrameType.FILE, _FILE.pack(s, t, m & MODE_MASK)
         case ev.DownloadVerified(digest=d):
             return FrameType.VERIFIED, d
         case ev.ListRequested(path=p):
@@ -305,14 +333,15 @@ def _encode_payload(event: ev.Event) -> tuple[FrameType, bytes]:
             return FrameType.REMOVE, _path_bytes(p)
         case ev.MkdirRequested(path=p, parents=parents):
             return FrameType.MKDIR, bytes([int(parents)]) + _path_bytes(p)
-        case ev.MoveRequested(source=s, target=t):
+        case ev.MoveRequested(source=s, target=t, exclusive=x):
             src = _path_bytes(s)
-            return FrameType.MOVE, _U16.pack(len(src)) + src + _path_bytes(t)
+            return FrameType.MOVE, _MOVE.pack(int(x), len(src)) + src + _path_bytes(t)
         case ev.Done():
             return FrameType.OK, b""
-        case ev.Failed(code=code, message=message):
-            text = message.encode("utf-8", errors="replace")[:MAX_ERROR_MESSAGE_BYTES]
-            return FrameType.ERROR, _U16.pack(code) + text
+        case Failed(code=code, message=message):
+            return FrameType.ERROR, _U16.pack(code) + truncate_utf8(
+                message, MAX_ERROR_MESSAGE_BYTES
+            )
     raise LocalProtocolError(f"cannot encode {event!r}")
 
 

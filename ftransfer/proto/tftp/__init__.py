@@ -1,1 +1,2 @@
-"""tftp core (sans-IO)."""
+"""TFTP's sans-IO core: ``packets`` (codec and option negotiation), ``transfer``
+(block sender and receiver), ``client`` (the request handshake), ``netascii``."""

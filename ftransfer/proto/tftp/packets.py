@@ -26,17 +26,17 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import IntEnum
 
+from ..._records import factory, record
+from ...config import TFTP_MAX_BLKSIZE, TFTP_MAX_WINDOWSIZE, TFTP_MIN_BLKSIZE
 from ...errors import RemoteProtocolError
 
 DEFAULT_BLKSIZE = 512
 """RFC 1350's block size, used whenever blksize is not negotiated."""
-MIN_BLKSIZE = 8
-MAX_BLKSIZE = 65464
+MIN_BLKSIZE, MAX_BLKSIZE = TFTP_MIN_BLKSIZE, TFTP_MAX_BLKSIZE
 """RFC 2348 range."""
-MAX_WINDOWSIZE = 65535
+MAX_WINDOWSIZE = TFTP_MAX_WINDOWSIZE
 """RFC 7440 range upper bound (lower bound 1)."""
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1, 255
 """RFC 2349 range of the timeout option, in whole seconds."""
@@ -75,7 +75,7 @@ class TftpPacketError(RemoteProtocolError):
     """Bytes that are not a well-formed TFTP packet."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Request:
     """RRQ (``write`` False) or WRQ."""
 
@@ -83,28 +83,28 @@ class Request:
     filename: str
     mode: str
     """Lower-cased transfer mode: ``octet`` or ``netascii``."""
-    options: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = factory(dict)
     """Lower-cased option names to their values, first occurrence wins."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Data:
     block: int
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ack:
     block: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Error:
     code: int
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OptionAck:
     options: dict[str, str]
 
@@ -156,17 +156,17 @@ def parse_untrusted(datagram: bytes | memoryview) -> Packet:
     if opcode in (Opcode.RRQ, Opcode.WRQ):
         return _request(opcode == Opcode.WRQ, body)
     if opcode == Opcode.OACK:
-        return OptionAck(_options(_strings(body)) if body else {})
+        return OptionAck(options=_options(_strings(body)) if body else {})
     if len(body) < 2:
         raise TftpPacketError(f"opcode {opcode} needs a 2-byte block or code")
     (number,) = OPCODE.unpack_from(body)
     if opcode == Opcode.DATA:
-        return Data(number, body[2:])
+        return Data(block=number, payload=body[2:])
     if opcode == Opcode.ACK:
-        return Ack(number)
+        return Ack(block=number)
     if opcode == Opcode.ERROR:
         text = body[2:].split(b"\0", 1)[0]
-        return Error(number, text.decode("utf-8", "replace"))
+        return Error(code=number, message=text.decode("utf-8", "replace"))
     raise TftpPacketError(f"unknown opcode {opcode}")
 
 
@@ -197,7 +197,7 @@ def encode_oack(options: Mapping[str, str]) -> bytes:
     return OPCODE.pack(Opcode.OACK) + body
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Params:
     """What a transfer runs with once options are settled."""
 
@@ -209,7 +209,7 @@ class Params:
     """The transfer size, when known (RFC 2349)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Limits:
     """The operator's caps on what a client may ask for."""
 
@@ -221,8 +221,17 @@ class OptionError(Exception):
     """An option value the server refuses outright (answered with ERROR 8)."""
 
 
+MAX_OPTION_DIGITS = 20
+"""Option values are decimal numbers of at most this many digits (2^64 has 20):
+longer ones are ignored, as an unknown option is."""
+
+
 def _int(value: str) -> int | None:
-    return int(value) if value.isdigit() and len(value) <= 10 else None
+    return (
+        int(value)
+        if value.isascii() and value.isdigit() and len(value) <= MAX_OPTION_DIGITS
+        else None
+    )
 
 
 def negotiate(
@@ -254,7 +263,7 @@ def negotiate(
         size = value if write else file_size
         if size is not None:
             accepted["tsize"] = str(size)
-    return Params(blksize, window, timeout, size), accepted
+    return Params(blksize=blksize, windowsize=window, timeout_s=timeout, tsize=size), accepted
 
 
 def check_oack(asked: Mapping[str, str], answer: Mapping[str, str]) -> Params:
@@ -281,4 +290,4 @@ def check_oack(asked: Mapping[str, str], answer: Mapping[str, str]) -> Params:
             timeout = float(value)
         elif name == "tsize":
             size = value
-    return Params(blksize, window, timeout, size)
+    return Params(blksize=blksize, windowsize=window, timeout_s=timeout, tsize=size)

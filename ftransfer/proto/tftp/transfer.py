@@ -2,13 +2,14 @@
 
 Theory of operation
 -------------------
-Both ends of a TFTP transfer are one of two machines, whoever started it:
+Both ends of a TFTP transfer are one of two datagram cores (machine.py),
+whoever started it:
 
 - ``BlockSender`` sends a byte stream as DATA blocks, ``windowsize`` at a time
   (RFC 7440; 1 is RFC 1350's lockstep). It keeps the encoded blocks of the open
   window for retransmission, and reads the next ones from a sequential ``read(n)``.
-- ``BlockReceiver`` takes DATA in order, delivers each payload as an event and acks
-  at the end of each window, on a gap, and on the final (short) block.
+- ``BlockReceiver`` takes DATA in order, delivers each payload as ``DataReceived``
+  and acks at the end of each window, on a gap, and on the final (short) block.
 
 Block numbers on the wire are 16 bits and roll over to 0 after 65535, as tftp-hpa,
 curl and tftpy do; internally blocks are counted without wrapping, and a wire
@@ -25,25 +26,27 @@ Rules that real TFTP implementations get wrong, kept here:
   this transfer (an ACK to our first packet, or DATA), a timeout sends nothing. A
   TFTP server cannot validate an address first, so this keeps a spoofed request
   worth one reply; a real client that lost it repeats its request, and
-  ``request_repeated`` answers that with the first packet again.
+  ``request_repeated`` answers that with the first packet again. Nor does any
+  ending (a give-up, an abort, an eviction) send an ERROR to an unproven peer.
 - **Lost final ACK**: the receiver stays ``linger_s`` after acking the final block,
   re-acking a repeated final block, and the sender treats silence after its final
   block as a timeout like any other.
 - **Transfer ids**: a datagram from any address but the peer's gets ERROR 5 sent to
   its source and changes nothing.
 
-Every public method takes ``now``; ``get_timer()`` is the one absolute deadline,
-``datagrams_to_send()`` the (bytes, address) pairs to transmit, ``next_event()`` what
-happened. ``TftpClient`` wraps one of the two machines behind the request handshake.
+States are data: ``SENDER`` and ``RECEIVER`` are transition tables; the local
+triggers (``accept_final``, ``abort``) raise LocalProtocolError where the table has
+no entry. Failures are ``Failed(code, message)`` with ftransfer's error codes (a
+peer's TFTP error code is mapped by ``error_from_tftp``).
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import NamedTuple
+from enum import Enum
 
+from ..._records import record
 from ...errors import (
     Exists,
     FtransferError,
@@ -56,28 +59,24 @@ from ...errors import (
     RemoteProtocolError,
     TransferTimeout,
 )
+from ..events import Completed, DataReceived, Failed
+from ..machine import Machine
 from ..rtt import MIN_RTO_S, RttEstimator
 from .packets import (
-    Ack,
-    Data,
     Error,
     ErrorCode,
     Opcode,
-    OptionAck,
-    OptionError,
     Params,
-    Request,
     TftpPacketError,
-    check_oack,
     encode_ack,
     encode_data,
     encode_error,
-    encode_request,
     parse_untrusted,
 )
 
 Address = tuple[str, int]
 Reader = Callable[[int], bytes]
+Event = DataReceived | Completed | Failed
 
 _DATA, _ACK, _ERROR = int(Opcode.DATA), int(Opcode.ACK), int(Opcode.ERROR)
 
@@ -109,35 +108,12 @@ def error_from_tftp(code: int, message: str) -> FtransferError:
     return cls(f"tftp error {code}: {message}" if message else f"tftp error {code}")
 
 
-class DataReceived(NamedTuple):
-    """The next in-order payload; ``final`` for the short block that ends the file.
-
-    After a final block the receiver waits for ``accept_final`` (the commit) before
-    it sends the final ACK, so the peer only hears "done" once the file is stored.
-    (A NamedTuple, not a frozen dataclass: one is made per block, and a frozen
-    dataclass costs a microsecond more to build, a few percent of a round trip.)"""
-
-    payload: bytes
-    final: bool
+def failure(error: FtransferError) -> Failed:
+    """The ``Failed`` event for an error."""
+    return Failed(code=error.code or InternalError.code, message=str(error))
 
 
-@dataclass(frozen=True, slots=True)
-class Completed:
-    """The transfer is done: the final block was acknowledged (sender) or the
-    final ACK was sent (receiver)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """The transfer ended without completing; ``error`` says why."""
-
-    error: FtransferError
-
-
-Event = DataReceived | Completed | Failed
-
-
-@dataclass(slots=True)
+@record(frozen=False)
 class TftpStats:
     """Counters for the end-of-transfer summary."""
 
@@ -151,8 +127,61 @@ class TftpStats:
     malformed: int = 0
 
 
-class _Machine:
-    """What both machines share: peer binding, output, events, timers, give-up.
+class State(Enum):
+    OFFERED = "offered"
+    """Sender: OACK sent, waiting for ACK 0."""
+    SENDING = "sending"
+    RECEIVING = "receiving"
+    STORING = "storing"
+    """Receiver: the final block is in; waiting for the application's commit."""
+    LINGERING = "lingering"
+    """Receiver: final ACK sent; re-acking a repeated final block."""
+    DONE = "done"
+    FAILED = "failed"
+    ERROR = "error"
+
+
+class Trigger(Enum):
+    OACK_ACKED = "ACK 0"
+    FINAL_ACKED = "ACK of the final block"
+    FINAL_BLOCK = "the short block"
+    STORED = "accept_final(): committed"
+    LINGER_OVER = "linger time over"
+    PEER_ERROR = "ERROR received"
+    BAD_DATA = "a block larger than blksize, or a size mismatch"
+    GAVE_UP = "no progress for give_up_s"
+    ABORT = "abort()"
+
+
+S, T = State, Trigger
+_ENDS: dict[Trigger, State] = {
+    T.PEER_ERROR: S.FAILED,
+    T.GAVE_UP: S.FAILED,
+    T.ABORT: S.FAILED,
+    T.BAD_DATA: S.FAILED,
+}
+SENDER: dict[tuple[Enum, Enum], Enum] = {
+    (S.OFFERED, T.OACK_ACKED): S.SENDING,
+    (S.SENDING, T.FINAL_ACKED): S.DONE,
+    **{(state, trigger): nxt for state in (S.OFFERED, S.SENDING) for trigger, nxt in _ENDS.items()},
+}
+RECEIVER: dict[tuple[Enum, Enum], Enum] = {
+    (S.RECEIVING, T.FINAL_BLOCK): S.STORING,
+    (S.STORING, T.STORED): S.LINGERING,
+    (S.LINGERING, T.LINGER_OVER): S.DONE,
+    (S.LINGERING, T.ABORT): S.DONE,
+    **{
+        (state, trigger): nxt
+        for state in (S.RECEIVING, S.STORING)
+        for trigger, nxt in _ENDS.items()
+    },
+}
+LOCAL = frozenset({T.STORED, T.ABORT})
+_OVER = frozenset({S.DONE, S.FAILED, S.ERROR})
+
+
+class _Transfer:
+    """What both cores share: peer binding, output, events, timers, give-up.
 
     Round-trip time is measured the classic way (RFC 6298 sec. 3, Karn): one block
     at a time is timed, from its first transmission to the ACK that covers it, and a
@@ -160,11 +189,20 @@ class _Machine:
     at O(1) cost per block; in lockstep only every TIME_EVERY-th block is timed."""
 
     def __init__(
-        self, peer: Address, params: Params, *, now: float, give_up_s: float, rtt: RttEstimator
+        self,
+        name: str,
+        table: dict[tuple[Enum, Enum], Enum],
+        initial: State,
+        peer: Address,
+        params: Params,
+        *,
+        now: float,
+        give_up_s: float,
+        rtt: RttEstimator,
     ) -> None:
+        self.machine = Machine(name, table, initial, local=LOCAL, error=S.ERROR)
         self.peer, self.params = peer, params
         self.stats = TftpStats()
-        self.finished = False
         self.proven = False
         self._rtt = rtt
         self._bound = params.timeout_s or DEFAULT_TIMEOUT_S
@@ -178,6 +216,17 @@ class _Machine:
         self._timed: int | None = None  # the block (or ack) being timed
         self._timed_at = 0.0
 
+    @property
+    def state(self) -> State:
+        state = self.machine.state
+        assert isinstance(state, State)
+        return state
+
+    @property
+    def finished(self) -> bool:
+        """Over: done, failed, or broken by misuse."""
+        return self.machine.state in _OVER
+
     def _compute_rto(self) -> float:
         return max(MIN_RTO_S, min(self._rtt.rto(), self._bound))
 
@@ -189,7 +238,9 @@ class _Machine:
         self._timed = None
         self._rto = self._compute_rto()
 
-    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+    # ---- the datagram-core API ----------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
         out = self._out
         if out:
             self._out = []
@@ -205,53 +256,28 @@ class _Machine:
         give_up = self._give_up_at
         return give_up if retry is None or give_up < retry else retry
 
-    def _send(self, datagram: bytes) -> None:
-        self._out.append((datagram, self.peer))
-        self.stats.datagrams_sent += 1
-
-    def _fail(self, error: FtransferError, *, notify: tuple[int, str] | None = None) -> None:
-        if self.finished:
-            return
-        if notify is not None:
-            self._send(encode_error(*notify))
-        self.finished = True
-        self._events.append(Failed(error))
-
-    def abort(self, code: int, message: str) -> None:
-        """End the transfer from our side, telling the peer why (no event)."""
-        if not self.finished:
-            self._send(encode_error(code, message))
-            self.finished = True
-
-    def request_repeated(self, now: float) -> None:
-        """The peer sent its request again: it lost our first packet, so resend it
-        (only while the peer has not yet shown it receives us)."""
-        if not self.proven and not self.finished and self._first is not None:
-            self._send(self._first)
-            self.stats.retransmitted += 1
-
-    def receive(self, datagram: bytes | memoryview, address: Address, now: float) -> None:
-        """One datagram from ``address``."""
+    def receive_datagram(self, data: bytes | memoryview, addr: Address, now: float) -> None:
+        """One datagram from ``addr``."""
         self.stats.datagrams_received += 1
-        if address != self.peer:
+        if addr != self.peer:
             self.stats.strangers += 1
-            self._out.append((encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer id"), address))
+            self._out.append((encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer id"), addr))
             return
-        if self.finished or len(datagram) < 4 or datagram[0]:
+        if self.finished or len(data) < 4 or data[0]:
             self.stats.malformed += not self.finished
             return
-        opcode = datagram[1]
-        if opcode == _ACK and len(datagram) == 4:  # the hot paths, parsed in place
-            self._on_ack(datagram[2] << 8 | datagram[3], now)
+        opcode = data[1]
+        if opcode == _ACK and len(data) == 4:  # the hot paths, parsed in place
+            self._on_ack(data[2] << 8 | data[3], now)
         elif opcode == _DATA:
-            self._on_data(datagram[2] << 8 | datagram[3], bytes(datagram[4:]), now)
+            self._on_data(data[2] << 8 | data[3], bytes(data[4:]), now)
         elif opcode == _ERROR:
             try:
-                packet = parse_untrusted(datagram)
+                packet = parse_untrusted(data)
             except TftpPacketError:
-                packet = Error(ErrorCode.NOT_DEFINED, "")
+                packet = Error(code=ErrorCode.NOT_DEFINED, message="")
             assert isinstance(packet, Error)
-            self._fail(error_from_tftp(packet.code, packet.message))
+            self._fail(T.PEER_ERROR, error_from_tftp(packet.code, packet.message))
         else:
             self.stats.malformed += 1
 
@@ -269,12 +295,44 @@ class _Machine:
                 self._rto = self._compute_rto()
                 self._retransmit(now)
 
+    # ---- endings --------------------------------------------------------------------
+
+    def _send(self, datagram: bytes) -> None:
+        self._out.append((datagram, self.peer))
+        self.stats.datagrams_sent += 1
+
+    def _fail(
+        self, trigger: Trigger, error: FtransferError, *, notify: tuple[int, str] | None = None
+    ) -> None:
+        if not self.machine.go(trigger):
+            return
+        if notify is not None and self.proven:
+            self._send(encode_error(*notify))
+        self._events.append(failure(error))
+
+    def abort(self, code: int, message: str) -> None:
+        """End the transfer from our side (no event); a peer that has proven its
+        address is told why with ERROR ``code``, an unproven one hears nothing."""
+        if self.finished:
+            return
+        lingering = self.state is S.LINGERING
+        self.machine.go(T.ABORT)
+        if self.proven and not lingering:
+            self._send(encode_error(code, message))
+
+    def request_repeated(self, now: float) -> None:
+        """The peer sent its request again: it lost our first packet, so resend it
+        (only while the peer has not yet shown it receives us)."""
+        if not self.proven and not self.finished and self._first is not None:
+            self._send(self._first)
+            self.stats.retransmitted += 1
+
     def _on_give_up(self, now: float) -> None:
         seconds = self._give_up_s
         self._fail(
+            T.GAVE_UP,
             TransferTimeout(f"tftp: no progress from the peer for {seconds:g} s"),
-            # A peer that never answered may be a spoofed address: send it nothing more.
-            notify=(ErrorCode.NOT_DEFINED, "timed out") if self.proven else None,
+            notify=(ErrorCode.NOT_DEFINED, "timed out"),  # sent only if the peer is proven
         )
 
     def _on_ack(self, block: int, now: float) -> None:
@@ -287,7 +345,7 @@ class _Machine:
         raise NotImplementedError
 
 
-class BlockSender(_Machine):
+class BlockSender(_Transfer):
     """Sends ``read``'s bytes as DATA blocks (server RRQ, client put)."""
 
     def __init__(
@@ -302,7 +360,17 @@ class BlockSender(_Machine):
         proven: bool = False,
         rtt: RttEstimator | None = None,
     ) -> None:
-        super().__init__(peer, params, now=now, give_up_s=give_up_s, rtt=rtt or RttEstimator())
+        initial = S.OFFERED if oack is not None else S.SENDING
+        super().__init__(
+            "tftp sender",
+            SENDER,
+            initial,
+            peer,
+            params,
+            now=now,
+            give_up_s=give_up_s,
+            rtt=rtt or RttEstimator(),
+        )
         self._read = read
         self._blksize, self._window = params.blksize, params.windowsize
         self._unacked: collections.deque[bytes] = collections.deque()
@@ -378,6 +446,8 @@ class BlockSender(_Machine):
         elif self._rtt.backoff != 1:
             self._rtt.reset_backoff()
             self._rto = self._compute_rto()
+        if acked < 0:
+            self.machine.go(T.OACK_ACKED)
         unacked = self._unacked
         for _ in range(block - max(acked, 0)):
             unacked.popleft()
@@ -385,14 +455,14 @@ class BlockSender(_Machine):
         self.proven = True
         self._give_up_at = now + self._give_up_s
         if self._final is not None and block >= self._final:
-            self.finished = True
+            self.machine.go(T.FINAL_ACKED)
             self._retry_at = None
             self._events.append(Completed())
             return
         self._send_window(now)
 
 
-class BlockReceiver(_Machine):
+class BlockReceiver(_Transfer):
     """Receives DATA blocks in order (server WRQ, client get)."""
 
     def __init__(
@@ -407,7 +477,16 @@ class BlockReceiver(_Machine):
         linger_s: float = 0.0,
         rtt: RttEstimator | None = None,
     ) -> None:
-        super().__init__(peer, params, now=now, give_up_s=give_up_s, rtt=rtt or RttEstimator())
+        super().__init__(
+            "tftp receiver",
+            RECEIVER,
+            S.RECEIVING,
+            peer,
+            params,
+            now=now,
+            give_up_s=give_up_s,
+            rtt=rtt or RttEstimator(),
+        )
         self._blksize, self._window = params.blksize, params.windowsize
         self._limit = params.tsize
         self._linger_s = linger_s
@@ -415,8 +494,6 @@ class BlockReceiver(_Machine):
         self._since_ack = 0
         self._last_ack_at = now
         self._reacked = False
-        self._final_pending = False
-        self._lingering = False
         self.proven = proven
         self._first = first
         if first is not None:
@@ -432,19 +509,25 @@ class BlockReceiver(_Machine):
 
     def _on_data(self, wire: int, payload: bytes, now: float) -> None:
         expected = self._expected
-        if wire == expected & 0xFFFF and not self._final_pending and not self._lingering:
+        state = self.machine.state
+        if wire == expected & 0xFFFF and state is S.RECEIVING:
             if len(payload) <= self._blksize:
                 self._on_in_order(payload, now)
                 return
             message = f"block of {len(payload)} bytes exceeds blksize {self._blksize}"
-            self._fail(RemoteProtocolError(message), notify=(ErrorCode.ILLEGAL_OPERATION, message))
+            self.proven = True
+            self._fail(
+                T.BAD_DATA,
+                RemoteProtocolError(message),
+                notify=(ErrorCode.ILLEGAL_OPERATION, message),
+            )
             return
         self.stats.duplicates += 1
-        if self._lingering:
+        if state is S.LINGERING:
             if wire == (expected - 1) & 0xFFFF:
                 self._send(encode_ack(wire))  # our final ACK was lost
             return
-        if self._final_pending:
+        if state is S.STORING:
             return
         # An old block (a retransmission) or one past a gap: ack what we have, at
         # once (RFC 7440), but once per gap or per REACK_GAP_S, never per duplicate.
@@ -470,11 +553,11 @@ class BlockReceiver(_Machine):
         limit = self._limit
         if limit is not None and (stats.bytes > limit or (final and stats.bytes != limit)):
             message = f"got {stats.bytes} bytes, {limit} were announced"
-            self._fail(IntegrityError(message), notify=(ErrorCode.NOT_DEFINED, message))
+            self._fail(T.BAD_DATA, IntegrityError(message), notify=(ErrorCode.NOT_DEFINED, message))
             return
-        self._events.append(DataReceived(payload, final))
+        self._events.append(DataReceived(data=payload, final=final))
         if final:
-            self._final_pending = True
+            self.machine.go(T.FINAL_BLOCK)
             self._retry_at = None
             return
         self._since_ack += 1
@@ -486,192 +569,29 @@ class BlockReceiver(_Machine):
 
     def accept_final(self, now: float) -> None:
         """The final block is stored: send its ACK, then linger for a repeat of it."""
-        if self.finished or not self._final_pending:
-            return
-        self._final_pending = False
+        self.machine.go(T.STORED)
         self._ack(now)
         self._events.append(Completed())
+        self._retry_at = None
         if self._linger_s > 0:
-            self._lingering = True
-            self._retry_at = None
             self._give_up_at = now + self._linger_s
         else:
-            self.finished = True
+            self.machine.go(T.LINGER_OVER)
 
     def _on_give_up(self, now: float) -> None:
-        if self._lingering:
-            self.finished = True
-        elif self._final_pending:  # the commit is slow, not the peer
+        state = self.state
+        if state is S.LINGERING:
+            self.machine.go(T.LINGER_OVER)
+        elif state is S.STORING:  # the commit is slow, not the peer
             self._give_up_at = now + self._give_up_s
         else:
             super()._on_give_up(now)
 
     def _retransmit(self, now: float) -> None:
-        if not self._final_pending and not self._lingering:
+        if self.state is S.RECEIVING:
             self._ack(now)
             self.stats.retransmitted += 1
             self._retry_at = now + self._rto
 
 
-Machine = BlockSender | BlockReceiver
-
-FALLBACK_CODES = (ErrorCode.NOT_DEFINED, ErrorCode.ILLEGAL_OPERATION, ErrorCode.OPTION_REFUSED)
-"""ERROR codes after which a client that asked for options asks again without them:
-8 is RFC 2347's refusal; old servers answer unknown options with 0 or 4."""
-
-
-class TftpClient:
-    """A client transfer: the request handshake, then a sender or a receiver.
-
-    The server answers from a new port (its transfer id); the first answer from the
-    server's host fixes the peer. For a get, an OACK is acked with ACK 0 and DATA 1
-    means the server ignored the options; for a put, OACK or ACK 0 starts the data.
-    An ERROR while options were asked (see FALLBACK_CODES) makes one more request
-    without them, so servers that refuse options still work, at RFC 1350's speed.
-    """
-
-    def __init__(
-        self,
-        request: Request,
-        server: Address,
-        *,
-        now: float,
-        give_up_s: float,
-        read: Reader | None = None,
-    ) -> None:
-        if request.write != (read is not None):
-            raise InternalError("a put needs a reader, a get must not have one")
-        self.request, self.server = request, server
-        self._read, self._give_up_s = read, give_up_s
-        self._rtt = RttEstimator()
-        self.machine: Machine | None = None
-        self.stats = TftpStats()
-        self._out: list[tuple[bytes, Address]] = []
-        self._events: collections.deque[Event] = collections.deque()
-        self._give_up_at = now + give_up_s
-        self._ended = False
-        self._fell_back = False
-        self._send_request(now)
-
-    @property
-    def finished(self) -> bool:
-        return self.machine.finished if self.machine is not None else self._ended
-
-    @property
-    def params(self) -> Params | None:
-        return self.machine.params if self.machine is not None else None
-
-    def _send_request(self, now: float) -> None:
-        self._request_bytes = encode_request(self.request)
-        self._sent_at: float | None = now
-        self._out.append((self._request_bytes, self.server))
-        self.stats.datagrams_sent += 1
-        self._retry_at = now + self._rtt.rto()
-
-    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
-        if self.machine is not None:
-            self._out.extend(self.machine.datagrams_to_send())
-        out, self._out = self._out, []
-        return out
-
-    def next_event(self) -> Event | None:
-        if self._events:
-            return self._events.popleft()
-        return self.machine.next_event() if self.machine is not None else None
-
-    def get_timer(self) -> float | None:
-        if self.machine is not None:
-            return self.machine.get_timer()
-        return None if self.finished else min(self._retry_at, self._give_up_at)
-
-    def handle_timer(self, now: float) -> None:
-        if self.machine is not None:
-            self.machine.handle_timer(now)
-        elif self.finished:
-            return
-        elif now >= self._give_up_at:
-            self._end(TransferTimeout(f"tftp: no answer from the server in {self._give_up_s:g} s"))
-        elif now >= self._retry_at:
-            self._rtt.on_timeout()
-            self._sent_at = None  # Karn: no sample from a repeated request
-            self._out.append((self._request_bytes, self.server))
-            self.stats.datagrams_sent += 1
-            self.stats.retransmitted += 1
-            self._retry_at = now + self._rtt.rto()
-
-    def accept_final(self, now: float) -> None:
-        if isinstance(self.machine, BlockReceiver):
-            self.machine.accept_final(now)
-
-    def abort(self, code: int, message: str) -> None:
-        if self.machine is not None:
-            self.machine.abort(code, message)
-        self._ended = True
-
-    def _end(self, error: FtransferError) -> None:
-        self._ended = True
-        self._events.append(Failed(error))
-
-    def receive(self, datagram: bytes | memoryview, address: Address, now: float) -> None:
-        if self.machine is not None:
-            self.machine.receive(datagram, address, now)
-            return
-        if self.finished or address[0] != self.server[0]:
-            self.stats.strangers += 1
-            return
-        try:
-            packet = parse_untrusted(datagram)
-        except TftpPacketError:
-            self.stats.malformed += 1
-            return
-        if self._sent_at is not None:
-            self._rtt.on_sample(now - self._sent_at)
-        if isinstance(packet, Error):
-            self._on_error(packet, now)
-        elif isinstance(packet, OptionAck):
-            self._on_oack(packet, address, now)
-        elif isinstance(packet, Data) and not self.request.write and packet.block == 1:
-            self._start(Params(), address, now)
-            if self.machine is not None:
-                self.machine.receive(datagram, address, now)
-        elif isinstance(packet, Ack) and self.request.write and packet.block == 0:
-            self._start(Params(), address, now)
-        else:
-            self.stats.malformed += 1
-
-    def _on_error(self, packet: Error, now: float) -> None:
-        if self.request.options and not self._fell_back and packet.code in FALLBACK_CODES:
-            self._fell_back = True
-            self.request = Request(self.request.write, self.request.filename, self.request.mode)
-            self._send_request(now)
-            return
-        self._end(error_from_tftp(packet.code, packet.message))
-
-    def _on_oack(self, packet: OptionAck, address: Address, now: float) -> None:
-        try:
-            params = check_oack(self.request.options, packet.options)
-        except OptionError as exc:
-            self._out.append((encode_error(ErrorCode.OPTION_REFUSED, str(exc)), address))
-            self._end(RemoteProtocolError(f"tftp: {exc}"))
-            return
-        self._start(params, address, now, oack=True)
-
-    def _start(self, params: Params, peer: Address, now: float, *, oack: bool = False) -> None:
-        give_up = self._give_up_s
-        if self._read is not None:
-            self.machine = BlockSender(
-                self._read, peer, params, now=now, give_up_s=give_up, proven=True, rtt=self._rtt
-            )
-        else:
-            self.machine = BlockReceiver(
-                peer,
-                params,
-                now=now,
-                give_up_s=give_up,
-                first=encode_ack(0) if oack else None,
-                proven=True,
-                rtt=self._rtt,
-            )
-        self.machine.stats.datagrams_sent += self.stats.datagrams_sent
-        self.machine.stats.retransmitted += self.stats.retransmitted
-        self.stats = self.machine.stats
+Core = BlockSender | BlockReceiver

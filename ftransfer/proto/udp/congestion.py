@@ -35,10 +35,10 @@ comparison and for paths where loss really means congestion.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from ..._records import record
 from ..rtt import RttEstimator
 from .receiver import ACK_EVERY_PACKETS
 
@@ -71,7 +71,7 @@ EXTRA_ACKED_MAX_S = 0.1
 """The ack-aggregation allowance never exceeds 100 ms of bandwidth (as Linux's BBR)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class RateSample:
     """One delivery-rate measurement, taken when an ack arrives."""
 

@@ -1,60 +1,58 @@
-"""UDP handshake (sans-IO): address validation, session table, client request.
+"""UDP client request (sans-IO): INITIAL, RETRY's cookie, ACCEPT, then a session.
 
 Theory of operation
 -------------------
-Address validation (what keeps the server from being a reflector): the server
-holds no state for an unvalidated address. An INITIAL without a valid cookie gets a
-RETRY carrying ``cookie = HMAC-SHA256(secret, address | nonce | time bucket)[:16]
-+ bucket``; only an INITIAL that echoes it, from the same address, within two
-COOKIE_BUCKET_S buckets, creates a session. The client pads INITIAL to 1,200 bytes
-and a RETRY is under 100, so until validation the server sends well under 3x what
-it received, and a spoofed source gets one small RETRY per datagram it was sent.
+A client request is a datagram core (machine.py) for one request to one server::
 
-Sessions: a validated INITIAL yields a ``RequestReceived`` for the application
-(server.py decides what the request may do) and, once it calls ``accept`` or
-``refuse``, an ACCEPT carrying a fresh random 64-bit session id. Datagrams are
-routed by session id *and* source address: a forged id, or a right id from another
-address, is dropped and counted without touching the session. A repeated INITIAL
-(the ACCEPT was lost) gets the same ACCEPT again, and a sending session that has
-had no ack resends its first flight at once: the client dropped it, not knowing
-the session yet. The table is bounded by
-``max_sessions`` in all and ``max_per_address`` per client IP; over either, a
-validated client gets an ACCEPT coded 41 (busy) at once.
+    REQUESTING --retry--> VALIDATING --accepted--> OPEN --ended--> DONE
+         \\________________ refused / timed out / aborted _________/
 
-PING is answered with a PONG of the same size, to the source address only: no
-amplification.
+The client sends INITIAL, padded to 1,200 bytes, and retries it until a RETRY or
+an ACCEPT, or its give-up time: first after 250 ms, doubling, at least once a
+second (each try needs two datagrams to survive a lossy path). A RETRY carries the
+server's cookie: the client repeats INITIAL with it, and since a RETRY to an
+INITIAL sent once is a clean round-trip sample, that retry waits 3x the measured
+RTT (QUIC's first PTO), at least 50 ms. An ACCEPT with code 0 and a session id
+starts the ``Session`` (session.py) that moves the bytes; one with a non-zero
+code is the server's refusal (``Failed``), and one with code 0 and no session is
+the success of a request that moves nothing (REMOVE).
+
+After the ACCEPT everything is the session's: its events come out of
+``next_event``, ``finish`` gives it the verdict on a download and ``abort`` ends
+it and tells the server (a CLOSE, so the server frees the session at once: an
+interrupted client, a killed command).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import struct
-from dataclasses import dataclass
-from typing import Protocol
+import collections
+from enum import Enum
 
-from ...errors import Busy
+from ...errors import Aborted, TransferTimeout
+from ..events import Accepted, Completed, Failed
+from ..machine import Machine
 from .packets import (
     Accept,
     Initial,
     Operation,
-    Packet,
     PacketError,
-    Ping,
-    Pong,
     Retry,
     decode_data,
     decode_untrusted,
     encode,
 )
-from .session import ReadChunk, Session, SessionConfig
+from .session import ReadChunk, Session, SessionConfig, SessionEvent, State
 
-COOKIE_BUCKET_S = 30.0
-"""Cookies are valid in the bucket they were made in and the next one."""
-WINDOW_BYTES = 8 * 1024 * 1024
-"""A session's reorder buffer holds at most this many bytes (window x chunk size)."""
-ACCEPT_MEMORY_S = 30.0
-"""How long an ACCEPT is remembered, to repeat it for a repeated INITIAL."""
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Rng(Protocol):
+        def getrandbits(self, k: int, /) -> int: ...
+
+
+Address = tuple[str, int]
+
 HANDSHAKE_RTO_S = 0.25
 """First INITIAL retransmission timeout before any RTT is known (doubles each time; a
 spurious retry costs one 1,200-byte INITIAL and one small RETRY)."""
@@ -68,237 +66,46 @@ after 3x that (QUIC's first PTO: one sample, rttvar = sample / 2), never sooner 
 50 ms: on a 40 ms path a lost ACCEPT then costs 120 ms instead of 500 (measured in
 the simulator: 1 in 3 seeds at 5 % loss lost half a second here)."""
 
-Address = tuple[str, int]
+
+class HandshakeState(Enum):
+    REQUESTING = "requesting"
+    VALIDATING = "validating"
+    OPEN = "open"
+    DONE = "done"
+    ERROR = "error"
 
 
-class Rng(Protocol):
-    def getrandbits(self, k: int, /) -> int: ...
+class HandshakeTrigger(Enum):
+    RETRY = "RETRY received (the cookie)"
+    ACCEPTED = "ACCEPT code 0 with a session"
+    ANSWERED = "ACCEPT with a final code (refused, or done)"
+    TIMED_OUT = "no answer within give_up_s"
+    ENDED = "the session ended"
+    ABORT = "abort()"
 
 
-def _address_bytes(address: Address) -> bytes:
-    return f"{address[0]}|{address[1]}".encode()
-
-
-def make_cookie(secret: bytes, address: Address, nonce: int, now: float) -> bytes:
-    bucket = int(now // COOKIE_BUCKET_S) & 0xFFFFFFFF
-    return _cookie(secret, address, nonce, bucket)
-
-
-def _cookie(secret: bytes, address: Address, nonce: int, bucket: int) -> bytes:
-    message = _address_bytes(address) + struct.pack(">QI", nonce, bucket)
-    return hmac.new(secret, message, hashlib.sha256).digest()[:16] + struct.pack(">I", bucket)
-
-
-def cookie_valid(secret: bytes, cookie: bytes, address: Address, nonce: int, now: float) -> bool:
-    if len(cookie) != 20:
-        return False
-    (bucket,) = struct.unpack(">I", cookie[16:])
-    current = int(now // COOKIE_BUCKET_S) & 0xFFFFFFFF
-    if bucket not in (current, (current - 1) & 0xFFFFFFFF):
-        return False
-    return hmac.compare_digest(cookie, _cookie(secret, address, nonce, bucket))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestReceived:
-    """A validated client asks for something; answer with accept() or refuse()."""
-
-    address: Address
-    initial: Initial
-
-
-@dataclass(slots=True)
-class EndpointStats:
-    corrupt: int = 0
-    stray: int = 0
-    retries: int = 0
-    pings: int = 0
-
-
-class ServerEndpoint:
-    """The server side of UDP: one socket's worth of sessions."""
-
-    def __init__(
-        self,
-        *,
-        secret: bytes,
-        rng: Rng,
-        config: SessionConfig,
-        max_sessions: int,
-        max_per_address: int | None = None,
-    ) -> None:
-        self.secret, self.rng, self.config, self.max_sessions = secret, rng, config, max_sessions
-        self.max_per_address = max_per_address or max_sessions
-        self.stats = EndpointStats()
-        self.sessions: dict[int, tuple[Address, Session]] = {}
-        self.requests: list[RequestReceived] = []
-        self.outbox: list[tuple[bytes, Address]] = []
-        self._accepts: dict[tuple[Address, int], tuple[int, bytes, float]] = {}
-
-    def receive(self, datagram: bytes | memoryview, address: Address, now: float) -> None:
-        """One datagram from ``address``: decode, validate, route."""
-        data = decode_data(datagram)
-        if data is not None:
-            entry = self.sessions.get(data[0])
-            if entry is None or entry[0] != address:
-                self.stats.stray += 1
-            else:
-                entry[1].receive_data(data[1], data[2], data[3], now)
-            return
-        try:
-            packet = decode_untrusted(datagram)
-        except PacketError:
-            self.stats.corrupt += 1
-            return
-        body = packet.body
-        if isinstance(body, Initial):
-            self._on_initial(body, address, now)
-        elif isinstance(body, Ping):
-            self.stats.pings += 1
-            pong = Pong(seq=body.seq, timestamp_ns=body.timestamp_ns, padding=body.padding)
-            self.outbox.append((encode(0, pong), address))
-        else:
-            entry = self.sessions.get(packet.session)
-            if entry is None or entry[0] != address:
-                self.stats.stray += 1
-                return
-            entry[1].receive(packet, now)
-
-    def _on_initial(self, initial: Initial, address: Address, now: float) -> None:
-        while self._accepts:  # insertion order is time order: expire from the front
-            key, (_sid, _datagram, expires) = next(iter(self._accepts.items()))
-            if expires > now:
-                break
-            del self._accepts[key]
-        known = self._accepts.get((address, initial.nonce))
-        if known is not None:
-            self.outbox.append((known[1], address))  # our ACCEPT was lost: repeat it
-            entry = self.sessions.get(known[0])
-            if entry is not None:
-                entry[1].on_request_repeated(now)
-            return
-        if not cookie_valid(self.secret, initial.cookie, address, initial.nonce, now):
-            self.stats.retries += 1
-            cookie = make_cookie(self.secret, address, initial.nonce, now)
-            self.outbox.append((encode(0, Retry(nonce=initial.nonce, cookie=cookie)), address))
-            return
-        same_host = sum(1 for a, _s in self.sessions.values() if a[0] == address[0])
-        if len(self.sessions) >= self.max_sessions or same_host >= self.max_per_address:
-            self.refuse(
-                RequestReceived(address=address, initial=initial),
-                code=Busy.code,
-                message="too many sessions, try later",
-                now=now,
-            )
-            return
-        self.requests.append(RequestReceived(address=address, initial=initial))
-
-    def _accept_datagram(
-        self, request: RequestReceived, session_id: int, accept: Accept, now: float
-    ) -> bytes:
-        datagram = encode(session_id, accept)
-        key = (request.address, request.initial.nonce)
-        self._accepts[key] = (session_id, datagram, now + ACCEPT_MEMORY_S)
-        self.outbox.append((datagram, request.address))
-        return datagram
-
-    def accept(
-        self,
-        request: RequestReceived,
-        *,
-        size: int,
-        mtime_ns: int,
-        now: float,
-        read_chunk: ReadChunk | None,
-    ) -> Session:
-        """Start the session: the server sends ``size`` bytes if ``read_chunk`` is given,
-        else it receives the client's ``initial.size`` bytes."""
-        initial = request.initial
-        chunk = min(max(initial.chunk_bytes, 512), self.config.chunk_bytes)
-        session_id = self.rng.getrandbits(64) or 1
-        sending = read_chunk is not None
-        window = max(16, min(self.config.window, WINDOW_BYTES // chunk))
-        config = SessionConfig(
-            chunk_bytes=chunk,
-            window=initial.window if sending else window,
-            give_up_s=self.config.give_up_s,
-            cc=self.config.cc,
+H, HT = HandshakeState, HandshakeTrigger
+TRANSITIONS: dict[tuple[Enum, Enum], Enum] = {
+    (H.REQUESTING, HT.RETRY): H.VALIDATING,
+    (H.VALIDATING, HT.RETRY): H.VALIDATING,
+    **{
+        (state, trigger): nxt
+        for state in (H.REQUESTING, H.VALIDATING)
+        for trigger, nxt in (
+            (HT.ACCEPTED, H.OPEN),
+            (HT.ANSWERED, H.DONE),
+            (HT.TIMED_OUT, H.DONE),
+            (HT.ABORT, H.DONE),
         )
-        session = Session(
-            session_id=session_id,
-            size=size if sending else initial.size,
-            sending=sending,
-            config=config,
-            now=now,
-            read_chunk=read_chunk,
-        )
-        self.sessions[session_id] = (request.address, session)
-        accept = Accept(
-            nonce=initial.nonce,
-            code=0,
-            chunk_bytes=chunk,
-            window=window,
-            size=size,
-            mtime_ns=mtime_ns,
-            message="",
-        )
-        self._accept_datagram(request, session_id, accept, now)
-        return session
-
-    def refuse(self, request: RequestReceived, *, code: int, message: str, now: float) -> None:
-        """Answer a request with a final code: an error, or 0 for REMOVE's success."""
-        accept = Accept(
-            nonce=request.initial.nonce,
-            code=code,
-            chunk_bytes=0,
-            window=0,
-            size=0,
-            mtime_ns=0,
-            message=message,
-        )
-        self._accept_datagram(request, 0, accept, now)
-
-    def forget(self, session_id: int) -> None:
-        """Drop a finished session; later datagrams for it count as stray."""
-        self.sessions.pop(session_id, None)
-
-    def get_timer(self) -> float | None:
-        """The earliest deadline of any session."""
-        timers = [t for _a, s in self.sessions.values() if (t := s.get_timer()) is not None]
-        return min(timers) if timers else None
-
-    def handle_timer(self, now: float) -> None:
-        """Run the timers of every session whose deadline has come."""
-        for _address, session in list(self.sessions.values()):
-            deadline = session.get_timer()
-            if deadline is not None and deadline <= now:
-                session.handle_timer(now)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Accepted:
-    """The server accepted the request; a transfer of ``size`` bytes follows (or not)."""
-
-    size: int
-    mtime_ns: int
-    chunk_bytes: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Refused:
-    """The server answered with a final code (an error, or 0 for a REMOVE done)."""
-
-    code: int
-    message: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HandshakeTimedOut:
-    """No answer to INITIAL within give_up_s."""
+    },
+    (H.OPEN, HT.ENDED): H.DONE,
+    (H.OPEN, HT.ABORT): H.DONE,
+    (H.DONE, HT.ABORT): H.DONE,
+}
 
 
 class ClientRequest:
-    """The client side: INITIAL (again with the server's cookie), ACCEPT, then a Session."""
+    """One request from the client's side (a datagram core)."""
 
     def __init__(
         self,
@@ -310,23 +117,42 @@ class ClientRequest:
         config: SessionConfig,
         rng: Rng,
         now: float,
+        server: Address,
         read_chunk: ReadChunk | None = None,
+        mode: int | None = None,
+        exclusive: bool = False,
     ) -> None:
-        self.operation, self.path, self.config = operation, path, config
+        self.operation, self.path, self.config, self.server = operation, path, config, server
         self.size, self.mtime_ns, self._read_chunk = size, mtime_ns, read_chunk
+        self.mode, self.exclusive = mode, exclusive
         self.nonce = rng.getrandbits(64)
         self.cookie = b""
         self.session: Session | None = None
-        self.events: list[Accepted | Refused | HandshakeTimedOut] = []
+        self.machine = Machine(
+            "udp request", TRANSITIONS, H.REQUESTING, local=frozenset({HT.ABORT}), error=H.ERROR
+        )
         self.corrupt = 0
         self.stray = 0
+        self.heard = False
+        """The server has answered at least once (an ICMP error after that is noise)."""
+        self._events: collections.deque[SessionEvent | Accepted] = collections.deque()
         self._started = now
         self._initial_at = now
         self._retransmitted = False
         self._rto = HANDSHAKE_RTO_S
         self._retry_at = now + self._rto
         self._outbox = [self._initial()]
-        self._over = False
+
+    @property
+    def state(self) -> HandshakeState:
+        state = self.machine.state
+        assert isinstance(state, HandshakeState)
+        return state
+
+    @property
+    def finished(self) -> bool:
+        """The request is over and every event has been taken."""
+        return self.state in (H.DONE, H.ERROR) and not self._events
 
     def _initial(self) -> bytes:
         return encode(
@@ -340,46 +166,120 @@ class ClientRequest:
                 size=self.size,
                 mtime_ns=self.mtime_ns,
                 path=self.path,
+                mode=self.mode,
+                exclusive=self.exclusive,
             ),
         )
 
-    def receive(self, datagram: bytes | memoryview, now: float) -> None:
-        data = decode_data(datagram)
-        if data is not None and self.session is not None:
-            if data[0] == self.session.session_id:
-                self.session.receive_data(data[1], data[2], data[3], now)
+    # ---- the datagram-core API ----------------------------------------------------
+
+    def receive_datagram(self, data: bytes | memoryview, addr: Address, now: float) -> None:
+        session = self.session
+        fields = decode_data(data)
+        if fields is not None and session is not None:
+            if fields[0] == session.session_id:
+                session.receive_data(fields[1], fields[2], fields[3], now)
             else:
                 self.stray += 1
+            self._after_session(session)
             return
         try:
-            packet = decode_untrusted(datagram)
+            session_id, body = decode_untrusted(data)
         except PacketError:
             self.corrupt += 1
             return
-        if self.session is not None:
-            if packet.session == self.session.session_id:
-                self.session.receive(packet, now)
+        if session is not None:
+            if session_id == session.session_id:
+                session.receive(body, now)
+                self._after_session(session)
             else:
                 self.stray += 1
             return
-        self._handshake(packet, now)
+        self._handshake(session_id, body, now)
 
-    def _handshake(self, packet: Packet, now: float) -> None:
-        body = packet.body
-        if isinstance(body, Retry) and body.nonce == self.nonce and not self._over:
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        out, self._outbox = self._outbox, []
+        if self.session is not None:
+            out += self.session.datagrams(now)
+            self._after_session(self.session)
+        server = self.server
+        return [(datagram, server) for datagram in out]
+
+    def next_event(self) -> SessionEvent | Accepted | None:
+        if self._events:
+            return self._events.popleft()
+        if self.session is not None:
+            event = self.session.next_event()
+            self._after_session(self.session)
+            return event
+        return None
+
+    def get_timer(self) -> float | None:
+        if self.session is not None:
+            return self.session.get_timer()
+        if self.state in (H.REQUESTING, H.VALIDATING):
+            return self._retry_at
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        if self.session is not None:
+            self.session.handle_timer(now)
+            self._after_session(self.session)
+            return
+        if self.state not in (H.REQUESTING, H.VALIDATING) or now < self._retry_at:
+            return
+        if now - self._started >= self.config.give_up_s:
+            self.machine.go(HT.TIMED_OUT)
+            message = f"no answer from the server over UDP in {self.config.give_up_s:g} s"
+            self._events.append(Failed(code=TransferTimeout.code, message=message))
+            return
+        self._outbox.append(self._initial())
+        self._retransmitted = True
+        self._rto = min(self._rto * 2, HANDSHAKE_MAX_RTO_S)
+        self._retry_at = now + self._rto
+
+    # ---- local decisions ------------------------------------------------------------
+
+    def finish(self, *, code: int, message: str, digest: bytes, now: float) -> None:
+        """The verdict on a download's EndReceived (code 0: committed)."""
+        if self.session is None:
+            self.machine.go(HT.ABORT)  # raises: there is nothing to finish
+            return
+        self.session.finish(code=code, message=message, digest=digest, now=now)
+
+    def abort(self, *, code: int = Aborted.code, message: str = "aborted by the client") -> None:
+        """End the request now; an open session tells the server with CLOSE."""
+        if self.session is not None:
+            self.session.abort(code=code, message=message)
+        self.machine.go(HT.ABORT)
+
+    # ---- internals --------------------------------------------------------------------
+
+    def _after_session(self, session: Session) -> None:
+        if session.state in (State.DONE, State.ERROR) and self.state is H.OPEN:
+            self.machine.go(HT.ENDED)
+
+    def _handshake(self, session_id: int, body: object, now: float) -> None:
+        pending = self.state in (H.REQUESTING, H.VALIDATING)
+        if isinstance(body, Retry) and body.nonce == self.nonce and pending:
+            self.heard = True
             if not self.cookie and not self._retransmitted:  # Karn: an unambiguous sample
                 rtt = HANDSHAKE_RTT_FACTOR * (now - self._initial_at)
                 self._rto = min(max(rtt, HANDSHAKE_MIN_RTO_S), HANDSHAKE_RTO_S)
+            self.machine.go(HT.RETRY)
             self.cookie = body.cookie
             self._outbox.append(self._initial())
             self._initial_at, self._retransmitted = now, False
             self._retry_at = now + self._rto
-        elif isinstance(body, Accept) and body.nonce == self.nonce and not self._over:
-            self._over = True
-            if body.code or packet.session == 0:
-                self.events.append(Refused(code=body.code, message=body.message))
+        elif isinstance(body, Accept) and body.nonce == self.nonce and pending:
+            self.heard = True
+            if body.code or session_id == 0:
+                self.machine.go(HT.ANSWERED)
+                self._events.append(
+                    Failed(code=body.code, message=body.message) if body.code else Completed()
+                )
                 return
-            self._start(packet.session, body, now)
+            self._start(session_id, body, now)
         else:
             self.stray += 1
 
@@ -391,10 +291,10 @@ class ClientRequest:
             give_up_s=self.config.give_up_s,
             cc=self.config.cc,
         )
-        size = self.size if sending else accept.size
+        self.machine.go(HT.ACCEPTED)
         self.session = Session(
             session_id=session_id,
-            size=size,
+            size=self.size if sending else accept.size,
             sending=sending,
             config=config,
             now=now,
@@ -402,32 +302,11 @@ class ClientRequest:
         )
         if not self._retransmitted:  # Karn: only an INITIAL sent once gives a sample
             self.session.rtt.on_sample(now - self._initial_at)
-        self.events.append(
-            Accepted(size=accept.size, mtime_ns=accept.mtime_ns, chunk_bytes=accept.chunk_bytes)
+        self._events.append(
+            Accepted(
+                size=accept.size,
+                mtime_ns=accept.mtime_ns,
+                mode=accept.mode,
+                chunk_bytes=accept.chunk_bytes,
+            )
         )
-
-    def datagrams(self, now: float) -> list[bytes]:
-        out, self._outbox = self._outbox, []
-        if self.session is not None:
-            out += self.session.datagrams(now)
-        return out
-
-    def get_timer(self) -> float | None:
-        if self.session is not None:
-            return self.session.get_timer()
-        return None if self._over else self._retry_at
-
-    def handle_timer(self, now: float) -> None:
-        if self.session is not None:
-            self.session.handle_timer(now)
-            return
-        if self._over or now < self._retry_at:
-            return
-        if now - self._started >= self.config.give_up_s:
-            self._over = True
-            self.events.append(HandshakeTimedOut())
-            return
-        self._outbox.append(self._initial())
-        self._retransmitted = True
-        self._rto = min(self._rto * 2, HANDSHAKE_MAX_RTO_S)
-        self._retry_at = now + self._rto

@@ -10,19 +10,29 @@ protocol violation. ``decode_untrusted`` may raise only ``PacketError``.
 
 Sizes: the header and check cost 18 bytes and DATA's chunk and transmission
 numbers 16 more, so the default 1,400-byte payload makes 1,434-byte datagrams,
-which fit a 1,500-byte MTU over IPv6 (1,452 bytes of UDP payload) unfragmented. INITIAL is padded
-to MIN_INITIAL_BYTES so that the server's unvalidated answers (RETRY, or an ERROR
-ACCEPT) stay far below three times what the client sent.
+which fit a 1,500-byte MTU over IPv6 (1,452 bytes of UDP payload) unfragmented.
+INITIAL must be padded to MIN_INITIAL_BYTES (a server drops a shorter one) so that
+the server's unvalidated answers (RETRY, or an ERROR ACCEPT) stay far below three
+times what the client sent.
+
+Extensions: the bytes after INITIAL's path are padding to old peers; an
+``extensions`` byte there (0 in padding) says what follows (bit 0: the permission
+bits ``mode u16``; bit 1: exclusive, no-clobber). A code-0 ACCEPT carries no
+message, so its tail holds the same kind of byte (bit 0: ``mode u16`` follows).
+Peers that do not know them ignore both, in either direction.
+
+Hot path: DATA is decoded into plain tuples (``decode_data``) and encoded without
+building a record (``encode_data``): one datagram costs a few microseconds.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
 
+from ..._records import record
 from ...checksum import DIGEST_BYTES, datagram_check
+from ...config import UDP_CHUNK_BYTES, UDP_MAX_CHUNK_BYTES, UDP_MIN_CHUNK_BYTES
 from ...errors import RemoteProtocolError
 
 MAGIC = 0xF7
@@ -33,11 +43,10 @@ DATA_OVERHEAD_BYTES = OVERHEAD_BYTES + 16
 """Bytes a DATA datagram adds to its payload."""
 MIN_INITIAL_BYTES = 1200
 """INITIAL datagrams are padded to this size (anti-amplification, as QUIC)."""
-DEFAULT_CHUNK_BYTES = 1400
+DEFAULT_CHUNK_BYTES = UDP_CHUNK_BYTES
 """Payload per DATA datagram unless both sides agree on more (loopback, jumbo)."""
-MAX_CHUNK_BYTES = 65000
-"""Largest payload a peer may propose (fits a 64 KiB datagram)."""
-MIN_CHUNK_BYTES = 512
+MAX_CHUNK_BYTES = UDP_MAX_CHUNK_BYTES
+MIN_CHUNK_BYTES = UDP_MIN_CHUNK_BYTES
 MAX_SACK_RANGES = 32
 """Ranges an ACK may carry (the newest ones)."""
 MAX_COOKIE_BYTES = 64
@@ -68,25 +77,35 @@ class Operation(IntEnum):
     REMOVE = 5
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+EXT_MODE = 0x01
+"""Extensions byte: ``mode u16`` follows."""
+EXT_EXCLUSIVE = 0x02
+"""Extensions byte (INITIAL): refuse to replace an existing file."""
+
+
+@record
 class Initial:
     nonce: int
-    operation: Operation
+    operation: int
+    """An ``Operation``; kept as the number so that an unknown one can be refused."""
     chunk_bytes: int
     window: int
     cookie: bytes
     size: int
     mtime_ns: int
     path: str
+    mode: int | None = None
+    """Permission bits of the file a PUT sends, when the client says."""
+    exclusive: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Retry:
     nonce: int
     cookie: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Accept:
     nonce: int
     code: int
@@ -96,11 +115,14 @@ class Accept:
     size: int
     mtime_ns: int
     message: str
+    mode: int | None = None
+    """Permission bits of the file the server sends (code 0 only)."""
 
 
-class Data(NamedTuple):
-    """A NamedTuple, not a frozen dataclass like the rarer bodies: one is built per
-    datagram, and a frozen dataclass costs ~1 us more to construct."""
+@record
+class Data:
+    """DATA as a record, for tests and the slow path; the hot path uses
+    ``decode_data`` and ``encode_data`` and builds no record per datagram."""
 
     seq: int
     """Chunk number: the payload is bytes seq * chunk_bytes onwards."""
@@ -109,7 +131,7 @@ class Data(NamedTuple):
     payload: bytes | memoryview
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Ack:
     cumulative: int
     """Every chunk below this has arrived."""
@@ -122,33 +144,33 @@ class Ack:
     """Received ranges [start, stop) above ``cumulative``, newest first."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Fin:
     size: int
     digest: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Result:
     code: int
     digest: bytes
     message: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Close:
     code: int
     message: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Ping:
     seq: int
     timestamp_ns: int
     padding: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Pong:
     seq: int
     timestamp_ns: int
@@ -158,11 +180,8 @@ class Pong:
 Body = Initial | Retry | Accept | Data | Ack | Fin | Result | Close | Ping | Pong
 
 
-class Packet(NamedTuple):
-    """A decoded datagram (a NamedTuple: one per datagram, see Data)."""
-
-    session: int
-    body: Body
+Packet = tuple[int, Body]
+"""A decoded datagram: (session id, body). A plain tuple: one is made per ACK."""
 
 
 _INITIAL = struct.Struct(">QBHIB")
@@ -214,7 +233,8 @@ def encode(session: int, body: Body) -> bytes:
             head = _ACCEPT.pack(
                 body.nonce, body.code, body.chunk_bytes, body.window, body.size, body.mtime_ns
             )
-            return _seal(PacketType.ACCEPT, session, head + _text(body.message))
+            tail = _text(body.message) if body.code else _extensions(body.mode, False)
+            return _seal(PacketType.ACCEPT, session, head + tail)
         case Fin(size=size, digest=digest):
             return _seal(PacketType.FIN, session, _U64.pack(size) + digest)
         case Result(code=code, digest=digest, message=message):
@@ -228,6 +248,27 @@ def encode(session: int, body: Body) -> bytes:
     raise TypeError(f"cannot encode {body!r}")
 
 
+def _extensions(mode: int | None, exclusive: bool) -> bytes:
+    flags = (EXT_MODE if mode is not None else 0) | (EXT_EXCLUSIVE if exclusive else 0)
+    if not flags:
+        return b""
+    return bytes([flags]) + (_CODE.pack(mode & 0o777) if mode is not None else b"")
+
+
+def _parse_extensions(raw: memoryview | bytes) -> tuple[int | None, bool]:
+    """(mode, exclusive) from an extensions byte and what follows (padding: none)."""
+    if not raw or not raw[0]:
+        return None, False
+    flags = raw[0]
+    mode = None
+    if flags & EXT_MODE:
+        if len(raw) < 3:
+            raise PacketError("extensions are truncated")
+        (mode,) = _CODE.unpack_from(raw, 1)
+        mode &= 0o777
+    return mode, bool(flags & EXT_EXCLUSIVE)
+
+
 def _initial_body(body: Initial) -> bytes:
     path = body.path.encode("utf-8")
     raw = (
@@ -235,6 +276,7 @@ def _initial_body(body: Initial) -> bytes:
         + body.cookie
         + _INITIAL_TAIL.pack(body.size, body.mtime_ns, len(path))
         + path
+        + _extensions(body.mode, body.exclusive)
     )
     padding = MIN_INITIAL_BYTES - OVERHEAD_BYTES - len(raw)
     return raw + bytes(max(padding, 0))
@@ -256,7 +298,7 @@ def decode_untrusted(datagram: bytes | memoryview) -> Packet:
         raise PacketError("not an ftransfer datagram")
     body = view[HEADER.size : len(view) - CHECK.size]
     try:
-        return Packet(session, _BODY_DECODERS[kind](body))
+        return session, _BODY_DECODERS[kind](body)
     except KeyError:
         raise PacketError(f"unknown datagram type 0x{kind:02x}") from None
     except (struct.error, ValueError) as exc:
@@ -299,15 +341,18 @@ def _initial(raw: memoryview) -> Body:
         raise PacketError("INITIAL is truncated")
     if size >= 2**63:
         raise PacketError("size out of range")
+    mode, exclusive = _parse_extensions(raw[offset + path_len :])
     return Initial(
         nonce=nonce,
-        operation=Operation(op),
+        operation=op,
         chunk_bytes=chunk,
         window=window,
         cookie=cookie,
         size=size,
         mtime_ns=mtime_ns,
         path=_utf8(raw[offset : offset + path_len]),
+        mode=mode,
+        exclusive=exclusive,
     )
 
 
@@ -321,6 +366,8 @@ def _retry(raw: memoryview) -> Body:
 
 def _accept(raw: memoryview) -> Body:
     nonce, code, chunk, window, size, mtime_ns = _ACCEPT.unpack_from(raw)
+    tail = raw[_ACCEPT.size :]
+    mode = None if code else _parse_extensions(tail)[0]
     return Accept(
         nonce=nonce,
         code=code,
@@ -328,7 +375,8 @@ def _accept(raw: memoryview) -> Body:
         window=window,
         size=size,
         mtime_ns=mtime_ns,
-        message=bytes(raw[_ACCEPT.size :]).decode("utf-8", "replace"),
+        message=bytes(tail).decode("utf-8", "replace") if code else "",
+        mode=mode,
     )
 
 

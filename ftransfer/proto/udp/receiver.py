@@ -23,8 +23,7 @@ loss), then the highest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from ..._records import record
 from .packets import MAX_SACK_RANGES, Ack
 from .rangeset import RangeSet
 
@@ -34,7 +33,7 @@ MAX_ACK_DELAY_S = 0.005
 """Acknowledge in-order chunks no later than this after the first unacknowledged one."""
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class ReceiverStats:
     received: int = 0
     duplicates: int = 0

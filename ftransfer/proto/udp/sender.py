@@ -41,8 +41,8 @@ a burst is 16 datagrams, on loopback 44, which one GSO call carries.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 
+from ..._records import record
 from ..rtt import RttEstimator
 from .congestion import CongestionControl, RateSample
 from .packets import Ack
@@ -74,7 +74,7 @@ PROBE_ACK_DELAY_S = 0.005
 """The peer's ack delay allowance in the tail-loss probe timeout (its MAX_ACK_DELAY_S)."""
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class _Sent:
     tx: int
     sent_at: float
@@ -89,7 +89,7 @@ class _Sent:
     when it was declared lost (the reordering we learn of if it was not lost)."""
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class SenderStats:
     sent: int = 0
     retransmitted: int = 0

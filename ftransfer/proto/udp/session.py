@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-After the handshake (endpoint.py) a session moves ``size`` bytes from the *data
+After the handshake (handshake.py) a session moves ``size`` bytes from the *data
 sender* to the *data receiver*, composing ``Sender`` or ``Receiver``:
 
     sender:   DATA ... (paced, selective repeat)      FIN(size, digest) ... until RESULT
@@ -10,84 +10,118 @@ sender* to the *data receiver*, composing ``Sender`` or ``Receiver``:
 
 The sender reads chunks through ``read_chunk(offset, size)`` and hashes each chunk
 the first time it is read (new chunks are always read in order), so the digest in
-FIN costs no extra pass. The receiver hands in-order data to the application as
-``DataArrived`` events; when every chunk and the FIN are in, it emits
-``FinArrived`` and the application checks the digest, commits (or not), and calls
-``finish(code, message)``: that RESULT is the verdict both sides report.
+FIN costs no extra pass. The receiver hands in-order bytes to the application as
+``DataReceived`` (everything delivered since the last event, copied once out of
+the adapter's receive buffer); when every chunk and the FIN are in it reports
+``EndReceived``, and the application checks the digest, commits (or not), and
+calls ``finish(code, message, digest)``: that RESULT is the verdict both sides
+report, carrying the digest the receiver computed, whatever the verdict.
 
 Close survives loss: the sender repeats FIN on its retransmission timer until a
-RESULT arrives; the receiver, after sending RESULT, *lingers* (TCP's TIME_WAIT),
+RESULT arrives, then answers with CLOSE carrying the verdict's code (0, or the
+error) and ends; the receiver, after sending RESULT, *lingers* (TCP's TIME_WAIT),
 answering every repeated FIN with the same RESULT, for ``give_up_s``: as long as
-the sender may still be asking. A CLOSE from the sender ends the linger early.
-Either side gives up after ``give_up_s`` without progress and reports
-``TimedOut``; a CLOSE with a non-zero code aborts.
+the sender may still be asking. The sender's CLOSE ends the linger early. Either
+side gives up after ``give_up_s`` without progress and reports ``Failed`` (code
+42); ``abort`` sends CLOSE with a non-zero code, and a peer's such CLOSE aborts.
+
+State is data: ``SENDER`` and ``RECEIVER`` are transition tables (machine.py);
+``finish`` and ``abort`` are the local triggers, refused with LocalProtocolError
+where the table has no entry for them.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 
-from ...checksum import ZERO_DIGEST, new_hasher
+from ...checksum import new_hasher
+from ...errors import Aborted, RemoteProtocolError, TransferTimeout
+from ..events import Completed, DataReceived, EndReceived, Failed
+from ..machine import Machine
 from ..rtt import RttEstimator
 from . import congestion
-from .packets import Ack, Body, Close, Data, Fin, Packet, Result, encode, encode_data
+from .packets import Ack, Body, Close, Data, Fin, Result, encode, encode_data
 from .receiver import Receiver
 from .sender import Sender
 
 ReadChunk = Callable[[int, int], bytes | memoryview]
 """``read_chunk(offset, size)``: the sender's view of the file."""
+READ_AHEAD_BYTES = 256 * 1024
+"""The sender reads the file in blocks this large (see BlockReader)."""
+SessionEvent = DataReceived | EndReceived | Completed | Failed
 
 
 class State(Enum):
     TRANSFER = "transfer"
-    FINISHING = "finishing"  # sender: FIN sent; receiver: waiting for the verdict
+    FINISHING = "finishing"
+    """Sender: FIN sent, waiting for RESULT. Receiver: waiting for the verdict."""
     LINGER = "linger"
+    """Receiver: RESULT sent; repeating it for a repeated FIN."""
     DONE = "done"
+    ERROR = "error"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DataArrived:
-    """In-order bytes for the receiving application. Consecutive deliveries join the
-    same event: the payloads are copied out of the adapter's receive buffer once,
-    here, and the application writes and hashes once per batch of datagrams."""
-
-    data: bytearray
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FinArrived:
-    """Every byte is in; the sender's digest. Call ``finish`` with the verdict."""
-
-    size: int
-    digest: bytes
+class Trigger(Enum):
+    ALL_ACKED = "every chunk acknowledged (FIN sent)"
+    RESULT = "RESULT received"
+    END = "every chunk and the FIN in"
+    FINISH = "finish(): the verdict"
+    CLOSED = "CLOSE received"
+    LINGER_OVER = "linger time over"
+    TIMED_OUT = "no progress for give_up_s"
+    ABORT = "abort()"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Finished:
-    """The transfer ended with the receiver's verdict (code 0: committed)."""
+S, T = State, Trigger
+_ENDINGS: dict[tuple[Enum, Enum], Enum] = {
+    (state, trigger): S.DONE
+    for state in (S.TRANSFER, S.FINISHING)
+    for trigger in (T.CLOSED, T.TIMED_OUT, T.ABORT)
+}
+SENDER: dict[tuple[Enum, Enum], Enum] = {
+    (S.TRANSFER, T.ALL_ACKED): S.FINISHING,
+    (S.FINISHING, T.RESULT): S.DONE,
+    **_ENDINGS,
+}
+RECEIVER: dict[tuple[Enum, Enum], Enum] = {
+    (S.TRANSFER, T.END): S.FINISHING,
+    (S.FINISHING, T.FINISH): S.LINGER,
+    (S.LINGER, T.CLOSED): S.DONE,
+    (S.LINGER, T.LINGER_OVER): S.DONE,
+    (S.LINGER, T.ABORT): S.DONE,
+    **_ENDINGS,
+}
+LOCAL_TRIGGERS = frozenset({T.FINISH, T.ABORT})
 
-    code: int
-    message: str
-    digest: bytes
+
+class BlockReader:
+    """``read(offset, size)`` at any offset, served from blocks of READ_AHEAD_BYTES
+    read with the given ``read``: the sender reads 1,400-byte chunks mostly in order,
+    and one read per chunk cost ~1.5 us each of a ~10 us budget per datagram. A read
+    outside the current block (a retransmission far behind) reads a new block there."""
+
+    def __init__(self, read: Callable[[int, int], bytes]) -> None:
+        self._read = read
+        self._start = 0
+        self._block = memoryview(b"")
+
+    def __call__(self, offset: int, size: int) -> bytes | memoryview:
+        at = offset - self._start
+        if at < 0 or at + size > len(self._block):
+            self._block = memoryview(self._read(offset, max(size, READ_AHEAD_BYTES)))
+            self._start, at = offset, 0
+        return self._block[at : at + size]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TimedOut:
-    """No progress for give_up_s: the peer or the path is gone."""
-
-
-SessionEvent = DataArrived | FinArrived | Finished | TimedOut
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class SessionConfig:
-    chunk_bytes: int
-    window: int
-    """Chunks the receiver buffers (sender: the peer's advertised window)."""
-    give_up_s: float
-    cc: str = "bbr"
+    """What both ends agreed in the handshake (a plain class: made once per session)."""
+
+    __slots__ = ("cc", "chunk_bytes", "give_up_s", "window")
+
+    def __init__(self, *, chunk_bytes: int, window: int, give_up_s: float, cc: str = "bbr") -> None:
+        self.chunk_bytes, self.window, self.give_up_s, self.cc = chunk_bytes, window, give_up_s, cc
 
 
 class Session:
@@ -105,8 +139,16 @@ class Session:
     ) -> None:
         self.session_id, self.size, self.config = session_id, size, config
         self.rtt = RttEstimator()
-        self.state = State.TRANSFER
-        self.events: list[SessionEvent] = []
+        role = "sender" if sending else "receiver"
+        self.machine = Machine(
+            f"udp session ({role})",
+            SENDER if sending else RECEIVER,
+            S.TRANSFER,
+            local=LOCAL_TRIGGERS,
+            error=S.ERROR,
+        )
+        self._events: collections.deque[SessionEvent] = collections.deque()
+        self._delivered = bytearray()
         self._outbox: list[bytes] = []
         self._last_heard = now
         self._deadline: float | None = None
@@ -117,12 +159,11 @@ class Session:
         self._hashed = 0  # chunks read (and hashed) by the sender so far
         if sending:
             assert read_chunk is not None
-            mss = config.chunk_bytes
             self.sender = Sender(
                 size=size,
                 chunk_bytes=config.chunk_bytes,
                 window=config.window,
-                cc=congestion.create(config.cc, mss=mss),
+                cc=congestion.create(config.cc, mss=config.chunk_bytes),
                 rtt=self.rtt,
                 now=now,
                 give_up_s=config.give_up_s,
@@ -135,55 +176,91 @@ class Session:
             )
 
     @property
+    def state(self) -> State:
+        state = self.machine.state
+        assert isinstance(state, State)
+        return state
+
+    @property
+    def done(self) -> bool:
+        """The session has ended and every event has been taken."""
+        return self.state in (S.DONE, S.ERROR) and not self._events and not self._delivered
+
+    @property
     def hashed_bytes(self) -> int:
         """Sender: bytes read and sent at least once (for progress bars)."""
         return min(self.size, self._hashed * self.config.chunk_bytes)
 
+    # ---- events ------------------------------------------------------------------------
+
+    def _emit(self, event: SessionEvent) -> None:
+        self._flush_delivered()
+        self._events.append(event)
+
+    def _flush_delivered(self) -> None:
+        if self._delivered:
+            data, self._delivered = self._delivered, bytearray()
+            self._events.append(DataReceived(data=data, session=self.session_id))
+
+    def next_event(self) -> SessionEvent | None:
+        """What happened, oldest first (bytes delivered since the last call come first)."""
+        if not self._events:
+            self._flush_delivered()
+        return self._events.popleft() if self._events else None
+
+    def _end(self, trigger: Trigger, event: SessionEvent) -> None:
+        if self.machine.go(trigger):
+            self._emit(event)
+
     # ---- input -----------------------------------------------------------------------
 
-    def receive(self, packet: Packet, now: float) -> None:
+    def receive(self, body: Body, now: float) -> None:
         """A datagram for this session (already checked and decoded)."""
         self._last_heard = now
-        body = packet.body
         if isinstance(body, Close):
-            if self.state is not State.DONE and body.code:
-                self._end(Finished(code=body.code, message=body.message, digest=ZERO_DIGEST))
-            elif self.state is State.LINGER:
-                self.state = State.DONE
-            return
-        if self.sender is not None:
+            self._on_close(body)
+        elif self.sender is not None:
             self._sender_receive(body, now)
         else:
             self._receiver_receive(body, now)
 
+    def _on_close(self, body: Close) -> None:
+        if self.state is S.LINGER:
+            self.machine.go(T.CLOSED)  # the sender heard our verdict
+        elif body.code:
+            message = body.message or "the peer aborted the transfer"
+            self._end(T.CLOSED, Failed(code=body.code, message=message, session=self.session_id))
+
     def on_request_repeated(self, now: float) -> None:
         """The client sent its INITIAL again (our ACCEPT was lost)."""
-        if self.sender is not None and self.state is State.TRANSFER:
+        if self.sender is not None and self.state is S.TRANSFER:
             self.sender.resend_unseen_flight(now)
 
     def _sender_receive(self, body: Body, now: float) -> None:
         assert self.sender is not None
-        if isinstance(body, Ack) and self.state is State.TRANSFER:
+        if isinstance(body, Ack) and self.state is S.TRANSFER:
             self.sender.on_ack(body, now)
-        elif isinstance(body, Result) and self.state is State.FINISHING:
-            self._outbox.append(encode(self.session_id, Close(code=0, message="")))
-            self._end(Finished(code=body.code, message=body.message, digest=body.digest))
+        elif isinstance(body, Result) and self.machine.can(T.RESULT):
+            self._outbox.append(encode(self.session_id, Close(code=body.code, message="")))
+            sid = self.session_id
+            verdict: SessionEvent = (
+                Completed(digest=body.digest, session=sid)
+                if body.code == 0
+                else Failed(code=body.code, message=body.message, digest=body.digest, session=sid)
+            )
+            self._end(T.RESULT, verdict)
 
     def receive_data(self, seq: int, tx: int, payload: memoryview, now: float) -> None:
-        """A DATA datagram for this session (the hot path: no Packet is built)."""
+        """A DATA datagram for this session (the hot path: no record is built)."""
         self._last_heard = now
-        if self.receiver is None or self.state is not State.TRANSFER:
+        if self.receiver is None or self.state is not S.TRANSFER:
             return  # DATA to the data sender, or after the last chunk: nothing to do
         delivered = self.receiver.on_data(seq, tx, payload, now)
         if delivered:
-            last = self.events[-1] if self.events else None
-            if not isinstance(last, DataArrived):
-                last = DataArrived(data=bytearray())
-                self.events.append(last)
-            data = last.data  # += on a local: in place (the event is frozen)
+            data = self._delivered
             for chunk in delivered:
                 data += chunk
-            self._maybe_fin_arrived()  # the FIN may have overtaken the last chunks
+            self._maybe_end()  # the FIN may have overtaken the last chunks
 
     def _receiver_receive(self, body: Body, now: float) -> None:
         assert self.receiver is not None
@@ -193,45 +270,58 @@ class Session:
             if self._result is not None:  # our RESULT was lost: repeat it
                 self._outbox.append(encode(self.session_id, self._result))
             elif body.size != self.size:
-                self.fail(code=30, message=f"sender announced {body.size} bytes, not {self.size}")
+                self.abort(
+                    code=RemoteProtocolError.code,
+                    message=f"sender announced {body.size} bytes, not {self.size}",
+                )
             else:
                 self._fin = body
-        self._maybe_fin_arrived()
+        self._maybe_end()
 
-    def _maybe_fin_arrived(self) -> None:
+    def _maybe_end(self) -> None:
         assert self.receiver is not None
-        if self.state is State.TRANSFER and self._fin is not None and self.receiver.done:
-            self.state = State.FINISHING
-            self.events.append(FinArrived(size=self._fin.size, digest=self._fin.digest))
+        if self._fin is not None and self.receiver.done and self.machine.can(T.END):
+            self._end(
+                T.END,
+                EndReceived(size=self._fin.size, digest=self._fin.digest, session=self.session_id),
+            )
 
-    # ---- verdicts ----------------------------------------------------------------------
+    # ---- local verdicts ----------------------------------------------------------------
 
     def finish(self, *, code: int, message: str, digest: bytes, now: float) -> None:
-        """Receiver: report the verdict on a FinArrived (code 0: committed)."""
+        """Receiver: the verdict on EndReceived (code 0: committed), with the digest of
+        what was received."""
+        self.machine.go(T.FINISH)
         self._result = Result(code=code, digest=digest, message=message)
         self._outbox.append(encode(self.session_id, self._result))
-        self.state = State.LINGER
         self._deadline = now + self.config.give_up_s
-        self.events.append(Finished(code=code, message=message, digest=digest))
+        sid = self.session_id
+        self._emit(
+            Completed(digest=digest, session=sid)
+            if code == 0
+            else Failed(code=code, message=message, digest=digest, session=sid)
+        )
 
-    def fail(self, *, code: int, message: str) -> None:
-        """Abort: tell the peer and end."""
-        self._outbox.append(encode(self.session_id, Close(code=code, message=message)))
-        self._end(Finished(code=code, message=message, digest=ZERO_DIGEST))
-
-    def _end(self, event: SessionEvent) -> None:
-        self.state = State.DONE
-        self.events.append(event)
+    def abort(self, *, code: int = Aborted.code, message: str = "aborted") -> None:
+        """End now and tell the peer (CLOSE with ``code``)."""
+        if self.state is S.DONE:
+            return
+        lingering = self.state is S.LINGER
+        self.machine.go(T.ABORT)
+        if not lingering:
+            self._outbox.append(encode(self.session_id, Close(code=code, message=message)))
+            self._emit(Failed(code=code, message=message, session=self.session_id))
 
     # ---- output and timers ---------------------------------------------------------------
 
     def datagrams(self, now: float) -> list[bytes]:
         """Datagrams to send now."""
-        if self.sender is not None and self.state is State.TRANSFER:
+        state = self.state
+        if self.sender is not None and state is S.TRANSFER:
             self._send_data(now)
         elif (
             self.receiver is not None
-            and self.state is not State.DONE
+            and state in (S.TRANSFER, S.FINISHING, S.LINGER)
             and self.receiver.ack_due(now)
         ):
             self._outbox.append(encode(self.session_id, self.receiver.make_ack(now)))
@@ -247,48 +337,51 @@ class Session:
                 self._hasher.update(payload)
                 self._hashed += 1
             self._outbox.append(encode_data(self.session_id, seq, tx, payload))
-        if self.sender.done:
-            self._send_fin(now)
-
-    def _send_fin(self, now: float) -> None:
-        self.state = State.FINISHING
-        self._fin = Fin(size=self.size, digest=self._hasher.digest())
-        self._outbox.append(encode(self.session_id, self._fin))
-        self._deadline = now + self.rtt.rto()
+        if self.sender.done and self.machine.go(T.ALL_ACKED):
+            self._fin = Fin(size=self.size, digest=self._hasher.digest())
+            self._outbox.append(encode(self.session_id, self._fin))
+            self._deadline = now + self.rtt.rto()
 
     def get_timer(self) -> float | None:
-        if self.state is State.DONE:
+        state = self.state
+        if state in (S.DONE, S.ERROR):
             return None
         timers = [self._last_heard + self.config.give_up_s]
         if self._deadline is not None:
             timers.append(self._deadline)
-        if self.sender is not None and self.state is State.TRANSFER:
-            sender_timer = self.sender.get_timer()
-            if sender_timer is not None:
-                timers.append(sender_timer)
-        if self.receiver is not None and self.state is State.TRANSFER:
-            ack_timer = self.receiver.get_timer()
-            if ack_timer is not None:
-                timers.append(ack_timer)
+        if state is S.TRANSFER:
+            inner = self.sender.get_timer() if self.sender is not None else None
+            if self.receiver is not None:
+                inner = self.receiver.get_timer()
+            if inner is not None:
+                timers.append(inner)
         return min(timers)
 
     def handle_timer(self, now: float) -> None:
-        if self.state is State.DONE:
+        state = self.state
+        if state in (S.DONE, S.ERROR):
             return
-        if self.sender is not None and self.state is State.TRANSFER:
+        if self.sender is not None and state is S.TRANSFER:
             self.sender.handle_timer(now)
             if self.sender.failed:
-                self._end(TimedOut())
+                self._timed_out()
             return
-        if now >= self._last_heard + self.config.give_up_s and self.state is not State.LINGER:
-            self._end(TimedOut())
+        if now >= self._last_heard + self.config.give_up_s and state is not S.LINGER:
+            self._timed_out()
         elif self._deadline is not None and now >= self._deadline:
             self._on_deadline(now)
 
+    def _timed_out(self) -> None:
+        seconds = self.config.give_up_s
+        message = f"no progress for {seconds:g} s: the peer or the path is gone"
+        self._end(
+            T.TIMED_OUT, Failed(code=TransferTimeout.code, message=message, session=self.session_id)
+        )
+
     def _on_deadline(self, now: float) -> None:
-        if self.state is State.LINGER:
-            self.state = State.DONE
-        elif self.state is State.FINISHING and self._fin is not None and self.sender is not None:
+        if self.state is S.LINGER:
+            self.machine.go(T.LINGER_OVER)
+        elif self.state is S.FINISHING and self._fin is not None and self.sender is not None:
             self.rtt.on_timeout()
             self._outbox.append(encode(self.session_id, self._fin))
             self._deadline = now + self.rtt.rto()

@@ -1,0 +1,358 @@
+"""UDP server endpoint (sans-IO): address validation, requests, the session table.
+
+Theory of operation
+-------------------
+Address validation (what keeps the server from being a reflector): the server
+holds no state for an unvalidated address. An INITIAL without a valid cookie gets a
+RETRY carrying ``cookie = HMAC-SHA256(secret, address | nonce | time bucket)[:16]
++ bucket``; only an INITIAL that echoes it, from the same address, within two
+COOKIE_BUCKET_S buckets, creates a session. An INITIAL must be padded to 1,200
+bytes (a shorter one is dropped) and a RETRY is under 100, so until validation the
+server sends well under 3x what it received, and a spoofed source gets one small
+RETRY per datagram it was sent.
+
+Requests: a validated INITIAL is checked (a known operation, a window of at least
+one chunk, a chunk size from 512 to 65,000: otherwise it is refused at once with
+code 1 and the reason, so a client never waits for nothing), then reported as
+``RequestReceived``; the application (server/udp.py) answers with ``accept``,
+``refuse`` or ``done``, which send an ACCEPT carrying a fresh random 64-bit
+session id (or a final code). Datagrams are routed by session id *and* source
+address: a forged id, or a right id from another address, is dropped and counted
+without touching the session. A repeated INITIAL (the ACCEPT was lost) gets the
+same ACCEPT again, and a sending session that has had no ack resends its first
+flight at once. The table is bounded by ``max_sessions`` in all and
+``max_per_address`` per client IP; over either, a validated client gets an
+ACCEPT coded 41 (busy) at once.
+
+The endpoint is a datagram core (machine.py): sessions' events come out of
+``next_event`` tagged with their session id, and a session that has ended and
+whose events were taken is forgotten after its last datagrams leave.
+
+PING is answered with a PONG of the same size, to the source address only: no
+amplification.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import struct
+
+from ..._records import record
+from ...errors import Busy, RemoteProtocolError
+from ..rtt import RttEstimator
+from .handshake import Address
+from .packets import (
+    MAX_CHUNK_BYTES,
+    MIN_CHUNK_BYTES,
+    MIN_INITIAL_BYTES,
+    Accept,
+    Initial,
+    Operation,
+    PacketError,
+    Ping,
+    Pong,
+    Retry,
+    decode_data,
+    decode_untrusted,
+    encode,
+)
+from .session import ReadChunk, Session, SessionConfig, SessionEvent
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .handshake import Rng
+
+COOKIE_BUCKET_S = 30.0
+"""Cookies are valid in the bucket they were made in and the next one."""
+WINDOW_BYTES = 8 * 1024 * 1024
+"""A session's reorder buffer holds at most this many bytes (window x chunk size)."""
+MIN_WINDOW_CHUNKS = 16
+"""The receive window offered is never smaller (see congestion.MIN_WINDOW_PACKETS)."""
+ACCEPT_MEMORY_S = 30.0
+"""How long an ACCEPT is remembered, to repeat it for a repeated INITIAL."""
+OPERATIONS = frozenset(int(op) for op in Operation)
+
+
+def _address_bytes(address: Address) -> bytes:
+    return f"{address[0]}|{address[1]}".encode()
+
+
+def make_cookie(secret: bytes, address: Address, nonce: int, now: float) -> bytes:
+    bucket = int(now // COOKIE_BUCKET_S) & 0xFFFFFFFF
+    return _cookie(secret, address, nonce, bucket)
+
+
+def _cookie(secret: bytes, address: Address, nonce: int, bucket: int) -> bytes:
+    message = _address_bytes(address) + struct.pack(">QI", nonce, bucket)
+    return hmac.new(secret, message, hashlib.sha256).digest()[:16] + struct.pack(">I", bucket)
+
+
+def cookie_valid(secret: bytes, cookie: bytes, address: Address, nonce: int, now: float) -> bool:
+    if len(cookie) != 20:
+        return False
+    (bucket,) = struct.unpack(">I", cookie[16:])
+    current = int(now // COOKIE_BUCKET_S) & 0xFFFFFFFF
+    if bucket not in (current, (current - 1) & 0xFFFFFFFF):
+        return False
+    return hmac.compare_digest(cookie, _cookie(secret, address, nonce, bucket))
+
+
+@record
+class RequestReceived:
+    """A validated client asks for something: answer with accept, refuse or done."""
+
+    address: Address
+    initial: Initial
+
+    @property
+    def operation(self) -> Operation:
+        return Operation(self.initial.operation)
+
+
+@record(frozen=False)
+class EndpointStats:
+    corrupt: int = 0
+    stray: int = 0
+    retries: int = 0
+    pings: int = 0
+    short_initials: int = 0
+    refused: int = 0
+
+
+def request_problem(initial: Initial) -> str | None:
+    """Why a validated INITIAL cannot be served, or None."""
+    if initial.operation not in OPERATIONS:
+        return f"unknown operation {initial.operation}"
+    if initial.window < 1:
+        return "the receive window must be at least 1 chunk"
+    if not MIN_CHUNK_BYTES <= initial.chunk_bytes <= MAX_CHUNK_BYTES:
+        return f"chunk size must be from {MIN_CHUNK_BYTES} to {MAX_CHUNK_BYTES} bytes"
+    return None
+
+
+class ServerEndpoint:
+    """The server side of UDP: one socket's worth of sessions (a datagram core)."""
+
+    def __init__(
+        self,
+        *,
+        secret: bytes,
+        rng: Rng,
+        config: SessionConfig,
+        max_sessions: int,
+        max_per_address: int | None = None,
+    ) -> None:
+        self.secret, self.rng, self.config, self.max_sessions = secret, rng, config, max_sessions
+        self.max_per_address = max_per_address or max_sessions
+        self.stats = EndpointStats()
+        self._sessions: dict[int, tuple[Address, Session]] = {}
+        self._events: collections.deque[RequestReceived] = collections.deque()
+        self._outbox: list[tuple[bytes, Address]] = []
+        self._accepts: dict[tuple[Address, int], tuple[int, bytes, float]] = {}
+
+    # ---- the datagram-core API ----------------------------------------------------
+
+    def receive_datagram(self, data: bytes | memoryview, addr: Address, now: float) -> None:
+        """One datagram from ``addr``: decode, validate, route."""
+        fields = decode_data(data)
+        if fields is not None:
+            entry = self._sessions.get(fields[0])
+            if entry is None or entry[0] != addr:
+                self.stats.stray += 1
+            else:
+                entry[1].receive_data(fields[1], fields[2], fields[3], now)
+            return
+        try:
+            session_id, body = decode_untrusted(data)
+        except PacketError:
+            self.stats.corrupt += 1
+            return
+        if isinstance(body, Initial):
+            if len(data) < MIN_INITIAL_BYTES:
+                self.stats.short_initials += 1  # not padded: answering could amplify
+            else:
+                self._on_initial(body, addr, now)
+        elif isinstance(body, Ping):
+            self.stats.pings += 1
+            pong = Pong(seq=body.seq, timestamp_ns=body.timestamp_ns, padding=body.padding)
+            self._outbox.append((encode(0, pong), addr))
+        else:
+            entry = self._sessions.get(session_id)
+            if entry is None or entry[0] != addr:
+                self.stats.stray += 1
+                return
+            entry[1].receive(body, now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """The endpoint's own datagrams (ACCEPT, RETRY, PONG) first: a new session's
+        DATA sent ahead of its ACCEPT would be dropped by a client that has no
+        session yet. Then each session's, grouped (one GSO run per session)."""
+        out, self._outbox = self._outbox, []
+        for session_id, (address, session) in list(self._sessions.items()):
+            out.extend((datagram, address) for datagram in session.datagrams(now))
+            if session.done:
+                del self._sessions[session_id]
+        return out
+
+    def next_event(self) -> RequestReceived | SessionEvent | None:
+        if self._events:
+            return self._events.popleft()
+        for _address, session in self._sessions.values():
+            event = session.next_event()
+            if event is not None:
+                return event
+        return None
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline of any session."""
+        timers = [t for _a, s in self._sessions.values() if (t := s.get_timer()) is not None]
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run the timers of every session whose deadline has come."""
+        for _address, session in list(self._sessions.values()):
+            deadline = session.get_timer()
+            if deadline is not None and deadline <= now:
+                session.handle_timer(now)
+
+    # ---- requests -------------------------------------------------------------------
+
+    def _on_initial(self, initial: Initial, address: Address, now: float) -> None:
+        while self._accepts:  # insertion order is time order: expire from the front
+            key, (_sid, _datagram, expires) = next(iter(self._accepts.items()))
+            if expires > now:
+                break
+            del self._accepts[key]
+        known = self._accepts.get((address, initial.nonce))
+        if known is not None:
+            self._outbox.append((known[1], address))  # our ACCEPT was lost: repeat it
+            entry = self._sessions.get(known[0])
+            if entry is not None:
+                entry[1].on_request_repeated(now)
+            return
+        if not cookie_valid(self.secret, initial.cookie, address, initial.nonce, now):
+            self.stats.retries += 1
+            cookie = make_cookie(self.secret, address, initial.nonce, now)
+            self._outbox.append((encode(0, Retry(nonce=initial.nonce, cookie=cookie)), address))
+            return
+        request = RequestReceived(address=address, initial=initial)
+        problem = request_problem(initial)
+        if problem is not None:
+            self.stats.refused += 1
+            self.refuse(request, code=RemoteProtocolError.code, message=problem, now=now)
+            return
+        same_host = sum(1 for a, _s in self._sessions.values() if a[0] == address[0])
+        if len(self._sessions) >= self.max_sessions or same_host >= self.max_per_address:
+            self.refuse(request, code=Busy.code, message="too many sessions, try later", now=now)
+            return
+        self._events.append(request)
+
+    def _send_accept(
+        self, request: RequestReceived, session_id: int, accept: Accept, now: float
+    ) -> None:
+        datagram = encode(session_id, accept)
+        key = (request.address, request.initial.nonce)
+        self._accepts[key] = (session_id, datagram, now + ACCEPT_MEMORY_S)
+        self._outbox.append((datagram, request.address))
+
+    def accept(
+        self,
+        request: RequestReceived,
+        *,
+        size: int,
+        mtime_ns: int,
+        now: float,
+        read_chunk: ReadChunk | None,
+        mode: int | None = None,
+    ) -> int:
+        """Start the session; returns its id. The server sends ``size`` bytes read
+        with ``read_chunk`` if one is given, else receives the client's
+        ``initial.size`` bytes."""
+        initial = request.initial
+        chunk = min(initial.chunk_bytes, self.config.chunk_bytes)
+        session_id = self.rng.getrandbits(64) or 1
+        sending = read_chunk is not None
+        window = max(MIN_WINDOW_CHUNKS, min(self.config.window, WINDOW_BYTES // chunk))
+        config = SessionConfig(
+            chunk_bytes=chunk,
+            window=initial.window if sending else window,
+            give_up_s=self.config.give_up_s,
+            cc=self.config.cc,
+        )
+        session = Session(
+            session_id=session_id,
+            size=size if sending else initial.size,
+            sending=sending,
+            config=config,
+            now=now,
+            read_chunk=read_chunk,
+        )
+        self._sessions[session_id] = (request.address, session)
+        accept = Accept(
+            nonce=initial.nonce,
+            code=0,
+            chunk_bytes=chunk,
+            window=window,
+            size=size,
+            mtime_ns=mtime_ns,
+            message="",
+            mode=mode,
+        )
+        self._send_accept(request, session_id, accept, now)
+        return session_id
+
+    def refuse(self, request: RequestReceived, *, code: int, message: str, now: float) -> None:
+        """Answer a request with an error: the request is over."""
+        accept = Accept(
+            nonce=request.initial.nonce,
+            code=code,
+            chunk_bytes=0,
+            window=0,
+            size=0,
+            mtime_ns=0,
+            message=message,
+        )
+        self._send_accept(request, 0, accept, now)
+
+    def done(self, request: RequestReceived, *, now: float) -> None:
+        """Answer a request that needs no transfer (REMOVE) with success."""
+        accept = Accept(
+            nonce=request.initial.nonce,
+            code=0,
+            chunk_bytes=0,
+            window=0,
+            size=0,
+            mtime_ns=0,
+            message="",
+        )
+        self._send_accept(request, 0, accept, now)
+
+    # ---- sessions -------------------------------------------------------------------
+
+    def session(self, session_id: int) -> Session | None:
+        entry = self._sessions.get(session_id)
+        return entry[1] if entry is not None else None
+
+    def finish(
+        self, session_id: int, *, code: int, message: str, digest: bytes, now: float
+    ) -> None:
+        """The verdict on a session's EndReceived (an upload: code 0 committed)."""
+        session = self.session(session_id)
+        if session is not None:
+            session.finish(code=code, message=message, digest=digest, now=now)
+
+    def abort(self, session_id: int, *, code: int, message: str) -> None:
+        """End a session now, telling the client (a storage failure mid-upload)."""
+        session = self.session(session_id)
+        if session is not None:
+            session.abort(code=code, message=message)
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def rtt_of(self, session_id: int) -> RttEstimator | None:
+        session = self.session(session_id)
+        return session.rtt if session is not None else None
