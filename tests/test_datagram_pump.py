@@ -1,4 +1,5 @@
-"""The UDP adapter's batching: GSO runs out, GRO batches cut apart, on real sockets."""
+"""The datagram adapters' batching: GSO runs out, GRO batches cut apart, on real
+sockets, for the asyncio pump and the blocking runner alike."""
 
 from __future__ import annotations
 
@@ -9,19 +10,15 @@ import sys
 
 import pytest
 
-from ftransfer.io.datagram import (
-    GSO_MAX_BYTES,
-    GSO_MAX_SEGMENTS,
-    DatagramPump,
-    _run_end,
-    open_udp_socket,
-)
+from ftransfer.io.datagram import DatagramPump
+from ftransfer.io.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, _run_end, open_udp_socket
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="UDP GSO/GRO are Linux's")
 
 
-def _runs(sizes: list[int]) -> list[int]:
-    datagrams = [bytes(n) for n in sizes]
+def _runs(sizes: list[int], to: list[int] | None = None) -> list[int]:
+    ports = to or [1] * len(sizes)
+    datagrams = [(bytes(n), ("127.0.0.1", port)) for n, port in zip(sizes, ports, strict=True)]
     lengths, i = [], 0
     while i < len(datagrams):
         j = _run_end(datagrams, i)
@@ -36,6 +33,7 @@ def test_runs_are_equal_sized_with_at_most_a_shorter_last() -> None:
     assert _runs([40, 100, 100]) == [1, 2]  # a longer one cannot follow
     assert _runs([100]) == [1]
     assert _runs([100, 100, 0]) == [2, 1]  # GSO would silently drop an empty segment
+    assert _runs([100, 100, 100], to=[1, 1, 2]) == [2, 1]  # one run, one address
 
 
 def test_runs_respect_the_kernel_limits() -> None:
@@ -73,9 +71,10 @@ async def _round_trip(sender_sock: socket.socket) -> tuple[DatagramPump, Datagra
     collector = _Collector(len(expected))
     receiver = DatagramPump(receiver_sock, collector.on_datagram, collector.on_batch, lambda: None)
     sender = DatagramPump(sender_sock, lambda v, a: None, lambda: None, lambda: None)
-    sender.send_many(expected)
+    address = receiver_sock.getsockname()
+    sender.send([(d, (str(address[0]), int(address[1]))) for d in expected])
     await asyncio.wait_for(collector.done, 10)
-    assert sender.send_drops == 0
+    assert sender.socket.send_drops == 0
     assert collector.got == expected  # every datagram, intact, in order
     return sender, receiver, collector.got
 

@@ -1,85 +1,43 @@
-"""asyncio adapter for UDP: moves datagrams and re-arms one timer; decides nothing.
+"""asyncio adapter for datagram cores: moves datagrams, re-arms one timer, decides nothing.
 
 Theory of operation
 -------------------
 asyncio's default datagram transport reads one datagram per loop iteration, which
-PERF-NOTES.md measured at ~75k datagrams/s with 94 % dropped under a blast. Here the
-socket is non-blocking and registered with ``loop.add_reader``; each wake-up drains
-it with ``recvfrom_into`` into one reused buffer, up to DRAIN_BATCH datagrams, then
-lets the owner run the protocol once for the whole batch (``on_batch``). The socket
-asks for an 8 MiB receive buffer (the kernel caps it at rmem_max, doubled), which
-absorbs bursts between wake-ups without replacing flow control.
+was measured at ~75k datagrams/s with 94 % dropped under a blast. Here the socket
+is non-blocking and registered with ``loop.add_reader``; each wake-up drains it
+into one reused buffer, up to DRAIN_BATCH datagrams (GRO batches cut apart by
+udp.py), then lets the owner run its protocol once for the whole batch
+(``on_batch``). One ``TimerHandle`` is kept, re-armed to the owner's deadline.
 
-Where Linux offers them, the pump uses UDP segmentation offloads, which leave the
-wire unchanged: ``send_many`` hands runs of equal-sized datagrams to the kernel in
-one ``sendmsg`` with UDP_SEGMENT (GSO), and the socket asks for UDP_GRO, so one
-``recvmsg`` may return several datagrams of one sender back to back, with their
-size in a control message; the pump cuts them apart before the protocol sees them.
-Measured on loopback with 1,434-byte datagrams: 8.1 us per datagram sent one by
-one, 1.4 us in runs of 16, and a receiver that reads 16 datagrams per system call.
-A kernel or route that refuses GSO (EINVAL, EIO) turns it off for that pump.
+``DatagramPump`` is that loop with callbacks (the TFTP listener uses it as is);
+``CoreDriver`` puts any datagram core (proto/machine.py: the UDP endpoint or
+request, a TFTP transfer) behind it, as aioquic's asyncio protocol does:
 
-A full socket buffer (EAGAIN) or ENOBUFS drops the datagrams, which the protocol
-treats as loss: UDP's contract. One ``TimerHandle`` is kept, re-armed to the
-core's ``get_timer()`` deadline.
+    datagram -> core.receive_datagram          timer -> core.handle_timer
+    after a batch or a timer: every event -> on_event (the application may answer
+    into the core: a verdict, an abort), then core.datagrams_to_send -> the
+    socket, and the timer re-armed to core.get_timer()
+
+So the application's answers leave in the same batch as the datagrams that caused
+them, and no caller ever touches a core's lists.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import socket
-import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from ..errors import ConnectionFailed
+from .udp import RECV_BUFFER_BYTES, Address, DatagramSocket
 
-RECV_BUFFER_BYTES = 65536
-"""One datagram at most (the largest UDP payload)."""
-SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
-"""Requested SO_RCVBUF / SO_SNDBUF."""
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+
+    from ..proto.machine import DatagramCore
+
 DRAIN_BATCH = 512
 """Datagrams read per wake-up before the protocol runs (fairness to other sockets)."""
-SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
-"""From linux/udp.h (Python 3.11's socket module does not name them)."""
-GSO_MAX_SEGMENTS = 64
-GSO_MAX_BYTES = 65000
-"""One GSO send carries at most this many datagrams and bytes (kernel limits: 64
-segments, 65,507 bytes of UDP payload over IPv4)."""
-_GRO_ANCILLARY = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
-_GSO_REFUSED = {errno.EINVAL, errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT}
-
-Address = tuple[str, int]
 OnDatagram = Callable[[memoryview, Address], None]
-
-
-def open_udp_socket(host: str, port: int, *, connect: bool) -> socket.socket:
-    """A non-blocking UDP socket bound to, or connected to, ``host:port``."""
-    try:
-        infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_DGRAM, flags=0 if connect else socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise ConnectionFailed(f"cannot resolve {host!r}: {exc.strerror}") from None
-    family, kind, proto, _name, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
-        if connect:
-            sock.connect(address)
-        else:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        verb = "reach" if connect else "listen on"
-        raise ConnectionFailed(f"cannot {verb} udp {host}:{port}: {exc.strerror}") from None
-    sock.setblocking(False)
-    return sock
 
 
 class DatagramPump:
@@ -91,18 +49,30 @@ class DatagramPump:
         on_datagram: OnDatagram,
         on_batch: Callable[[], None],
         on_timer: Callable[[], None],
+        on_unreachable: Callable[[], None] | None = None,
     ) -> None:
-        self.sock = sock
+        self.socket = DatagramSocket(sock)
         self._on_datagram, self._on_batch, self._on_timer = on_datagram, on_batch, on_timer
+        self._on_unreachable = on_unreachable
         self._buf = bytearray(RECV_BUFFER_BYTES)
         self._view = memoryview(self._buf)
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self.send_drops = 0
-        self.gso = _gso_available(sock)
-        self.gro = _gro_enabled(sock)
+        self._closed = False
         self._loop.add_reader(sock.fileno(), self._readable)
+
+    @property
+    def sock(self) -> socket.socket:
+        return self.socket.sock
+
+    @property
+    def gso(self) -> bool:
+        return self.socket.gso
+
+    @property
+    def gro(self) -> bool:
+        return self.socket.gro
 
     def now(self) -> float:
         return self._loop.time()
@@ -111,68 +81,29 @@ class DatagramPump:
         received = 0
         while received < DRAIN_BATCH:
             try:
-                n, segment, address = self._receive()
+                n, segment, address = self.socket.receive(self._buf)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:  # e.g. ECONNREFUSED from an ICMP error: a lost datagram
+            except ConnectionRefusedError:  # ICMP port unreachable
+                received += 1
+                if self._on_unreachable is not None:
+                    self._on_unreachable()
+                continue
+            except OSError:  # another ICMP error: a lost datagram
                 received += 1
                 continue
-            peer = (str(address[0]), int(address[1]))
             if segment >= n:
                 received += 1
-                self._on_datagram(self._view[:n], peer)
+                self._on_datagram(self._view[:n], address)
                 continue
             for start in range(0, n, segment):  # GRO: several datagrams back to back
                 received += 1
-                self._on_datagram(self._view[start : min(start + segment, n)], peer)
+                self._on_datagram(self._view[start : min(start + segment, n)], address)
         self._on_batch()
 
-    def _receive(self) -> tuple[int, int, Address]:
-        """One read: (bytes, size of each datagram in them, sender)."""
-        if not self.gro:
-            n, address = self.sock.recvfrom_into(self._buf)
-            return n, n, address
-        n, ancillary, _flags, address = self.sock.recvmsg_into([self._buf], _GRO_ANCILLARY)
-        for level, kind, data in ancillary:
-            if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
-                return n, max(struct.unpack("=i", data[:4])[0], 1), address
-        return n, n, address
-
-    def send(self, datagram: bytes, address: Address | None = None) -> None:
-        """Send one datagram; a full buffer drops it (the protocol will recover)."""
-        try:
-            if address is None:
-                self.sock.send(datagram)
-            else:
-                self.sock.sendto(datagram, address)
-        except OSError:  # EAGAIN, ENOBUFS, ECONNREFUSED...: a lost datagram
-            self.send_drops += 1
-
-    def send_many(self, datagrams: Sequence[bytes], address: Address | None = None) -> None:
-        """Send datagrams in order, runs of equal size in one GSO system call each."""
-        i = 0
-        while i < len(datagrams):
-            j = _run_end(datagrams, i) if self.gso else i + 1
-            if j - i == 1:
-                self.send(datagrams[i], address)
-            else:
-                self._send_segmented(datagrams[i:j], address)
-            i = j
-
-    def _send_segmented(self, run: Sequence[bytes], address: Address | None) -> None:
-        ancillary = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(run[0])))]
-        try:
-            if address is None:
-                self.sock.sendmsg(run, ancillary)
-            else:
-                self.sock.sendmsg(run, ancillary, 0, address)
-        except OSError as exc:
-            if exc.errno not in _GSO_REFUSED:
-                self.send_drops += len(run)
-                return
-            self.gso = False  # this kernel or route cannot segment: one by one from now
-            for datagram in run:
-                self.send(datagram, address)
+    def send(self, datagrams: list[tuple[bytes, Address]]) -> None:
+        if datagrams and not self._closed:
+            self.socket.send(datagrams)
 
     def arm(self, deadline: float | None) -> None:
         """Run ``on_timer`` at ``deadline`` (loop time), replacing any earlier arming."""
@@ -182,7 +113,7 @@ class DatagramPump:
             self._timer.cancel()
             self._timer = None
         self._timer_at = deadline
-        if deadline is not None:
+        if deadline is not None and not self._closed:
             self._timer = self._loop.call_at(deadline, self._fire)
 
     def _fire(self) -> None:
@@ -190,42 +121,45 @@ class DatagramPump:
         self._on_timer()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
         self._loop.remove_reader(self.sock.fileno())
-        self.sock.close()
+        self.socket.close()
 
 
-def _run_end(datagrams: Sequence[bytes], i: int) -> int:
-    """End of the GSO run starting at ``i``: datagrams of the first one's size, the
-    last of them possibly shorter but not empty (GSO drops an empty segment), within
-    GSO's limits."""
-    size = total = len(datagrams[i])
-    j = i + 1
-    while j < len(datagrams) and j - i < GSO_MAX_SEGMENTS:
-        n = len(datagrams[j])
-        if n > size or n == 0 or total + n > GSO_MAX_BYTES:
-            break
-        total += n
-        j += 1
-        if n < size:
-            break
-    return j
+class CoreDriver:
+    """Runs one datagram core on a socket (see the module docstring)."""
 
+    def __init__(
+        self,
+        core: DatagramCore,
+        sock: socket.socket,
+        on_event: Callable[[object], None],
+        *,
+        on_unreachable: Callable[[], None] | None = None,
+    ) -> None:
+        self.core, self._on_event = core, on_event
+        self.pump = DatagramPump(
+            sock, self._datagram, self.step, self._timer, on_unreachable=on_unreachable
+        )
 
-def _gso_available(sock: socket.socket) -> bool:
-    try:
-        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
-    except OSError:
-        return False
-    return True
+    def _datagram(self, view: memoryview, address: Address) -> None:
+        self.core.receive_datagram(view, address, self.pump.now())
 
+    def _timer(self) -> None:
+        self.core.handle_timer(self.pump.now())
+        self.step()
 
-def _gro_enabled(sock: socket.socket) -> bool:
-    if not _GRO_ANCILLARY:
-        return False
-    try:
-        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-    except OSError:
-        return False
-    return True
+    def step(self) -> None:
+        """Hand out events, send what the core has, re-arm its timer."""
+        core = self.core
+        while (event := core.next_event()) is not None:
+            self._on_event(event)
+        self.pump.send(core.datagrams_to_send(self.pump.now()))
+        self.pump.arm(core.get_timer())
+
+    def close(self) -> None:
+        self.pump.close()

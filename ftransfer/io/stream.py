@@ -3,33 +3,33 @@
 Theory of operation
 -------------------
 ``FrameStream`` is an ``asyncio.BufferedProtocol``: the kernel copies received bytes
-straight into one reused buffer (``recv_into``), and the whole read is handed to the
+straight into a reused buffer (``recv_into``), and each read is handed to the
 sans-IO ``Connection``. Because ``FileData`` events are views into that buffer,
 reading is paused until the consumer has drained the core (``next_event`` returned
 NEED_DATA); then reading resumes. That pause is also the receive-side backpressure:
 a consumer that does not keep up stops the socket being read, and TCP flow control
 slows the peer. While a file streams in, a *data sink* (``set_data_sink``) takes
 the bytes inside the protocol callback itself: no pause and no task switch per read.
+The buffer is small between files and a large one borrowed from a pool while a
+file's bytes arrive (buffers.py: memory bounded by what streams now).
 
 Sending: frames are *corked*: queued, and handed to the transport in one write at
 the end of the current event-loop iteration (a ``call_soon`` scheduled by the first
 queued frame), or earlier before a sendfile, on ``drain`` once CORK_BYTES are
 queued, and on close. Everything the server answers to one read of pipelined
-requests, or the client sends for a batch of small files, costs one send syscall
-instead of three per file; no frame waits longer than one loop iteration, whichever
-task wrote it and whatever the other tasks are waiting for.
-Small frames go through ``transport.write``; file bodies go out with
-``os.sendfile`` (zero copy) in DATA frames of up to MAX_FRAME_BYTES. The sender's
-digest is computed from the same file range with pread into a reused scratch buffer
-(page-cache hot, no network data touched twice). ``drain`` waits while the transport
-is above its high-water mark: send-side backpressure.
+requests costs one send syscall, and no frame waits longer than one iteration.
+File bodies (``send_file``) follow files.py: ``loop.sendfile`` (zero copy) when
+the source has a descriptor, else DATA frames read from it, hashed as they go
+unless the source knows its digest; a source shorter than announced raises
+``FileChanged`` after its frame is completed, and ERROR goes in place of END.
 
 Idle timeout: one watchdog timer per connection. Receiving bytes, or handing bytes
 to the transport, records the time; the timer re-arms itself for the remaining
-interval and aborts the connection once nothing moved for ``idle_timeout_s``. This
-costs a clock read per read or write, where a timeout around every wait would cost
-a timer handle per event. A download in progress is activity; a peer that neither
-sends nor reads is not.
+interval and, once nothing moved for ``idle_timeout_s``, marks the stream timed
+out and wakes whoever waits: they raise ``TransferTimeout``, and the server ends
+the connection with ERROR 42 (``close_with_error``) where no frame is half
+written. A close that cannot flush (a peer that does not read) becomes an abort
+after CLOSE_GRACE_S.
 
 OS errors are mapped to ``ConnectionFailed`` (or ``TransferTimeout`` after the
 watchdog fired) here, once, where they surface.
@@ -38,48 +38,32 @@ watchdog fired) here, once, where they surface.
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import socket
 from collections.abc import Callable
 
-from ..checksum import Hasher, hash_range, new_hasher
-from ..config import (
-    CORK_BYTES,
-    MAX_FRAME_BYTES,
-    RECV_BUFFER_BYTES,
-    SMALL_FILE_BYTES,
-    WRITE_HIGH_WATER_BYTES,
-    WRITE_LOW_WATER_BYTES,
-)
+from ..config import CORK_BYTES, WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES
 from ..errors import ConnectionFailed, FtransferError, TransferTimeout
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import Connection
+from .buffers import SMALL_BUFFER_BYTES, BufferPool, LargeBuffer
+from .files import DataSink, SendfileFrame, SinkFailed, file_frames, new_scratch
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .files import FileSource
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just sent or received."""
-
-
-DataSink = Callable[[bytes | memoryview], None]
-"""Consumes received file bytes (write and hash them) before the buffer is reused."""
-
-
-class SinkFailed(FtransferError):
-    """The data sink raised; ``cause`` says why. The stream itself is intact."""
-
-    def __init__(self, cause: FtransferError) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-class FileShrank(ConnectionFailed):
-    """The file being sent got shorter mid-transfer; the frame cannot be completed."""
+CLOSE_GRACE_S = 2.0
+"""A close whose queued bytes the peer does not read within this becomes an abort."""
 
 
 class FrameStream(asyncio.BufferedProtocol):
     """One TCP connection: a sans-IO ``Connection`` plus a transport."""
 
-    def __init__(self, conn: Connection, scratch: bytearray, idle_timeout_s: float) -> None:
-        self.conn = conn
+    def __init__(self, conn: Connection, pool: BufferPool, idle_timeout_s: float) -> None:
+        self.conn, self._pool = conn, pool
         self._idle_s = idle_timeout_s
         self._active_at = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
@@ -88,10 +72,12 @@ class FrameStream(asyncio.BufferedProtocol):
         self._cork: list[bytes] = []
         self._corked = 0
         self._flush_scheduled = False
+        self._mid_frame = False
         self._stash: ev.Event | ev.NeedData | ev.ConnectionClosed | FtransferError | None = None
-        self._scratch = scratch
-        self._buf = bytearray(RECV_BUFFER_BYTES)
-        self._view = memoryview(self._buf)
+        self._scratch: bytearray | None = None
+        self._small = memoryview(bytearray(SMALL_BUFFER_BYTES))
+        self._large: LargeBuffer | None = None
+        self._view = self._small
         self._transport: asyncio.Transport | None = None
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
@@ -127,12 +113,13 @@ class FrameStream(asyncio.BufferedProtocol):
         idle_for = self._loop.time() - self._active_at
         if idle_for >= self._idle_s:
             self._timed_out = True
-            self.abort()
+            self._readable.set()
+            self._writable.set()
         else:
             self._watchdog = self._loop.call_later(self._idle_s - idle_for, self._check_idle)
 
     def _gone(self) -> FtransferError:
-        """The error for using a connection that has ended."""
+        """The error for using a connection that has ended (or timed out)."""
         if self._timed_out:
             return TransferTimeout(
                 f"no progress for {self._idle_s:g} s: the peer stopped answering"
@@ -140,7 +127,19 @@ class FrameStream(asyncio.BufferedProtocol):
         return ConnectionFailed(f"connection lost: {self._lost or 'closed by peer'}")
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self.conn.in_file:
+            if self._large is None:
+                self._large = self._pool.take()
+            self._view = self._large.view
+        else:
+            self._return_large()
+            self._view = self._small
         return self._view
+
+    def _return_large(self) -> None:
+        if self._large is not None:
+            self._pool.give(self._large)
+            self._large = None
 
     def buffer_updated(self, nbytes: int) -> None:
         assert self._transport is not None
@@ -169,6 +168,7 @@ class FrameStream(asyncio.BufferedProtocol):
         self._lost = exc
         if self._watchdog is not None:
             self._watchdog.cancel()
+        self._return_large()
         self._readable.set()
         self._writable.set()
 
@@ -189,6 +189,11 @@ class FrameStream(asyncio.BufferedProtocol):
     def transport(self) -> asyncio.Transport:
         assert self._transport is not None
         return self._transport
+
+    @property
+    def usable(self) -> bool:
+        """Neither closed nor timed out."""
+        return not (self._closed or self._timed_out)
 
     def set_data_sink(self, sink: DataSink | None) -> None:
         """Deliver FileData to ``sink`` as it arrives, instead of through next_event.
@@ -211,23 +216,33 @@ class FrameStream(asyncio.BufferedProtocol):
                 self._sink = None
                 raise SinkFailed(exc) from exc
 
+    def poll_event(self) -> ev.Event | ev.ConnectionClosed | None:
+        """The next event if one is complete already, without waiting."""
+        stashed, self._stash = self._stash, None
+        if isinstance(stashed, FtransferError):
+            raise stashed
+        event = stashed if stashed is not None else self._poll()
+        if isinstance(event, ev.NeedData):
+            if self._transport is not None and not self._closed:
+                self._readable.clear()
+                self._transport.resume_reading()
+            return None
+        return event
+
     async def next_event(self) -> ev.Event | ev.ConnectionClosed:
         """The next event from the peer; waits for bytes as needed."""
         while True:
-            stashed, self._stash = self._stash, None
-            if isinstance(stashed, FtransferError):
-                raise stashed
-            event = stashed if stashed is not None else self._poll()
-            if not isinstance(event, ev.NeedData):
+            event = self.poll_event()
+            if event is not None:
                 return event
+            if self._timed_out:
+                raise self._gone()
             if self._closed:
-                if self._lost is not None or self._eof_fed or self._timed_out:
+                if self._lost is not None or self._eof_fed:
                     raise self._gone()
                 self._eof_fed = True
                 self.conn.receive_data(b"")
                 continue
-            self._readable.clear()
-            self.transport.resume_reading()
             await self._readable.wait()
 
     def send(self, event: ev.Event) -> None:
@@ -266,74 +281,75 @@ class FrameStream(asyncio.BufferedProtocol):
         if self._corked >= CORK_BYTES:
             self.flush()
         await self._writable.wait()
-        if self._closed:
+        if self._closed or self._timed_out:
             raise self._gone()
+
+    # ---- files ----------------------------------------------------------------------
 
     async def send_file(
         self,
-        fd: int,
-        size: int,
+        source: FileSource,
         progress: Progress | None = None,
         cancelled: Callable[[], bool] = lambda: False,
     ) -> bytes | None:
-        """Send ``size`` bytes of ``fd`` as DATA frames; returns their xxh3-128 digest.
-
-        Returns None if ``cancelled()`` became true between frames (the caller then
-        ends the file with ABORT or ERROR). Raises FileShrank if the file is shorter
-        than ``size``: the stream cannot be resynchronised after that.
-        """
-        hasher = new_hasher()
-        if size <= SMALL_FILE_BYTES:
-            return await self._send_small(fd, size, hasher, progress)
-        offset = 0
-        while offset < size:
-            if cancelled():
-                return None
-            count = min(MAX_FRAME_BYTES, size - offset)
-            await self._sendfile_frame(fd, offset, count)
-            if hash_range(hasher, fd, offset, count, self._scratch) != count:
-                raise FileShrank("file changed size while it was being sent")
-            offset += count
-            if progress is not None:
-                progress(count)
-        return hasher.digest()
-
-    async def _send_small(
-        self, fd: int, size: int, hasher: Hasher, progress: Progress | None
-    ) -> bytes:
-        data = os.pread(fd, size, 0) if size else b""
-        if len(data) != size:
-            raise FileShrank("file changed size before it was sent")
-        if size:
-            self._write(self.conn.send(ev.FileData(data=data)))
-        hasher.update(data)
+        """Send ``source.size`` bytes as DATA frames (files.py); returns their xxh3-128,
+        or None if ``cancelled()`` became true between frames. Raises FileChanged
+        if the source is shorter than its size."""
+        if self._scratch is None:
+            self._scratch = new_scratch()
+        frames = file_frames(self.conn, source, self._scratch, progress, cancelled)
+        answer: int | None = None
+        try:
+            while True:
+                op = frames.send(answer)
+                if isinstance(op, SendfileFrame):
+                    answer = await self._sendfile_frame(op.fd, op.offset, op.count)
+                else:
+                    self._write(op.data)
+                    await self.drain()
+                    answer = None
+        except StopIteration as stop:
+            digest: bytes | None = stop.value
         await self.drain()
-        if progress is not None:
-            progress(size)
-        return hasher.digest()
+        return digest
 
-    async def _sendfile_frame(self, fd: int, offset: int, count: int) -> None:
+    async def _sendfile_frame(self, fd: int, offset: int, count: int) -> int:
+        """One DATA frame by sendfile; returns the bytes the file had (fewer if it
+        shrank: the frame is then completed with zeros)."""
         self._write(self.conn.start_data(count))
         self.flush()  # the header must precede the bytes sendfile sends
-        loop = asyncio.get_running_loop()
+        self._mid_frame = True
         with open(fd, "rb", buffering=0, closefd=False) as file:
             try:
-                sent = await loop.sendfile(self.transport, file, offset, count, fallback=True)
+                sent = await self._loop.sendfile(self.transport, file, offset, count, fallback=True)
             except (OSError, RuntimeError) as exc:
-                if self._closed:
+                if self._closed or self._timed_out:
                     raise self._gone() from None
                 raise ConnectionFailed(f"connection lost: {exc}") from None
+        if sent < count:
+            self.transport.write(bytes(count - sent))
+        self._mid_frame = False
         self._touch()
-        if sent != count:
-            self.transport.abort()
-            raise FileShrank("file changed size while it was being sent")
+        return sent
+
+    # ---- ending ---------------------------------------------------------------------
+
+    def close_with_error(self, error: FtransferError) -> None:
+        """Server: end the connection with ERROR (code, reason) where the stream is at
+        a frame boundary, then close; otherwise just close."""
+        if not self._mid_frame and not self._closed:
+            with contextlib.suppress(FtransferError):
+                self._write(self.conn.close_with_error(error.code or 50, str(error)))
+        self.close()
 
     def close(self) -> None:
-        """Close after flushing what is queued."""
+        """Close after flushing what is queued (an abort if the peer does not read)."""
         if self._transport is not None and not self._transport.is_closing():
             if not self._closed:
-                self.flush()
+                with contextlib.suppress(FtransferError):
+                    self.flush()
             self._transport.close()
+            self._loop.call_later(CLOSE_GRACE_S, self._transport.abort)
 
     def abort(self) -> None:
         """Close at once, discarding what is queued."""

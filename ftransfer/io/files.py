@@ -1,0 +1,132 @@
+"""Sending a file as DATA frames: the one loop both TCP streams run.
+
+Theory of operation
+-------------------
+``file_frames`` is the logic of sending ``source.size`` bytes as DATA frames, for
+the asyncio stream (stream.py) and the blocking one (socket_stream.py) alike, as a
+generator of two kinds of request that each stream carries out its own way:
+
+    SendfileFrame(fd, offset, count) -> bytes the file had   (zero copy)
+    WriteFrame(frame bytes)          -> None                 (then drain)
+
+A source with a descriptor is sent with sendfile in frames of up to
+MAX_FRAME_BYTES (small files, up to SMALL_FILE_BYTES, in one read and one write:
+cheaper than a sendfile round through the kernel); one without (memory, an object
+store) in frames of READ_CHUNK_BYTES read from it. The digest is computed from the
+same range with pread into a reused scratch buffer, unless the source knows it
+already. A source shorter than its size has the current frame completed with
+zeros and raises ``FileChanged``: the caller sends ERROR in place of END, so the
+peer discards the file and the stream stays in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+
+from .._records import record
+from ..checksum import hash_range, new_hasher
+from ..config import HASH_SCRATCH_BYTES, MAX_FRAME_BYTES, SMALL_FILE_BYTES
+from ..errors import FtransferError, StorageIOError
+from ..proto.tcp import events as ev
+from ..proto.tcp.connection import Connection
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class FileSource(Protocol):
+        """What is sent: a server Download, or a client's local file."""
+
+        @property
+        def size(self) -> int: ...
+
+        @property
+        def digest(self) -> bytes | None: ...
+
+        def fileno(self) -> int | None: ...
+
+        def read(self, offset: int, n: int) -> bytes: ...
+
+
+READ_CHUNK_BYTES = 1 << 20
+"""Frames read from a source without a descriptor are this large."""
+Progress = Callable[[int], None]
+"""Called with the number of bytes just sent or received."""
+DataSink = Callable[[bytes | memoryview], None]
+"""Consumes received file bytes (write and hash them) before the buffer is reused."""
+
+
+class SinkFailed(FtransferError):
+    """The data sink raised; ``cause`` says why. The stream itself is intact."""
+
+    def __init__(self, cause: FtransferError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class FileChanged(StorageIOError):
+    """The file got shorter while it was being sent: ERROR goes in place of END."""
+
+
+@record
+class SendfileFrame:
+    """Send a DATA frame of ``count`` bytes of ``fd`` at ``offset`` (header first);
+    the answer is how many bytes the file had (the rest is sent as zeros)."""
+
+    fd: int
+    offset: int
+    count: int
+
+
+@record
+class WriteFrame:
+    """Write (queue) a whole frame, then wait while the peer is behind."""
+
+    data: bytes
+
+
+FileOp = SendfileFrame | WriteFrame
+
+
+def file_frames(
+    conn: Connection,
+    source: FileSource,
+    scratch: bytearray,
+    progress: Progress | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> Generator[FileOp, int | None, bytes | None]:
+    """The frames of ``source``; returns its digest, or None if ``cancelled()``
+    became true between frames (the caller then sends ABORT or ERROR)."""
+    size, known = source.size, source.digest
+    hasher = None if known is not None else new_hasher()
+    fd = source.fileno()
+    zero_copy = fd is not None and size > SMALL_FILE_BYTES
+    offset = 0
+    while offset < size:
+        if cancelled():
+            return None
+        if zero_copy:
+            assert fd is not None
+            count = min(MAX_FRAME_BYTES, size - offset)
+            got = yield SendfileFrame(fd=fd, offset=offset, count=count)
+            assert got is not None
+            if hasher is not None and got == count:
+                got = hash_range(hasher, fd, offset, count, scratch)
+        else:
+            count = min(MAX_FRAME_BYTES if fd is not None else READ_CHUNK_BYTES, size - offset)
+            data = source.read(offset, count)
+            got = len(data)
+            yield WriteFrame(data=conn.send(ev.FileData(data=data.ljust(count, b"\0"))))
+            if hasher is not None:
+                hasher.update(data)
+        if got != count:
+            raise FileChanged("the file changed size while it was being sent")
+        offset += count
+        if progress is not None:
+            progress(count)
+    return known if hasher is None else hasher.digest()
+
+
+def new_scratch() -> bytearray:
+    """A hashing buffer (see HASH_SCRATCH_BYTES)."""
+    return bytearray(HASH_SCRATCH_BYTES)

@@ -1,0 +1,287 @@
+"""The client's TCP sockets: the same five primitives, blocking or on asyncio.
+
+Theory of operation
+-------------------
+The client's half of the TCP protocol is sans-IO logic (client/tcp.py) that owns
+its ``Connection`` and asks for bytes to be moved with five primitives; the two
+classes here carry them out, one for the synchronous ``Client`` (a blocking socket:
+nothing of asyncio is imported, which keeps a command's start-up short) and one
+for ``AsyncClient`` (a non-blocking socket on the running loop)::
+
+    write(data)                 queue bytes (corked: sent by the next flush or read)
+    flush()                     send what is queued
+    sendfile(fd, offset, count) send a file range without copying (os.sendfile);
+                                returns how many bytes the file had, and sends
+                                zeros for the rest (the frame stays whole)
+    read(large, timeout)        one read into a reused buffer (a 1 MiB one while a
+                                file streams in), as a view valid until the next
+                                read; b"" at the end of the stream; ``timeout``
+                                bounds this read only (the answer to HELLO)
+    poll(large)                 the same without waiting: None if nothing is there
+
+A read that waits longer than the idle timeout raises ``TransferTimeout``; OS errors
+become ``ConnectionFailed`` here, once.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from ..errors import ConnectionFailed, FtransferError, TransferTimeout
+from .buffers import LARGE_BUFFER_BYTES, SMALL_BUFFER_BYTES, LargeBuffer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Coroutine
+
+
+class ReadTimedOut(TransferTimeout):
+    """A read with its own ``timeout`` got nothing in time."""
+
+
+def connect_blocking(host: str, port: int, *, timeout_s: float) -> tuple[socket.socket, float]:
+    """A connected TCP socket and how long the connect took (about one round trip)."""
+    started = time.monotonic()
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    except TimeoutError:
+        raise TransferTimeout(f"connecting to {host}:{port} timed out") from None
+    except OSError as exc:
+        raise _connect_error(host, port, exc) from None
+    return sock, time.monotonic() - started
+
+
+def _connect_error(host: str, port: int, exc: OSError) -> FtransferError:
+    if isinstance(exc, socket.gaierror):
+        return ConnectionFailed(f"cannot resolve {host!r}: {exc.strerror}")
+    reason = exc.strerror or str(exc)
+    return ConnectionFailed(f"cannot connect to {host}:{port}: {reason}")
+
+
+def _lost(exc: OSError) -> ConnectionFailed:
+    return ConnectionFailed(f"connection lost: {exc.strerror or exc}")
+
+
+class _Buffers:
+    """A small receive buffer, and a large one while a file streams in."""
+
+    def __init__(self) -> None:
+        self._small = memoryview(bytearray(SMALL_BUFFER_BYTES))
+        self._large: LargeBuffer | None = None
+
+    def get(self, large: bool) -> memoryview:
+        if not large:
+            return self._small
+        if self._large is None:
+            self._large = LargeBuffer(LARGE_BUFFER_BYTES)
+        return self._large.view
+
+    def release(self) -> None:
+        if self._large is not None:
+            self._large.release()
+            self._large = None
+
+
+class BlockingSocket:
+    """The primitives on a blocking socket (the synchronous client)."""
+
+    def __init__(self, sock: socket.socket, idle_timeout_s: float) -> None:
+        self.sock, self.idle_timeout_s = sock, idle_timeout_s
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(idle_timeout_s)
+        self._cork: list[bytes] = []
+        self._buffers = _Buffers()
+
+    def write(self, data: bytes) -> None:
+        self._cork.append(data)
+
+    def flush(self) -> None:
+        if not self._cork:
+            return
+        data = b"".join(self._cork) if len(self._cork) > 1 else self._cork[0]
+        self._cork.clear()
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise self._stalled() from None
+        except OSError as exc:
+            raise _lost(exc) from None
+
+    def sendfile(self, fd: int, offset: int, count: int) -> int:
+        self.flush()
+        try:
+            # socket.sendfile waits for room with the socket's timeout between
+            # os.sendfile calls (a socket with a timeout is non-blocking underneath).
+            with open(fd, "rb", buffering=0, closefd=False) as file:
+                sent = self.sock.sendfile(file, offset, count)
+            if sent < count:  # the file is shorter than it was: keep the frame whole
+                self.sock.sendall(bytes(count - sent))
+        except TimeoutError:
+            raise self._stalled() from None
+        except OSError as exc:
+            raise _lost(exc) from None
+        return sent
+
+    def read(self, large: bool, timeout: float | None = None) -> memoryview:
+        self.flush()
+        view = self._buffers.get(large)
+        try:
+            if timeout is not None:
+                self.sock.settimeout(timeout)
+            n = self.sock.recv_into(view)
+        except TimeoutError:
+            if timeout is not None:
+                raise ReadTimedOut(f"nothing within {timeout:g} s") from None
+            raise self._stalled() from None
+        except OSError as exc:
+            raise _lost(exc) from None
+        finally:
+            if timeout is not None:
+                self.sock.settimeout(self.idle_timeout_s)
+        return view[:n]
+
+    def poll(self, large: bool) -> memoryview | None:
+        self.flush()
+        view = self._buffers.get(large)
+        self.sock.setblocking(False)  # a socket with a timeout would wait for it
+        try:
+            n = self.sock.recv_into(view)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _lost(exc) from None
+        finally:
+            self.sock.settimeout(self.idle_timeout_s)
+        return view[:n]
+
+    def _stalled(self) -> TransferTimeout:
+        seconds = self.idle_timeout_s
+        return TransferTimeout(f"no progress for {seconds:g} s: the server stopped answering")
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        except FtransferError:
+            pass
+        finally:
+            self.sock.close()
+            self._buffers.release()
+
+
+class AsyncSocket:
+    """The primitives on a non-blocking socket and the running asyncio loop."""
+
+    def __init__(self, sock: socket.socket, idle_timeout_s: float) -> None:
+        import asyncio
+
+        self.sock, self.idle_timeout_s = sock, idle_timeout_s
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        self._loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
+        self._cork: list[bytes] = []
+        self._buffers = _Buffers()
+
+    @classmethod
+    async def connect(
+        cls, host: str, port: int, *, timeout_s: float, idle_timeout_s: float
+    ) -> tuple[AsyncSocket, float]:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(timeout_s):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                family, kind, proto, _name, address = infos[0]
+                sock = socket.socket(family, kind, proto)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, address)
+                except BaseException:
+                    sock.close()
+                    raise
+        except TimeoutError:
+            raise TransferTimeout(f"connecting to {host}:{port} timed out") from None
+        except OSError as exc:
+            raise _connect_error(host, port, exc) from None
+        return cls(sock, idle_timeout_s), loop.time() - started
+
+    def write(self, data: bytes) -> None:
+        self._cork.append(data)
+
+    async def _timed(self, work: Coroutine[object, object, int], timeout: float) -> int:
+        import asyncio
+
+        try:
+            async with asyncio.timeout(timeout):
+                return await work
+        except TimeoutError:
+            raise self._stalled() from None
+        except OSError as exc:
+            raise _lost(exc) from None
+
+    async def flush(self) -> None:
+        if not self._cork:
+            return
+        data = b"".join(self._cork) if len(self._cork) > 1 else self._cork[0]
+        self._cork.clear()
+
+        async def send() -> int:
+            await self._loop.sock_sendall(self.sock, data)
+            return len(data)
+
+        await self._timed(send(), self.idle_timeout_s)
+
+    async def sendfile(self, fd: int, offset: int, count: int) -> int:
+        await self.flush()
+
+        async def send() -> int:
+            with open(fd, "rb", buffering=0, closefd=False) as file:
+                sent = await self._loop.sock_sendfile(self.sock, file, offset, count, fallback=True)
+            if sent < count:
+                await self._loop.sock_sendall(self.sock, bytes(count - sent))
+            return sent
+
+        return await self._timed(send(), self.idle_timeout_s)
+
+    async def read(self, large: bool, timeout: float | None = None) -> memoryview:
+        import asyncio
+
+        await self.flush()
+        view = self._buffers.get(large)
+        try:
+            async with asyncio.timeout(timeout if timeout is not None else self.idle_timeout_s):
+                n = await self._loop.sock_recv_into(self.sock, view)
+        except TimeoutError:
+            if timeout is not None:
+                raise ReadTimedOut(f"nothing within {timeout:g} s") from None
+            raise self._stalled() from None
+        except OSError as exc:
+            raise _lost(exc) from None
+        return view[:n]
+
+    async def poll(self, large: bool) -> memoryview | None:
+        await self.flush()
+        view = self._buffers.get(large)
+        try:
+            n = self.sock.recv_into(view)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _lost(exc) from None
+        return view[:n]
+
+    def _stalled(self) -> TransferTimeout:
+        seconds = self.idle_timeout_s
+        return TransferTimeout(f"no progress for {seconds:g} s: the server stopped answering")
+
+    async def close(self) -> None:
+        try:
+            await self.flush()
+        except FtransferError:
+            pass
+        finally:
+            self.sock.close()
+            self._buffers.release()
