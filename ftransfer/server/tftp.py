@@ -1,12 +1,13 @@
-"""The server's TFTP endpoint: RFC 1350 clients over the same root and storage.
+"""The TFTP service: RFC 1350 clients over the same operations as every transport.
 
 Theory of operation
 -------------------
 The listening socket (``serve --tftp-port``) is read by the asyncio loop. A valid
 RRQ or WRQ becomes a ``_Transfer``: a new socket on an ephemeral port (the server's
-transfer id) and a thread that opens the file through ``Storage`` (the same path
-rules, read-only policy and atomic commit as the native protocols), negotiates
-options and runs a ``BlockSender`` or ``BlockReceiver`` with ``io.threaded``.
+transfer id) and a thread that asks ``Operations`` for the file (the same names,
+read-only policy, limits, atomic commit and log line as the native protocols),
+negotiates options and runs a ``BlockSender`` or ``BlockReceiver`` core with
+``io.threaded``.
 
 Reflection hardening: TFTP cannot validate a source address before answering, so a
 spoofed request must cost as little as the protocol allows.
@@ -14,18 +15,21 @@ spoofed request must cost as little as the protocol allows.
 - A transfer never retransmits until the peer has answered it (the core's rule);
   a client whose first reply was lost repeats its request, and the repeat is
   routed to its transfer (keyed by source address and port) instead of starting
-  a second one.
+  a second one. No ending (a give-up, an eviction, a shutdown) sends anything to a
+  peer that never answered.
 - Every error sent to an address that has not proved itself (malformed request,
-  over a cap) is cut to at most three times the bytes received, as the UDP mode
-  does; a datagram too short to afford one gets no answer.
+  over a cap) is cut to at most three times the bytes received; a datagram too
+  short to afford one gets no answer. The one reply that cannot be cut is the
+  protocol's: the first DATA to an RRQ without options, 516 bytes for the
+  smallest RRQ of 10 bytes (51.6x), sent once.
 - Transfers are capped per address and in all. When the table is full, the oldest
   transfer whose peer never answered is evicted first (a SYN-cache policy), so a
   spoofed flood cannot lock real clients out for long.
 
 Uploads are decoded (netascii), hashed and written as blocks arrive; the final ACK
 is sent only after the atomic commit, so a client is told "done" only for a file
-that is whole at its final name. TFTP carries no checksum: the server logs the
-xxh3-128 of what it committed, and a client that sent tsize has its size checked.
+that is whole at its final name. TFTP carries no checksum: the log line has the
+xxh3-128 of what was committed, and a client that sent tsize has its size checked.
 """
 
 from __future__ import annotations
@@ -38,20 +42,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from .checksum import hex_digest
-from .config import ServerConfig
-from .errors import (
-    Exists,
-    FtransferError,
-    NoSpace,
-    NotFound,
-    Refused,
-    TooLarge,
-)
-from .io import threaded
-from .io.datagram import SOCKET_BUFFER_BYTES, DatagramPump
-from .proto.tftp import netascii
-from .proto.tftp.packets import (
+from ..config import ServerConfig
+from ..errors import Exists, FtransferError, NoSpace, NotFound, Refused, TooLarge, error_from_code
+from ..io import threaded
+from ..io.datagram import DatagramPump
+from ..io.udp import SOCKET_BUFFER_BYTES, DatagramSocket
+from ..proto.events import Completed, DataReceived, Failed
+from ..proto.tftp import netascii
+from ..proto.tftp.packets import (
     ErrorCode,
     Limits,
     Request,
@@ -62,17 +60,8 @@ from .proto.tftp.packets import (
     negotiate,
     parse_untrusted,
 )
-from .proto.tftp.transfer import (
-    DEFAULT_TIMEOUT_S,
-    Address,
-    BlockReceiver,
-    BlockSender,
-    Completed,
-    DataReceived,
-    Event,
-    Failed,
-)
-from .storage import AtomicWriter, ReadHandle, Storage, escape, sequential_reader
+from ..proto.tftp.transfer import DEFAULT_TIMEOUT_S, Address, BlockReceiver, BlockSender
+from .operations import Download, Operations, Requester, Upload, format_peer
 
 logger = logging.getLogger("ftransfer.tftp")
 
@@ -102,8 +91,22 @@ def bounded_error(code: int, message: str, received: int) -> bytes | None:
     return encode_error(code, message.encode()[:budget].decode("utf-8", "ignore"))
 
 
+def sequential_reader(read: Callable[[int, int], bytes], size: int) -> Callable[[int], bytes]:
+    """``read(n)`` from the start, stopping after ``size`` bytes (the size that was
+    announced, even if the file grows meanwhile)."""
+    position = 0
+
+    def read_next(n: int) -> bytes:
+        nonlocal position
+        data = read(position, min(n, size - position)) if position < size else b""
+        position += len(data)
+        return data
+
+    return read_next
+
+
 class _Transfer:
-    """One TFTP transfer: its socket, thread and storage handle."""
+    """One TFTP transfer: its socket, thread, core and operation."""
 
     def __init__(
         self, service: TftpService, request: Request, peer: Address, received: int
@@ -113,10 +116,12 @@ class _Transfer:
         self.started = time.monotonic()
         self.lock = threading.Lock()
         self.cancelled = threading.Event()
-        self.machine: BlockSender | BlockReceiver | None = None
-        self._writer: AtomicWriter | None = None
-        self._handle: ReadHandle | None = None
+        self.evicted = False
+        self.core: BlockSender | BlockReceiver | None = None
+        self._upload: Upload | None = None
+        self._download: Download | None = None
         self._decoder = netascii.Decoder() if request.mode == "netascii" else None
+        self.who = Requester(peer=format_peer(*peer), transport="tftp")
         self.sock = socket.socket(service.family, socket.SOCK_DGRAM)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
@@ -128,34 +133,53 @@ class _Transfer:
 
     @property
     def proven(self) -> bool:
-        return self.machine is not None and self.machine.proven
+        return self.core is not None and self.core.proven
 
     def request_repeated(self) -> None:
         """Answer a repeated request with our first packet again (if not proven)."""
-        if self.machine is None or not self.lock.acquire(blocking=False):
+        if self.core is None or not self.lock.acquire(blocking=False):
             return  # still opening the file, or busy committing: the peer will retry
         try:
-            self.machine.request_repeated(time.monotonic())
-            threaded.send_all(self.sock, self.machine)
+            self.core.request_repeated(time.monotonic())
+            threaded.send_all(DatagramSocket(self.sock), self.core, time.monotonic())
         finally:
             self.lock.release()
 
     def _main(self) -> None:
         try:
-            self.machine = self._open()
-            machine = self.machine
-            threaded.run(self.sock, machine, self._on_event, stop=self._stopped, lock=self.lock)
+            self.core = self._open()
+            core = self.core
+            threaded.run(
+                self.sock,
+                core,
+                self._on_event,
+                finished=lambda: core.finished,
+                stop=self._stopped,
+                lock=self.lock,
+            )
         except FtransferError as exc:
-            self._refuse(exc)
+            self._send_error(tftp_error_code(exc), str(exc))
         except Exception:
-            logger.exception("tftp %s: internal error", self.peer[0])
+            logger.exception("tftp %s: internal error", self.who.peer)
             self._send_error(ErrorCode.NOT_DEFINED, "internal server error")
         finally:
-            if self.machine is not None and not self.machine.finished:
-                self.machine.abort(ErrorCode.NOT_DEFINED, "server shutting down")
-                threaded.send_all(self.sock, self.machine)
-            self._close()
-            self.service.forget(self)
+            self._end()
+
+    def _end(self) -> None:
+        core = self.core
+        if core is not None and not core.finished:
+            # Shutdown tells a proven peer why; an eviction (only unproven peers are
+            # evicted) and an unproven peer get nothing (the core sends nothing then).
+            reason = "evicted" if self.evicted else "server shutting down"
+            core.abort(ErrorCode.NOT_DEFINED, reason)
+            with contextlib.suppress(OSError):
+                threaded.send_all(DatagramSocket(self.sock), core, time.monotonic())
+        if self._upload is not None:
+            self._upload.abort("the transfer ended before the last block")
+        if self._download is not None:
+            self._download.__exit__(None, None, None)
+        self.sock.close()
+        self.service.forget(self)
 
     def _stopped(self) -> bool:
         return self.service.stop.is_set() or self.cancelled.is_set()
@@ -167,91 +191,72 @@ class _Transfer:
             with contextlib.suppress(OSError):
                 self.sock.sendto(datagram, self.peer)
 
-    def _log(self, what: object) -> None:
-        verb = "WRQ" if self.request.write else "RRQ"
-        host, port = self.peer
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        logger.info("tftp %s %s %s: %s", where, verb, escape(self.request.filename), what)
-
-    def _refuse(self, exc: FtransferError) -> None:
-        self._log(exc)
-        self._send_error(tftp_error_code(exc), str(exc))
-
     def _open(self) -> BlockSender | BlockReceiver:
         config, request = self.service.config, self.request
-        limits = Limits(config.tftp_max_blksize, config.tftp_max_window)
-        now = time.monotonic()
+        limits = Limits(max_blksize=config.tftp_max_blksize, max_windowsize=config.tftp_max_window)
         give_up = config.tftp_give_up_s
         if request.write:
             params, accepted = negotiate(request.options, limits, write=True, file_size=None)
             octet_size = params.tsize if self._decoder is None else None
-            self._writer = self.service.storage.begin_write(
-                request.filename, size=octet_size, mtime_ns=-1, exclusive=False
-            )
+            self._upload = self.service.ops.upload(self.who, request.filename, size=octet_size)
             first = encode_oack(accepted) if accepted else encode_ack(0)
             linger = 3 * (params.timeout_s or DEFAULT_TIMEOUT_S)
             return BlockReceiver(
-                self.peer, params, now=now, give_up_s=give_up, first=first, linger_s=linger
+                self.peer,
+                params,
+                now=time.monotonic(),
+                give_up_s=give_up,
+                first=first,
+                linger_s=linger,
             )
-        self._handle = self.service.storage.open_read(request.filename)
-        size = self._handle.size if self._decoder is None else None
+        self._download = download = self.service.ops.download(self.who, request.filename)
+        size = download.size if self._decoder is None else None
         params, accepted = negotiate(request.options, limits, write=False, file_size=size)
-        read = sequential_reader(self._handle.fd, self._handle.size)
+        read = sequential_reader(download.read, download.size)
         if self._decoder is not None:
             read = netascii.encoding_reader(read)
         oack = encode_oack(accepted) if accepted else None
-        return BlockSender(read, self.peer, params, now=now, give_up_s=give_up, oack=oack)
+        return BlockSender(
+            read, self.peer, params, now=time.monotonic(), give_up_s=give_up, oack=oack
+        )
 
-    def _on_event(self, event: Event) -> None:
+    def _on_event(self, event: object) -> None:
         if isinstance(event, DataReceived):
             self._store(event)
         elif isinstance(event, Completed):
-            self._log_done()
+            if self._download is not None:
+                self._download.sent()
             self.service.forget(self)  # a lingering upload no longer holds a slot
         elif isinstance(event, Failed):
-            self._log(f"failed: {event.error}")
+            self._failed(event)
+
+    def _failed(self, event: Failed) -> None:
+        error = error_from_code(event.code, event.message)
+        if self._upload is not None:
+            self._upload.fail(error)
+        elif self._download is not None:
+            self._download.failed(error)
 
     def _store(self, event: DataReceived) -> None:
-        writer, machine = self._writer, self.machine
-        assert writer is not None and isinstance(machine, BlockReceiver)
+        upload, core = self._upload, self.core
+        assert upload is not None and isinstance(core, BlockReceiver)
         try:
-            data = event.payload
+            data = bytes(event.data)
             if self._decoder is not None:
                 data = self._decoder.feed(data) + (self._decoder.finish() if event.final else b"")
-            writer.write(data)
+            upload.write(data)
             if event.final:
-                writer.commit(writer.digest)
-                machine.accept_final(time.monotonic())
+                upload.commit(upload.digest)
+                core.accept_final(time.monotonic())
         except FtransferError as exc:
-            machine.abort(tftp_error_code(exc), str(exc))
-            self._log(f"not stored: {exc}")
-
-    def _log_done(self) -> None:
-        machine = self.machine
-        assert machine is not None
-        seconds = time.monotonic() - self.started
-        stats, params = machine.stats, machine.params
-        digest = f" xxh3-128 {hex_digest(self._writer.digest)}" if self._writer else ""
-        self._log(
-            f"{stats.bytes} bytes in {seconds:.3f} s, blksize {params.blksize}, "
-            f"windowsize {params.windowsize}, {stats.retransmitted} retransmitted, "
-            f"{stats.duplicates} duplicates{digest}"
-        )
-
-    def _close(self) -> None:
-        if self._writer is not None:
-            self._writer.abort()
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-        self.sock.close()
+            core.abort(tftp_error_code(exc), str(exc))
 
 
 class TftpService:
     """The TFTP listener and its table of transfers."""
 
-    def __init__(self, storage: Storage, config: ServerConfig, sock: socket.socket) -> None:
-        self.storage, self.config = storage, config
+    def __init__(self, ops: Operations, config: ServerConfig, sock: socket.socket) -> None:
+        self.ops, self.config = ops, config
         self.family = sock.family
         self.address = sock.getsockname()
         self.host = str(self.address[0])
@@ -262,6 +267,10 @@ class TftpService:
         self._transfers: dict[Address, _Transfer] = {}
         self._per_host: collections.Counter[str] = collections.Counter()
         self._pump = DatagramPump(sock, self._on_datagram, lambda: None, lambda: None)
+
+    @property
+    def read_only(self) -> bool:
+        return self.ops.policy.read_only
 
     @property
     def active(self) -> int:
@@ -303,7 +312,7 @@ class TftpService:
     def _check(self, request: Request) -> tuple[int, str] | None:
         if request.mode not in MODES:
             return ErrorCode.ILLEGAL_OPERATION, f"mode {request.mode!r} is not supported"
-        if request.write and self.storage.read_only:
+        if request.write and self.read_only:
             return ErrorCode.ACCESS_VIOLATION, "the server is read-only"
         return None
 
@@ -331,6 +340,7 @@ class TftpService:
         victim = min(unproven, key=lambda t: t.started)
         del self._transfers[victim.peer]
         self._per_host[victim.peer[0]] -= 1
+        victim.evicted = True
         victim.cancelled.set()  # its thread ends at its next wake-up
         self.evicted += 1
         return True
@@ -338,7 +348,7 @@ class TftpService:
     def _answer(self, code: int, message: str, address: Address, received: int) -> None:
         datagram = bounded_error(code, message, received)
         if datagram is not None:
-            self._pump.send(datagram, address)
+            self._pump.send([(datagram, address)])
 
     def _forget_address(self, address: Address) -> None:
         with self._lock:

@@ -1,0 +1,312 @@
+"""The server's operations: the one place where a request becomes Store calls.
+
+Theory of operation
+-------------------
+Every transport (TCP, UDP, TFTP) turns its protocol events into calls on
+``Operations`` and its results back into protocol events; nothing else in the
+server decides anything. Here, for every transport alike:
+
+- **names**: the peer's text is parsed once (``storage.names``) and refused with a
+  reason before any storage is touched;
+- **policy**: refusals come in a fixed order, the same everywhere (protocol.md
+  section 7.1): the name, then permission (read-only; later users and their roots,
+  issue 11), then the size limit, then what only the store can tell (not found,
+  not a directory, a symlink, exists, no space);
+- **uploads** (``Upload``): written and hashed as bytes arrive, committed only if
+  the size and the sender's xxh3-128 match, and always ended exactly once
+  (committed, failed or aborted), so no temporary outlives its request;
+- **downloads** (``Download``): the size, mtime and permission bits as opened, the
+  digest when the store knows it (then the sender need not hash), and the
+  zero-copy descriptor when the store has one;
+- **the log**: one line per request, written when it ends, with who asked, over
+  what, what, and the outcome: ``127.0.0.1:5000 tcp put a/b: 1048576 bytes in
+  0.12 s``, ``... refused: a/b: exists``. Names in it are escaped.
+
+The seam for authentication and quotas is ``_allow``: every request passes through
+it with the requester and the action, before the store is asked anything.
+
+Calls here are blocking (a store may hash a file or list a large directory); the
+asyncio services run the slow ones (``stat``, ``listing``, a large commit) in a
+worker thread, the TFTP service calls them from its transfer threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator
+
+from .._records import record
+from ..checksum import hex_digest
+from ..errors import FtransferError, ReadOnly, TooLarge
+from ..storage.base import Entry, EntryKind, Readable, Store, Writer, zero_copy_fd
+from ..storage.names import Name, escape, parse_name
+
+logger = logging.getLogger("ftransfer.server")
+
+GIB = 1 << 30
+
+
+@record
+class Policy:
+    """What the operator allows (ServerConfig's policy fields)."""
+
+    read_only: bool = False
+    max_file_bytes: int = 1024 * GIB
+
+
+@record
+class Requester:
+    """Who asks: the peer's printable address and the transport it came over."""
+
+    peer: str
+    transport: str
+
+
+def format_peer(host: str, port: int) -> str:
+    """``host:port``, IPv6 hosts in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Request:
+    """One request's log line, written once when the request ends."""
+
+    def __init__(self, log: logging.Logger, who: Requester, what: str) -> None:
+        self._log, self._who, self._what = log, who, what
+        self.started = time.monotonic()
+        self.ended = False
+
+    def end(self, outcome: str, *, level: int = logging.INFO) -> None:
+        if not self.ended:
+            self.ended = True
+            who = self._who
+            self._log.log(level, "%s %s %s: %s", who.peer, who.transport, self._what, outcome)
+
+    def refused(self, exc: FtransferError) -> None:
+        self.end(f"refused: {exc}")
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Upload:
+    """An accepted upload: ``write`` as bytes arrive, then ``commit`` or ``abort``.
+
+    Ends exactly once; a context manager aborts one that did not end (any error,
+    a closed connection, cancellation)."""
+
+    def __init__(self, request: _Request, name: Name, writer: Writer) -> None:
+        self._request, self.name, self._writer = request, name, writer
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.abort("ended without a commit")
+
+    @property
+    def written(self) -> int:
+        return self._writer.written
+
+    @property
+    def digest(self) -> bytes:
+        return self._writer.digest
+
+    @property
+    def ended(self) -> bool:
+        return self._request.ended
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes; a failure ends the upload (its error is raised)."""
+        try:
+            self._writer.write(data)
+        except FtransferError as exc:
+            self.fail(exc)
+            raise
+
+    def commit(self, expected_digest: bytes) -> bytes:
+        """Verify, make durable and publish; returns the digest of what was stored."""
+        try:
+            digest = self._writer.commit(expected_digest)
+        except FtransferError as exc:
+            self.fail(exc)
+            raise
+        seconds = self._request.seconds()
+        self._request.end(
+            f"{self._writer.written} bytes in {seconds:.3f} s, xxh3-128 {hex_digest(digest)}"
+        )
+        return digest
+
+    def abort(self, reason: str) -> None:
+        """Discard the upload (nothing is committed); the reason goes to the log."""
+        self._writer.abort()
+        self._request.end(f"aborted: {reason}")
+
+    def fail(self, exc: FtransferError) -> None:
+        """The transfer failed (a timeout, the peer's error): nothing is committed."""
+        self._writer.abort()
+        self._request.end(f"failed: {exc}", level=logging.WARNING)
+
+
+class Download:
+    """An open file to send: what it was when opened, and how to read it."""
+
+    def __init__(self, request: _Request, name: Name, readable: Readable) -> None:
+        self._request, self.name, self._readable = request, name, readable
+        self.size, self.mtime_ns, self.mode = readable.size, readable.mtime_ns, readable.mode
+        self.digest = readable.digest
+        """The whole file's xxh3-128 when the store knows it (the sender need not hash)."""
+
+    def __enter__(self) -> Download:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._request.ended:
+            self._request.end("aborted: ended before the last byte")
+        self._readable.close()
+
+    def fileno(self) -> int | None:
+        """The descriptor for sendfile, if the store has one (zero copy)."""
+        return zero_copy_fd(self._readable)
+
+    def read(self, offset: int, n: int) -> bytes:
+        return self._readable.read(offset, n)
+
+    def sent(self, digest: bytes | None = None) -> None:
+        """Every byte went out (with this digest, remembered if it was computed)."""
+        if self.digest is None and digest:
+            self._readable.remember_digest(digest)
+        self._request.end(f"{self.size} bytes in {self._request.seconds():.3f} s")
+
+    def failed(self, exc: FtransferError) -> None:
+        self._request.end(f"failed: {exc}", level=logging.WARNING)
+
+
+class Operations:
+    """Requests from any transport, against one Store, under one Policy."""
+
+    def __init__(self, store: Store, policy: Policy, *, log: logging.Logger = logger) -> None:
+        self.store, self.policy, self.log = store, policy, log
+
+    # ---- the seam: names, permissions, limits -------------------------------------
+
+    def _begin(self, who: Requester, what: str, path: str) -> _Request:
+        return _Request(self.log, who, f"{what} {escape(path) or '/'}")
+
+    def _allow(self, who: Requester, action: str, name: Name) -> None:
+        """Whether ``who`` may do ``action`` ("read", "write") to ``name``: the hook
+        for users, roots and quotas (issue 11); today only the read-only switch."""
+        if action == "write" and self.policy.read_only:
+            raise ReadOnly("the server is read-only")
+
+    def _checked(
+        self,
+        request: _Request,
+        who: Requester,
+        path: str,
+        action: str,
+        *,
+        allow_root: bool = False,
+    ) -> Name:
+        try:
+            name = parse_name(path, allow_root=allow_root)
+            self._allow(who, action, name)
+        except FtransferError as exc:
+            request.refused(exc)
+            raise
+        return name
+
+    # ---- transfers -----------------------------------------------------------------
+
+    def upload(
+        self,
+        who: Requester,
+        path: str,
+        *,
+        size: int | None,
+        mtime_ns: int = -1,
+        mode: int | None = None,
+        exclusive: bool = False,
+    ) -> Upload:
+        """Accept an upload of ``size`` bytes (None: not known, TFTP without tsize)
+        or refuse it, before any byte is read."""
+        request = self._begin(who, "put", path)
+        name = self._checked(request, who, path, "write")
+        limit = self.policy.max_file_bytes
+        try:
+            if size is not None and size > limit:
+                raise TooLarge(f"{name}: {size} bytes exceeds the limit of {limit}")
+            writer = self.store.open_write(
+                name, size=size, mtime_ns=mtime_ns, mode=mode, exclusive=exclusive, limit=limit
+            )
+        except FtransferError as exc:
+            request.refused(exc)
+            raise
+        self.log.debug("%s %s put %s: receiving %s bytes", who.peer, who.transport, name, size)
+        return Upload(request, name, writer)
+
+    def download(self, who: Requester, path: str) -> Download:
+        """Open a file to send, or refuse."""
+        request = self._begin(who, "get", path)
+        name = self._checked(request, who, path, "read")
+        try:
+            readable = self.store.open_read(name)
+        except FtransferError as exc:
+            request.refused(exc)
+            raise
+        return Download(request, name, readable)
+
+    # ---- the rest ------------------------------------------------------------------
+
+    def stat(self, who: Requester, path: str) -> tuple[Entry, bytes | None]:
+        """What ``path`` is and, for a regular file, its xxh3-128 (blocking: it may
+        hash the file)."""
+        request = self._begin(who, "stat", path)
+        name = self._checked(request, who, path, "read", allow_root=True)
+        try:
+            entry = self.store.stat(name)
+            digest = self.store.digest(name) if entry.kind is EntryKind.FILE else None
+        except FtransferError as exc:
+            request.refused(exc)
+            raise
+        request.end("ok")
+        return entry, digest
+
+    def listing(self, who: Requester, path: str) -> Generator[Entry, None, None]:
+        """A directory's entries, as the store finds them (blocking)."""
+        request = self._begin(who, "ls", path)
+        name = self._checked(request, who, path, "read", allow_root=True)
+        count = 0
+        try:
+            for entry in self.store.list(name):
+                count += 1
+                yield entry
+        except FtransferError as exc:
+            request.refused(exc)
+            raise
+        finally:
+            request.end(f"{count} entries")
+
+    def remove(self, who: Requester, path: str) -> None:
+        request = self._begin(who, "rm", path)
+        name = self._checked(request, who, path, "write")
+        self._run(request, lambda: self.store.remove(name))
+
+    def mkdir(self, who: Requester, path: str, *, parents: bool) -> None:
+        request = self._begin(who, "mkdir -p" if parents else "mkdir", path)
+        name = self._checked(request, who, path, "write")
+        self._run(request, lambda: self.store.mkdir(name, parents=parents))
+
+    def move(self, who: Requester, source: str, target: str, *, exclusive: bool) -> None:
+        request = self._begin(who, "mv", f"{source} -> {target}")
+        names = [self._checked(request, who, text, "write") for text in (source, target)]
+        self._run(request, lambda: self.store.move(names[0], names[1], exclusive=exclusive))
+
+    @staticmethod
+    def _run(request: _Request, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except FtransferError as exc:
+            request.refused(exc)
+            raise
+        request.end("ok")

@@ -1,0 +1,270 @@
+"""The TCP service: one task per connection, translating frames to operations.
+
+Theory of operation
+-------------------
+A ``TcpSession`` reads one request at a time from its ``FrameStream`` and answers
+it before reading the next, so replies leave in request order and a client that
+pipelines thousands of requests costs the server one request's worth of state.
+What each request *does* is decided by ``Operations`` (names, policy, storage,
+the log line); this module only maps frames to those calls and results to frames:
+
+    PUT        -> operations.upload; DATA streams into it; END -> commit -> PUT_OK
+    GET        -> operations.download -> FILE, DATA (send_file), END
+    LIST/STAT  -> operations.listing / stat, in a worker thread (they may read a
+                  whole directory or hash a whole file) -> ENTRIES..., LIST_END / STAT_OK
+    REMOVE/MKDIR/MOVE -> the operation -> OK
+    any refusal -> ERROR with the error's code and reason
+
+Every wait on the peer has a deadline: an absolute one for the HELLO (slow-header
+defence) and the stream's idle watchdog after that. The connection ends with an
+ERROR frame whenever it can (no frame half written): code 1 and the reason for a
+protocol error, 42 for a timeout, 50 for an internal error; a clean close
+otherwise. Cancellation (shutdown) aborts an upload in progress, removing its
+temporary file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from ..checksum import ZERO_DIGEST
+from ..config import LIST_BATCH_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerConfig
+from ..errors import (
+    Aborted,
+    ConnectionFailed,
+    FtransferError,
+    InternalError,
+    ProtocolError,
+    RemoteProtocolError,
+    TransferTimeout,
+    UnsupportedVersion,
+)
+from ..io.files import FileChanged, SinkFailed
+from ..io.stream import FrameStream
+from ..proto.tcp import events as ev
+from ..proto.tcp.connection import negotiate_version
+from ..storage.entry import Entry
+from .operations import Operations, Requester, Upload
+
+logger = logging.getLogger("ftransfer.server")
+
+INLINE_COMMIT_BYTES = 1 << 20
+"""Uploads up to this size are committed on the event loop (an fsync of a small file
+is quick); larger ones in a worker thread, where a slow disk stalls no one else."""
+SENT_DIGESTS_KEPT = 4096
+"""Digests of recent downloads kept to compare with the client's VERIFIED."""
+
+
+def wire_entry(entry: Entry) -> ev.Entry:
+    """The protocol's entry for a store's (the same fields: storage knows no protocol)."""
+    return ev.Entry(
+        name=entry.name,
+        kind=ev.EntryKind(int(entry.kind)),
+        size=entry.size,
+        mtime_ns=entry.mtime_ns,
+        mode=entry.mode,
+    )
+
+
+def take_batch(entries: Iterator[Entry], budget: int) -> list[ev.Entry]:
+    """The next entries, about ``budget`` bytes of them encoded (empty at the end)."""
+    batch: list[ev.Entry] = []
+    size = 0
+    for entry in entries:
+        batch.append(wire_entry(entry))
+        size += 34 + len(entry.name)
+        if size >= budget:
+            break
+    return batch
+
+
+class TcpSession:
+    """One client connection: reads requests, answers each in order."""
+
+    def __init__(
+        self, ops: Operations, config: ServerConfig, stream: FrameStream, who: Requester
+    ) -> None:
+        self.ops, self.config, self.stream, self.who = ops, config, stream, who
+        self._sent_digests: collections.deque[bytes] = collections.deque(maxlen=SENT_DIGESTS_KEPT)
+        self._hello_deadline = asyncio.get_running_loop().time() + config.hello_timeout_s
+        self._handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
+            ev.PutRequested: self._put,
+            ev.GetRequested: self._get,
+            ev.ListRequested: self._list,
+            ev.StatRequested: self._stat,
+            ev.RemoveRequested: self._remove,
+            ev.MkdirRequested: self._mkdir,
+            ev.MoveRequested: self._move,
+            ev.DownloadVerified: self._verified,
+        }
+
+    async def run(self) -> None:
+        peer = self.who.peer
+        try:
+            if await self._hello():
+                await self._serve_requests()
+        except (TimeoutError, TransferTimeout) as exc:
+            logger.info("%s: timed out, closing", peer)
+            reason = str(exc) if isinstance(exc, TransferTimeout) else "no HELLO in time"
+            self.stream.close_with_error(TransferTimeout(f"timed out: {reason}"))
+        except ProtocolError as exc:
+            logger.warning("%s: protocol error: %s", peer, exc)
+            self.stream.close_with_error(RemoteProtocolError(f"protocol error: {exc}"))
+        except ConnectionFailed as exc:
+            logger.info("%s: %s", peer, exc)
+        except Exception as exc:
+            logger.exception("%s: internal error, closing the connection", peer)
+            self.stream.close_with_error(
+                InternalError(f"internal server error: {type(exc).__name__}")
+            )
+        finally:
+            self.stream.close()
+
+    async def _hello(self) -> bool:
+        async with asyncio.timeout_at(self._hello_deadline):
+            event = await self.stream.next_event()
+        if not isinstance(event, ev.HelloOffered):
+            return False  # a clean close before HELLO; anything else raised already
+        version = negotiate_version(event)
+        if version is None:
+            offered = f"{event.min_version}..{event.max_version}"
+            self._fail(
+                UnsupportedVersion(
+                    f"this server speaks protocol version {PROTOCOL_VERSION}, the client "
+                    f"offered {offered}: upgrade the older side"
+                )
+            )
+            return False
+        self.stream.send(
+            ev.HelloAccepted(
+                version=version, max_frame_bytes=MAX_FRAME_BYTES, read_only=self.config.read_only
+            )
+        )
+        return True
+
+    async def _serve_requests(self) -> None:
+        while True:
+            event = await self.stream.next_event()
+            if isinstance(event, ev.ConnectionClosed):
+                return
+            await self._handlers[type(event)](event)
+            await self.stream.drain()
+
+    def _fail(self, error: FtransferError) -> None:
+        self.stream.send(ev.Failed(code=error.code or InternalError.code, message=str(error)))
+
+    # ---- transfers ------------------------------------------------------------------
+
+    async def _put(self, request: ev.PutRequested) -> None:
+        try:
+            upload = self.ops.upload(
+                self.who,
+                request.path,
+                size=request.size,
+                mtime_ns=request.mtime_ns,
+                mode=request.mode,
+                exclusive=request.exclusive,
+            )
+        except FtransferError as exc:
+            self._fail(exc)  # early refusal: the core discards the rest of the upload
+            return
+        with upload:
+            self.stream.set_data_sink(upload.write)
+            try:
+                event = await self.stream.next_event()
+            except SinkFailed as exc:
+                self._fail(exc.cause)
+                return
+            finally:
+                self.stream.set_data_sink(None)
+            if isinstance(event, ev.FileAborted):
+                upload.abort("the client sent ABORT")
+                self._fail(Aborted("upload aborted by the client; nothing was written"))
+                return
+            assert isinstance(event, ev.FileEnded)  # the core allows nothing else mid-file
+            await self._commit(upload, request, event.digest)
+
+    async def _commit(self, upload: Upload, request: ev.PutRequested, digest: bytes) -> None:
+        try:
+            if request.size <= INLINE_COMMIT_BYTES:
+                stored = upload.commit(digest)
+            else:
+                stored = await asyncio.to_thread(upload.commit, digest)
+        except FtransferError as exc:
+            self._fail(exc)
+            return
+        self.stream.send(ev.PutCommitted(digest=stored))
+
+    async def _get(self, request: ev.GetRequested) -> None:
+        try:
+            download = self.ops.download(self.who, request.path)
+        except FtransferError as exc:
+            self._fail(exc)
+            return
+        with download:
+            self.stream.send(
+                ev.FileStarted(size=download.size, mtime_ns=download.mtime_ns, mode=download.mode)
+            )
+            try:
+                digest = await self.stream.send_file(download)
+            except FileChanged as exc:
+                download.failed(exc)
+                self._fail(exc)  # ERROR in place of END: the client discards the file
+                return
+            assert digest is not None  # never cancelled
+            self.stream.send(ev.FileEnded(digest=digest))
+            download.sent(digest)
+            self._sent_digests.append(digest)
+
+    async def _verified(self, report: ev.DownloadVerified) -> None:
+        sent = self._sent_digests.popleft() if self._sent_digests else None
+        if sent is not None and sent != report.digest:
+            logger.warning("%s: the client computed a different digest", self.who.peer)
+
+    # ---- the rest -------------------------------------------------------------------
+
+    async def _list(self, request: ev.ListRequested) -> None:
+        entries = self.ops.listing(self.who, request.path)
+        try:
+            while batch := await asyncio.to_thread(take_batch, entries, LIST_BATCH_BYTES):
+                self.stream.send(ev.Listed(entries=tuple(batch)))
+                await self.stream.drain()
+        except FtransferError as exc:
+            self._fail(exc)
+            return
+        finally:
+            entries.close()
+        self.stream.send(ev.ListEnded())
+
+    async def _stat(self, request: ev.StatRequested) -> None:
+        try:
+            entry, digest = await asyncio.to_thread(self.ops.stat, self.who, request.path)
+        except FtransferError as exc:
+            self._fail(exc)
+            return
+        self.stream.send(ev.Stated(entry=wire_entry(entry), digest=digest or ZERO_DIGEST))
+
+    async def _simple(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except FtransferError as exc:
+            self._fail(exc)
+            return
+        self.stream.send(ev.Done())
+
+    async def _remove(self, request: ev.RemoveRequested) -> None:
+        await self._simple(lambda: self.ops.remove(self.who, request.path))
+
+    async def _mkdir(self, request: ev.MkdirRequested) -> None:
+        await self._simple(lambda: self.ops.mkdir(self.who, request.path, parents=request.parents))
+
+    async def _move(self, request: ev.MoveRequested) -> None:
+        await self._simple(
+            lambda: self.ops.move(
+                self.who, request.source, request.target, exclusive=request.exclusive
+            )
+        )

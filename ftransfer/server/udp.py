@@ -1,0 +1,297 @@
+"""The UDP service: the endpoint core's events in, operations out.
+
+Theory of operation
+-------------------
+``UdpApplication`` is the UDP mode's server side without sockets: it reacts to
+the events of a ``ServerEndpoint`` (proto/udp/endpoint.py) with the same
+``Operations`` as every transport, and answers into the endpoint:
+
+    RequestReceived  PUT -> operations.upload -> accept (receive)
+                     GET -> operations.download -> accept (send, read by blocks)
+                     LIST, STAT -> the answer built off the loop -> accept (send)
+                     REMOVE -> operations.remove -> done
+                     a refusal -> refuse (code and reason)
+    DataReceived     -> upload.write (one write per batch of datagrams)
+    EndReceived      -> upload.commit -> finish(0, digest), or finish(code, reason,
+                        the digest of what arrived)
+    Completed/Failed -> the request's end: log, close, forget
+
+``UdpService`` puts it on a socket behind the asyncio ``CoreDriver``; the
+simulator (testing/sim.py) drives the very same application on virtual time over
+a MemoryStore. Work that may take long (a STAT hashes a file, a LIST reads a
+directory, a large commit fsyncs) goes through ``defer``: a worker thread in the
+service, at once in the simulator; its answer re-enters through the driver.
+
+LIST and STAT answers are the TCP mode's entry encoding (protocol.md, U3), sent
+like a file of that many bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..checksum import ZERO_DIGEST
+from ..config import ServerConfig
+from ..errors import FtransferError, InternalError, error_from_code
+from ..io.datagram import CoreDriver
+from ..io.udp import open_udp_socket
+from ..proto.events import Completed, DataReceived, EndReceived, Failed
+from ..proto.tcp.frames import encode_entry
+from ..proto.udp.endpoint import RequestReceived, ServerEndpoint
+from ..proto.udp.packets import MAX_CHUNK_BYTES, Operation
+from ..proto.udp.session import BlockReader, SessionConfig
+from .operations import Download, Operations, Requester, Upload, format_peer
+from .tcp import INLINE_COMMIT_BYTES, wire_entry
+
+logger = logging.getLogger("ftransfer.server")
+
+T = TypeVar("T")
+Defer = Callable[[Callable[[], Any], Callable[[Any], None]], None]
+"""``defer(work, then)``: run ``work()`` (maybe elsewhere), then ``then(result)`` on
+the driver's side, with the result or the exception it raised."""
+
+SERVER_WINDOW_CHUNKS = 8192
+"""Reorder window offered to clients, before the per-session byte bound (endpoint.py)."""
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""A LIST answer larger than this is refused rather than built in memory."""
+
+
+def open_service_socket(host: str, port: int) -> socket.socket:
+    """A bound UDP socket for a service (UDP mode, TFTP)."""
+    return open_udp_socket(host, port, connect=False)
+
+
+class UdpApplication:
+    """The server's UDP side, driven by any runner of its endpoint."""
+
+    def __init__(
+        self,
+        ops: Operations,
+        endpoint: ServerEndpoint,
+        *,
+        now: Callable[[], float],
+        defer: Defer,
+    ) -> None:
+        self.ops, self.endpoint, self._now, self._defer = ops, endpoint, now, defer
+        self._jobs: dict[int, Upload | Download] = {}
+        self._pending: set[tuple[tuple[str, int], int]] = set()
+
+    def close(self) -> None:
+        """Abort every upload, close every download (server shutdown)."""
+        for job in self._jobs.values():
+            if isinstance(job, Upload):
+                job.abort("the server is shutting down")
+            else:
+                job.__exit__(None, None, None)
+        self._jobs.clear()
+
+    def handle(self, event: object) -> None:
+        """One endpoint event (the driver's on_event)."""
+        if isinstance(event, RequestReceived):
+            self._decide(event)
+        elif isinstance(event, DataReceived):
+            self._data(event)
+        elif isinstance(event, EndReceived):
+            self._end_received(event)
+        elif isinstance(event, Completed | Failed):
+            self._ended(event)
+
+    # ---- requests -------------------------------------------------------------------
+
+    def _decide(self, request: RequestReceived) -> None:
+        who = Requester(peer=format_peer(*request.address), transport="udp")
+        operation = request.operation
+        try:
+            if operation is Operation.PUT:
+                self._put(request, who)
+            elif operation is Operation.GET:
+                self._get(request, who)
+            elif operation is Operation.REMOVE:
+                self.ops.remove(who, request.initial.path)
+                self.endpoint.done(request, now=self._now())
+            else:
+                self._answer_later(request, who)
+        except FtransferError as exc:
+            self._refuse(request, exc)
+
+    def _refuse(self, request: RequestReceived, exc: FtransferError) -> None:
+        code = exc.code or InternalError.code
+        self.endpoint.refuse(request, code=code, message=str(exc), now=self._now())
+
+    def _put(self, request: RequestReceived, who: Requester) -> None:
+        initial = request.initial
+        upload = self.ops.upload(
+            who,
+            initial.path,
+            size=initial.size,
+            mtime_ns=initial.mtime_ns,
+            mode=initial.mode,
+            exclusive=initial.exclusive,
+        )
+        session = self.endpoint.accept(
+            request, size=0, mtime_ns=-1, now=self._now(), read_chunk=None
+        )
+        self._jobs[session] = upload
+
+    def _get(self, request: RequestReceived, who: Requester) -> None:
+        download = self.ops.download(who, request.initial.path)
+        session = self.endpoint.accept(
+            request,
+            size=download.size,
+            mtime_ns=download.mtime_ns,
+            mode=download.mode,
+            now=self._now(),
+            read_chunk=BlockReader(download.read),
+        )
+        self._jobs[session] = download
+
+    def _answer_later(self, request: RequestReceived, who: Requester) -> None:
+        """LIST and STAT read a whole directory or hash a whole file: deferred, so a
+        100 GiB STAT does not stall every other client. A repeated INITIAL while the
+        work runs is ignored (the ACCEPT will answer both)."""
+        key = (request.address, request.initial.nonce)
+        if key in self._pending:
+            return
+        self._pending.add(key)
+        stat = request.operation is Operation.STAT
+        path = request.initial.path
+
+        def work() -> bytes:
+            return self._stat_answer(who, path) if stat else self._list_answer(who, path)
+
+        def then(result: bytes | BaseException) -> None:
+            self._pending.discard(key)
+            if isinstance(result, FtransferError):
+                self._refuse(request, result)
+            elif isinstance(result, BaseException):
+                logger.error("udp %s failed: %r", path, result)
+                self._refuse(request, InternalError("internal server error"))
+            else:
+                self.endpoint.accept(
+                    request,
+                    size=len(result),
+                    mtime_ns=-1,
+                    now=self._now(),
+                    read_chunk=lambda offset, n: result[offset : offset + n],
+                )
+
+        self._defer(work, then)
+
+    def _stat_answer(self, who: Requester, path: str) -> bytes:
+        entry, digest = self.ops.stat(who, path)
+        return encode_entry(wire_entry(entry)) + (digest or ZERO_DIGEST)
+
+    def _list_answer(self, who: Requester, path: str) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        for entry in self.ops.listing(who, path):
+            parts.append(encode_entry(wire_entry(entry)))
+            total += len(parts[-1])
+            if total > MAX_ANSWER_BYTES:
+                raise InternalError("directory listing too large for UDP; use TCP")
+        return b"".join(parts)
+
+    # ---- sessions ------------------------------------------------------------------------
+
+    def _data(self, event: DataReceived) -> None:
+        upload = self._jobs.get(event.session)
+        if not isinstance(upload, Upload) or upload.ended:
+            return
+        try:
+            upload.write(event.data)  # one write per batch of datagrams
+        except FtransferError as exc:
+            self.endpoint.abort(
+                event.session, code=exc.code or InternalError.code, message=str(exc)
+            )
+
+    def _end_received(self, event: EndReceived) -> None:
+        upload = self._jobs.get(event.session)
+        if not isinstance(upload, Upload):
+            return
+        session = event.session
+
+        def then(result: bytes | BaseException) -> None:
+            if isinstance(result, BaseException):
+                code = result.code if isinstance(result, FtransferError) else InternalError.code
+                self.endpoint.finish(
+                    session,
+                    code=code or InternalError.code,
+                    message=str(result),
+                    digest=upload.digest,
+                    now=self._now(),
+                )
+            else:
+                self.endpoint.finish(session, code=0, message="", digest=result, now=self._now())
+
+        if upload.written <= INLINE_COMMIT_BYTES:
+            then(_attempt(lambda: upload.commit(event.digest)))
+        else:
+            self._defer(lambda: upload.commit(event.digest), then)
+
+    def _ended(self, event: Completed | Failed) -> None:
+        job = self._jobs.pop(event.session, None)
+        if job is None:
+            return
+        if isinstance(job, Upload):
+            if isinstance(event, Failed) and not job.ended:
+                job.fail(error_from_code(event.code, event.message))
+            return
+        with job:
+            if isinstance(event, Completed):
+                job.sent(event.digest)
+            else:
+                job.failed(error_from_code(event.code, event.message))
+
+
+def _attempt(work: Callable[[], T]) -> T | BaseException:
+    try:
+        return work()
+    except FtransferError as exc:
+        return exc
+
+
+class UdpService:
+    """Serves the UDP protocol on one socket."""
+
+    def __init__(self, ops: Operations, config: ServerConfig, sock: socket.socket) -> None:
+        session_config = SessionConfig(
+            chunk_bytes=MAX_CHUNK_BYTES, window=SERVER_WINDOW_CHUNKS, give_up_s=config.udp_give_up_s
+        )
+        self.endpoint = ServerEndpoint(
+            secret=secrets.token_bytes(32),
+            rng=random.SystemRandom(),
+            config=session_config,
+            max_sessions=config.max_connections,
+            max_per_address=config.max_connections_per_address,
+        )
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.app = UdpApplication(ops, self.endpoint, now=self._loop.time, defer=self._defer)
+        self.driver = CoreDriver(self.endpoint, sock, self.app.handle)
+        self.address = sock.getsockname()
+
+    def _defer(self, work: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        future = self._loop.run_in_executor(None, work)
+        self._tasks.add(future)
+
+        def done(finished: asyncio.Future[Any]) -> None:
+            self._tasks.discard(finished)
+            if finished.cancelled():
+                return
+            error = finished.exception()
+            then(error if error is not None else finished.result())
+            self.driver.step()
+
+        future.add_done_callback(done)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self.app.close()
+        self.driver.close()
