@@ -1,0 +1,341 @@
+"""The client API: ``Client`` and ``AsyncClient`` over tcp://, udp:// and tftp://.
+
+Theory of operation
+-------------------
+One API in two flavours, httpx's convention: ``Client`` blocks, ``AsyncClient``
+awaits, and both offer the same calls over any transport::
+
+    with ftransfer.Client("udp://files.example:9021") as c:   # a bare host is tcp://
+        c.put("a.bin", "incoming/a.bin")                        # -> TransferResult
+        c.get("incoming/a.bin", "copy.bin"); c.list("incoming"); c.stat("incoming/a.bin")
+        c.mkdir("x"); c.move("incoming/a.bin", "x/"); c.remove("x/a.bin")
+
+Each call is written once (calls.py, over the transports' logic in tcp.py, udp.py
+and tftp.py); a flavour only carries out the requests a call yields: on blocking
+sockets for ``Client`` (nothing of asyncio is imported, so a command starts fast),
+on the running loop for ``AsyncClient``. TCP keeps one connection, opened on first
+use and reused; after a failure that leaves it out of step (a timeout, an
+interruption) the next call opens a new one. UDP and TFTP make each call a request
+of its own. An operation a transport cannot do raises ``NotSupported``.
+
+The client trusts the server no more than the server trusts it: downloads go only
+where the caller said, no more bytes than announced are accepted, every wait has a
+deadline, and a download is committed only if both ends' xxh3-128 agree.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+
+from ..config import ClientConfig
+from ..errors import FtransferError, UsageError
+from ..storage.entry import Entry, EntryKind
+from ..storage.names import escape
+from .calls import STDOUT, Call, Calls, PathLike, RunTcp, RunTftp, RunUdp
+from .result import Progress, Stat, TransferResult, TransferStats
+from .urls import Url, format_address, parse_url
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    from ..io.tcp_sockets import AsyncSocket, BlockingSocket
+    from .tcp import TcpLogic
+
+    T = TypeVar("T")
+
+__all__ = [
+    "STDOUT",
+    "AsyncClient",
+    "Client",
+    "ClientConfig",
+    "Entry",
+    "EntryKind",
+    "Progress",
+    "Stat",
+    "TransferResult",
+    "TransferStats",
+    "Url",
+    "escape",
+    "format_address",
+    "parse_url",
+]
+
+
+def server_url(url: str | Url) -> Url:
+    """The server a client talks to; ``url`` must not name a path."""
+    parsed = url if isinstance(url, Url) else parse_url(url)
+    if parsed.path:
+        raise UsageError(f"{url}: a client URL names a server; paths go in each call")
+    return parsed
+
+
+class _Base:
+    def __init__(self, url: str | Url, config: ClientConfig | None) -> None:
+        self.url = server_url(url)
+        self.config = config or ClientConfig()
+        self._calls = Calls(self.url, self.config)
+
+    @property
+    def transport(self) -> str:
+        """ "tcp", "udp" or "tftp"."""
+        return self.url.scheme
+
+
+class Client(_Base):
+    """A blocking client of one server (see the module docstring)."""
+
+    def __init__(self, url: str | Url, *, config: ClientConfig | None = None) -> None:
+        super().__init__(url, config)
+        self._tcp: tuple[BlockingSocket, TcpLogic] | None = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the TCP connection, if one is open."""
+        if self._tcp is not None:
+            sock, _logic = self._tcp
+            self._tcp = None
+            sock.close()
+
+    def _run(self, call: Call[T]) -> T:
+        """Carry out what ``call`` asks for, on blocking sockets."""
+        answer: object = None
+        error: BaseException | None = None
+        while True:
+            try:
+                request = call.throw(error) if error is not None else call.send(answer)
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+            error = None
+            try:
+                answer = self._perform(request)
+            except BaseException as exc:  # back into the call, which cleans up
+                error = exc
+
+    def _perform(self, request: RunTcp | RunUdp | RunTftp) -> object:
+        if isinstance(request, RunUdp):
+            from .udp import run_sync as run_udp
+
+            run_udp(request.call)
+            return None
+        if isinstance(request, RunTftp):
+            from .tftp import run_sync as run_tftp
+
+            run_tftp(request.call)
+            return None
+        from .tcp import run_sync
+
+        sock, logic = self._connection()
+        return run_sync(sock, request.make(logic))
+
+    def _connection(self) -> tuple[BlockingSocket, TcpLogic]:
+        from ..io.tcp_sockets import BlockingSocket, connect_blocking
+        from .tcp import TcpLogic
+
+        if self._tcp is not None and not self._tcp[1].usable:
+            self.close()
+        if self._tcp is None:
+            url = self.url
+            raw, rtt = connect_blocking(url.host, url.port, timeout_s=self.config.connect_timeout_s)
+            self._tcp = (
+                BlockingSocket(raw, self.config.idle_timeout_s),
+                TcpLogic(url.address, rtt),
+            )
+        return self._tcp
+
+    # ---- the calls ----------------------------------------------------------------------
+
+    def stat(self, path: str) -> Stat:
+        """Kind, size, mtime, permission bits and (for files) the server's xxh3-128."""
+        return self._run(self._calls.stat(path))
+
+    def list(self, path: str = "") -> list[Entry]:
+        """The entries of a remote directory ("" is the root), sorted by name."""
+        return self._run(self._calls.listing(path))
+
+    def remove(self, path: str) -> None:
+        """Remove a file, a symlink or an empty directory."""
+        self._run(self._calls.remove(path))
+
+    def mkdir(self, path: str, *, parents: bool = False) -> None:
+        """Create a directory (``parents``: and missing parents; existing is fine)."""
+        self._run(self._calls.mkdir(path, parents=parents))
+
+    def move(self, source: str, target: str, *, no_clobber: bool = False) -> None:
+        """Rename on the server, or move into ``target`` if it is a directory."""
+        self._run(self._calls.move(source, target, no_clobber=no_clobber))
+
+    def get(
+        self,
+        remote: str,
+        local: PathLike | int | None = None,
+        *,
+        no_clobber: bool = False,
+        progress: Progress | None = None,
+    ) -> TransferResult:
+        """Download ``remote`` to ``local``: a path (written atomically; a directory
+        keeps the remote name; None: the current directory), ``"-"`` or a descriptor
+        (streamed as it arrives)."""
+        return self._run(self._calls.get(remote, local, no_clobber=no_clobber, progress=progress))
+
+    def put(
+        self,
+        local: PathLike,
+        remote: str = "",
+        *,
+        no_clobber: bool = False,
+        progress: Progress | None = None,
+    ) -> TransferResult:
+        """Upload one file, to ``remote`` or into it if it is (or must be) a directory."""
+        return _single(self.put_many([local], remote, no_clobber=no_clobber, progress=progress))
+
+    def put_many(
+        self,
+        locals_: Sequence[PathLike],
+        remote: str = "",
+        *,
+        no_clobber: bool = False,
+        progress: Progress | None = None,
+    ) -> builtins.list[TransferResult | FtransferError]:
+        """Upload files into the directory ``remote`` (or one file to that name),
+        pipelined over TCP; one outcome per file, in order: a failure does not stop
+        the others."""
+        call = self._calls.put_many(locals_, remote, no_clobber=no_clobber, progress=progress)
+        return self._run(call)
+
+
+class AsyncClient(_Base):
+    """The same calls as ``Client``, to be awaited (see the module docstring)."""
+
+    def __init__(self, url: str | Url, *, config: ClientConfig | None = None) -> None:
+        import asyncio
+
+        super().__init__(url, config)
+        self._tcp: tuple[AsyncSocket, TcpLogic] | None = None
+        self._lock = asyncio.Lock()  # one request at a time on the connection
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the TCP connection, if one is open."""
+        if self._tcp is not None:
+            sock, _logic = self._tcp
+            self._tcp = None
+            await sock.close()
+
+    async def _run(self, call: Call[T]) -> T:
+        async with self._lock:
+            answer: object = None
+            error: BaseException | None = None
+            while True:
+                try:
+                    request = call.throw(error) if error is not None else call.send(answer)
+                except StopIteration as stop:
+                    result: T = stop.value
+                    return result
+                error = None
+                try:
+                    answer = await self._perform(request)
+                except BaseException as exc:  # back into the call, which cleans up
+                    error = exc
+
+    async def _perform(self, request: RunTcp | RunUdp | RunTftp) -> object:
+        if isinstance(request, RunUdp):
+            from .udp import run_async as run_udp
+
+            await run_udp(request.call)
+            return None
+        if isinstance(request, RunTftp):
+            from .tftp import run_async as run_tftp
+
+            await run_tftp(request.call)
+            return None
+        from .tcp import run_async
+
+        sock, logic = await self._connection()
+        return await run_async(sock, request.make(logic))
+
+    async def _connection(self) -> tuple[AsyncSocket, TcpLogic]:
+        from ..io.tcp_sockets import AsyncSocket
+        from .tcp import TcpLogic
+
+        if self._tcp is not None and not self._tcp[1].usable:
+            await self.aclose()
+        if self._tcp is None:
+            url, config = self.url, self.config
+            sock, rtt = await AsyncSocket.connect(
+                url.host,
+                url.port,
+                timeout_s=config.connect_timeout_s,
+                idle_timeout_s=config.idle_timeout_s,
+            )
+            self._tcp = (sock, TcpLogic(url.address, rtt))
+        return self._tcp
+
+    # ---- the calls ----------------------------------------------------------------------
+
+    async def stat(self, path: str) -> Stat:
+        return await self._run(self._calls.stat(path))
+
+    async def list(self, path: str = "") -> list[Entry]:
+        return await self._run(self._calls.listing(path))
+
+    async def remove(self, path: str) -> None:
+        await self._run(self._calls.remove(path))
+
+    async def mkdir(self, path: str, *, parents: bool = False) -> None:
+        await self._run(self._calls.mkdir(path, parents=parents))
+
+    async def move(self, source: str, target: str, *, no_clobber: bool = False) -> None:
+        await self._run(self._calls.move(source, target, no_clobber=no_clobber))
+
+    async def get(
+        self,
+        remote: str,
+        local: PathLike | int | None = None,
+        *,
+        no_clobber: bool = False,
+        progress: Progress | None = None,
+    ) -> TransferResult:
+        call = self._calls.get(remote, local, no_clobber=no_clobber, progress=progress)
+        return await self._run(call)
+
+    async def put(
+        self,
+        local: PathLike,
+        remote: str = "",
+        *,
+        no_clobber: bool = False,
+        progress: Progress | None = None,
+    ) -> TransferResult:
+        outcomes = await self.put_many([local], remote, no_clobber=no_clobber, progress=progress)
+        return _single(outcomes)
+
+    async def put_many(
+        self,
+        locals_: Sequence[PathLike],
+        remote: str = "",
+        *,
+        no_clobber: bool = False,
+        progress: Progress | None = None,
+    ) -> builtins.list[TransferResult | FtransferError]:
+        call = self._calls.put_many(locals_, remote, no_clobber=no_clobber, progress=progress)
+        return await self._run(call)
+
+
+def _single(outcomes: builtins.list[TransferResult | FtransferError]) -> TransferResult:
+    [outcome] = outcomes
+    if isinstance(outcome, FtransferError):
+        raise outcome
+    return outcome

@@ -1,0 +1,191 @@
+"""The client's side of the disk: files it sends, and where received bytes go.
+
+Theory of operation
+-------------------
+- ``LocalFile``: a regular file opened for an upload, with its size, mtime and
+  permission bits as opened, read with pread and sent with sendfile (``fileno``).
+- Sinks take a download's bytes as they arrive, hash them, and accept them only if
+  the sender's xxh3-128 matches on ``commit``:
+  ``FileSink`` writes atomically beside the target (storage/atomic.py: temporary
+  name, verify, fsync, rename; with no-clobber a hard link that fails if the name
+  exists), with the server's mtime and permission bits under this process's umask;
+  before it starts it removes the temporaries that killed clients (SIGKILL, a
+  power cut) left in that directory, which their names let it tell from live ones.
+  ``StreamSink`` writes to a descriptor (standard output) as bytes arrive, which
+  cannot be atomic; a reader that went away (``| head``) ends it with
+  ``OutputClosed``, which the CLI turns into a quiet exit. ``MemorySink`` keeps a
+  small answer (a UDP listing) until it is verified.
+
+Every error names the local file as local (``local a.bin: ...``), so it is never
+taken for the server's. Nothing here needs the server's openat jail, so this
+module works where O_DIRECTORY or O_NOFOLLOW do not exist.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from ..checksum import new_hasher
+from ..errors import (
+    Exists,
+    FtransferError,
+    IntegrityError,
+    IsADirectory,
+    NotRegularFile,
+    StorageIOError,
+)
+from ..storage.atomic import AtomicWriter, Directory, current_umask, os_error, sweep, write_all
+from ..storage.names import shown
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+class OutputClosed(FtransferError):
+    """The reader of our output went away (a closed pipe): stop quietly."""
+
+    code = 0
+
+
+def local_label(path: str) -> str:
+    return f"local {shown(path)}"
+
+
+class LocalFile:
+    """A local regular file, open for reading."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        label = local_label(path)
+        try:
+            self._fd = os.open(path, _READ_FLAGS)
+        except OSError as exc:
+            raise os_error(exc, label) from None
+        st = os.fstat(self._fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(self._fd)
+            cls = IsADirectory if stat.S_ISDIR(st.st_mode) else NotRegularFile
+            raise cls(f"{label}: not a regular file")
+        self.size, self.mtime_ns, self.mode = st.st_size, st.st_mtime_ns, st.st_mode & 0o777
+        self.digest: bytes | None = None
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def read(self, offset: int, n: int) -> bytes:
+        try:
+            return os.pread(self._fd, n, offset)
+        except OSError as exc:
+            raise os_error(exc, local_label(self.path)) from None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> LocalFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class FileSink:
+    """A download written atomically to a local path."""
+
+    def __init__(
+        self, target: str, *, size: int | None, mtime_ns: int, mode: int | None, exclusive: bool
+    ) -> None:
+        self.target = target
+        label = local_label(target)
+        parent, leaf = os.path.split(target)
+        directory = Directory(parent)
+        try:
+            sweep(directory)  # what killed clients left here
+        except OSError as exc:
+            raise os_error(exc, local_label(parent or ".")) from None
+        if exclusive and os.path.lexists(target):
+            raise Exists(f"{label}: exists, not replaced (no-clobber)")
+        if os.path.isdir(target):
+            raise IsADirectory(f"{label}: is a directory")
+        self._writer = AtomicWriter(
+            directory,
+            leaf,
+            size=size,
+            mtime_ns=mtime_ns,
+            mode=None if mode is None else mode & ~current_umask(),
+            exclusive=exclusive,
+            fsync=True,
+            label=label,
+        )
+
+    @property
+    def digest(self) -> bytes:
+        return self._writer.digest
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._writer.write(data)
+
+    def commit(self, expected: bytes) -> bytes:
+        return self._writer.commit(expected)
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+
+class _HashingSink:
+    """The digest and the check that StreamSink and MemorySink share."""
+
+    what = "data received"
+
+    def __init__(self) -> None:
+        self._hasher = new_hasher()
+
+    @property
+    def digest(self) -> bytes:
+        return self._hasher.digest()
+
+    def commit(self, expected: bytes) -> bytes:
+        if self.digest != expected:
+            raise IntegrityError(f"xxh3-128 mismatch: the {self.what} is corrupt")
+        return self.digest
+
+    def abort(self) -> None:
+        """Nothing to undo: the bytes were not going to a file of ours."""
+
+
+class StreamSink(_HashingSink):
+    """A download to a descriptor (``-``: standard output), as bytes arrive."""
+
+    what = "output written"
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            write_all(self._fd, data)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise OutputClosed("the reader closed the output") from None
+            raise StorageIOError(f"standard output: {exc.strerror}") from None
+        self._hasher.update(data)
+
+
+class MemorySink(_HashingSink):
+    """A small answer (a listing, a STAT over UDP) kept in memory until verified."""
+
+    what = "answer received"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.data += data
+        self._hasher.update(data)
+
+
+Sink = FileSink | StreamSink | MemorySink

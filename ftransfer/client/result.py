@@ -1,0 +1,106 @@
+"""What a client call returns, the same for every transport.
+
+Theory of operation
+-------------------
+``TransferResult`` is one completed transfer: the remote path, the local one, the
+bytes, the seconds, the digest, the transport, whether both ends verified the
+digest (TFTP carries none), and for the datagram transports the figures of the
+path (``TransferStats``: retransmissions, RTT, loss, ...). ``Stat`` is what a name
+is, with the server's digest for a file. ``Progress`` is what receives progress.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+from .._records import record
+from ..storage.entry import Entry, EntryKind
+
+
+@record
+class TransferStats:
+    """What the datagram transports tell of the path (None where not measured)."""
+
+    datagrams_sent: int = 0
+    datagrams_received: int = 0
+    retransmitted: int = 0
+    duplicates: int = 0
+    corrupt_dropped: int = 0
+    timeouts: int = 0
+    srtt_ms: float | None = None
+    """Smoothed round-trip time."""
+    loss_estimate: float | None = None
+    """The share of datagrams lost on the way (UDP)."""
+    chunk_bytes: int | None = None
+    """UDP: payload per datagram, as agreed."""
+    blksize: int | None = None
+    """TFTP: block size, as agreed."""
+    windowsize: int | None = None
+    """TFTP: blocks per ACK, as agreed."""
+    acks_received: int | None = None
+    """UDP upload: acknowledgements the sender received."""
+
+
+@record
+class TransferResult:
+    """One completed transfer."""
+
+    path: str
+    """The remote path."""
+    local: str
+    """The local path, or "-" for a stream."""
+    bytes: int
+    seconds: float
+    digest: builtins.bytes
+    """xxh3-128 of the file (for TFTP: of the bytes this side sent or received)."""
+    transport: str
+    """"tcp", "udp" or "tftp"."""
+    verified: bool = True
+    """Both ends computed the digest and they matched (TFTP carries none: False)."""
+    stats: TransferStats | None = None
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.bytes / max(self.seconds, 1e-9)
+
+
+@record
+class Stat:
+    """What a remote name is; for a regular file, the xxh3-128 the server computed."""
+
+    entry: Entry
+    digest: bytes | None
+
+    @property
+    def kind(self) -> EntryKind:
+        return self.entry.kind
+
+    @property
+    def size(self) -> int:
+        return self.entry.size
+
+    @property
+    def mtime_ns(self) -> int:
+        return self.entry.mtime_ns
+
+    @property
+    def mode(self) -> int:
+        return self.entry.mode
+
+    @property
+    def is_dir(self) -> bool:
+        return self.entry.kind is EntryKind.DIRECTORY
+
+
+class Progress:
+    """Receives transfer progress; override what you need (the CLI draws bars with
+    tqdm). The default does nothing."""
+
+    def file_started(self, name: str, size: int | None) -> None:
+        """A file's transfer starts (``size`` None: not known)."""
+
+    def advance(self, nbytes: int) -> None:
+        """``nbytes`` more were sent or received."""
+
+    def file_done(self) -> None:
+        """The file's transfer ended (well or not)."""

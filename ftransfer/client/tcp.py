@@ -1,0 +1,482 @@
+"""The client's half of the TCP protocol, written once for both flavours.
+
+Theory of operation
+-------------------
+``TcpLogic`` owns the connection's sans-IO ``Connection`` and expresses every
+request (put, get, ls, stat, rm, mkdir, mv) as a *generator* that yields the five
+socket primitives of io/tcp_sockets.py (``Write``, ``Flush``, ``Sendfile``,
+``Read``, ``Poll``) and is sent their answers. ``run_sync`` carries them out on a
+``BlockingSocket`` (``Client``), ``run_async`` on an ``AsyncSocket``
+(``AsyncClient``): the protocol logic exists once, and each flavour is a loop of a
+few lines, as httpx's two clients share httpcore's logic through a backend port.
+
+What the logic does:
+
+- HELLO is written without waiting; the first request follows in the same round
+  trip, and the answer to HELLO is read with the first reply, within a short
+  deadline (ten connect round trips, at least half a second): a TCP service that
+  is not ftransfer and says nothing is then a protocol error at once, not a
+  timeout a minute later.
+- ``put_many`` pipelines: PUT, DATA and END for every file back to back, reading
+  whatever replies have arrived between frames without waiting, so N small files
+  cost one round trip, and a refusal stops its file's bytes at the next frame
+  (ABORT). One outcome per file, in order.
+- Downloads go into a sink (client/local.py) made from the FILE header: written
+  and hashed as they arrive, committed only if the server's xxh3-128 matches; a
+  sink that fails mid-file has the rest of the file read and dropped, so the
+  connection stays usable. Errors the server sent are raised as their class,
+  naming the server (``127.0.0.1:9021: x: No such file``); any other failure
+  leaves the connection ``broken`` and the client opens a new one next time.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Generator, Sequence
+
+from .._records import record
+from ..config import HELLO_ANSWER_MIN_S, HELLO_ANSWER_RTTS, PROTOCOL_VERSION
+from ..errors import (
+    ConnectionFailed,
+    FtransferError,
+    IntegrityError,
+    RemoteProtocolError,
+    UnsupportedVersion,
+    error_from_code,
+)
+from ..io.files import FileChanged, SendfileFrame, SinkFailed, file_frames, new_scratch
+from ..io.tcp_sockets import AsyncSocket, BlockingSocket, ReadTimedOut
+from ..proto.tcp import events as ev
+from ..proto.tcp.connection import Connection, Role, StreamState
+from ..storage.entry import Entry, EntryKind
+from .local import LocalFile, Sink, local_label
+from .result import Progress, Stat, TransferResult
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    T = TypeVar("T")
+
+
+# ---- the primitives the logic asks for ------------------------------------------------
+
+
+@record
+class Write:
+    data: bytes
+
+
+@record
+class Flush:
+    pass
+
+
+@record
+class Sendfile:
+    fd: int
+    offset: int
+    count: int
+
+
+@record
+class Read:
+    large: bool
+    timeout: float | None = None
+
+
+@record
+class Poll:
+    large: bool
+
+
+Effect = Write | Flush | Sendfile | Read | Poll
+Op = Generator[Effect, object, "T"]
+
+
+def run_sync(sock: BlockingSocket, op: Op[T]) -> T:
+    """Carry out ``op``'s requests on a blocking socket; its result."""
+    answer: object = None
+    error: BaseException | None = None
+    while True:
+        try:
+            effect = op.throw(error) if error is not None else op.send(answer)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        error = None
+        try:
+            answer = _perform_sync(sock, effect)
+        except BaseException as exc:  # into the logic, which cleans up and re-raises
+            error = exc
+
+
+def _perform_sync(sock: BlockingSocket, effect: Effect) -> object:
+    if isinstance(effect, Write):
+        sock.write(effect.data)
+        return None
+    if isinstance(effect, Read):
+        return sock.read(effect.large, effect.timeout)
+    if isinstance(effect, Poll):
+        return sock.poll(effect.large)
+    if isinstance(effect, Sendfile):
+        return sock.sendfile(effect.fd, effect.offset, effect.count)
+    sock.flush()
+    return None
+
+
+async def run_async(sock: AsyncSocket, op: Op[T]) -> T:
+    """Carry out ``op``'s requests on the running asyncio loop; its result."""
+    answer: object = None
+    error: BaseException | None = None
+    while True:
+        try:
+            effect = op.throw(error) if error is not None else op.send(answer)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        error = None
+        try:
+            answer = await _perform_async(sock, effect)
+        except BaseException as exc:  # into the logic, which cleans up and re-raises
+            error = exc
+
+
+async def _perform_async(sock: AsyncSocket, effect: Effect) -> object:
+    if isinstance(effect, Write):
+        sock.write(effect.data)
+        return None
+    if isinstance(effect, Read):
+        return await sock.read(effect.large, effect.timeout)
+    if isinstance(effect, Poll):
+        return await sock.poll(effect.large)
+    if isinstance(effect, Sendfile):
+        return await sock.sendfile(effect.fd, effect.offset, effect.count)
+    await sock.flush()
+    return None
+
+
+# ---- the logic ------------------------------------------------------------------------
+
+
+def wire_to_entry(wire: ev.Entry) -> Entry:
+    """A client's entry for the protocol's (the same fields)."""
+    return Entry(
+        name=wire.name,
+        kind=EntryKind(int(wire.kind)),
+        size=wire.size,
+        mtime_ns=wire.mtime_ns,
+        mode=wire.mode,
+    )
+
+
+class _Put:
+    """One upload of a pipelined batch, until its reply."""
+
+    def __init__(self, index: int, remote: str, source: LocalFile) -> None:
+        self.index, self.remote, self.source = index, remote, source
+        self.started = time.perf_counter()
+        self.digest: bytes | None = None
+        self.refused = False
+        self.failed_here: FtransferError | None = None
+        """Our side gave the file up (it changed while being sent)."""
+
+
+class TcpLogic:
+    """One connection's client side, as generators of socket primitives."""
+
+    def __init__(self, server: str, connect_rtt_s: float) -> None:
+        self.server = server
+        self.conn = Connection(Role.CLIENT)
+        self._hello_deadline = max(HELLO_ANSWER_MIN_S, HELLO_ANSWER_RTTS * connect_rtt_s)
+        self._hello_answered = False
+        self._scratch = new_scratch()
+        self._queued: list[bytes] = []
+        self._send(ev.HelloOffered(min_version=PROTOCOL_VERSION, max_version=PROTOCOL_VERSION))
+
+    @property
+    def usable(self) -> bool:
+        """In step for another request: not broken, nothing half sent or unanswered."""
+        conn = self.conn
+        return (
+            conn.broken is None
+            and conn.pending_requests == 0
+            and conn.request_state is StreamState.IDLE
+            and conn.reply_state in (StreamState.IDLE, StreamState.HELLO)
+        )
+
+    # ---- frames --------------------------------------------------------------------
+
+    def _send(self, event: ev.Event) -> None:
+        self._queued.append(self.conn.send(event))
+
+    def _writes(self) -> Generator[Effect, object, None]:
+        """Hand queued frames to the socket (written before its next read or flush)."""
+        for data in self._queued:
+            yield Write(data=data)
+        self._queued.clear()
+
+    def _next(
+        self, sink: Callable[[bytes | memoryview], None] | None = None, *, block: bool = True
+    ) -> Generator[Effect, object, ev.Event | ev.ConnectionClosed | None]:
+        """The next event (file bytes to ``sink``); None when not blocking and nothing
+        has arrived. The first event read is the answer to HELLO, checked here."""
+        yield from self._writes()
+        while True:
+            event = self.conn.next_event()
+            if isinstance(event, ev.NeedData):
+                large = self.conn.in_file
+                if not block:
+                    data = yield Poll(large=large)
+                    if data is None:
+                        return None
+                else:
+                    data = yield from self._read(large)
+                assert isinstance(data, memoryview)
+                self.conn.receive_data(data)  # an empty read is the end of the stream
+                continue
+            if isinstance(event, ev.FileData) and sink is not None:
+                try:
+                    sink(event.data)
+                except FtransferError as exc:
+                    raise SinkFailed(exc) from exc
+                continue
+            if not self._hello_answered:
+                self._check_hello(event)
+                continue
+            return event
+
+    def _read(self, large: bool) -> Generator[Effect, object, object]:
+        if self._hello_answered:
+            return (yield Read(large=large))
+        try:
+            return (yield Read(large=large, timeout=self._hello_deadline))
+        except ReadTimedOut:
+            seconds = self._hello_deadline
+            raise RemoteProtocolError(
+                f"{self.server} did not answer HELLO within {seconds:.1f} s: "
+                "it does not speak ftransfer (or it is stuck)"
+            ) from None
+
+    def _check_hello(self, event: ev.Event | ev.ConnectionClosed) -> None:
+        if isinstance(event, ev.Failed):
+            raise self._error(event)
+        if isinstance(event, ev.ConnectionClosed):
+            raise ConnectionFailed(f"{self.server} closed the connection at once")
+        assert isinstance(event, ev.HelloAccepted)  # the core allows nothing else
+        if event.version != PROTOCOL_VERSION:
+            raise UnsupportedVersion(f"{self.server} chose unsupported version {event.version}")
+        self._hello_answered = True
+
+    def _error(self, event: ev.Failed) -> FtransferError:
+        return error_from_code(event.code, f"{self.server}: {event.message}")
+
+    def _reply(
+        self, sink: Callable[[bytes | memoryview], None] | None = None
+    ) -> Generator[Effect, object, ev.Event]:
+        event = yield from self._next(sink)
+        if event is None or isinstance(event, ev.ConnectionClosed):
+            raise ConnectionFailed(f"{self.server} closed the connection")
+        return event
+
+    def _expect(self, kind: type[T]) -> Generator[Effect, object, T]:
+        event = yield from self._reply()
+        if isinstance(event, ev.Failed):
+            raise self._error(event)
+        if not isinstance(event, kind):
+            raise RemoteProtocolError(f"expected {kind.__name__}, got {type(event).__name__}")
+        return event
+
+    # ---- requests ------------------------------------------------------------------
+
+    def stat(self, path: str) -> Op[Stat]:
+        self._send(ev.StatRequested(path=path))
+        reply = yield from self._expect(ev.Stated)
+        digest = reply.digest if reply.entry.kind is ev.EntryKind.FILE else None
+        return Stat(entry=wire_to_entry(reply.entry), digest=digest)
+
+    def listing(self, path: str) -> Op[list[Entry]]:
+        self._send(ev.ListRequested(path=path))
+        entries: list[Entry] = []
+        while True:
+            event = yield from self._reply()
+            if isinstance(event, ev.Failed):
+                raise self._error(event)
+            if isinstance(event, ev.ListEnded):
+                return sorted(entries, key=lambda e: e.name)
+            assert isinstance(event, ev.Listed)  # the core allows nothing else
+            entries.extend(wire_to_entry(e) for e in event.entries)
+
+    def simple(self, request: ev.Event) -> Op[None]:
+        """REMOVE, MKDIR or MOVE: OK or ERROR."""
+        self._send(request)
+        yield from self._expect(ev.Done)
+
+    def get(
+        self,
+        remote: str,
+        make_sink: Callable[[ev.FileStarted], Sink],
+        local: str,
+        progress: Progress | None,
+    ) -> Op[TransferResult]:
+        started = time.perf_counter()
+        self._send(ev.GetRequested(path=remote))
+        header = yield from self._expect(ev.FileStarted)
+        sink = make_sink(header)
+        if progress is not None:
+            progress.file_started(remote, header.size)
+
+        def consume(data: bytes | memoryview) -> None:
+            sink.write(data)
+            if progress is not None:
+                progress.advance(len(data))
+
+        try:
+            end = yield from self._receive_file(consume)
+            self._send(ev.DownloadVerified(digest=sink.digest))
+            digest = sink.commit(end.digest)
+        finally:
+            sink.abort()
+            if progress is not None:
+                progress.file_done()
+        return TransferResult(
+            path=remote,
+            local=local,
+            bytes=header.size,
+            seconds=time.perf_counter() - started,
+            digest=digest,
+            transport="tcp",
+        )
+
+    def _receive_file(
+        self, consume: Callable[[bytes | memoryview], None]
+    ) -> Generator[Effect, object, ev.FileEnded]:
+        try:
+            event = yield from self._reply(consume)
+        except SinkFailed as failed:
+            yield from self._drop_rest_of_file()
+            raise failed.cause from None
+        if isinstance(event, ev.Failed):
+            raise self._error(event)
+        assert isinstance(event, ev.FileEnded)  # the core allows nothing else mid-file
+        return event
+
+    def _drop_rest_of_file(self) -> Generator[Effect, object, None]:
+        """Read the rest of a download whose sink failed, keeping the stream in step."""
+        while True:
+            event = yield from self._reply(lambda data: None)
+            if isinstance(event, ev.FileEnded | ev.Failed):
+                return
+
+    def put_many(
+        self,
+        items: Sequence[tuple[LocalFile | FtransferError, str]],
+        *,
+        exclusive: bool,
+        progress: Progress | None,
+    ) -> Op[list[TransferResult | FtransferError]]:
+        """Upload (local file, remote name) pairs, pipelined; one outcome each."""
+        outcomes: list[TransferResult | FtransferError | None] = [None] * len(items)
+        pending: collections.deque[_Put] = collections.deque()
+        for index, (source, remote) in enumerate(items):
+            if isinstance(source, FtransferError):
+                outcomes[index] = source
+                continue
+            put = _Put(index, remote, source)
+            self._send(
+                ev.PutRequested(
+                    path=remote,
+                    size=source.size,
+                    mtime_ns=source.mtime_ns,
+                    mode=source.mode,
+                    exclusive=exclusive,
+                )
+            )
+            pending.append(put)
+            yield from self._send_body(put, pending, outcomes, progress)
+        yield Flush()
+        while pending:
+            yield from self._collect(pending, outcomes, block=True)
+        done = [outcome for outcome in outcomes if outcome is not None]
+        assert len(done) == len(items)
+        return done
+
+    def _send_body(
+        self,
+        put: _Put,
+        pending: collections.deque[_Put],
+        outcomes: list[TransferResult | FtransferError | None],
+        progress: Progress | None,
+    ) -> Generator[Effect, object, None]:
+        if progress is not None:
+            progress.file_started(put.remote, put.source.size)
+        frames = file_frames(
+            self.conn,
+            put.source,
+            self._scratch,
+            progress.advance if progress is not None else None,
+            cancelled=lambda: put.refused,
+        )
+        answer: int | None = None
+        try:
+            while True:
+                op = frames.send(answer)
+                yield from self._writes()
+                if isinstance(op, SendfileFrame):
+                    yield Write(data=self.conn.start_data(op.count))
+                    sent = yield Sendfile(fd=op.fd, offset=op.offset, count=op.count)
+                    assert isinstance(sent, int)
+                    answer = sent
+                else:
+                    yield Write(data=op.data)
+                    answer = None
+                yield from self._collect(pending, outcomes, block=False)
+        except StopIteration as stop:
+            put.digest = stop.value
+        except FileChanged as exc:  # its frame is whole: abort the file, keep the batch
+            put.failed_here = FileChanged(f"{local_label(put.source.path)}: {exc}")
+        finally:
+            if progress is not None:
+                progress.file_done()
+        if put.digest is None:
+            self._send(ev.FileAborted())
+        else:
+            self._send(ev.FileEnded(digest=put.digest))
+
+    def _collect(
+        self,
+        pending: collections.deque[_Put],
+        outcomes: list[TransferResult | FtransferError | None],
+        *,
+        block: bool,
+    ) -> Generator[Effect, object, None]:
+        """Take the replies that have arrived (``block``: at least one)."""
+        while pending:
+            event = yield from self._next(block=block)
+            if event is None:
+                return
+            if isinstance(event, ev.ConnectionClosed):
+                raise ConnectionFailed(f"{self.server} closed the connection")
+            put = pending.popleft()
+            outcomes[put.index] = self._outcome(put, event)
+            if block:
+                return
+
+    def _outcome(self, put: _Put, event: ev.Event) -> TransferResult | FtransferError:
+        if put.failed_here is not None:
+            return put.failed_here
+        if isinstance(event, ev.Failed):
+            put.refused = True
+            return self._error(event)
+        assert isinstance(event, ev.PutCommitted)  # the core allows nothing else
+        if event.digest != put.digest:
+            return IntegrityError(f"{put.remote}: the server's digest differs from ours")
+        return TransferResult(
+            path=put.remote,
+            local=put.source.path,
+            bytes=put.source.size,
+            seconds=time.perf_counter() - put.started,
+            digest=event.digest,
+            transport="tcp",
+        )

@@ -1,0 +1,273 @@
+"""The client's UDP side: one request per call, over a connected UDP socket.
+
+Theory of operation
+-------------------
+``UdpCall`` is one request's application: it builds the ``ClientRequest`` core
+(proto/udp/handshake.py) and handles its events, and the same object runs under
+the blocking runner (io/threaded.py, for ``Client``: GSO and GRO, no asyncio) or
+the asyncio driver (io/datagram.py, for ``AsyncClient``). Data received is verified
+and committed exactly as over TCP: a download goes to a sink (client/local.py)
+made when the ACCEPT says what comes, written as it arrives, committed only if the
+server's FIN digest matches; the verdict goes back in the RESULT with the digest
+this side computed. Failures map to the same error tree: a refusal to its code's
+class, silence past the give-up time to ``TransferTimeout``, an ICMP "port
+unreachable" before the server ever answered to ``ConnectionFailed`` at once
+(nothing listens there), and an interrupted request (Ctrl-C, SIGTERM,
+cancellation) tells the server with CLOSE so it frees the session at once.
+
+``TransferStats`` carries what a user of a lossy link wants to see afterwards:
+datagrams sent and retransmitted, duplicates and corrupt datagrams dropped, the
+smoothed RTT, and the loss estimate: retransmitted / sent when this side sends the
+data, the share of the server's transmission numbers that never arrived when it
+receives.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from collections.abc import Callable
+
+from ..config import ClientConfig
+from ..errors import Aborted, ConnectionFailed, FtransferError, error_from_code
+from ..io import threaded
+from ..io.udp import DatagramSocket, open_udp_socket
+from ..proto.events import Accepted, Completed, DataReceived, EndReceived, Failed
+from ..proto.udp.handshake import ClientRequest
+from ..proto.udp.packets import Operation
+from ..proto.udp.session import BlockReader, SessionConfig
+from .local import LocalFile, MemorySink, Sink
+from .result import Progress, TransferResult, TransferStats
+from .urls import Url
+
+CLIENT_WINDOW_CHUNKS = 8192
+"""Reorder window the client offers (bounded in bytes by the server's choice)."""
+MakeSink = Callable[[Accepted], Sink]
+
+
+class UdpCall:
+    """One UDP request and what becomes of it."""
+
+    def __init__(
+        self,
+        url: Url,
+        config: ClientConfig,
+        operation: Operation,
+        path: str,
+        *,
+        now: float,
+        source: LocalFile | None = None,
+        make_sink: MakeSink | None = None,
+        progress: Progress | None = None,
+        exclusive: bool = False,
+    ) -> None:
+        self.url, self.path, self.progress = url, path, progress
+        self._make_sink = make_sink
+        self.sink: Sink | None = None
+        self.accepted: Accepted | None = None
+        self.result: Completed | Failed | None = None
+        self.error: FtransferError | None = None
+        self._reported = 0
+        self._clock_start = time.perf_counter()
+        session = SessionConfig(
+            chunk_bytes=config.udp_chunk_bytes,
+            window=CLIENT_WINDOW_CHUNKS,
+            give_up_s=config.udp_give_up_s,
+            cc=config.udp_cc,
+        )
+        self.core = ClientRequest(
+            operation=operation,
+            path=path,
+            size=source.size if source is not None else 0,
+            mtime_ns=source.mtime_ns if source is not None else -1,
+            mode=source.mode if source is not None else None,
+            exclusive=exclusive,
+            config=session,
+            rng=random.SystemRandom(),
+            now=now,
+            server=(url.host, url.port),
+            read_chunk=BlockReader(source.read) if source is not None else None,
+        )
+
+    @property
+    def over(self) -> bool:
+        return self.result is not None or self.error is not None
+
+    def unreachable(self) -> None:
+        """ICMP port unreachable: fatal only before the server ever answered."""
+        if not self.core.heard and self.error is None:
+            self.error = ConnectionFailed(
+                f"udp {self.url.address}: port unreachable (no ftransfer UDP service there)"
+            )
+
+    def on_event(self, event: object) -> None:
+        if isinstance(event, Accepted):
+            self._accepted(event)
+        elif isinstance(event, DataReceived):
+            self._consume(event.data)
+        elif isinstance(event, EndReceived):
+            self._verify(event)
+        elif isinstance(event, Completed | Failed):
+            self.result = event
+        self._report_sent()
+
+    def _accepted(self, event: Accepted) -> None:
+        self.accepted = event
+        if self._make_sink is not None:
+            self.sink = self._make_sink(event)
+        if self.progress is not None:
+            self.progress.file_started(self.path, event.size or self.core.size)
+
+    def _consume(self, data: bytes | bytearray) -> None:
+        if self.sink is not None:
+            self.sink.write(data)  # one write per batch of datagrams
+        if self.progress is not None:
+            self.progress.advance(len(data))
+
+    def _verify(self, event: EndReceived) -> None:
+        """The verdict for the RESULT: the sink checks the FIN's digest on commit
+        (the session has checked every chunk's length and the total size)."""
+        assert self.sink is not None  # a data receiver always has one
+        now = time.monotonic()
+        try:
+            digest = self.sink.commit(event.digest)
+        except FtransferError as exc:
+            self.error = exc
+            self.core.finish(code=exc.code, message=str(exc), digest=self.sink.digest, now=now)
+            return
+        self.core.finish(code=0, message="", digest=digest, now=now)
+
+    def _report_sent(self) -> None:
+        session = self.core.session
+        if self.progress is None or session is None or session.sender is None:
+            return
+        sent = session.hashed_bytes
+        if sent > self._reported:
+            self.progress.advance(sent - self._reported)
+            self._reported = sent
+
+    def interrupted(self) -> None:
+        """Tell the server the request is abandoned (CLOSE), if it is running."""
+        if not self.over:
+            self.core.abort(code=Aborted.code, message="interrupted by the client")
+
+    def finish(self) -> None:
+        """Release the sink (after a commit this only closes) and the progress bar."""
+        if self.sink is not None:
+            self.sink.abort()
+        if self.progress is not None and self.accepted is not None:
+            self.progress.file_done()
+
+    def outcome(self, local: str) -> TransferResult:
+        """The result, or the error that ended the request."""
+        if self.error is not None:
+            raise self.error
+        result = self.result
+        assert result is not None
+        if isinstance(result, Failed):
+            raise error_from_code(result.code, f"{self.url.address}: {result.message}")
+        session = self.core.session
+        return TransferResult(
+            path=self.path,
+            local=local,
+            bytes=session.size if session is not None else 0,
+            seconds=time.perf_counter() - self._clock_start,
+            digest=result.digest,
+            transport="udp",
+            stats=self.stats(),
+        )
+
+    def answer(self) -> bytes:
+        """What a LIST or STAT received (checked against its digest)."""
+        self.outcome("")
+        return bytes(self.sink.data) if isinstance(self.sink, MemorySink) else b""
+
+    def stats(self) -> TransferStats:
+        core, session = self.core, self.core.session
+        if session is None:
+            return TransferStats(corrupt_dropped=core.corrupt)
+        srtt = session.rtt.srtt
+        srtt_ms = None if srtt is None else srtt * 1000
+        chunk = session.config.chunk_bytes
+        sender, receiver = session.sender, session.receiver
+        if sender is not None:
+            sent, again = sender.stats.sent, sender.stats.retransmitted
+            return TransferStats(
+                datagrams_sent=sent,
+                retransmitted=again,
+                corrupt_dropped=core.corrupt,
+                srtt_ms=srtt_ms,
+                loss_estimate=again / sent if sent else 0.0,
+                chunk_bytes=chunk,
+                acks_received=sender.stats.acks,
+            )
+        assert receiver is not None
+        duplicates = receiver.stats.duplicates
+        return TransferStats(
+            datagrams_received=receiver.stats.received + duplicates,
+            duplicates=duplicates,
+            corrupt_dropped=core.corrupt,
+            srtt_ms=srtt_ms,
+            loss_estimate=receiver.loss_estimate(),
+            chunk_bytes=chunk,
+        )
+
+
+def connected_socket(url: Url) -> socket.socket:
+    return open_udp_socket(url.host, url.port, connect=True)
+
+
+def run_sync(call: UdpCall) -> None:
+    """Run the request on a blocking socket in this thread (``Client``)."""
+    sock = connected_socket(url=call.url)
+    try:
+        threaded.run(
+            sock,
+            call.core,
+            call.on_event,
+            finished=lambda: call.over,
+            batch=True,
+            on_unreachable=call.unreachable,
+            stop=lambda: call.error is not None,
+        )
+    except BaseException:
+        call.interrupted()
+        threaded.send_all(DatagramSocket(sock), call.core, time.monotonic())
+        raise
+    finally:
+        call.finish()
+        sock.close()
+
+
+async def run_async(call: UdpCall) -> None:
+    """Run the request on the asyncio loop (``AsyncClient``)."""
+    import asyncio
+
+    from ..io.datagram import CoreDriver
+
+    loop = asyncio.get_running_loop()
+    over = loop.create_future()
+
+    def on_event(event: object) -> None:
+        call.on_event(event)
+        if call.over and not over.done():
+            over.set_result(None)
+
+    def unreachable() -> None:
+        call.unreachable()
+        if call.error is not None and not over.done():
+            over.set_result(None)
+
+    driver = CoreDriver(call.core, connected_socket(call.url), on_event, on_unreachable=unreachable)
+    try:
+        driver.step()
+        await over
+        driver.step()  # the verdict's RESULT or the CLOSE goes out before we leave
+    except BaseException:
+        call.interrupted()
+        driver.step()
+        raise
+    finally:
+        call.finish()
+        driver.close()
