@@ -1,12 +1,12 @@
-"""argparse value types shared by the CLI modules: one definition of each rule."""
+"""argparse value types shared by the CLI's commands: one definition of each rule."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
 
-from .client import Remote, parse_remote
-from .errors import UsageError
+from ..client.urls import Url, parse_url
+from ..errors import UsageError
 
 
 def positive(text: str) -> float:
@@ -56,14 +56,18 @@ def size_bytes(text: str) -> int:
     scale = units.get(text[-1:], 1)
     digits = text[:-1] if text[-1:] in units else text
     try:
-        return int(float(digits) * scale)
+        value = int(float(digits) * scale)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
 
 
-def remote(text: str, *, allow_port_zero: bool = False) -> Remote:
-    """A ``HOST[:PORT][/PATH]`` argument; a malformed one is a usage error (exit 2)."""
+def remote(text: str, *, allow_port_zero: bool = False) -> Url:
+    """A REMOTE argument (``[SCHEME://]HOST[:PORT][/PATH]``); a malformed one is a
+    usage error (exit 2)."""
     try:
-        return parse_remote(text, allow_port_zero=allow_port_zero)
+        return parse_url(text, allow_port_zero=allow_port_zero)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

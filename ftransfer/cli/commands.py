@@ -1,0 +1,162 @@
+"""The client commands: put, get, ls, stat, rm, mkdir, mv. Parse, call, print.
+
+Each command turns its REMOTE and options into a ``Client`` (which transport, which
+settings) and one call, then prints what came back: a line per failure, the
+``--json`` records, the link summary of a UDP or TFTP transfer. Nothing here knows
+a protocol: the transports are the client's business.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..client import Client, ClientConfig, TransferResult, Url
+from ..errors import FtransferError, UsageError
+from .argtypes import remote as parse_remote
+from .output import print_listing, print_record, print_stat, summary, transfer_record
+from .progress import Bars
+
+
+def report_error(exc: FtransferError) -> int:
+    """One line on stderr; the exit code of the error."""
+    sys.stderr.write(f"ftransfer: error: {exc}\n")
+    return int(exc.exit_code)
+
+
+def _url(args: argparse.Namespace, text: str) -> Url:
+    url = parse_remote(text)
+    if getattr(args, "udp", False):
+        if url.scheme == "tftp":
+            raise UsageError("--udp does not apply to tftp:// (TFTP is always UDP)")
+        url = Url(scheme="udp", host=url.host, port=url.port, path=url.path)
+    tftp_only = [f for f in ("blksize", "windowsize") if getattr(args, f, None) is not None]
+    if getattr(args, "netascii", False):
+        tftp_only.append("netascii")
+    if tftp_only and url.scheme != "tftp":
+        flags = ", ".join(f"--{flag}" for flag in tftp_only)
+        raise UsageError(f"{flags}: only for tftp:// (this is {url.scheme}://)")
+    return url
+
+
+def _config(args: argparse.Namespace) -> ClientConfig:
+    defaults = ClientConfig()
+    give_up = args.give_up
+    return ClientConfig(
+        connect_timeout_s=min(args.timeout, defaults.connect_timeout_s),
+        idle_timeout_s=args.timeout,
+        udp_chunk_bytes=args.chunk or defaults.udp_chunk_bytes,
+        udp_give_up_s=give_up or defaults.udp_give_up_s,
+        udp_cc=args.cc or defaults.udp_cc,
+        tftp_blksize=getattr(args, "blksize", None) or defaults.tftp_blksize,
+        tftp_windowsize=getattr(args, "windowsize", None) or defaults.tftp_windowsize,
+        tftp_netascii=getattr(args, "netascii", False),
+        tftp_give_up_s=min(give_up or defaults.tftp_give_up_s, args.timeout),
+    )
+
+
+def _client(args: argparse.Namespace, url: Url) -> Client:
+    return Client(Url(scheme=url.scheme, host=url.host, port=url.port), config=_config(args))
+
+
+def _bars(args: argparse.Namespace, files: int, total: int | None) -> Bars:
+    return Bars(files, total, enabled=not args.quiet and sys.stderr.isatty())
+
+
+def _report(args: argparse.Namespace, result: TransferResult, bars: Bars) -> None:
+    if args.json:
+        print_record(transfer_record(result), sys.stdout if result.local != "-" else sys.stderr)
+    elif not args.quiet and (line := summary(result)) is not None:
+        bars.write(line)
+
+
+def _local_total(paths: list[str]) -> int | None:
+    total = 0
+    for path in paths:
+        try:
+            total += os.stat(path).st_size
+        except OSError:
+            continue  # the upload reports the error
+    return total
+
+
+def put(args: argparse.Namespace) -> int:
+    if len(args.paths) < 2:
+        raise UsageError("put needs LOCAL... REMOTE")
+    url = _url(args, args.paths[-1])
+    sources = list(args.paths[:-1])
+    bars = _bars(args, len(sources), _local_total(sources))
+    with _client(args, url) as client:
+        try:
+            outcomes = client.put_many(sources, url.path, no_clobber=args.no_clobber, progress=bars)
+        finally:
+            bars.close()
+    status = 0
+    for outcome in outcomes:
+        if isinstance(outcome, FtransferError):
+            code = report_error(outcome)  # a line for every failure
+            status = status or code
+        else:
+            _report(args, outcome, bars)
+    return status
+
+
+def get(args: argparse.Namespace) -> int:
+    url = _url(args, args.remote)
+    if not url.path:
+        raise UsageError("get needs a remote file path: HOST[:PORT]/PATH")
+    bars = _bars(args, 1, None)
+    with _client(args, url) as client:
+        try:
+            result = client.get(url.path, args.local, no_clobber=args.no_clobber, progress=bars)
+        finally:
+            bars.close()
+    _report(args, result, bars)
+    return 0
+
+
+def ls(args: argparse.Namespace) -> int:
+    url = _url(args, args.remote)
+    with _client(args, url) as client:
+        print_listing(client.list(url.path), as_json=args.json)
+    return 0
+
+
+def stat(args: argparse.Namespace) -> int:
+    url = _url(args, args.remote)
+    with _client(args, url) as client:
+        print_stat(url.path, client.stat(url.path), as_json=args.json)
+    return 0
+
+
+def _needs_path(url: Url) -> None:
+    if not url.path:
+        raise UsageError("a remote path is required: HOST[:PORT]/PATH")
+
+
+def rm(args: argparse.Namespace) -> int:
+    url = _url(args, args.remote)
+    _needs_path(url)
+    with _client(args, url) as client:
+        client.remove(url.path)
+    return 0
+
+
+def mkdir(args: argparse.Namespace) -> int:
+    url = _url(args, args.remote)
+    _needs_path(url)
+    with _client(args, url) as client:
+        client.mkdir(url.path, parents=args.parents)
+    return 0
+
+
+def mv(args: argparse.Namespace) -> int:
+    url = _url(args, args.remote)
+    _needs_path(url)
+    with _client(args, url) as client:
+        client.move(url.path, args.newpath.lstrip("/"), no_clobber=args.no_clobber)
+    return 0
+
+
+COMMANDS = {"put": put, "get": get, "ls": ls, "stat": stat, "rm": rm, "mkdir": mkdir, "mv": mv}

@@ -1,0 +1,303 @@
+"""The command line's grammar: argparse, and nothing else.
+
+Every option is declared here, with its range (argtypes.py) and its default from
+config.py, so ``--help`` always tells the truth. Building the parser imports only
+argparse and the constants: a command pays for what it runs, not for what it
+could have run (``cli/__init__.py`` imports the command's module afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import __version__
+from ..config import (
+    CLIENT_TIMEOUT_S,
+    DEFAULT_PORT,
+    GIVE_UP_S,
+    MAX_CONNECTIONS_LIMIT,
+    TFTP_BLKSIZE,
+    TFTP_MAX_BLKSIZE,
+    TFTP_MAX_WINDOWSIZE,
+    TFTP_MIN_BLKSIZE,
+    TFTP_WINDOWSIZE,
+    UDP_CHUNK_BYTES,
+    UDP_MAX_CHUNK_BYTES,
+    UDP_MIN_CHUNK_BYTES,
+    ServerConfig,
+)
+from .argtypes import non_negative, port, positive, probability, ranged, size_bytes
+
+DESCRIPTION = (
+    "Fast, verified file transfer. REMOTE is [tcp://|udp://|tftp://]HOST[:PORT][/PATH] "
+    "(a bare HOST is tcp; IPv6 in brackets when a port follows: [::1]:9021/dir)."
+)
+
+
+def build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and each command's parser by name (for usage errors)."""
+    parser = argparse.ArgumentParser(prog="ftransfer", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"ftransfer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: dict[str, argparse.ArgumentParser] = {}
+    for add in (_serve, _put, _get, _ls, _stat, _rm, _mkdir, _mv, _ping, _relay):
+        command = add(sub)
+        commands[command.prog.split()[-1]] = command
+    return parser, commands
+
+
+# ---- shared options -------------------------------------------------------------------
+
+
+def _client(p: argparse.ArgumentParser, *, transfer: bool = False) -> None:
+    p.add_argument(
+        "--timeout",
+        type=positive,
+        default=CLIENT_TIMEOUT_S,
+        metavar="S",
+        help=f"give up when a TCP server is silent this long (default {CLIENT_TIMEOUT_S:g})",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON, one object per line")
+    p.add_argument("--udp", action="store_true", help="use the UDP mode (same as udp://)")
+    p.add_argument(
+        "--chunk",
+        type=ranged(UDP_MIN_CHUNK_BYTES, UDP_MAX_CHUNK_BYTES),
+        default=None,
+        metavar="BYTES",
+        help=f"UDP payload per datagram (default {UDP_CHUNK_BYTES}, safe on a 1500-byte "
+        f"MTU; up to {UDP_MAX_CHUNK_BYTES} on loopback)",
+    )
+    p.add_argument(
+        "--give-up",
+        type=positive,
+        default=None,
+        metavar="S",
+        help=f"UDP and TFTP: fail after this long without progress (default {GIVE_UP_S:g})",
+    )
+    p.add_argument("--cc", choices=["bbr", "reno"], default=None, help="UDP congestion control")
+    if transfer:
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no summary")
+        p.add_argument(
+            "--blksize",
+            type=ranged(TFTP_MIN_BLKSIZE, TFTP_MAX_BLKSIZE),
+            default=None,
+            metavar="N",
+            help=f"tftp:// only: block size to ask for (default {TFTP_BLKSIZE})",
+        )
+        p.add_argument(
+            "--windowsize",
+            type=ranged(1, TFTP_MAX_WINDOWSIZE),
+            default=None,
+            metavar="N",
+            help=f"tftp:// only: blocks per ACK to ask for (default {TFTP_WINDOWSIZE})",
+        )
+        p.add_argument(
+            "--netascii", action="store_true", help="tftp:// only: text mode (CR LF lines)"
+        )
+
+
+def _remote(p: argparse.ArgumentParser) -> None:
+    p.add_argument("remote", metavar="REMOTE")
+
+
+# ---- client commands --------------------------------------------------------------------
+
+
+def _put(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "put",
+        help="upload files",
+        usage="ftransfer put [options] LOCAL... REMOTE",
+        description="Upload LOCAL files to REMOTE: into it if it is a directory, ends in "
+        "'/' or several files are given; otherwise to that name.",
+    )
+    p.add_argument("paths", nargs="+", metavar="LOCAL... REMOTE", help=argparse.SUPPRESS)
+    p.add_argument("--no-clobber", action="store_true", help="refuse to replace existing files")
+    _client(p, transfer=True)
+    return p
+
+
+def _get(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "get",
+        help="download a file",
+        description="Download REMOTE to LOCAL (default: here, same name; a directory keeps "
+        "the name; '-' is standard output).",
+    )
+    _remote(p)
+    p.add_argument("local", nargs="?", metavar="LOCAL")
+    p.add_argument("--no-clobber", action="store_true", help="refuse to replace a local file")
+    _client(p, transfer=True)
+    return p
+
+
+def _ls(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = sub.add_parser("ls", help="list a directory")
+    _remote(p)
+    _client(p)
+    return p
+
+
+def _stat(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = sub.add_parser("stat", help="type, size, mode, mtime and xxh3-128 of a name")
+    _remote(p)
+    _client(p)
+    return p
+
+
+def _rm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = sub.add_parser("rm", help="remove a file or an empty directory")
+    _remote(p)
+    _client(p)
+    return p
+
+
+def _mkdir(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = sub.add_parser("mkdir", help="create a directory")
+    _remote(p)
+    p.add_argument("-p", "--parents", action="store_true", help="create parents too")
+    _client(p)
+    return p
+
+
+def _mv(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "mv",
+        help="rename on the server",
+        description="Rename REMOTE to NEWPATH on the server (into NEWPATH if it is a directory).",
+    )
+    _remote(p)
+    p.add_argument("newpath", metavar="NEWPATH")
+    p.add_argument("--no-clobber", action="store_true", help="refuse to replace NEWPATH")
+    _client(p)
+    return p
+
+
+def _ping(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = sub.add_parser("ping", help="UDP echoes: RTT min/avg/max/jitter and loss")
+    _remote(p)
+    p.add_argument("--udp", action="store_true", help="(the default and only mode)")
+    p.add_argument("-c", "--count", type=ranged(1, 1_000_000), default=5, metavar="N")
+    p.add_argument("-i", "--interval", type=positive, default=0.2, metavar="S")
+    p.add_argument(
+        "--timeout", type=positive, default=1.0, metavar="S", help="wait for each echo (default 1)"
+    )
+    return p
+
+
+def _relay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = sub.add_parser("relay", help="a UDP relay that impairs traffic (rehearse a bad link)")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="port 0 picks one")
+    p.add_argument("--to", required=True, metavar="HOST:PORT")
+    for name, text in (
+        ("loss", "drop"),
+        ("dup", "duplicate"),
+        ("reorder", "hold back"),
+        ("corrupt", "flip one bit of"),
+    ):
+        p.add_argument(
+            f"--{name}",
+            type=probability,
+            default=0.0,
+            metavar="P",
+            help=f"probability to {text} a datagram",
+        )
+    p.add_argument("--delay", type=non_negative, default=0.0, metavar="MS", help="one-way delay")
+    p.add_argument(
+        "--jitter", type=non_negative, default=0.0, metavar="MS", help="extra random delay"
+    )
+    p.add_argument(
+        "--rate", type=positive, default=None, metavar="MBIT", help="bottleneck rate (50 ms queue)"
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="N")
+    return p
+
+
+# ---- the server --------------------------------------------------------------------------
+
+
+def _serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = sub.add_parser("serve", help="serve a directory")
+    d = ServerConfig()
+    p.add_argument("--root", default=".", help="directory to serve (default: current)")
+    p.add_argument(
+        "--host", default=d.host, help=f"address to listen on (default {d.host}; :: for all)"
+    )
+    p.add_argument("--port", type=port, default=DEFAULT_PORT, help="TCP port; 0 picks a free one")
+    p.add_argument("--read-only", action="store_true", help="refuse every change")
+    limit = ranged(1, MAX_CONNECTIONS_LIMIT)
+    p.add_argument(
+        "--max-connections",
+        type=limit,
+        default=d.max_connections,
+        metavar="N",
+        help=f"connections at once (default {d.max_connections})",
+    )
+    p.add_argument(
+        "--max-per-address",
+        type=limit,
+        default=d.max_connections_per_address,
+        metavar="N",
+        help=f"connections at once from one address (default {d.max_connections_per_address})",
+    )
+    _seconds(p, "--idle-timeout", d.idle_timeout_s, "close a silent connection")
+    _seconds(p, "--hello-timeout", d.hello_timeout_s, "deadline for the opening HELLO")
+    p.add_argument(
+        "--max-file-size",
+        type=size_bytes,
+        default=d.max_file_bytes,
+        metavar="BYTES",
+        help="largest upload, e.g. 10G (default 1T)",
+    )
+    p.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="skip fsync before commit (faster; a crash may lose recent uploads)",
+    )
+    p.add_argument(
+        "--udp-port",
+        type=port,
+        default=None,
+        metavar="N",
+        help="UDP port (default: the TCP port's)",
+    )
+    p.add_argument("--no-udp", action="store_true", help="serve TCP only")
+    _seconds(p, "--udp-give-up", d.udp_give_up_s, "abandon a UDP session without progress")
+    p.add_argument(
+        "--tftp-port",
+        type=port,
+        default=None,
+        metavar="N",
+        help="also serve standard TFTP on UDP port N (off by default; 0 picks one)",
+    )
+    p.add_argument(
+        "--tftp-max-blksize",
+        type=ranged(TFTP_MIN_BLKSIZE, TFTP_MAX_BLKSIZE),
+        default=d.tftp_max_blksize,
+        metavar="N",
+        help=f"largest TFTP blksize a client may get (default {d.tftp_max_blksize})",
+    )
+    p.add_argument(
+        "--tftp-max-window",
+        type=ranged(1, TFTP_MAX_WINDOWSIZE),
+        default=d.tftp_max_window,
+        metavar="N",
+        help=f"largest TFTP windowsize a client may get (default {d.tftp_max_window})",
+    )
+    p.add_argument(
+        "--tftp-max-sessions",
+        type=ranged(1, 4096),
+        default=d.tftp_max_sessions,
+        metavar="N",
+        help=f"TFTP transfers at once (default {d.tftp_max_sessions}; "
+        f"{d.tftp_max_sessions_per_address} per address)",
+    )
+    _seconds(p, "--tftp-give-up", d.tftp_give_up_s, "end a TFTP transfer without progress")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _seconds(p: argparse.ArgumentParser, flag: str, default: float, text: str) -> None:
+    p.add_argument(
+        flag, type=positive, default=default, metavar="S", help=f"{text} (default {default:g} s)"
+    )

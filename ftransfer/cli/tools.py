@@ -1,0 +1,78 @@
+"""``ftransfer ping`` and ``ftransfer relay``: parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import signal
+import statistics
+
+from ..client import Url, format_address
+from ..client.ping import ping as send_pings
+from ..errors import ExitCode
+from .argtypes import remote as parse_remote
+
+
+def ping(args: argparse.Namespace) -> int:
+    """Timestamped echoes; prints each RTT, then min/avg/max/jitter and loss."""
+    url = parse_remote(args.remote)
+    where = format_address(url.host, url.port)
+
+    def report(seq: int, rtt: float | None) -> None:
+        shown = "timeout" if rtt is None else f"rtt={rtt:.3f} ms"
+        print(f"{where}: seq={seq} {shown}", flush=True)
+
+    rtts = send_pings(
+        Url(scheme="udp", host=url.host, port=url.port),
+        count=args.count,
+        interval_s=args.interval,
+        timeout_s=args.timeout,
+        report=report,
+    )
+    lost = args.count - len(rtts)
+    print(f"--- {where} ping statistics ---")
+    print(f"{args.count} sent, {len(rtts)} received, {lost / args.count:.1%} loss")
+    if rtts:
+        pairs = list(itertools.pairwise(rtts))
+        jitter = statistics.mean(abs(a - b) for a, b in pairs) if pairs else 0.0
+        print(
+            f"rtt min/avg/max/jitter = {min(rtts):.3f}/{statistics.mean(rtts):.3f}/"
+            f"{max(rtts):.3f}/{jitter:.3f} ms"
+        )
+    return 0 if rtts else int(ExitCode.TIMEOUT)
+
+
+def relay(args: argparse.Namespace) -> int:
+    """Run the impairment relay until SIGINT/SIGTERM."""
+    import asyncio
+
+    from ..testing.netem import Impairment
+    from ..tools.relay import Relay
+
+    listen = parse_remote(args.listen, allow_port_zero=True)
+    to = parse_remote(args.to)
+    impairment = Impairment(
+        loss=args.loss,
+        dup=args.dup,
+        reorder=args.reorder,
+        corrupt=args.corrupt,
+        delay_s=args.delay / 1000,
+        jitter_s=args.jitter / 1000,
+        rate_bytes_per_s=None if args.rate is None else args.rate * 1e6 / 8,
+    )
+
+    async def run() -> None:
+        running = Relay((listen.host, listen.port), (to.host, to.port), impairment, args.seed)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a clean stop, like serve's
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        here = format_address(str(running.address[0]), int(running.address[1]))
+        there = format_address(to.host, to.port)
+        print(f"ftransfer: relaying udp://{here} -> udp://{there}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            running.close()
+
+    asyncio.run(run())
+    return 0
