@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import ServerProcess, run_cli, temporaries
 
+from ftransfer.client.urls import Url, parse_url
 from ftransfer.proto.tftp.packets import (
     Data,
     Error,
@@ -27,7 +28,6 @@ from ftransfer.proto.tftp.packets import (
     encode_request,
     parse_untrusted,
 )
-from ftransfer.tftp_client import TftpUrl, parse_url
 
 TFTP_READY = re.compile(r"tftp://(\[[^\]]+\]|[^\s:]+):(\d+)")
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
@@ -108,7 +108,7 @@ def test_curl_netascii_get_sees_crlf_and_cr_nul(tftp: TftpServer, served: Path) 
 
 # ---- tftpy -----------------------------------------------------------------------------
 
-import tftpy  # noqa: E402  (a test dependency: pyproject [test])
+import tftpy  # type: ignore[import-untyped]  # noqa: E402  (a test dependency)
 
 
 def test_tftpy_client_past_the_block_number_rollover(
@@ -234,7 +234,9 @@ def test_bad_names_are_refused_both_ways(
     tftp: TftpServer, served: Path, tmp_path: Path, name: str, write: bool
 ) -> None:
     before = sorted(p.name for p in tmp_path.iterdir())
-    packet, _source = ask(tftp.tftp_port, Request(write, name, "octet", {}))
+    packet, _source = ask(
+        tftp.tftp_port, Request(write=write, filename=name, mode="octet", options={})
+    )
     assert isinstance(packet, Error), packet
     assert packet.code in (ErrorCode.FILE_NOT_FOUND, ErrorCode.ACCESS_VIOLATION)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
@@ -250,7 +252,9 @@ def test_symlinks_fifos_and_devices_are_refused(
     (served / "null").symlink_to("/dev/null")
     for name in ("link", "fifo", "null"):
         for write in (False, True):
-            packet, _source = ask(tftp.tftp_port, Request(write, name, "octet", {}))
+            packet, _source = ask(
+                tftp.tftp_port, Request(write=write, filename=name, mode="octet", options={})
+            )
             assert isinstance(packet, Error), (name, write, packet)
     assert (tmp_path / "secret").read_bytes() == b"secret"
 
@@ -258,7 +262,9 @@ def test_symlinks_fifos_and_devices_are_refused(
 def test_read_only_server_refuses_writes(served: Path) -> None:
     server = start(served, "--read-only")
     try:
-        packet, _source = ask(server.tftp_port, Request(True, "x", "octet", {}))
+        packet, _source = ask(
+            server.tftp_port, Request(write=True, filename="x", mode="octet", options={})
+        )
         assert isinstance(packet, Error) and packet.code == ErrorCode.ACCESS_VIOLATION
     finally:
         assert server.stop() == 0
@@ -285,8 +291,10 @@ def test_malformed_requests_get_a_bounded_error_and_the_server_serves_on(
     assert source[1] == tftp.tftp_port and isinstance(parse_untrusted(data), Error)
     assert len(data) <= 3 * len(junk)
     (served / "ok").write_bytes(b"fine")
-    packet, _source = ask(tftp.tftp_port, Request(False, "ok", "octet", {}))
-    assert packet == Data(1, b"fine")
+    packet, _source = ask(
+        tftp.tftp_port, Request(write=False, filename="ok", mode="octet", options={})
+    )
+    assert packet == Data(block=1, payload=b"fine")
 
 
 def test_datagram_from_wrong_port_gets_error_5_and_transfer_continues(
@@ -295,11 +303,16 @@ def test_datagram_from_wrong_port_gets_error_5_and_transfer_continues(
     body = payload(2000)
     (served / "f").write_bytes(body)
     with raw_socket() as sock, raw_socket() as intruder:
-        sock.sendto(encode_request(Request(False, "f", "octet", {})), ("127.0.0.1", tftp.tftp_port))
+        sock.sendto(
+            encode_request(Request(write=False, filename="f", mode="octet", options={})),
+            ("127.0.0.1", tftp.tftp_port),
+        )
         data, tid = sock.recvfrom(70000)
         intruder.sendto(encode_ack(1), tid)
         reply, source = intruder.recvfrom(70000)
-        assert source == tid and parse_untrusted(reply) == Error(5, "unknown transfer id")
+        assert source == tid and parse_untrusted(reply) == Error(
+            code=5, message="unknown transfer id"
+        )
         got = bytearray(parse_untrusted(data).payload)  # type: ignore[union-attr]
         block = 1
         while True:
@@ -319,7 +332,7 @@ def test_unanswered_request_gets_one_reply_and_no_retransmission(served: Path) -
     server = start(served, "--tftp-give-up", "2")
     try:
         with raw_socket() as sock:
-            request = encode_request(Request(False, "f", "octet", {}))
+            request = encode_request(Request(write=False, filename="f", mode="octet", options={}))
             sock.sendto(request, ("127.0.0.1", server.tftp_port))
             first, _tid = sock.recvfrom(70000)
             server.wait_for_log("failed: tftp: no progress")
@@ -337,7 +350,10 @@ def _flood(port: int, count: int, *, prove: bool) -> tuple[list[socket.socket], 
     for _ in range(count):
         sock = raw_socket()
         sockets.append(sock)
-        sock.sendto(encode_request(Request(False, "f", "octet", {})), ("127.0.0.1", port))
+        sock.sendto(
+            encode_request(Request(write=False, filename="f", mode="octet", options={})),
+            ("127.0.0.1", port),
+        )
         data, tid = sock.recvfrom(70000)
         packet = parse_untrusted(data)
         if isinstance(packet, Data):
@@ -383,7 +399,8 @@ def test_abandoned_and_killed_uploads_leave_nothing_at_the_final_name(served: Pa
     server = start(served, "--tftp-give-up", "2")
     with raw_socket() as sock:
         sock.sendto(
-            encode_request(Request(True, "up", "octet", {})), ("127.0.0.1", server.tftp_port)
+            encode_request(Request(write=True, filename="up", mode="octet", options={})),
+            ("127.0.0.1", server.tftp_port),
         )
         ack, tid = sock.recvfrom(100)
         assert parse_untrusted(ack) == parse_untrusted(encode_ack(0))
@@ -395,7 +412,8 @@ def test_abandoned_and_killed_uploads_leave_nothing_at_the_final_name(served: Pa
     server = start(served)
     with raw_socket() as sock:
         sock.sendto(
-            encode_request(Request(True, "up", "octet", {})), ("127.0.0.1", server.tftp_port)
+            encode_request(Request(write=True, filename="up", mode="octet", options={})),
+            ("127.0.0.1", server.tftp_port),
         )
         _ack, tid = sock.recvfrom(100)
         sock.sendto(encode_data(1, b"x" * 512), tid)
@@ -410,12 +428,14 @@ def test_operator_caps_lower_what_a_client_asks_for(served: Path) -> None:
     server = start(served, "--tftp-max-blksize", "1024", "--tftp-max-window", "4")
     try:
         asked = {"blksize": "8192", "windowsize": "32", "tsize": "0", "bogus": "1"}
-        packet, _source = ask(server.tftp_port, Request(False, "f", "octet", asked))
-        assert packet == OptionAck({"blksize": "1024", "windowsize": "4", "tsize": "50000"})
+        packet, _source = ask(
+            server.tftp_port, Request(write=False, filename="f", mode="octet", options=asked)
+        )
+        assert packet == OptionAck(options={"blksize": "1024", "windowsize": "4", "tsize": "50000"})
     finally:
         assert server.stop() == 0
 
 
 def test_url_port_defaults_to_69_and_ipv6_brackets_parse() -> None:
-    assert parse_url("tftp://host/a/b") == TftpUrl("host", 69, "a/b")
-    assert parse_url("tftp://[::1]:6969/x") == TftpUrl("::1", 6969, "x")
+    assert parse_url("tftp://host/a/b") == Url(scheme="tftp", host="host", port=69, path="a/b")
+    assert parse_url("tftp://[::1]:6969/x") == Url(scheme="tftp", host="::1", port=6969, path="x")

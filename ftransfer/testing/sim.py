@@ -1,14 +1,22 @@
-"""A seeded, simulated network on virtual time for the sans-IO UDP core.
+"""A seeded simulation of the UDP mode on virtual time: a client core, the real
+server application and operations over a MemoryStore, and two impaired links.
 
-``Link`` is one direction of a path: a bottleneck of ``rate`` bytes/s with a
-drop-tail queue of ``queue_bytes``, then ``delay`` (+ uniform jitter); before the
-queue, datagrams may be lost (independently, or in Gilbert bursts), duplicated,
-corrupted (one bit flipped), or held back (reordered); during a blackhole window
-everything is lost. Every choice comes from one ``random.Random(seed)``, so a run
-is exactly repeatable.
+Theory of operation
+-------------------
+``Simulation`` joins a ``ClientRequest`` (proto/udp/handshake.py) to the server's
+own ``UdpApplication`` (server/udp.py: the endpoint core plus ``Operations``, the
+same policy and log line as the real server) over a ``MemoryStore``. Each
+direction is a ``Link``: netem.py's ``ImpairedPath`` (bottleneck rate and drop-tail
+queue, delay and jitter, loss, bursts, duplication, reordering, corruption), plus
+blackhole windows and a drop-once hook for tests that lose exactly what they mean
+to. Time jumps from one event to the next (an arrival, a core's timer), so a
+40 MiB transfer over a 40 ms path takes a second of real time, and every choice
+comes from one ``random.Random(seed)``: a run is exactly repeatable. The server's
+deferred work (STAT, LIST, a large commit) is done at once, in virtual time.
 
-``Transfer`` runs one client request against a ``ServerEndpoint`` with an
-in-memory file store, jumping time from event to event.
+Both sides are driven through the five calls of proto/machine.py only, as the
+asyncio driver and the threaded runner drive them: nothing here reaches into a
+core, so what passes here is what runs on a socket.
 """
 
 from __future__ import annotations
@@ -16,32 +24,26 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from ftransfer.checksum import digest_bytes
-from ftransfer.proto.udp.handshake import (
-    ClientRequest,
-    HandshakeTimedOut,
-    Refused,
-    RequestReceived,
-    ServerEndpoint,
-)
-from ftransfer.proto.udp.packets import DEFAULT_CHUNK_BYTES, Operation
-from ftransfer.proto.udp.session import (
-    DataArrived,
-    FinArrived,
-    Finished,
-    Session,
-    SessionConfig,
-    TimedOut,
-)
-from ftransfer.relay import ImpairedPath, Impairment
+from .._records import factory, record
+from ..checksum import digest_bytes
+from ..proto.events import Accepted, Completed, DataReceived, EndReceived, Failed
+from ..proto.udp.endpoint import ServerEndpoint
+from ..proto.udp.handshake import ClientRequest
+from ..proto.udp.packets import DEFAULT_CHUNK_BYTES, Operation
+from ..proto.udp.session import SessionConfig
+from ..server.operations import Operations, Policy
+from ..server.udp import UdpApplication
+from ..storage.memory import MemoryStore
+from .netem import ImpairedPath, Impairment
 
 CLIENT = ("192.0.2.1", 40000)
 SERVER = ("192.0.2.2", 9021)
+MIN_STEP_S = 1e-7
+"""Virtual time always moves forward by at least this (no zero-time loops)."""
 
 
-@dataclass
+@record(frozen=False)
 class LinkConfig:
     rate: float = 12.5e6
     """Bottleneck, bytes/s (12.5e6 = 100 Mbit/s)."""
@@ -55,7 +57,7 @@ class LinkConfig:
     reorder: float = 0.0
     """Probability a datagram is held back by 1..3 extra delays of jitter/delay."""
     corrupt: float = 0.0
-    blackholes: list[tuple[float, float]] = field(default_factory=list)
+    blackholes: list[tuple[float, float]] = factory(list)
     drop_once: Callable[[bytes], bool] | None = None
     """Drops the first datagram this returns True for (to lose exactly one on purpose)."""
 
@@ -73,7 +75,7 @@ class LinkConfig:
         )
 
 
-@dataclass
+@record(frozen=False)
 class LinkStats:
     offered: int = 0
     offered_bytes: int = 0
@@ -83,8 +85,7 @@ class LinkStats:
 
 
 class Link:
-    """The relay's impairment model (``ImpairedPath``) on virtual time, plus
-    blackholes and drop-once for tests that lose exactly what they mean to."""
+    """One direction: the relay's impairment model on virtual time."""
 
     def __init__(self, config: LinkConfig, rng: random.Random) -> None:
         self.config = config
@@ -124,63 +125,30 @@ class Link:
         return out
 
 
-@dataclass
+@record(frozen=False)
 class Outcome:
+    """How a simulated request ended."""
+
     code: int | None = None
+    """0: success; else the error code (None while running)."""
     message: str = ""
     data: bytes = b""
+    """What the client received (GET, LIST, STAT)."""
     timed_out: bool = False
     seconds: float = 0.0
-    events: list[object] = field(default_factory=list)
+    events: list[object] = factory(list)
 
 
-class MemoryServer:
-    """The server application: files in a dict, verdicts like server.py's."""
-
-    def __init__(self, endpoint: ServerEndpoint, files: dict[str, bytes]) -> None:
-        self.endpoint, self.files = endpoint, files
-        self._uploads: dict[int, tuple[str, bytearray]] = {}
-        self._sessions: list[Session] = []
-
-    def step(self, now: float) -> None:
-        while self.endpoint.requests:
-            self._handle(self.endpoint.requests.pop(0), now)
-        for session_id, (_addr, session) in list(self.endpoint.sessions.items()):
-            for event in session.events:
-                self._on_event(session_id, session, event, now)
-            session.events.clear()
-
-    def _handle(self, request: RequestReceived, now: float) -> None:
-        initial = request.initial
-        if initial.operation is Operation.PUT:
-            session = self.endpoint.accept(request, size=0, mtime_ns=-1, now=now, read_chunk=None)
-            self._uploads[session.session_id] = (initial.path, bytearray())
-        elif initial.operation is Operation.GET and initial.path in self.files:
-            data = self.files[initial.path]
-            self.endpoint.accept(
-                request,
-                size=len(data),
-                mtime_ns=0,
-                now=now,
-                read_chunk=lambda off, n: data[off : off + n],
-            )
-        else:
-            self.endpoint.refuse(request, code=10, message="not found", now=now)
-
-    def _on_event(self, session_id: int, session: Session, event: object, now: float) -> None:
-        if isinstance(event, DataArrived):
-            self._uploads[session_id][1].extend(event.data)
-        elif isinstance(event, FinArrived):
-            name, data = self._uploads.pop(session_id)
-            if digest_bytes(bytes(data)) == event.digest and len(data) == event.size:
-                self.files[name] = bytes(data)
-                session.finish(code=0, message="", digest=event.digest, now=now)
-            else:
-                session.finish(code=30, message="digest mismatch", digest=bytes(16), now=now)
+def _at_once(work: Callable[[], object], then: Callable[[object], None]) -> None:
+    try:
+        result: object = work()
+    except Exception as exc:  # the application decides what an error means
+        result = exc
+    then(result)
 
 
-class Transfer:
-    """One client request over a pair of simulated links."""
+class Simulation:
+    """A client and the real server application over two simulated links."""
 
     def __init__(
         self,
@@ -195,20 +163,30 @@ class Transfer:
         cc: str = "bbr",
     ) -> None:
         rng = random.Random(seed)
+        self.now = 0.0
         self.up, self.down = Link(up, rng), Link(down, rng)
         self.config = SessionConfig(
             chunk_bytes=chunk_bytes, window=window, give_up_s=give_up_s, cc=cc
         )
+        self.store = MemoryStore(clock_ns=lambda: int(self.now * 1e9))
+        for name, data in (files or {}).items():
+            self.store.put_file(name, data)
         self.endpoint = ServerEndpoint(
             secret=b"test-secret", rng=rng, config=self.config, max_sessions=8
         )
-        self.server = MemoryServer(self.endpoint, files if files is not None else {})
+        self.app = UdpApplication(
+            Operations(self.store, Policy()), self.endpoint, now=lambda: self.now, defer=_at_once
+        )
         self.rng = rng
-        self.now = 0.0
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        return self.store.files()
 
     def run(
         self, operation: Operation, path: str, data: bytes = b"", limit_s: float = 600.0
     ) -> Outcome:
+        """One request from start to end; then in-flight datagrams play out."""
         client = ClientRequest(
             operation=operation,
             path=path,
@@ -217,6 +195,7 @@ class Transfer:
             config=self.config,
             rng=self.rng,
             now=self.now,
+            server=SERVER,
             read_chunk=lambda off, n: data[off : off + n],
         )
         outcome = Outcome()
@@ -238,48 +217,41 @@ class Transfer:
     def _exchange(self, client: ClientRequest) -> None:
         now = self.now
         for datagram in self.down.due(now):
-            client.receive(datagram, now)
+            client.receive_datagram(datagram, SERVER, now)
         for datagram in self.up.due(now):
-            self.endpoint.receive(datagram, CLIENT, now)
+            self.endpoint.receive_datagram(datagram, CLIENT, now)
         timer = client.get_timer()
         if timer is not None and timer <= now:
             client.handle_timer(now)
-        self.endpoint.handle_timer(now)
-        self.server.step(now)
-        for datagram in client.datagrams(now):
+        timer = self.endpoint.get_timer()
+        if timer is not None and timer <= now:
+            self.endpoint.handle_timer(now)
+        self._server_step()
+        for datagram, _address in client.datagrams_to_send(now):
             self.up.send(datagram, now)
-        self._server_out(now)
-
-    def _server_out(self, now: float) -> None:
-        for datagram, _addr in self.endpoint.outbox:
+        for datagram, _address in self.endpoint.datagrams_to_send(now):
             self.down.send(datagram, now)
-        self.endpoint.outbox.clear()
-        for _addr, session in list(self.endpoint.sessions.values()):
-            for datagram in session.datagrams(now):
-                self.down.send(datagram, now)
+
+    def _server_step(self) -> None:
+        while (event := self.endpoint.next_event()) is not None:
+            self.app.handle(event)
 
     def _client_events(self, client: ClientRequest, outcome: Outcome, received: bytearray) -> None:
-        for event in client.events:
+        while (event := client.next_event()) is not None:
             outcome.events.append(event)
-            if isinstance(event, Refused):
-                outcome.code, outcome.message = event.code, event.message
-            elif isinstance(event, HandshakeTimedOut):
-                outcome.timed_out = True
-        client.events.clear()
-        session = client.session
-        if session is None:
-            return
-        for event in session.events:
-            if isinstance(event, DataArrived):
+            if isinstance(event, DataReceived):
                 received.extend(event.data)
-            elif isinstance(event, FinArrived):
+            elif isinstance(event, EndReceived):
                 ok = digest_bytes(bytes(received)) == event.digest
-                session.finish(code=0 if ok else 30, message="", digest=event.digest, now=self.now)
-            elif isinstance(event, Finished):
+                digest = digest_bytes(bytes(received))
+                client.finish(code=0 if ok else 30, message="", digest=digest, now=self.now)
+            elif isinstance(event, Completed):
+                outcome.code = 0
+            elif isinstance(event, Failed):
                 outcome.code, outcome.message = event.code, event.message
-            elif isinstance(event, TimedOut):
-                outcome.timed_out = True
-        session.events.clear()
+                outcome.timed_out = event.code == 42
+            elif isinstance(event, Accepted):
+                continue
 
     def _next_time(self, client: ClientRequest) -> float:
         times = [
@@ -290,18 +262,17 @@ class Transfer:
         ]
         pending = [t for t in times if t is not None]
         assert pending, "deadlock: nothing scheduled"
-        return max(min(pending), self.now + 1e-7)
+        return max(min(pending), self.now + MIN_STEP_S)
 
     def _drain(self, client: ClientRequest) -> None:
         """Let in-flight datagrams and lingering sessions play out (bounded)."""
         for _ in range(10_000):
-            nxt = [
+            pending = [
                 t
                 for t in (self.up.next_time(), self.down.next_time(), self.endpoint.get_timer())
                 if t is not None
             ]
-            if not nxt:
+            if not pending:
                 return
-            self.now = max(min(nxt), self.now + 1e-7)
+            self.now = max(min(pending), self.now + MIN_STEP_S)
             self._exchange(client)
-            self.server.step(self.now)
