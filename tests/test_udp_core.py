@@ -455,3 +455,34 @@ def test_a_repeated_request_resends_the_flight_only_before_any_ack() -> None:
     acked.resend_unseen_flight(0.05)
     assert acked.bytes_in_flight == before == (n - 1) * 1400
     assert acked.stats.retransmitted == 0
+
+
+def _bbr_after_rtts(rtts: list[float]) -> Bbr:
+    """A BBR at 12.5 MB/s in ProbeBW whose RTT samples were ``rtts``, each ack
+    followed by a loss (10 % random loss: every ack or so)."""
+    bbr = Bbr(mss=1400)
+    rtt = RttEstimator()
+    bbr.mode = _Mode.PROBE_BW
+    delivered = 0
+    for i, sample in enumerate(rtts):
+        rtt.on_sample(sample)
+        delivered += 14_000
+        rate = RateSample(delivery_rate=12.5e6, prior_delivered=delivered, app_limited=False)
+        now = i * 0.001
+        bbr.on_ack(now=now, acked=14_000, delivered=delivered, inflight=10**6, sample=rate, rtt=rtt)
+        bbr.on_loss(now=now, lost=1400, inflight=10**6, rtt=rtt)
+    return bbr
+
+
+@pytest.mark.parametrize("base", [0.040, 0.002])
+def test_bbr_takes_a_standing_queue_for_congestion_and_jitter_not(base: float) -> None:
+    """5 ms of jitter each way adds 0-10 ms to every RTT sample, independently: the
+    latest sample often looks like a queue (min RTT x 1.1 + 1 ms), the smallest of
+    the last 32 does not. A queue (every sample 10 ms up) does, and caps what is in
+    flight."""
+    rng = random.Random(1)
+    jitter = [base] + [base + rng.uniform(0, 0.005) + rng.uniform(0, 0.005) for _ in range(300)]
+    assert sum(r > base * 1.1 + 0.001 for r in jitter) > 100  # the latest alone would cut
+    assert _bbr_after_rtts(jitter)._inflight_cap is None
+    queue = [base] * 40 + [base + 0.010] * 40
+    assert _bbr_after_rtts(queue)._inflight_cap is not None

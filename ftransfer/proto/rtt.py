@@ -11,7 +11,9 @@ Before any sample the RTO is INITIAL_RTO_S (section 2.1). A timeout doubles the
 RTO (section 5.5, "back off the timer") up to MAX_RTO_S; the next sample collapses
 the backoff. The minimum is 200 ms, as Linux uses, not the RFC's 1 s: links here
 range from loopback to satellite and a 1 s floor makes every tail loss cost a
-second. ``min_rtt`` (the smallest sample seen) is kept for congestion control.
+second. ``min_rtt`` (the smallest sample seen) is kept for congestion control, and
+``samples`` counts the samples, so that congestion control can keep its own filter
+of recent ones (BBR's standing-queue test) without counting one sample twice.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ class RttEstimator:
         self.rttvar = 0.0
         self.min_rtt: float | None = None
         self.latest: float | None = None
+        self.samples = 0
         self._backoff = 1
 
     def on_sample(self, rtt: float) -> None:
         """A new measurement from a chunk sent once (never from a retransmission)."""
         rtt = max(rtt, 0.0)
         self.latest = rtt
+        self.samples += 1
         self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
         if self.srtt is None:
             self.srtt, self.rttvar = rtt, rtt / 2
