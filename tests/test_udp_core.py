@@ -457,6 +457,49 @@ def test_a_repeated_request_resends_the_flight_only_before_any_ack() -> None:
     assert acked.stats.retransmitted == 0
 
 
+@pytest.mark.parametrize("resend_seen", [False, True])
+def test_a_resend_acked_before_the_receiver_saw_it_was_spurious(resend_seen: bool) -> None:
+    """As DSACK would tell: an ACK that covers the resent chunk 0 but whose largest
+    transmission number is below the resend's was sent for the original, however
+    late it comes (here a whole round trip, too late for the timing test)."""
+    sender = _sender(size=1000 * 1400)
+    n = len(sender.poll(0.0))
+    sender.on_ack(_ack(0, n - 1, (1, n)), 0.040)
+    resent = sender.poll(0.041)
+    assert resent[0][0] == 0 and sender.stats.retransmitted == 1
+    sender.on_ack(_ack(n, resent[0][1] if resend_seen else n - 1), 0.081)
+    assert sender.stats.spurious == (0 if resend_seen else 1)
+
+
+def test_the_reordering_window_grows_past_min_rtt_up_to_srtt() -> None:
+    """A short path whose jitter exceeds its round trip: min RTT 2 ms, samples of
+    8 ms. Each round, the first chunk of a flight is declared lost by time and its
+    original then arrives; the window grows by min_rtt / 4 per round past one
+    min_rtt (the old bound: loss after 8 + 2 ms), to 8 ms + 12 x 0.5 ms, under the
+    bound of RTT + SRTT."""
+    sender = _sender(size=100_000 * 1400)
+    now, wait = 0.0, 0.0
+    for round_ in range(13):
+        sent = sender.poll(now)
+        start, (head, _, _), (last, last_tx, _) = now, sent[0], sent[-1]
+        now += 0.002 if round_ == 0 else 0.008
+        # all but the head arrive; the window lets nothing new out before the resend
+        sender.on_ack(_ack(head, last_tx, (head + 1, last + 1), window=last + 1 - head), now)
+        resent = sender.poll(now)
+        while not resent:
+            now = max(now, sender.get_timer() or now)
+            sender.handle_timer(now)
+            resent = sender.poll(now)
+        assert [seq for seq, _tx, _size in resent] == [head]
+        wait = now - start
+        now += 0.0005
+        sender.on_ack(_ack(last + 1, last_tx), now)  # the original, not the resend
+        now += 0.001
+    assert sender.stats.spurious == 13
+    assert sender.rtt.min_rtt == 0.002 and sender.rtt.srtt is not None
+    assert 0.008 + 0.002 + 0.003 <= wait <= 0.008 + sender.rtt.srtt
+
+
 def _bbr_after_rtts(rtts: list[float]) -> Bbr:
     """A BBR at 12.5 MB/s in ProbeBW whose RTT samples were ``rtts``, each ack
     followed by a loss (10 % random loss: every ack or so)."""
