@@ -51,6 +51,8 @@ class LinkConfig:
     blackholes: list[tuple[float, float]] = field(default_factory=list)
     drop_once: Callable[[bytes], bool] | None = None
     """Drops the first datagram this returns True for (to lose exactly one on purpose)."""
+    drop: Callable[[bytes], bool] | None = None
+    """Drops every datagram this returns True for (to lose a chosen few on purpose)."""
 
     def impairment(self) -> Impairment:
         return Impairment(
@@ -77,7 +79,7 @@ class LinkStats:
 
 class Link:
     """The relay's impairment model (``ImpairedPath``) on virtual time, plus
-    blackholes and drop-once for tests that lose exactly what they mean to."""
+    blackholes, drop-once and drop for tests that lose exactly what they mean to."""
 
     def __init__(self, config: LinkConfig, rng: random.Random) -> None:
         self.config = config
@@ -103,6 +105,8 @@ class Link:
         once = self.config.drop_once
         if once is not None and once(datagram):
             self.config.drop_once = None
+            return True
+        if self.config.drop is not None and self.config.drop(datagram):
             return True
         return any(a <= now < b for a, b in self.config.blackholes)
 
