@@ -25,7 +25,7 @@ from ftransfer.proto.udp import SessionConfig
     st.lists(st.tuples(st.integers(0, 200), st.integers(0, 20)), max_size=40), st.integers(0, 220)
 )
 def test_rangeset_matches_a_plain_set(adds: list[tuple[int, int]], bound: int) -> None:
-    ranges, model = RangeSet(), set()
+    ranges, model = RangeSet(), set[int]()
     for start, length in adds:
         fresh = ranges.add_new(start, start + length)
         assert {x for a, b in fresh for x in range(a, b)} == set(
