@@ -61,13 +61,14 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True)
 
 
-def forward(ns_a: str, ns_b: str, rate_mbit: float, rtt_ms: float, loss: float,
-            seed: int) -> None:
+def forward(ns_a: str, ns_b: str, rate_mbit: float, rtt_ms: float, loss: float, seed: int) -> None:
     from ftransfer.relay import ImpairedPath, Impairment
 
     fds = {}
-    for ns, dev, address in ((ns_a, f"{ns_a}t", f"{CLIENT_IP}/30"),
-                             (ns_b, f"{ns_b}t", f"{SERVER_IP}/30")):
+    for ns, dev, address in (
+        (ns_a, f"{ns_a}t", f"{CLIENT_IP}/30"),
+        (ns_b, f"{ns_b}t", f"{SERVER_IP}/30"),
+    ):
         fds[ns] = _open_tun(dev)
         _ip("netns", "add", ns)
         _ip("link", "set", dev, "netns", ns)
@@ -125,7 +126,8 @@ class WanLink:
     def __enter__(self) -> WanLink:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--forward", self.ns_client, self.ns_server, *self.args],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":
@@ -142,8 +144,19 @@ class WanLink:
         """A namespace may only default to an algorithm the host allows (Linux's
         tcp_set_default_congestion_control): see ``allowing``."""
         for ns in (self.ns_client, self.ns_server):
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-                            f"net.ipv4.tcp_congestion_control={name}"], check=True)
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    f"net.ipv4.tcp_congestion_control={name}",
+                ],
+                check=True,
+            )
 
     def run(self, ns: str, command: list[str], **kwargs: object) -> subprocess.Popen[str]:
         return subprocess.Popen(["ip", "netns", "exec", ns, *command], text=True, **kwargs)  # type: ignore[call-overload]
@@ -172,8 +185,7 @@ def allowing(names: list[str]) -> Iterator[None]:
 
 def _timed(link: WanLink, command: list[str], limit: float) -> float | None:
     start = time.perf_counter()
-    proc = link.run(link.ns_client, command, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL)
+    proc = link.run(link.ns_client, command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         code = proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
@@ -184,8 +196,12 @@ def _timed(link: WanLink, command: list[str], limit: float) -> float | None:
 
 
 def _ftransfer(link: WanLink, args: list[str], limit: float) -> float | None:
-    proc = link.run(link.ns_client, [*CLI, *args, "--json", "-q"], stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL)
+    proc = link.run(
+        link.ns_client,
+        [*CLI, *args, "--json", "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         out, _err = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
@@ -207,36 +223,93 @@ def _median(runs: int, once: Callable[[], float | None]) -> float | None:
     return statistics.median(times)
 
 
-def measure(link: WanLink, root: Path, work: Path, limit: float,
-            runs: int) -> dict[str, float | None]:
-    server = link.run(link.ns_server, [*CLI, "serve", "--root", str(root), "--host", SERVER_IP,
-                                       "--port", "9021", "--log-level", "warning"],
-                      stdout=subprocess.PIPE)
+def measure(
+    link: WanLink, root: Path, work: Path, limit: float, runs: int
+) -> dict[str, float | None]:
+    server = link.run(
+        link.ns_server,
+        [
+            *CLI,
+            "serve",
+            "--root",
+            str(root),
+            "--host",
+            SERVER_IP,
+            "--port",
+            "9021",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+    )
     assert server.stdout is not None
     server.stdout.readline()
     tftpd = None
     if shutil.which("atftpd"):
-        tftpd = link.run(link.ns_server, [
-            "atftpd", "--daemon", "--no-fork", "--port", "6969", "--bind-address", SERVER_IP,
-            "--user", "root", "--group", "root", "--logfile", "/dev/null", str(root)])
+        tftpd = link.run(
+            link.ns_server,
+            [
+                "atftpd",
+                "--daemon",
+                "--no-fork",
+                "--port",
+                "6969",
+                "--bind-address",
+                SERVER_IP,
+                "--user",
+                "root",
+                "--group",
+                "root",
+                "--logfile",
+                "/dev/null",
+                str(root),
+            ],
+        )
         time.sleep(0.5)  # atftpd has no readiness signal
     out = str(work / "out.bin")
     remote = f"{SERVER_IP}:9021/file.bin"
     results: dict[str, float | None] = {}
     try:
         results["ftransfer UDP"] = _median(
-            runs, lambda: _ftransfer(link, ["get", "--udp", remote, out], limit))
+            runs, lambda: _ftransfer(link, ["get", "--udp", remote, out], limit)
+        )
         for cc in ("cubic", "bbr"):
             link.set_tcp_cc(cc)
             results[f"ftransfer TCP ({cc})"] = _median(
-                runs, lambda: _ftransfer(link, ["get", remote, out], limit))
+                runs, lambda: _ftransfer(link, ["get", remote, out], limit)
+            )
         if tftpd is not None:
-            results["TFTP windowsize 32 (atftp)"] = _timed(link, [
-                "atftp", "--option", "blksize 1428", "--option", "windowsize 32", "-g",
-                "-r", "file.bin", "-l", out, SERVER_IP, "6969"], limit)
-            results["TFTP lockstep (curl)"] = _timed(link, [
-                "curl", "-s", "--tftp-blksize", "1428", "-o", out,
-                f"tftp://{SERVER_IP}:6969/file.bin"], limit)
+            results["TFTP windowsize 32 (atftp)"] = _timed(
+                link,
+                [
+                    "atftp",
+                    "--option",
+                    "blksize 1428",
+                    "--option",
+                    "windowsize 32",
+                    "-g",
+                    "-r",
+                    "file.bin",
+                    "-l",
+                    out,
+                    SERVER_IP,
+                    "6969",
+                ],
+                limit,
+            )
+            results["TFTP lockstep (curl)"] = _timed(
+                link,
+                [
+                    "curl",
+                    "-s",
+                    "--tftp-blksize",
+                    "1428",
+                    "-o",
+                    out,
+                    f"tftp://{SERVER_IP}:6969/file.bin",
+                ],
+                limit,
+            )
     finally:
         for proc in (server, tftpd):
             if proc is not None:
@@ -245,8 +318,12 @@ def measure(link: WanLink, root: Path, work: Path, limit: float,
     return results
 
 
-def plot(table: dict[float, dict[str, float | None]], size: int, link_rate: float,
-         args: argparse.Namespace) -> None:
+def plot(
+    table: dict[float, dict[str, float | None]],
+    size: int,
+    link_rate: float,
+    args: argparse.Namespace,
+) -> None:
     try:
         import matplotlib
 
@@ -268,16 +345,32 @@ def plot(table: dict[float, dict[str, float | None]], size: int, link_rate: floa
         # nudged sideways so that several series' triangles stay visible.
         nudge = (i - (len(names) - 1) / 2) * 0.12
         over = [loss * 100 + nudge for loss in losses if table[loss][name] is None]
-        ax.plot(over, [bound] * len(over), linestyle="none", marker="v", markersize=9,
-                markerfacecolor="none", color=line.get_color())
+        ax.plot(
+            over,
+            [bound] * len(over),
+            linestyle="none",
+            marker="v",
+            markersize=9,
+            markerfacecolor="none",
+            color=line.get_color(),
+        )
     ax.axhline(link_rate / 1e6, color="grey", linestyle="--", linewidth=1, label="link rate")
-    ax.plot([], [], linestyle="none", marker="v", markerfacecolor="none", color="black",
-            label=f"over {args.limit:g} s: goodput below this")
+    ax.plot(
+        [],
+        [],
+        linestyle="none",
+        marker="v",
+        markerfacecolor="none",
+        color="black",
+        label=f"over {args.limit:g} s: goodput below this",
+    )
     ax.set_ylim(0, link_rate / 1e6 * 1.1)
     ax.set_xlabel("random loss, each direction (%)")
     ax.set_ylabel("goodput (MB/s)")
-    ax.set_title(f"Emulated WAN: {args.rate:g} Mbit/s, {args.rtt:g} ms RTT, 50 ms drop-tail "
-                 f"queue, {args.size_mib} MiB")
+    ax.set_title(
+        f"Emulated WAN: {args.rate:g} Mbit/s, {args.rtt:g} ms RTT, 50 ms drop-tail "
+        f"queue, {args.size_mib} MiB"
+    )
     ax.legend(loc="center right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -311,9 +404,11 @@ def main() -> None:
         for loss in (float(x) / 100 for x in args.losses.split(",")):
             with allowing(["cubic", "bbr"]), WanLink(args.rate, args.rtt, loss, args.seed) as link:
                 table[loss] = measure(link, root, work, args.limit, args.runs)
-            print(f"loss {loss:.0%}: " + ", ".join(
-                f"{k} {'>' + str(args.limit) + ' s' if v is None else f'{size / v / 1e6:.2f} MB/s'}"
-                for k, v in table[loss].items()), flush=True)
+            shown = (
+                f"{k} {f'>{args.limit} s' if v is None else f'{size / v / 1e6:.2f} MB/s'}"
+                for k, v in table[loss].items()
+            )
+            print(f"loss {loss:.0%}: " + ", ".join(shown), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(table, size, link_rate, args)
@@ -321,13 +416,19 @@ def main() -> None:
         plot(table, size, link_rate, args)
 
 
-def report(table: dict[float, dict[str, float | None]], size: int, link_rate: float,
-           args: argparse.Namespace) -> None:
+def report(
+    table: dict[float, dict[str, float | None]],
+    size: int,
+    link_rate: float,
+    args: argparse.Namespace,
+) -> None:
     names = list(next(iter(table.values())))
-    print(f"\nEmulated WAN: {args.rate:g} Mbit/s, {args.rtt:g} ms RTT, 50 ms queue, "
-          f"{args.size_mib} MiB per transfer, UDP and TCP median of {args.runs}, "
-          f"TFTP single runs; goodput in MB/s "
-          f"(% of the link's {link_rate / 1e6:.2f} MB/s)\n")
+    print(
+        f"\nEmulated WAN: {args.rate:g} Mbit/s, {args.rtt:g} ms RTT, 50 ms queue, "
+        f"{args.size_mib} MiB per transfer, UDP and TCP median of {args.runs}, "
+        f"TFTP single runs; goodput in MB/s "
+        f"(% of the link's {link_rate / 1e6:.2f} MB/s)\n"
+    )
     print("| loss | " + " | ".join(names) + " | UDP / TCP (cubic) |")
     print("| --- |" + " --- |" * (len(names) + 1))
     for loss, cells in table.items():
@@ -340,8 +441,11 @@ def report(table: dict[float, dict[str, float | None]], size: int, link_rate: fl
                 rate = size / seconds
                 shown.append(f"{rate / 1e6:.2f} ({rate / link_rate:.0%})")
         udp, tcp = cells.get("ftransfer UDP"), cells.get("ftransfer TCP (cubic)")
-        ratio = f"{tcp / udp:.1f}x" if udp and tcp else ("> " + f"{args.limit / udp:.1f}x"
-                                                         if udp else "n/a")
+        ratio = (
+            f"{tcp / udp:.1f}x"
+            if udp and tcp
+            else ("> " + f"{args.limit / udp:.1f}x" if udp else "n/a")
+        )
         print(f"| {loss:.0%} | " + " | ".join(shown) + f" | {ratio} |")
 
 
