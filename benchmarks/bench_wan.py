@@ -1,7 +1,8 @@
 """Emulated-WAN benchmark: UDP mode vs TCP mode vs TFTP over one impaired path.
 
-    python benchmarks/bench_wan.py [--rate 100] [--rtt 40] [--losses 0,1,5,10]
-                                   [--size-mib 32] [--runs 3] [--plot benchmarks/wan.png]
+    python benchmarks/bench_wan.py [--rate 100] [--rtt 40] [--cases 0,1,5,10,10:5]
+                                   [--tools udp,cubic,bbr,tftp] [--size-mib 32]
+                                   [--runs 3] [--plot benchmarks/wan.png]
 
 Needs root (network namespaces and TUN devices), iproute2, and for the TFTP rows
 Debian's atftp/atftpd and curl. The kernel here has no netem, so the path is made
@@ -9,8 +10,12 @@ in user space: a forwarder process opens two TUN devices, moves one into each of
 two fresh network namespaces (10.201.0.1/30 and 10.201.0.2/30), and copies IP
 packets between them through ``ftransfer.relay.ImpairedPath`` -- the relay's and
 the simulator's model -- so TCP and UDP cross the same link: ``--rate`` Mbit/s
-with a drop-tail queue of 50 ms, ``--rtt`` ms of delay, ``--loss`` in each
-direction. Everything created is removed at the end, also on failure.
+with a drop-tail queue of 50 ms, ``--rtt`` ms of delay, and per row of
+``--cases`` a random loss in each direction, in percent, optionally with jitter:
+``10:5`` is 10 % loss plus a uniform 0-5 ms extra delay drawn for each packet
+independently (the relay's ``--jitter``), which reorders up to ~40 packets deep at
+100 Mbit/s. ``--tools`` picks the columns. Everything created is removed at the
+end, also on failure.
 
 The TCP mode is measured twice, with CUBIC (Linux's default, and most of the
 Internet's) and with BBR (this machine's default: ``net.ipv4.tcp_congestion_control``
@@ -40,12 +45,33 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 CLI = [sys.executable, "-m", "ftransfer"]
 TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
 CLIENT_IP, SERVER_IP = "10.201.0.1", "10.201.0.2"
+TOOLS = ("udp", "cubic", "bbr", "tftp")
+"""``--tools``: ftransfer UDP, ftransfer TCP with CUBIC and with BBR, the TFTP pair."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row: random loss in each direction (a fraction) and jitter (ms)."""
+
+    loss: float
+    jitter_ms: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> Case:
+        """``10`` is 10 % loss; ``10:5`` adds up to 5 ms of jitter per packet."""
+        loss, _, jitter = text.partition(":")
+        return cls(float(loss) / 100, float(jitter or 0))
+
+    @property
+    def label(self) -> str:
+        return f"{self.loss:.0%}" + (f" + {self.jitter_ms:g} ms jitter" if self.jitter_ms else "")
 
 
 # ---- the forwarder (runs as root in its own process) ----------------------------------
@@ -61,20 +87,28 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True)
 
 
-def forward(ns_a: str, ns_b: str, rate_mbit: float, rtt_ms: float, loss: float,
-            seed: int) -> None:
+def forward(
+    ns_a: str, ns_b: str, rate_mbit: float, rtt_ms: float, loss: float, jitter_ms: float, seed: int
+) -> None:
     from ftransfer.relay import ImpairedPath, Impairment
 
     fds = {}
-    for ns, dev, address in ((ns_a, f"{ns_a}t", f"{CLIENT_IP}/30"),
-                             (ns_b, f"{ns_b}t", f"{SERVER_IP}/30")):
+    for ns, dev, address in (
+        (ns_a, f"{ns_a}t", f"{CLIENT_IP}/30"),
+        (ns_b, f"{ns_b}t", f"{SERVER_IP}/30"),
+    ):
         fds[ns] = _open_tun(dev)
         _ip("netns", "add", ns)
         _ip("link", "set", dev, "netns", ns)
         _ip("-n", ns, "addr", "add", address, "dev", dev)
         _ip("-n", ns, "link", "set", dev, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
-    impairment = Impairment(loss=loss, delay_s=rtt_ms / 2000, rate_bytes_per_s=rate_mbit * 1e6 / 8)
+    impairment = Impairment(
+        loss=loss,
+        delay_s=rtt_ms / 2000,
+        jitter_s=jitter_ms / 1000,
+        rate_bytes_per_s=rate_mbit * 1e6 / 8,
+    )
     rng = random.Random(seed)
     a, b = fds[ns_a], fds[ns_b]
     paths = {a: (ImpairedPath(impairment, rng), b), b: (ImpairedPath(impairment, rng), a)}
@@ -117,15 +151,16 @@ def forward(ns_a: str, ns_b: str, rate_mbit: float, rtt_ms: float, loss: float,
 class WanLink:
     """Context manager around the forwarder subprocess."""
 
-    def __init__(self, rate_mbit: float, rtt_ms: float, loss: float, seed: int) -> None:
+    def __init__(self, rate_mbit: float, rtt_ms: float, case: Case, seed: int) -> None:
         tag = f"ftw{os.getpid() % 10000}"
         self.ns_client, self.ns_server = f"{tag}a", f"{tag}b"
-        self.args = [str(rate_mbit), str(rtt_ms), str(loss), str(seed)]
+        self.args = [str(rate_mbit), str(rtt_ms), str(case.loss), str(case.jitter_ms), str(seed)]
 
     def __enter__(self) -> WanLink:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--forward", self.ns_client, self.ns_server, *self.args],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":
@@ -142,8 +177,19 @@ class WanLink:
         """A namespace may only default to an algorithm the host allows (Linux's
         tcp_set_default_congestion_control): see ``allowing``."""
         for ns in (self.ns_client, self.ns_server):
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-                            f"net.ipv4.tcp_congestion_control={name}"], check=True)
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    f"net.ipv4.tcp_congestion_control={name}",
+                ],
+                check=True,
+            )
 
     def run(self, ns: str, command: list[str], **kwargs: object) -> subprocess.Popen[str]:
         return subprocess.Popen(["ip", "netns", "exec", ns, *command], text=True, **kwargs)  # type: ignore[call-overload]
@@ -172,8 +218,7 @@ def allowing(names: list[str]) -> Iterator[None]:
 
 def _timed(link: WanLink, command: list[str], limit: float) -> float | None:
     start = time.perf_counter()
-    proc = link.run(link.ns_client, command, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL)
+    proc = link.run(link.ns_client, command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         code = proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
@@ -184,8 +229,12 @@ def _timed(link: WanLink, command: list[str], limit: float) -> float | None:
 
 
 def _ftransfer(link: WanLink, args: list[str], limit: float) -> float | None:
-    proc = link.run(link.ns_client, [*CLI, *args, "--json", "-q"], stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL)
+    proc = link.run(
+        link.ns_client,
+        [*CLI, *args, "--json", "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         out, _err = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
@@ -207,36 +256,96 @@ def _median(runs: int, once: Callable[[], float | None]) -> float | None:
     return statistics.median(times)
 
 
-def measure(link: WanLink, root: Path, work: Path, limit: float,
-            runs: int) -> dict[str, float | None]:
-    server = link.run(link.ns_server, [*CLI, "serve", "--root", str(root), "--host", SERVER_IP,
-                                       "--port", "9021", "--log-level", "warning"],
-                      stdout=subprocess.PIPE)
+def measure(
+    link: WanLink, root: Path, work: Path, limit: float, runs: int, tools: set[str]
+) -> dict[str, float | None]:
+    server = link.run(
+        link.ns_server,
+        [
+            *CLI,
+            "serve",
+            "--root",
+            str(root),
+            "--host",
+            SERVER_IP,
+            "--port",
+            "9021",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+    )
     assert server.stdout is not None
     server.stdout.readline()
     tftpd = None
-    if shutil.which("atftpd"):
-        tftpd = link.run(link.ns_server, [
-            "atftpd", "--daemon", "--no-fork", "--port", "6969", "--bind-address", SERVER_IP,
-            "--user", "root", "--group", "root", "--logfile", "/dev/null", str(root)])
+    if "tftp" in tools and shutil.which("atftpd"):
+        tftpd = link.run(
+            link.ns_server,
+            [
+                "atftpd",
+                "--daemon",
+                "--no-fork",
+                "--port",
+                "6969",
+                "--bind-address",
+                SERVER_IP,
+                "--user",
+                "root",
+                "--group",
+                "root",
+                "--logfile",
+                "/dev/null",
+                str(root),
+            ],
+        )
         time.sleep(0.5)  # atftpd has no readiness signal
     out = str(work / "out.bin")
     remote = f"{SERVER_IP}:9021/file.bin"
     results: dict[str, float | None] = {}
     try:
-        results["ftransfer UDP"] = _median(
-            runs, lambda: _ftransfer(link, ["get", "--udp", remote, out], limit))
+        if "udp" in tools:
+            results["ftransfer UDP"] = _median(
+                runs, lambda: _ftransfer(link, ["get", "--udp", remote, out], limit)
+            )
         for cc in ("cubic", "bbr"):
+            if cc not in tools:
+                continue
             link.set_tcp_cc(cc)
             results[f"ftransfer TCP ({cc})"] = _median(
-                runs, lambda: _ftransfer(link, ["get", remote, out], limit))
+                runs, lambda: _ftransfer(link, ["get", remote, out], limit)
+            )
         if tftpd is not None:
-            results["TFTP windowsize 32 (atftp)"] = _timed(link, [
-                "atftp", "--option", "blksize 1428", "--option", "windowsize 32", "-g",
-                "-r", "file.bin", "-l", out, SERVER_IP, "6969"], limit)
-            results["TFTP lockstep (curl)"] = _timed(link, [
-                "curl", "-s", "--tftp-blksize", "1428", "-o", out,
-                f"tftp://{SERVER_IP}:6969/file.bin"], limit)
+            results["TFTP windowsize 32 (atftp)"] = _timed(
+                link,
+                [
+                    "atftp",
+                    "--option",
+                    "blksize 1428",
+                    "--option",
+                    "windowsize 32",
+                    "-g",
+                    "-r",
+                    "file.bin",
+                    "-l",
+                    out,
+                    SERVER_IP,
+                    "6969",
+                ],
+                limit,
+            )
+            results["TFTP lockstep (curl)"] = _timed(
+                link,
+                [
+                    "curl",
+                    "-s",
+                    "--tftp-blksize",
+                    "1428",
+                    "-o",
+                    out,
+                    f"tftp://{SERVER_IP}:6969/file.bin",
+                ],
+                limit,
+            )
     finally:
         for proc in (server, tftpd):
             if proc is not None:
@@ -245,8 +354,17 @@ def measure(link: WanLink, root: Path, work: Path, limit: float,
     return results
 
 
-def plot(table: dict[float, dict[str, float | None]], size: int, link_rate: float,
-         args: argparse.Namespace) -> None:
+def plot(
+    table: dict[Case, dict[str, float | None]],
+    size: int,
+    link_rate: float,
+    args: argparse.Namespace,
+) -> None:
+    """Goodput against loss, for the rows without jitter (the x axis is the loss)."""
+    table = {case: cells for case, cells in table.items() if not case.jitter_ms}
+    if len(table) < 2:
+        print("fewer than two rows without jitter: no plot", file=sys.stderr)
+        return
     try:
         import matplotlib
 
@@ -255,8 +373,8 @@ def plot(table: dict[float, dict[str, float | None]], size: int, link_rate: floa
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
         return
-    losses = sorted(table)
-    xs = [loss * 100 for loss in losses]
+    losses = sorted(table, key=lambda case: case.loss)
+    xs = [case.loss * 100 for case in losses]
     bound = size / args.limit / 1e6  # a transfer over the limit ran slower than this
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     names = list(next(iter(table.values())))
@@ -267,17 +385,33 @@ def plot(table: dict[float, dict[str, float | None]], size: int, link_rate: floa
         # triangle at the bound, in the series' colour, and no line through it,
         # nudged sideways so that several series' triangles stay visible.
         nudge = (i - (len(names) - 1) / 2) * 0.12
-        over = [loss * 100 + nudge for loss in losses if table[loss][name] is None]
-        ax.plot(over, [bound] * len(over), linestyle="none", marker="v", markersize=9,
-                markerfacecolor="none", color=line.get_color())
+        over = [case.loss * 100 + nudge for case in losses if table[case][name] is None]
+        ax.plot(
+            over,
+            [bound] * len(over),
+            linestyle="none",
+            marker="v",
+            markersize=9,
+            markerfacecolor="none",
+            color=line.get_color(),
+        )
     ax.axhline(link_rate / 1e6, color="grey", linestyle="--", linewidth=1, label="link rate")
-    ax.plot([], [], linestyle="none", marker="v", markerfacecolor="none", color="black",
-            label=f"over {args.limit:g} s: goodput below this")
+    ax.plot(
+        [],
+        [],
+        linestyle="none",
+        marker="v",
+        markerfacecolor="none",
+        color="black",
+        label=f"over {args.limit:g} s: goodput below this",
+    )
     ax.set_ylim(0, link_rate / 1e6 * 1.1)
     ax.set_xlabel("random loss, each direction (%)")
     ax.set_ylabel("goodput (MB/s)")
-    ax.set_title(f"Emulated WAN: {args.rate:g} Mbit/s, {args.rtt:g} ms RTT, 50 ms drop-tail "
-                 f"queue, {args.size_mib} MiB")
+    ax.set_title(
+        f"Emulated WAN: {args.rate:g} Mbit/s, {args.rtt:g} ms RTT, 50 ms drop-tail "
+        f"queue, {args.size_mib} MiB"
+    )
     ax.legend(loc="center right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -287,33 +421,46 @@ def plot(table: dict[float, dict[str, float | None]], size: int, link_rate: floa
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--forward":
-        ns_a, ns_b, rate, rtt, loss, seed = sys.argv[2:8]
-        forward(ns_a, ns_b, float(rate), float(rtt), float(loss), int(seed))
+        ns_a, ns_b, rate, rtt, loss, jitter, seed = sys.argv[2:9]
+        forward(ns_a, ns_b, float(rate), float(rtt), float(loss), float(jitter), int(seed))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=100.0, help="Mbit/s")
     parser.add_argument("--rtt", type=float, default=40.0, help="ms")
-    parser.add_argument("--losses", default="0,1,5,10", help="percent, comma-separated")
+    parser.add_argument(
+        "--cases",
+        default="0,1,5,10,10:5",
+        help="rows: loss in percent, optionally :jitter in ms, comma-separated",
+    )
+    parser.add_argument(
+        "--tools", default=",".join(TOOLS), help=f"columns, comma-separated, of {', '.join(TOOLS)}"
+    )
     parser.add_argument("--size-mib", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3, help="median of this many (UDP, TCP)")
     parser.add_argument("--limit", type=float, default=60.0, help="seconds per transfer")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG here")
     args = parser.parse_args()
+    cases = [Case.parse(text) for text in args.cases.split(",")]
+    tools = set(args.tools.split(","))
+    if not tools <= set(TOOLS):
+        parser.error(f"--tools: unknown {', '.join(sorted(tools - set(TOOLS)))}")
     size = args.size_mib << 20
     link_rate = args.rate * 1e6 / 8
     work = Path(tempfile.mkdtemp(prefix="ftbench-wan-", dir="/dev/shm"))
-    table: dict[float, dict[str, float | None]] = {}
+    table: dict[Case, dict[str, float | None]] = {}
     try:
         root = work / "root"
         root.mkdir()
         (root / "file.bin").write_bytes(os.urandom(size))
-        for loss in (float(x) / 100 for x in args.losses.split(",")):
-            with allowing(["cubic", "bbr"]), WanLink(args.rate, args.rtt, loss, args.seed) as link:
-                table[loss] = measure(link, root, work, args.limit, args.runs)
-            print(f"loss {loss:.0%}: " + ", ".join(
-                f"{k} {'>' + str(args.limit) + ' s' if v is None else f'{size / v / 1e6:.2f} MB/s'}"
-                for k, v in table[loss].items()), flush=True)
+        for case in cases:
+            with allowing(["cubic", "bbr"]), WanLink(args.rate, args.rtt, case, args.seed) as link:
+                table[case] = measure(link, root, work, args.limit, args.runs, tools)
+            shown = (
+                f"{k} {f'>{args.limit} s' if v is None else f'{size / v / 1e6:.2f} MB/s'}"
+                for k, v in table[case].items()
+            )
+            print(f"loss {case.label}: " + ", ".join(shown), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(table, size, link_rate, args)
@@ -321,16 +468,22 @@ def main() -> None:
         plot(table, size, link_rate, args)
 
 
-def report(table: dict[float, dict[str, float | None]], size: int, link_rate: float,
-           args: argparse.Namespace) -> None:
+def report(
+    table: dict[Case, dict[str, float | None]],
+    size: int,
+    link_rate: float,
+    args: argparse.Namespace,
+) -> None:
     names = list(next(iter(table.values())))
-    print(f"\nEmulated WAN: {args.rate:g} Mbit/s, {args.rtt:g} ms RTT, 50 ms queue, "
-          f"{args.size_mib} MiB per transfer, UDP and TCP median of {args.runs}, "
-          f"TFTP single runs; goodput in MB/s "
-          f"(% of the link's {link_rate / 1e6:.2f} MB/s)\n")
+    print(
+        f"\nEmulated WAN: {args.rate:g} Mbit/s, {args.rtt:g} ms RTT, 50 ms queue, "
+        f"{args.size_mib} MiB per transfer, UDP and TCP median of {args.runs}, "
+        f"TFTP single runs; goodput in MB/s "
+        f"(% of the link's {link_rate / 1e6:.2f} MB/s)\n"
+    )
     print("| loss | " + " | ".join(names) + " | UDP / TCP (cubic) |")
     print("| --- |" + " --- |" * (len(names) + 1))
-    for loss, cells in table.items():
+    for case, cells in table.items():
         shown = []
         for name in names:
             seconds = cells[name]
@@ -340,9 +493,16 @@ def report(table: dict[float, dict[str, float | None]], size: int, link_rate: fl
                 rate = size / seconds
                 shown.append(f"{rate / 1e6:.2f} ({rate / link_rate:.0%})")
         udp, tcp = cells.get("ftransfer UDP"), cells.get("ftransfer TCP (cubic)")
-        ratio = f"{tcp / udp:.1f}x" if udp and tcp else ("> " + f"{args.limit / udp:.1f}x"
-                                                         if udp else "n/a")
-        print(f"| {loss:.0%} | " + " | ".join(shown) + f" | {ratio} |")
+        ratio = (
+            f"{tcp / udp:.1f}x"
+            if udp and tcp
+            else (
+                "> " + f"{args.limit / udp:.1f}x"
+                if udp and "ftransfer TCP (cubic)" in cells
+                else "n/a"
+            )
+        )
+        print(f"| {case.label} | " + " | ".join(shown) + f" | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -601,3 +601,77 @@ def test_a_failed_verdict_carries_the_receivers_digest_and_the_close_its_code() 
     assert isinstance(sender.next_event(), Failed)
     assert sender.state is State.DONE and sender.next_event() is None
     assert not isinstance(sender.next_event(), Completed)
+
+
+@pytest.mark.parametrize("resend_seen", [False, True])
+def test_a_resend_acked_before_the_receiver_saw_it_was_spurious(resend_seen: bool) -> None:
+    """As DSACK would tell: an ACK that covers the resent chunk 0 but whose largest
+    transmission number is below the resend's was sent for the original, however
+    late it comes (here a whole round trip, too late for the timing test)."""
+    sender = _sender(size=1000 * 1400)
+    n = len(sender.poll(0.0))
+    sender.on_ack(_ack(0, n - 1, (1, n)), 0.040)
+    resent = sender.poll(0.041)
+    assert resent[0][0] == 0 and sender.stats.retransmitted == 1
+    sender.on_ack(_ack(n, resent[0][1] if resend_seen else n - 1), 0.081)
+    assert sender.stats.spurious == (0 if resend_seen else 1)
+
+
+def test_the_reordering_window_grows_past_min_rtt_up_to_srtt() -> None:
+    """A short path whose jitter exceeds its round trip: min RTT 2 ms, samples of
+    8 ms. Each round, the first chunk of a flight is declared lost by time and its
+    original then arrives; the window grows by min_rtt / 4 per round past one
+    min_rtt (the old bound: loss after 8 + 2 ms), to 8 ms + 12 x 0.5 ms, under the
+    bound of RTT + SRTT."""
+    sender = _sender(size=100_000 * 1400)
+    now, wait = 0.0, 0.0
+    for round_ in range(13):
+        sent = sender.poll(now)
+        start, (head, _, _), (last, last_tx, _) = now, sent[0], sent[-1]
+        now += 0.002 if round_ == 0 else 0.008
+        # all but the head arrive; the window lets nothing new out before the resend
+        sender.on_ack(_ack(head, last_tx, (head + 1, last + 1), window=last + 1 - head), now)
+        resent = sender.poll(now)
+        while not resent:
+            now = max(now, sender.get_timer() or now)
+            sender.handle_timer(now)
+            resent = sender.poll(now)
+        assert [seq for seq, _tx, _size in resent] == [head]
+        wait = now - start
+        now += 0.0005
+        sender.on_ack(_ack(last + 1, last_tx), now)  # the original, not the resend
+        now += 0.001
+    assert sender.stats.spurious == 13
+    assert sender.rtt.min_rtt == 0.002 and sender.rtt.srtt is not None
+    assert 0.008 + 0.002 + 0.003 <= wait <= 0.008 + sender.rtt.srtt
+
+
+def _bbr_after_rtts(rtts: list[float]) -> Bbr:
+    """A BBR at 12.5 MB/s in ProbeBW whose RTT samples were ``rtts``, each ack
+    followed by a loss (10 % random loss: every ack or so)."""
+    bbr = Bbr(mss=1400)
+    rtt = RttEstimator()
+    bbr.mode = _Mode.PROBE_BW
+    delivered = 0
+    for i, sample in enumerate(rtts):
+        rtt.on_sample(sample)
+        delivered += 14_000
+        rate = RateSample(delivery_rate=12.5e6, prior_delivered=delivered, app_limited=False)
+        now = i * 0.001
+        bbr.on_ack(now=now, acked=14_000, delivered=delivered, inflight=10**6, sample=rate, rtt=rtt)
+        bbr.on_loss(now=now, lost=1400, inflight=10**6, rtt=rtt)
+    return bbr
+
+
+@pytest.mark.parametrize("base", [0.040, 0.002])
+def test_bbr_takes_a_standing_queue_for_congestion_and_jitter_not(base: float) -> None:
+    """5 ms of jitter each way adds 0-10 ms to every RTT sample, independently: the
+    latest sample often looks like a queue (min RTT x 1.1 + 1 ms), the smallest of
+    the last 32 does not. A queue (every sample 10 ms up) does, and caps what is in
+    flight."""
+    rng = random.Random(1)
+    jitter = [base] + [base + rng.uniform(0, 0.005) + rng.uniform(0, 0.005) for _ in range(300)]
+    assert sum(r > base * 1.1 + 0.001 for r in jitter) > 100  # the latest alone would cut
+    assert _bbr_after_rtts(jitter)._inflight_cap is None
+    queue = [base] * 40 + [base + 0.010] * 40
+    assert _bbr_after_rtts(queue)._inflight_cap is not None

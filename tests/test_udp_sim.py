@@ -101,8 +101,10 @@ def test_a_shallow_queue_is_not_flooded() -> None:
     transfer = Transfer(seed=6, up=narrow, down=LinkConfig())
     outcome = transfer.run(Operation.PUT, "f", _payload(size, 6))
     assert outcome.code == 0
-    assert transfer.up.stats.dropped_queue / transfer.up.stats.offered < 0.10  # measured 0.065
-    assert size / outcome.seconds / narrow.rate >= 0.65  # measured 0.71
+    # measured 0.086 and 0.69 (0.065 and 0.71 when one RTT sample could mark a queue:
+    # the 32-sample minimum sees startup's overshoot a little later)
+    assert transfer.up.stats.dropped_queue / transfer.up.stats.offered < 0.10
+    assert size / outcome.seconds / narrow.rate >= 0.65
 
 
 def test_a_two_second_blackhole_is_survived() -> None:
@@ -131,6 +133,44 @@ def test_a_lost_result_is_repeated_by_the_lingering_receiver() -> None:
     transfer = Transfer(seed=10, up=LinkConfig(), down=lose_result)
     assert transfer.run(Operation.PUT, "f", b"final ack lost").code == 0
     assert transfer.down.config.drop_once is None  # the RESULT really was dropped once
+
+
+def test_fin_repeats_keep_to_the_rto_ceiling() -> None:
+    """The way back is dark from 0.2 s to 7.5 s, so every RESULT is lost. The FIN
+    is repeated on the RTO, which backs off to at most a fifth of the give-up time
+    (2 s): one gets through at 9.2 s. Backing off without that bound (0.2, 0.4, ...
+    6.4 s), the FIN after 6.3 s was due at 12.7 s, after the give-up (measured)."""
+    transfer = Transfer(seed=30, up=LinkConfig(), down=LinkConfig(blackholes=[(0.2, 7.5)]))
+    data = _payload(100_000, 30)
+    outcome = transfer.run(Operation.PUT, "f", data)
+    assert outcome.code == 0 and transfer.files["f"] == data
+
+
+def test_data_resent_after_a_lost_accept_is_paced_at_the_path_rate() -> None:
+    """The ACCEPT and the next three INITIALs are lost: the server's session waits
+    2 s before the client repeats its request and the first flight is resent. That
+    wait is no delivery interval: a rate sample over it once set the pacing rate
+    to a few kB/s (measured: this GET took 3.5 s, 2.3 s now; at 10 % loss with
+    every impairment, 1 in 200 such GETs timed out)."""
+    initials = 0
+
+    def lose_retries(datagram: bytes) -> bool:
+        nonlocal initials
+        if datagram[1] == pk.PacketType.INITIAL:
+            initials += 1
+            return 3 <= initials <= 5  # the first two make the RETRY and the session
+        return False
+
+    data = _payload(2 << 20, 31)
+    transfer = Transfer(
+        seed=31,
+        up=LinkConfig(drop=lose_retries),
+        down=LinkConfig(drop_once=lambda d: d[1] == pk.PacketType.ACCEPT),
+        files={"g": data},
+    )
+    outcome = transfer.run(Operation.GET, "g")
+    assert outcome.code == 0 and outcome.data == data and initials >= 6
+    assert outcome.seconds < 2.6
 
 
 def test_lost_handshake_datagrams_are_retried() -> None:
@@ -213,3 +253,48 @@ def test_reordering_is_learned_not_retransmitted_forever(seed: int) -> None:
     )
     assert transfer.run(Operation.PUT, "f", _payload(size, seed)).code == 0
     assert _sent_payload_ratio(transfer, size) <= 1.25
+
+
+# ---- jitter: deep reordering with and without loss -------------------------------------
+
+JITTER_CELLS = {
+    # id: (one-way delay s, loss each way, jitter s, MiB, goodput floor, sent-ratio bound)
+    "40ms-10%-5ms": (0.020, 0.10, 0.005, 64, 0.70, 1.03),
+    "40ms-0%-5ms": (0.020, 0.0, 0.005, 16, 0.70, 1.02),
+    "40ms-10%-10ms": (0.020, 0.10, 0.010, 32, 0.55, 1.05),
+    "2ms-10%": (0.001, 0.10, 0.0, 16, 0.70, 1.03),
+    "2ms-0%-5ms": (0.001, 0.0, 0.005, 16, 0.85, 1.03),
+    "2ms-10%-5ms": (0.001, 0.10, 0.005, 16, 0.75, 1.05),
+    "2ms-0%-10ms": (0.001, 0.0, 0.010, 16, 0.55, 1.25),
+}
+"""Each datagram gets its own uniform(0, jitter) extra delay (the relay's --jitter),
+so at 100 Mbit/s 5 ms of jitter reorders datagrams up to ~40 deep and 10 ms up to
+~90; loss applies to ACKs too. The sent ratio is the payload sent over the least a
+sender can send, size / (1 - loss)."""
+
+
+def _get_efficiency(delay: float, loss: float, jitter: float, size: int) -> tuple[float, float]:
+    """A GET over 100 Mbit/s each way: (goodput / link rate, payload sent / minimum)."""
+    data = _payload(size, 21)
+    link = LinkConfig(delay=delay, loss=loss, jitter=jitter)
+    transfer = Transfer(
+        seed=21, up=link, down=LinkConfig(delay=delay, loss=loss, jitter=jitter), files={"g": data}
+    )
+    outcome = transfer.run(Operation.GET, "g")
+    assert outcome.code == 0 and outcome.data == data
+    sent = transfer.down.stats.offered_bytes - transfer.down.stats.offered * pk.DATA_OVERHEAD_BYTES
+    return size / outcome.seconds / link.rate, sent / (size / (1 - loss))
+
+
+@pytest.mark.parametrize("cell", list(JITTER_CELLS))
+def test_jitter_is_reordering_not_loss_or_congestion(cell: str) -> None:
+    """Deep reordering must be learned as reordering (RACK's window, spurious
+    retransmissions detected) and must not be taken for a queue (BBR's congestion
+    cut). Measured, before -> after: 10 % loss with 5 ms of jitter at 40 ms RTT
+    3 % -> 78 % of the link, with 10 ms 3 % -> 62 %; at 2 ms RTT 5 ms of jitter alone
+    27 % -> 94 % (and 23 % -> 1 % of the file resent for nothing), with 10 % loss
+    17 % -> 82 %, 10 ms of jitter alone 2 % -> 67 %. Jitter alone at 40 ms (74 %)
+    and loss alone at 2 ms (73 % -> 78 %) are here so that neither regresses."""
+    delay, loss, jitter, mib, floor, bound = JITTER_CELLS[cell]
+    goodput, sent = _get_efficiency(delay, loss, jitter, mib << 20)
+    assert goodput >= floor and sent <= bound, (cell, round(goodput, 3), round(sent, 3))

@@ -11,7 +11,11 @@ Before any sample the RTO is INITIAL_RTO_S (section 2.1). A timeout doubles the
 RTO (section 5.5, "back off the timer") up to MAX_RTO_S; the next sample collapses
 the backoff. The minimum is 200 ms, as Linux uses, not the RFC's 1 s: links here
 range from loopback to satellite and a 1 s floor makes every tail loss cost a
-second. ``min_rtt`` (the smallest sample seen) is kept for congestion control.
+second. The data sender lowers the ceiling (``max_rto``) to a fifth of its give-up
+time, and the session's FIN repeats use the same estimator, so they keep to it too.
+``min_rtt`` (the smallest sample seen) is kept for congestion control, and
+``samples`` counts the samples, so that congestion control can keep its own filter
+of recent ones (BBR's standing-queue test) without counting one sample twice.
 """
 
 from __future__ import annotations
@@ -34,12 +38,16 @@ class RttEstimator:
         self.rttvar = 0.0
         self.min_rtt: float | None = None
         self.latest: float | None = None
+        self.samples = 0
+        self.max_rto = MAX_RTO_S
+        """The ceiling of ``rto()``, backoff included; an owner may lower it."""
         self._backoff = 1
 
     def on_sample(self, rtt: float) -> None:
         """A new measurement from a chunk sent once (never from a retransmission)."""
         rtt = max(rtt, 0.0)
         self.latest = rtt
+        self.samples += 1
         self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
         if self.srtt is None:
             self.srtt, self.rttvar = rtt, rtt / 2
@@ -50,7 +58,7 @@ class RttEstimator:
 
     def on_timeout(self) -> None:
         """A retransmission timer fired: double the RTO (up to the ceiling)."""
-        if self.rto() < MAX_RTO_S:
+        if self.rto() < self.max_rto:
             self._backoff *= 2
 
     def reset_backoff(self) -> None:
@@ -69,7 +77,7 @@ class RttEstimator:
             base = INITIAL_RTO_S
         else:
             base = max(self.srtt + max(GRANULARITY_S, 4 * self.rttvar), MIN_RTO_S)
-        return min(base * self._backoff, MAX_RTO_S)
+        return min(base * self._backoff, self.max_rto)
 
     def smoothed(self) -> float:
         """SRTT, or the initial RTO's worth of guess before any sample."""

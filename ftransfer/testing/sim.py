@@ -60,6 +60,8 @@ class LinkConfig:
     blackholes: list[tuple[float, float]] = factory(list)
     drop_once: Callable[[bytes], bool] | None = None
     """Drops the first datagram this returns True for (to lose exactly one on purpose)."""
+    drop: Callable[[bytes], bool] | None = None
+    """Drops every datagram this returns True for (to lose a chosen few on purpose)."""
 
     def impairment(self) -> Impairment:
         return Impairment(
@@ -85,7 +87,8 @@ class LinkStats:
 
 
 class Link:
-    """One direction: the relay's impairment model on virtual time."""
+    """The relay's impairment model (``ImpairedPath``) on virtual time, plus
+    blackholes, drop-once and drop for tests that lose exactly what they mean to."""
 
     def __init__(self, config: LinkConfig, rng: random.Random) -> None:
         self.config = config
@@ -111,6 +114,8 @@ class Link:
         once = self.config.drop_once
         if once is not None and once(datagram):
             self.config.drop_once = None
+            return True
+        if self.config.drop is not None and self.config.drop(datagram):
             return True
         return any(a <= now < b for a, b in self.config.blackholes)
 
