@@ -8,7 +8,7 @@ heavy (records, not dataclasses: see _records.py).
 
 from __future__ import annotations
 
-from ._records import record
+from ._records import Record
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -91,8 +91,7 @@ TFTP_GIVE_UP_S = 15.0
 """A TFTP transfer with no progress for this long fails."""
 
 
-@record
-class ServerConfig:
+class ServerConfig(Record):
     """What `ftransfer serve` accepts; every limit has a safe default."""
 
     root: str = "."
@@ -131,8 +130,7 @@ class ServerConfig:
     """A TFTP transfer with no progress for this long ends with ERROR 0 "timed out"."""
 
 
-@record
-class ClientConfig:
+class ClientConfig(Record):
     """What a client may tune; the defaults suit most links."""
 
     connect_timeout_s: float = CONNECT_TIMEOUT_S

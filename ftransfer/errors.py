@@ -16,7 +16,10 @@ refusal on the server surfaces as the same exception type in the client.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import ClassVar
+
+TYPE_CHECKING = False  # typing costs every command ~6 ms to import (_records.py)
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 class ExitCode(IntEnum):

@@ -35,7 +35,7 @@ CORE_FORBIDDEN = {"asyncio", "socket", "selectors", "time", "os", "pathlib", "tq
 CORE_ALLOWED = ("ftransfer.proto", "ftransfer.errors", "ftransfer.config", "ftransfer.checksum")
 CORE_ALLOWED_EXACT = {
     "ftransfer._records",
-    "ftransfer._records.record",
+    "ftransfer._records.Record",
     "ftransfer._records.factory",
 }
 

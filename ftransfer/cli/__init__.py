@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..errors import UsageError
     from . import parser as grammar
 
-    parser, commands = grammar.build()
+    parser, commands = grammar.build(arguments)
     args = parser.parse_args(arguments)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:

@@ -8,7 +8,6 @@ bars, never into them.
 
 from __future__ import annotations
 
-import shutil
 import sys
 
 from ..client import Progress, escape
@@ -30,6 +29,8 @@ class Bars(Progress):
 
     @staticmethod
     def _new(name: str, total: int | None, *, leave: bool) -> Any:
+        import shutil
+
         from tqdm import tqdm
 
         # A tty may report a 0 x 0 size (serial consoles, fresh ptys), with which tqdm

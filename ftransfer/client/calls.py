@@ -18,12 +18,11 @@ MKDIR or MOVE).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable, Generator, Sequence
 
-from .._records import record
+from .._records import Record
 from ..config import ClientConfig
 from ..errors import Exists, FtransferError, NotFound, NotSupported, UsageError
 from ..proto.tcp import events as ev
@@ -52,18 +51,15 @@ STDOUT = "-"
 """``get``'s local name for standard output."""
 
 
-@record
-class RunTcp:
+class RunTcp(Record):
     make: Callable[[TcpLogic], Op[object]]
 
 
-@record
-class RunUdp:
+class RunUdp(Record):
     call: UdpCall
 
 
-@record
-class RunTftp:
+class RunTftp(Record):
     call: TftpCall
 
 
@@ -237,8 +233,10 @@ class Calls:
             raise UsageError("put needs at least one local file")
         remote_is_dir = False
         if put_needs_stat(len(sources), remote) and self.url.scheme != "tftp":
-            with contextlib.suppress(NotFound):  # not there: the name will be created
+            try:
                 remote_is_dir = (yield from self.stat(remote)).is_dir
+            except NotFound:
+                remote_is_dir = False  # not there: the name will be created
         targets = put_targets(sources, remote, remote_is_dir=remote_is_dir)
         opened = _open_sources(sources)
         try:

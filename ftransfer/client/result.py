@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import builtins
 
-from .._records import record
+from .._records import Record
 from ..storage.entry import Entry, EntryKind
 
 
-@record
-class TransferStats:
+class TransferStats(Record):
     """What the datagram transports tell of the path (None where not measured)."""
 
     datagrams_sent: int = 0
@@ -41,8 +40,7 @@ class TransferStats:
     """UDP upload: acknowledgements the sender received."""
 
 
-@record
-class TransferResult:
+class TransferResult(Record):
     """One completed transfer."""
 
     path: str
@@ -64,8 +62,7 @@ class TransferResult:
         return self.bytes / max(self.seconds, 1e-9)
 
 
-@record
-class Stat:
+class Stat(Record):
     """What a remote name is; for a regular file, the xxh3-128 the server computed."""
 
     entry: Entry

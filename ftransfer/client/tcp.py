@@ -35,7 +35,7 @@ import collections
 import time
 from collections.abc import Callable, Generator, Sequence
 
-from .._records import record
+from .._records import Record
 from ..config import HELLO_ANSWER_MIN_S, HELLO_ANSWER_RTTS, PROTOCOL_VERSION
 from ..errors import (
     ConnectionFailed,
@@ -63,31 +63,26 @@ if TYPE_CHECKING:
 # ---- the primitives the logic asks for ------------------------------------------------
 
 
-@record
-class Write:
+class Write(Record):
     data: bytes
 
 
-@record
-class Flush:
+class Flush(Record):
     pass
 
 
-@record
-class Sendfile:
+class Sendfile(Record):
     fd: int
     offset: int
     count: int
 
 
-@record
-class Read:
+class Read(Record):
     large: bool
     timeout: float | None = None
 
 
-@record
-class Poll:
+class Poll(Record):
     large: bool
 
 

@@ -18,16 +18,15 @@ host and port back, IPv6 in brackets.
 
 from __future__ import annotations
 
-import socket
+import _socket  # not socket: see io/tcp_sockets.py (start-up)
 
-from .._records import record
+from .._records import Record
 from ..config import DEFAULT_PORT, TFTP_PORT
 
 SCHEMES = {"tcp": DEFAULT_PORT, "udp": DEFAULT_PORT, "tftp": TFTP_PORT}
 
 
-@record
-class Url:
+class Url(Record):
     """A parsed server address, with the path that followed it (if any)."""
 
     scheme: str
@@ -51,7 +50,7 @@ def format_address(host: str, port: int) -> str:
 
 def _is_ipv6(text: str) -> bool:
     try:
-        socket.inet_pton(socket.AF_INET6, text.split("%", 1)[0])
+        _socket.inet_pton(_socket.AF_INET6, text.split("%", 1)[0])
     except (OSError, ValueError):
         return False
     return True

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 
-from .._records import record
+from .._records import Record
 from ..checksum import hash_range, new_hasher
 from ..config import HASH_SCRATCH_BYTES, MAX_FRAME_BYTES, SMALL_FILE_BYTES
 from ..errors import FtransferError, StorageIOError
@@ -68,8 +68,7 @@ class FileChanged(StorageIOError):
     """The file got shorter while it was being sent: ERROR goes in place of END."""
 
 
-@record
-class SendfileFrame:
+class SendfileFrame(Record):
     """Send a DATA frame of ``count`` bytes of ``fd`` at ``offset`` (header first);
     the answer is how many bytes the file had (the rest is sent as zeros)."""
 
@@ -78,8 +77,7 @@ class SendfileFrame:
     count: int
 
 
-@record
-class WriteFrame:
+class WriteFrame(Record):
     """Write (queue) a whole frame, then wait while the peer is behind."""
 
     data: bytes

@@ -21,11 +21,19 @@ for ``AsyncClient`` (a non-blocking socket on the running loop)::
 
 A read that waits longer than the idle timeout raises ``TransferTimeout``; OS errors
 become ``ConnectionFailed`` here, once.
+
+The blocking side uses ``_socket``, the C module under ``socket``, directly:
+``socket.py`` turns hundreds of constants into enums when imported, 4-6 ms of a
+command's start-up here (with ``selectors``), for nothing this client needs. What
+it would add (connecting to the first address that answers, sendfile) is written
+below in a few lines; the asyncio side imports ``socket`` anyway.
 """
 
 from __future__ import annotations
 
-import socket
+import _socket
+import os
+import select
 import time
 
 from ..errors import ConnectionFailed, FtransferError, TransferTimeout
@@ -34,6 +42,7 @@ from .buffers import LARGE_BUFFER_BYTES, SMALL_BUFFER_BYTES, LargeBuffer
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
+    import socket
     from collections.abc import Coroutine
 
 
@@ -41,20 +50,36 @@ class ReadTimedOut(TransferTimeout):
     """A read with its own ``timeout`` got nothing in time."""
 
 
-def connect_blocking(host: str, port: int, *, timeout_s: float) -> tuple[socket.socket, float]:
-    """A connected TCP socket and how long the connect took (about one round trip)."""
+def connect_blocking(host: str, port: int, *, timeout_s: float) -> tuple[_socket.socket, float]:
+    """A connected TCP socket and how long the connect took (about one round trip):
+    each address the name resolves to is tried in turn, as socket.create_connection
+    does."""
     started = time.monotonic()
+    # An ASCII name as bytes: no import of the idna codec (2 ms) to encode it.
+    name: str | bytes = host.encode("ascii") if host.isascii() else host
     try:
-        sock = socket.create_connection((host, port), timeout=timeout_s)
-    except TimeoutError:
-        raise TransferTimeout(f"connecting to {host}:{port} timed out") from None
+        infos = _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM)
     except OSError as exc:
         raise _connect_error(host, port, exc) from None
-    return sock, time.monotonic() - started
+    error: OSError = OSError(f"{host} has no address")
+    for family, kind, proto, _canonical, address in infos:
+        sock = _socket.socket(family, kind, proto)
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(address)
+        except TimeoutError:
+            sock.close()
+            raise TransferTimeout(f"connecting to {host}:{port} timed out") from None
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock, time.monotonic() - started
+    raise _connect_error(host, port, error)
 
 
 def _connect_error(host: str, port: int, exc: OSError) -> FtransferError:
-    if isinstance(exc, socket.gaierror):
+    if isinstance(exc, _socket.gaierror):
         return ConnectionFailed(f"cannot resolve {host!r}: {exc.strerror}")
     reason = exc.strerror or str(exc)
     return ConnectionFailed(f"cannot connect to {host}:{port}: {reason}")
@@ -87,9 +112,9 @@ class _Buffers:
 class BlockingSocket:
     """The primitives on a blocking socket (the synchronous client)."""
 
-    def __init__(self, sock: socket.socket, idle_timeout_s: float) -> None:
+    def __init__(self, sock: _socket.socket, idle_timeout_s: float) -> None:
         self.sock, self.idle_timeout_s = sock, idle_timeout_s
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         sock.settimeout(idle_timeout_s)
         self._cork: list[bytes] = []
         self._buffers = _Buffers()
@@ -111,18 +136,31 @@ class BlockingSocket:
 
     def sendfile(self, fd: int, offset: int, count: int) -> int:
         self.flush()
+        sent = 0
+        out = self.sock.fileno()
         try:
-            # socket.sendfile waits for room with the socket's timeout between
-            # os.sendfile calls (a socket with a timeout is non-blocking underneath).
-            with open(fd, "rb", buffering=0, closefd=False) as file:
-                sent = self.sock.sendfile(file, offset, count)
-            if sent < count:  # the file is shorter than it was: keep the frame whole
+            while sent < count:
+                try:
+                    n = os.sendfile(out, fd, offset + sent, count - sent)
+                except BlockingIOError:  # a socket with a timeout is non-blocking
+                    self._wait_writable()
+                    continue
+                if n == 0:
+                    break  # the file is shorter than it was
+                sent += n
+            if sent < count:  # keep the frame whole: zeros for what the file lost
                 self.sock.sendall(bytes(count - sent))
         except TimeoutError:
             raise self._stalled() from None
         except OSError as exc:
             raise _lost(exc) from None
         return sent
+
+    def _wait_writable(self) -> None:
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLOUT)
+        if not poller.poll(self.idle_timeout_s * 1000):
+            raise self._stalled()
 
     def read(self, large: bool, timeout: float | None = None) -> memoryview:
         self.flush()
@@ -177,7 +215,7 @@ class AsyncSocket:
         import asyncio
 
         self.sock, self.idle_timeout_s = sock, idle_timeout_s
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         self._loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self._cork: list[bytes] = []
@@ -188,6 +226,7 @@ class AsyncSocket:
         cls, host: str, port: int, *, timeout_s: float, idle_timeout_s: float
     ) -> tuple[AsyncSocket, float]:
         import asyncio
+        import socket
 
         loop = asyncio.get_running_loop()
         started = loop.time()

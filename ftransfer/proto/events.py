@@ -22,11 +22,10 @@ event belongs to where one core carries several (the UDP server endpoint); it is
 
 from __future__ import annotations
 
-from .._records import record
+from .._records import Record
 
 
-@record
-class Accepted:
+class Accepted(Record):
     """The server accepted the request."""
 
     size: int
@@ -39,8 +38,7 @@ class Accepted:
     session: int = 0
 
 
-@record
-class DataReceived:
+class DataReceived(Record):
     """In-order bytes of the file; several datagrams' worth may come as one."""
 
     data: bytes | bytearray
@@ -49,8 +47,7 @@ class DataReceived:
     session: int = 0
 
 
-@record
-class EndReceived:
+class EndReceived(Record):
     """Every byte has arrived; the sender's xxh3-128. The application checks it,
     commits or not, and reports its verdict to the core (``finish``)."""
 
@@ -59,8 +56,7 @@ class EndReceived:
     session: int = 0
 
 
-@record
-class Completed:
+class Completed(Record):
     """The transfer ended well."""
 
     digest: bytes = b""
@@ -68,8 +64,7 @@ class Completed:
     session: int = 0
 
 
-@record
-class Failed:
+class Failed(Record):
     """The request or transfer ended with an error (ours or the peer's)."""
 
     code: int

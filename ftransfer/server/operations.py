@@ -36,7 +36,7 @@ import logging
 import time
 from collections.abc import Callable, Generator
 
-from .._records import record
+from .._records import Record
 from ..checksum import hex_digest
 from ..errors import FtransferError, ReadOnly, TooLarge
 from ..storage.base import Entry, EntryKind, Readable, Store, Writer, zero_copy_fd
@@ -47,16 +47,14 @@ logger = logging.getLogger("ftransfer.server")
 GIB = 1 << 30
 
 
-@record
-class Policy:
+class Policy(Record):
     """What the operator allows (ServerConfig's policy fields)."""
 
     read_only: bool = False
     max_file_bytes: int = 1024 * GIB
 
 
-@record
-class Requester:
+class Requester(Record):
     """Who asks: the peer's printable address and the transport it came over."""
 
     peer: str

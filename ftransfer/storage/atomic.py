@@ -31,7 +31,6 @@ ours, so it is stale too. ``sweep`` removes the stale temporaries of a directory
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -258,11 +257,13 @@ def sweep(directory: Directory) -> int:
     for leaf in directory.names():
         if not leaf.startswith(TEMP_PREFIX):
             continue
-        with contextlib.suppress(OSError):
+        try:  # (not contextlib.suppress: every command imports this module)
             st = directory.lstat(leaf)
             if stat.S_ISREG(st.st_mode) and is_stale(leaf, st.st_mtime, now):
                 directory.unlink(leaf)
                 removed += 1
+        except OSError:
+            continue  # gone already, or not ours to remove
     return removed
 
 
@@ -382,8 +383,10 @@ class AtomicWriter:
             os.close(self._fd)
             self._fd = -1
         if not self._done:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 self._dir.unlink(self._temp)
+            except FileNotFoundError:
+                self._done = True  # (no contextlib: see sweep)
             self._done = True
         self._dir.close()
 

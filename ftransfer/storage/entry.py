@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from .._records import record
+from .._records import Record
 
 
 class EntryKind(IntEnum):
@@ -18,8 +18,7 @@ class EntryKind(IntEnum):
     OTHER = 4
 
 
-@record
-class Entry:
+class Entry(Record):
     """One directory entry, or what STAT found."""
 
     name: str

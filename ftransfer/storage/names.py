@@ -26,7 +26,7 @@ component that could climb out or alias another.
 
 from __future__ import annotations
 
-from .._records import record
+from .._records import Record
 from ..config import MAX_NAME_BYTES, MAX_PATH_BYTES, TEMP_PREFIX
 from ..errors import PathRefused
 
@@ -36,8 +36,7 @@ MAX_SHOWN_CHARS = 160
 error's reason always fits the 1,024-byte ERROR frame after a 4,096-byte name."""
 
 
-@record
-class Name:
+class Name(Record):
     """A checked name: its components (empty for the root)."""
 
     parts: tuple[str, ...]

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import random
 
-from .._records import record
+from .._records import Record
 
 QUEUE_S = 0.05
 """Drop-tail queue at the emulated bottleneck: 50 ms of backlog at --rate."""
 
 
-@record
-class Impairment:
+class Impairment(Record):
     loss: float = 0.0
     burst: float = 0.0
     """Probability that a loss starts a burst (Gilbert model): while in a burst, each

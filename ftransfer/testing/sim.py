@@ -25,7 +25,7 @@ import heapq
 import random
 from collections.abc import Callable
 
-from .._records import factory, record
+from .._records import Record, factory
 from ..checksum import digest_bytes
 from ..proto.events import Accepted, Completed, DataReceived, EndReceived, Failed
 from ..proto.udp.endpoint import ServerEndpoint
@@ -43,8 +43,7 @@ MIN_STEP_S = 1e-7
 """Virtual time always moves forward by at least this (no zero-time loops)."""
 
 
-@record(frozen=False)
-class LinkConfig:
+class LinkConfig(Record, frozen=False):
     rate: float = 12.5e6
     """Bottleneck, bytes/s (12.5e6 = 100 Mbit/s)."""
     delay: float = 0.020
@@ -77,8 +76,7 @@ class LinkConfig:
         )
 
 
-@record(frozen=False)
-class LinkStats:
+class LinkStats(Record, frozen=False):
     offered: int = 0
     offered_bytes: int = 0
     delivered: int = 0
@@ -130,8 +128,7 @@ class Link:
         return out
 
 
-@record(frozen=False)
-class Outcome:
+class Outcome(Record, frozen=False):
     """How a simulated request ended."""
 
     code: int | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from ..._records import record
+from ..._records import Record
 from ..events import Failed as Failed
 
 
@@ -24,8 +24,7 @@ class EntryKind(IntEnum):
     OTHER = 4
 
 
-@record
-class Entry:
+class Entry(Record):
     """One directory entry."""
 
     name: str
@@ -42,16 +41,14 @@ class Entry:
 # ---- client -> server -------------------------------------------------------
 
 
-@record
-class HelloOffered:
+class HelloOffered(Record):
     """The client's opening: the range of versions it speaks."""
 
     min_version: int
     max_version: int
 
 
-@record
-class PutRequested:
+class PutRequested(Record):
     """An upload begins; DATA frames and END (or ABORT) follow."""
 
     path: str
@@ -65,56 +62,48 @@ class PutRequested:
     """Refuse if the name exists (no-clobber)."""
 
 
-@record
-class FileAborted:
+class FileAborted(Record):
     """The sender gives up on the current upload; nothing is committed."""
 
 
-@record
-class GetRequested:
+class GetRequested(Record):
     """Download a file."""
 
     path: str
 
 
-@record
-class DownloadVerified:
+class DownloadVerified(Record):
     """The client reports the digest it computed over a download (no reply)."""
 
     digest: bytes
 
 
-@record
-class ListRequested:
+class ListRequested(Record):
     """List a directory ("" is the root)."""
 
     path: str
 
 
-@record
-class StatRequested:
+class StatRequested(Record):
     """Size, mtime and digest of one name ("" is the root)."""
 
     path: str
 
 
-@record
-class RemoveRequested:
+class RemoveRequested(Record):
     """Remove a file or an empty directory."""
 
     path: str
 
 
-@record
-class MkdirRequested:
+class MkdirRequested(Record):
     """Create a directory; with ``parents`` also missing parents, and no error if it exists."""
 
     path: str
     parents: bool
 
 
-@record
-class MoveRequested:
+class MoveRequested(Record):
     """Rename ``source`` to ``target`` (into it, when ``target`` is a directory)."""
 
     source: str
@@ -126,8 +115,7 @@ class MoveRequested:
 # ---- both directions ----------------------------------------------------------
 
 
-@record
-class FileData:
+class FileData(Record):
     """A run of file bytes.
 
     Received data is a view into the caller's receive buffer and is valid only until
@@ -137,8 +125,7 @@ class FileData:
     data: bytes | memoryview
 
 
-@record
-class FileEnded:
+class FileEnded(Record):
     """End of a file's bytes, with the sender's xxh3-128 digest of all of them."""
 
     digest: bytes
@@ -147,8 +134,7 @@ class FileEnded:
 # ---- server -> client -----------------------------------------------------------
 
 
-@record
-class HelloAccepted:
+class HelloAccepted(Record):
     """The server's answer to HELLO."""
 
     version: int
@@ -156,15 +142,13 @@ class HelloAccepted:
     read_only: bool
 
 
-@record
-class PutCommitted:
+class PutCommitted(Record):
     """The upload is verified and durable at its final name; the digest the server computed."""
 
     digest: bytes
 
 
-@record
-class FileStarted:
+class FileStarted(Record):
     """A download begins: DATA frames and END (or ERROR) follow."""
 
     size: int
@@ -173,41 +157,35 @@ class FileStarted:
     """Permission bits of the file on the server."""
 
 
-@record
-class Listed:
+class Listed(Record):
     """A batch of directory entries; more batches may follow, then ListEnded."""
 
     entries: tuple[Entry, ...]
 
 
-@record
-class ListEnded:
+class ListEnded(Record):
     """The listing is complete."""
 
 
-@record
-class Stated:
+class Stated(Record):
     """Answer to STAT; ``digest`` is all zeros for anything but a regular file."""
 
     entry: Entry
     digest: bytes
 
 
-@record
-class Done:
+class Done(Record):
     """Success of REMOVE, MKDIR or MOVE."""
 
 
 # ---- pseudo-events (never on the wire) --------------------------------------------
 
 
-@record
-class ConnectionClosed:
+class ConnectionClosed(Record):
     """The peer closed the connection cleanly, at a frame boundary."""
 
 
-@record
-class NeedData:
+class NeedData(Record):
     """``next_event`` has nothing more until ``receive_data`` is called."""
 
 

@@ -28,7 +28,7 @@ import struct
 from collections.abc import Mapping
 from enum import IntEnum
 
-from ..._records import factory, record
+from ..._records import Record, factory
 from ...config import TFTP_MAX_BLKSIZE, TFTP_MAX_WINDOWSIZE, TFTP_MIN_BLKSIZE
 from ...errors import RemoteProtocolError
 
@@ -75,8 +75,7 @@ class TftpPacketError(RemoteProtocolError):
     """Bytes that are not a well-formed TFTP packet."""
 
 
-@record
-class Request:
+class Request(Record):
     """RRQ (``write`` False) or WRQ."""
 
     write: bool
@@ -87,25 +86,21 @@ class Request:
     """Lower-cased option names to their values, first occurrence wins."""
 
 
-@record
-class Data:
+class Data(Record):
     block: int
     payload: bytes
 
 
-@record
-class Ack:
+class Ack(Record):
     block: int
 
 
-@record
-class Error:
+class Error(Record):
     code: int
     message: str
 
 
-@record
-class OptionAck:
+class OptionAck(Record):
     options: dict[str, str]
 
 
@@ -197,8 +192,7 @@ def encode_oack(options: Mapping[str, str]) -> bytes:
     return OPCODE.pack(Opcode.OACK) + body
 
 
-@record
-class Params:
+class Params(Record):
     """What a transfer runs with once options are settled."""
 
     blksize: int = DEFAULT_BLKSIZE
@@ -209,8 +203,7 @@ class Params:
     """The transfer size, when known (RFC 2349)."""
 
 
-@record
-class Limits:
+class Limits(Record):
     """The operator's caps on what a client may ask for."""
 
     max_blksize: int = MAX_BLKSIZE

@@ -46,7 +46,7 @@ import collections
 from collections.abc import Callable
 from enum import Enum
 
-from ..._records import record
+from ..._records import Record
 from ...errors import (
     Exists,
     FtransferError,
@@ -113,8 +113,7 @@ def failure(error: FtransferError) -> Failed:
     return Failed(code=error.code or InternalError.code, message=str(error))
 
 
-@record(frozen=False)
-class TftpStats:
+class TftpStats(Record, frozen=False):
     """Counters for the end-of-transfer summary."""
 
     bytes: int = 0

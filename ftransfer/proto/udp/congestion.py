@@ -44,7 +44,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Protocol
 
-from ..._records import record
+from ..._records import Record
 from ..rtt import RttEstimator
 from .receiver import ACK_EVERY_PACKETS
 
@@ -83,8 +83,7 @@ EXTRA_ACKED_MAX_S = 0.1
 """The ack-aggregation allowance never exceeds 100 ms of bandwidth (as Linux's BBR)."""
 
 
-@record
-class RateSample:
+class RateSample(Record):
     """One delivery-rate measurement, taken when an ack arrives."""
 
     delivery_rate: float

@@ -39,7 +39,7 @@ import hashlib
 import hmac
 import struct
 
-from ..._records import record
+from ..._records import Record
 from ...errors import Busy, RemoteProtocolError
 from ..rtt import RttEstimator
 from .handshake import Address
@@ -99,8 +99,7 @@ def cookie_valid(secret: bytes, cookie: bytes, address: Address, nonce: int, now
     return hmac.compare_digest(cookie, _cookie(secret, address, nonce, bucket))
 
 
-@record
-class RequestReceived:
+class RequestReceived(Record):
     """A validated client asks for something: answer with accept, refuse or done."""
 
     address: Address
@@ -111,8 +110,7 @@ class RequestReceived:
         return Operation(self.initial.operation)
 
 
-@record(frozen=False)
-class EndpointStats:
+class EndpointStats(Record, frozen=False):
     corrupt: int = 0
     stray: int = 0
     retries: int = 0

@@ -30,7 +30,7 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
-from ..._records import record
+from ..._records import Record
 from ...checksum import DIGEST_BYTES, datagram_check
 from ...config import UDP_CHUNK_BYTES, UDP_MAX_CHUNK_BYTES, UDP_MIN_CHUNK_BYTES
 from ...errors import RemoteProtocolError
@@ -83,8 +83,7 @@ EXT_EXCLUSIVE = 0x02
 """Extensions byte (INITIAL): refuse to replace an existing file."""
 
 
-@record
-class Initial:
+class Initial(Record):
     nonce: int
     operation: int
     """An ``Operation``; kept as the number so that an unknown one can be refused."""
@@ -99,14 +98,12 @@ class Initial:
     exclusive: bool = False
 
 
-@record
-class Retry:
+class Retry(Record):
     nonce: int
     cookie: bytes
 
 
-@record
-class Accept:
+class Accept(Record):
     nonce: int
     code: int
     """0: accepted; otherwise the error code (errors.py) and the session is over."""
@@ -119,8 +116,7 @@ class Accept:
     """Permission bits of the file the server sends (code 0 only)."""
 
 
-@record
-class Data:
+class Data(Record):
     """DATA as a record, for tests and the slow path; the hot path uses
     ``decode_data`` and ``encode_data`` and builds no record per datagram."""
 
@@ -131,8 +127,7 @@ class Data:
     payload: bytes | memoryview
 
 
-@record
-class Ack:
+class Ack(Record):
     cumulative: int
     """Every chunk below this has arrived."""
     largest_tx: int
@@ -144,34 +139,29 @@ class Ack:
     """Received ranges [start, stop) above ``cumulative``, newest first."""
 
 
-@record
-class Fin:
+class Fin(Record):
     size: int
     digest: bytes
 
 
-@record
-class Result:
+class Result(Record):
     code: int
     digest: bytes
     message: str
 
 
-@record
-class Close:
+class Close(Record):
     code: int
     message: str
 
 
-@record
-class Ping:
+class Ping(Record):
     seq: int
     timestamp_ns: int
     padding: int
 
 
-@record
-class Pong:
+class Pong(Record):
     seq: int
     timestamp_ns: int
     padding: int

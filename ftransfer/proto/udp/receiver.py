@@ -23,7 +23,7 @@ loss), then the highest.
 
 from __future__ import annotations
 
-from ..._records import record
+from ..._records import Record
 from .packets import MAX_SACK_RANGES, Ack
 from .rangeset import RangeSet
 
@@ -33,8 +33,7 @@ MAX_ACK_DELAY_S = 0.005
 """Acknowledge in-order chunks no later than this after the first unacknowledged one."""
 
 
-@record(frozen=False)
-class ReceiverStats:
+class ReceiverStats(Record, frozen=False):
     received: int = 0
     duplicates: int = 0
     beyond_window: int = 0

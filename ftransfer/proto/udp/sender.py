@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import heapq
 
-from ..._records import record
+from ..._records import Record
 from ..rtt import RttEstimator
 from .congestion import CongestionControl, RateSample
 from .packets import Ack
@@ -88,8 +88,7 @@ PROBE_ACK_DELAY_S = 0.005
 """The peer's ack delay allowance in the tail-loss probe timeout (its MAX_ACK_DELAY_S)."""
 
 
-@record(frozen=False)
-class _Sent:
+class _Sent(Record, frozen=False):
     tx: int
     sent_at: float
     size: int
@@ -103,8 +102,7 @@ class _Sent:
     when it was declared lost (the reordering we learn of if it was not lost)."""
 
 
-@record(frozen=False)
-class SenderStats:
+class SenderStats(Record, frozen=False):
     sent: int = 0
     retransmitted: int = 0
     spurious: int = 0
