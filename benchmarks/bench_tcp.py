@@ -15,7 +15,7 @@ Prints a table of medians and ratios:
 
 Machines here are shared and noisy: only ratios from one run mean anything. Before
 each timed run ~3 GiB of memory is touched and freed, which keeps the VM's memory
-return from skewing large writes (see PERF-NOTES.md).
+return from skewing large writes (see docs/perf-notes.md).
 """
 
 from __future__ import annotations

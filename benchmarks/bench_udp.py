@@ -10,7 +10,7 @@ times and the median and range of those ratios:
 - ftransfer get and put over UDP with 1,400-byte payloads (the default), and with
   16 KiB payloads (what loopback allows);
 - atftp <- atftpd with blksize 1428 and windowsize 32 (RFC 7440), the fastest TFTP
-  measured here (PERF-NOTES: ~356 MB/s);
+  measured here (docs/perf-notes.md: ~356 MB/s);
 - curl <- atftpd with blksize 1428: lockstep TFTP (one block per round trip).
 
 Files live on tmpfs. The issue's target is >= 0.85x atftp; see the README for what

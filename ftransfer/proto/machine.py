@@ -36,7 +36,7 @@ from ..errors import LocalProtocolError
 
 TYPE_CHECKING = False  # importing typing costs every command ~6 ms (_records.py)
 if TYPE_CHECKING:
-    from typing import Protocol
+    from typing import Any, Protocol
 
     from .events import DatagramEvent
 
@@ -95,9 +95,16 @@ class Machine:
         return True
 
 
-def mermaid(name: str, table: Mapping[tuple[Enum, Enum], Enum], initial: Enum) -> str:
-    """A Mermaid state diagram of a transition table (for docs/architecture.md)."""
+def mermaid(name: str, table: Mapping[Any, Enum], initial: Enum) -> str:
+    """A Mermaid state diagram of a transition table (docs/architecture.md is made
+    from these by tools/diagrams.py). A trigger is an ``Enum`` member or, in the TCP
+    tables, the event class that moves the state."""
     lines = ["stateDiagram-v2", f"    %% {name}", f"    [*] --> {initial.name}"]
     for (state, trigger), nxt in table.items():
-        lines.append(f"    {state.name} --> {nxt.name}: {trigger.name.lower()}")
+        label = trigger.name.lower() if isinstance(trigger, Enum) else _class_name(trigger)
+        lines.append(f"    {state.name} --> {nxt.name}: {label}")
     return "\n".join(lines)
+
+
+def _class_name(trigger: object) -> str:
+    return str(getattr(trigger, "__name__", trigger))

@@ -162,6 +162,13 @@ class Server:
             if not self._per_address[host]:
                 del self._per_address[host]
 
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
         """Stop listening, cancel sessions (aborting uploads), release the root."""
         for listener in self._listeners:
