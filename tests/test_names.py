@@ -1,4 +1,4 @@
-"""Names: every name row of THREATS.md, refused by the one parser of peer names."""
+"""Names: every name row of docs/threats.md, refused by the one parser of peer names."""
 
 from __future__ import annotations
 
