@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
+import re
 import socket
 import subprocess
 import threading
@@ -17,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, run_cli
+from conftest import CLI, ServerProcess, run_cli, temporaries
 
 from ftransfer.errors import ExitCode
 
@@ -175,3 +177,159 @@ def test_a_tcp_service_that_is_not_ftransfer_is_a_protocol_error_at_once(
     assert line.startswith(f"ftransfer: error: 127.0.0.1:{impostor} ")
     assert "does not speak ftransfer" in line
     assert os.listdir(tmp_path) == []
+
+
+# ---- 13: permission bits and no-clobber ---------------------------------------------
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """A known umask for this process and the server and CLI it starts."""
+    before = os.umask(0o022)
+    yield
+    os.umask(before)
+
+
+@pytest.mark.parametrize("transport", [[], ["--udp"]], ids=["tcp", "udp"])
+def test_the_exec_bit_survives_put_and_get(
+    umask_022: None, served: Path, tmp_path: Path, transport: list[str]
+) -> None:
+    srv = ServerProcess(served, log=tmp_path / "log")
+    tool = tmp_path / "tool.sh"
+    tool.write_bytes(b"#!/bin/sh\necho hi\n")
+    tool.chmod(0o750)
+    sent = run_cli("put", "-q", *transport, str(tool), srv.remote())
+    assert sent.returncode == 0, sent.stderr
+    assert (served / "tool.sh").stat().st_mode & 0o770 == 0o750
+    back = tmp_path / "back"
+    back.mkdir()
+    got = run_cli("get", "-q", *transport, srv.remote("tool.sh"), str(back))
+    assert got.returncode == 0, got.stderr
+    assert (back / "tool.sh").stat().st_mode & 0o770 == 0o750
+    assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("transport", [[], ["--udp"]], ids=["tcp", "udp"])
+def test_get_no_clobber_refuses_to_replace_a_local_file(
+    server: ServerProcess, tmp_path: Path, transport: list[str]
+) -> None:
+    (server.root / "f").write_bytes(b"remote")
+    (tmp_path / "f").write_bytes(b"mine")
+    refused = run_cli("get", "--no-clobber", *transport, server.remote("f"), str(tmp_path / "f"))
+    assert refused.returncode == ExitCode.REFUSED, refused.stderr
+    assert "exists" in err_lines(refused)[-1] and "local" in err_lines(refused)[-1]
+    assert (tmp_path / "f").read_bytes() == b"mine" and temporaries(tmp_path) == []
+    replaced = run_cli("get", *transport, server.remote("f"), str(tmp_path / "f"))
+    assert replaced.returncode == 0 and (tmp_path / "f").read_bytes() == b"remote"
+
+
+def test_mv_no_clobber_refuses_to_replace_the_destination(server: ServerProcess) -> None:
+    (server.root / "a").write_bytes(b"a")
+    (server.root / "b").write_bytes(b"b")
+    refused = run_cli("mv", "--no-clobber", server.remote("a"), "b")
+    assert refused.returncode == ExitCode.REFUSED and b"exists" in refused.stderr
+    assert (server.root / "a").read_bytes() == b"a" and (server.root / "b").read_bytes() == b"b"
+    assert run_cli("mv", server.remote("a"), "b").returncode == 0
+    assert (server.root / "b").read_bytes() == b"a" and not (server.root / "a").exists()
+
+
+# ---- 16: summaries, bars and units ---------------------------------------------------
+
+
+def test_a_single_file_udp_summary_counts_the_bytes(server: ServerProcess, tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(os.urandom(3_000_000))
+    sent = run_cli("put", "--udp", str(tmp_path / "f"), server.remote())
+    assert sent.returncode == 0, sent.stderr
+    [summary] = err_lines(sent)
+    assert summary.startswith("udp: 3,000,000 bytes in ") and " MB/s)" in summary
+    assert "data datagrams sent" in summary and " 0 received" not in summary
+    got = run_cli("get", "--udp", server.remote("f"), str(tmp_path / "g"))
+    [summary] = err_lines(got)
+    assert summary.startswith("udp: 3,000,000 bytes in ") and "data datagrams received" in summary
+
+
+def on_a_terminal(*args: str) -> str:
+    """Run the CLI with stdout and stderr on a pty; what it drew, cut into the
+    segments a terminal shows (split at carriage returns and newlines)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execv(CLI[0], [*CLI, *args])
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    _pid, status = os.waitpid(pid, 0)
+    os.close(fd)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, shown
+    return shown
+
+
+def test_a_multi_file_udp_put_keeps_summaries_out_of_the_bars(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    sizes = {"a.bin": 3_000_000, "b.bin": 20_000_000, "c.bin": 3_000_000}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(os.urandom(size))
+    shown = on_a_terminal("put", "--udp", *(str(tmp_path / n) for n in sizes), server.remote())
+    raw = [s.strip() for s in re.split(r"[\r\n]", shown) if s.strip()]
+    summaries = [s for s in raw if "udp: " in s]
+    assert len(summaries) == 3, shown
+    for line in summaries:  # each on a line of its own: no bar, no cursor movement
+        assert line.startswith("udp: ") and "%|" not in line and "\x1b" not in line
+    segments = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", s) for s in raw]
+    assert sorted(s.split(" bytes")[0] for s in summaries) == sorted(
+        f"udp: {size:,}" for size in sizes.values()
+    )
+    # The overall bar knows the total (26.0 MB, decimal like the summaries' MB/s)
+    # and so shows an ETA ([elapsed<remaining]); the file bars use the same units.
+    overall = [s for s in segments if s.startswith("3 files:")]
+    assert overall and all("/26.0M [" in s for s in overall), overall
+    assert any(re.search(r"\[\d\d:\d\d<(\d\d:\d\d|\?)", s) for s in overall), overall
+    assert any("/20.0M [" in s for s in segments if s.startswith("b.bin:"))  # 19.1M if binary
+
+
+# ---- 16: IPv6 addresses --------------------------------------------------------------
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback")
+def test_ipv6_addresses_are_written_and_shown_in_brackets(served: Path, tmp_path: Path) -> None:
+    (served / "dir").mkdir()
+    (served / "dir" / "f").write_bytes(b"six")
+    srv = ServerProcess(served, "--host", "::1", log=tmp_path / "log")
+    assert f"tcp://[::1]:{srv.port}" in srv.ready_line
+    for transport in ([], ["--udp"]):
+        listing = run_cli("ls", *transport, f"[::1]:{srv.port}")
+        assert listing.returncode == 0 and b" dir/\n" in listing.stdout, listing.stderr
+        listing = run_cli("ls", *transport, f"[::1]:{srv.port}/dir/")
+        assert listing.returncode == 0 and b" f\n" in listing.stdout, listing.stderr
+        missing = run_cli("get", *transport, f"[::1]:{srv.port}/nope", str(tmp_path / "x"))
+        assert missing.returncode == ExitCode.NOT_FOUND
+        assert err_lines(missing)[-1].startswith(f"ftransfer: error: [::1]:{srv.port}: nope")
+    assert srv.stop() == 0
+    # A bare ::1 is host ::1 on the default port, and errors show it bracketed.
+    bare = run_cli("ls", "::1")
+    assert bare.returncode == 0 or "[::1]:9021" in err_lines(bare)[-1], bare.stderr
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as closed:
+        closed.bind(("::1", 0))  # bound, not listening: a connection is refused
+        port = closed.getsockname()[1]
+        refused = run_cli("ls", f"[::1]:{port}/")
+        assert refused.returncode == ExitCode.CONNECTION
+        assert f"cannot connect to [::1]:{port}: " in err_lines(refused)[-1]
+        refused = run_cli("ls", "--udp", f"[::1]:{port}/")
+        assert refused.returncode == ExitCode.CONNECTION
+        assert f"udp [::1]:{port}: port unreachable" in err_lines(refused)[-1]
