@@ -333,3 +333,88 @@ def test_ipv6_addresses_are_written_and_shown_in_brackets(served: Path, tmp_path
         refused = run_cli("ls", "--udp", f"[::1]:{port}/")
         assert refused.returncode == ExitCode.CONNECTION
         assert f"udp [::1]:{port}: port unreachable" in err_lines(refused)[-1]
+
+
+# ---- 16: a closed output, usage errors, which side is missing --------------------------
+
+
+@pytest.mark.parametrize("transport", [[], ["--udp"]], ids=["tcp", "udp"])
+def test_get_to_a_pipe_closed_early_exits_quietly(
+    server: ServerProcess, transport: list[str]
+) -> None:
+    (server.root / "big").write_bytes(os.urandom(8 << 20))  # far more than a pipe holds
+    proc = subprocess.Popen(
+        [*CLI, "get", *transport, server.remote("big"), "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(10)) == 10  # head -c 10
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) in (141, 0)
+    assert err == b""
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["get", "--blksize", "1024", "127.0.0.1:9/f"], "get"),
+        (["put", "--blksize", "1024", "x", "udp://127.0.0.1:9/"], "put"),
+        (["get", "--udp", "--windowsize", "4", "127.0.0.1:9/f"], "get"),
+        (["put", "only-one"], "put"),
+        (["get"], "get"),
+        (["mv", "127.0.0.1:9/a"], "mv"),
+        (["ls", "127.0.0.1:99999/"], "ls"),
+        (["stat", "--udp", "tftp://127.0.0.1:9/f"], "stat"),
+    ],
+)
+def test_a_usage_error_prints_the_commands_usage(args: list[str], command: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    text = result.stderr.decode()
+    assert text.startswith(f"usage: ftransfer {command} ")
+    assert f"ftransfer {command}: error: " in text and "Traceback" not in text
+
+
+def test_the_put_usage_line_reads_as_it_is_used() -> None:
+    result = run_cli("put", "--help")
+    assert result.returncode == 0
+    [usage] = [line for line in result.stdout.decode().splitlines() if "usage:" in line]
+    assert usage.strip() == "usage: ftransfer put [options] LOCAL... REMOTE"
+
+
+def test_not_found_says_which_side(server: ServerProcess, tmp_path: Path) -> None:
+    remote = run_cli("get", server.remote("nope"), str(tmp_path / "nope"))
+    local = run_cli("put", str(tmp_path / "nope"), server.remote())
+    assert remote.returncode == local.returncode == ExitCode.NOT_FOUND
+    assert err_lines(remote) == [f"ftransfer: error: 127.0.0.1:{server.port}: nope: "
+                                 "No such file or directory"]  # fmt: skip
+    assert err_lines(local) == [f"ftransfer: error: local {tmp_path / 'nope'}: "
+                                "No such file or directory"]  # fmt: skip
+
+
+# ---- 16: the client where O_DIRECTORY and O_NOFOLLOW do not exist --------------------
+
+
+def test_the_client_works_without_o_directory_and_o_nofollow(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    (server.root / "f").write_bytes(b"portable")
+    script = f"""
+import os
+del os.O_DIRECTORY, os.O_NOFOLLOW
+import ftransfer
+from ftransfer.client import Client as Direct
+assert ftransfer.Client is Direct
+with ftransfer.Client("tcp://127.0.0.1:{server.port}") as client:
+    client.get("f", {str(tmp_path / "f")!r})
+    client.put({str(tmp_path / "f")!r}, "g")
+print("ok")
+"""
+    result = subprocess.run(
+        [CLI[0], "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout.strip() == "ok", result.stderr
+    assert (tmp_path / "f").read_bytes() == b"portable"
+    assert (server.root / "g").read_bytes() == b"portable"
