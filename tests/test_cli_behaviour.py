@@ -270,7 +270,7 @@ def on_a_terminal(*args: str) -> str:
     return shown
 
 
-def test_a_multi_file_udp_put_keeps_summaries_out_of_the_bars(
+def test_a_multi_file_udp_put_prints_summaries_above_the_bars(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     sizes = {"a.bin": 3_000_000, "b.bin": 20_000_000, "c.bin": 3_000_000}
@@ -292,6 +292,12 @@ def test_a_multi_file_udp_put_keeps_summaries_out_of_the_bars(
     assert overall and all("/26.0M [" in s for s in overall), overall
     assert any(re.search(r"\[\d\d:\d\d<(\d\d:\d\d|\?)", s) for s in overall), overall
     assert any("/20.0M [" in s for s in segments if s.startswith("b.bin:"))  # 19.1M if binary
+    # Each summary is printed as its file ends, above the bars that go on: a.bin's
+    # before b.bin's bar starts, and the overall bar is drawn again below the last.
+    first = next(i for i, s in enumerate(raw) if s.startswith("udp: "))
+    assert first < next(i for i, s in enumerate(segments) if s.startswith("b.bin:"))
+    last = max(i for i, s in enumerate(raw) if s.startswith("udp: "))
+    assert last < max(i for i, s in enumerate(segments) if s.startswith("3 files:"))
 
 
 # ---- 16: IPv6 addresses --------------------------------------------------------------

@@ -266,17 +266,23 @@ class Calls:
                     lambda logic: logic.put_many(items, exclusive=no_clobber, progress=progress)
                 )
                 assert isinstance(result, list)
+                if progress is not None:
+                    for done in result:
+                        progress.file_outcome(done)
                 return result
             outcomes: list[TransferResult | FtransferError] = []
             for source, target in zip(opened, targets, strict=True):
                 try:
                     if isinstance(source, FtransferError):
                         raise source
-                    outcomes.append(
-                        (yield from self._put_one(source, target, no_clobber, progress))
+                    outcome: TransferResult | FtransferError = yield from self._put_one(
+                        source, target, no_clobber, progress
                     )
                 except FtransferError as exc:
-                    outcomes.append(exc)
+                    outcome = exc
+                outcomes.append(outcome)
+                if progress is not None:
+                    progress.file_outcome(outcome)
             return outcomes
         finally:
             for source in opened:
