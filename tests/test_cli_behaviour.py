@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CLI, ServerProcess, run_cli, temporaries
+from test_udp_integration import RelayProcess
 
 from ftransfer.errors import ExitCode
 
@@ -298,6 +299,21 @@ def test_a_multi_file_udp_put_prints_summaries_above_the_bars(
     assert first < next(i for i, s in enumerate(segments) if s.startswith("b.bin:"))
     last = max(i for i, s in enumerate(raw) if s.startswith("udp: "))
     assert last < max(i for i, s in enumerate(segments) if s.startswith("3 files:"))
+
+
+def test_a_udp_upload_bar_moves_while_the_file_is_sent(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Through the relay at 1 MB/s the 3 MB take about 3 s, so the bar (redrawn at
+    most every 0.1 s) has time to show where the upload is, not only 0 and 100 %."""
+    (tmp_path / "up.bin").write_bytes(os.urandom(3_000_000))
+    relay = RelayProcess(server.port, "--rate", "8")
+    try:
+        shown = on_a_terminal("put", str(tmp_path / "up.bin"), f"udp://127.0.0.1:{relay.port}/")
+    finally:
+        assert relay.stop() == 0
+    percents = {int(p) for p in re.findall(r"up\.bin: +(\d+)%", shown)}
+    assert {0, 100} <= percents and percents - {0, 100}, percents
 
 
 # ---- 16: IPv6 addresses --------------------------------------------------------------

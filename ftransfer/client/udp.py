@@ -87,8 +87,12 @@ class UdpCall:
             rng=random.SystemRandom(),
             now=now,
             server=(url.host, url.port),
-            read_chunk=BlockReader(source.read) if source is not None else None,
+            read_chunk=BlockReader(self._reading(source)) if source is not None else None,
         )
+        self._announced = False
+        if source is not None and progress is not None:  # before the first datagram
+            progress.file_started(path, source.size)
+            self._announced = True
 
     @property
     def over(self) -> bool:
@@ -112,12 +116,29 @@ class UdpCall:
             self.result = event
         self._report_sent()
 
+    def _reading(self, source: LocalFile) -> Callable[[int, int], bytes]:
+        """The file's reads, which move an upload's progress as the sender takes new
+        bytes (a block at a time), not only when the transfer ends."""
+
+        def read(offset: int, n: int) -> bytes:
+            data = source.read(offset, n)
+            self._advance_to(offset + len(data))
+            return data
+
+        return read
+
+    def _advance_to(self, position: int) -> None:
+        if self.progress is not None and position > self._reported:
+            self.progress.advance(position - self._reported)
+            self._reported = position
+
     def _accepted(self, event: Accepted) -> None:
         self.accepted = event
         if self._make_sink is not None:
             self.sink = self._make_sink(event)
-        if self.progress is not None:
-            self.progress.file_started(self.path, event.size or self.core.size)
+        if self.progress is not None and not self._announced:
+            self.progress.file_started(self.path, event.size)
+            self._announced = True
 
     def _consume(self, data: bytes | bytearray) -> None:
         if self.sink is not None:
@@ -140,12 +161,8 @@ class UdpCall:
 
     def _report_sent(self) -> None:
         session = self.core.session
-        if self.progress is None or session is None or session.sender is None:
-            return
-        sent = session.hashed_bytes
-        if sent > self._reported:
-            self.progress.advance(sent - self._reported)
-            self._reported = sent
+        if self.progress is not None and session is not None and session.sender is not None:
+            self._advance_to(session.hashed_bytes)
 
     def interrupted(self) -> None:
         """Tell the server the request is abandoned (CLOSE), if it is running."""
@@ -156,7 +173,7 @@ class UdpCall:
         """Release the sink (after a commit this only closes) and the progress bar."""
         if self.sink is not None:
             self.sink.abort()
-        if self.progress is not None and self.accepted is not None:
+        if self.progress is not None and self._announced:
             self.progress.file_done()
 
     def outcome(self, local: str) -> TransferResult:
