@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CLI, ServerProcess, run_cli, temporaries
+from test_tftp_integration import TftpServer
 from test_udp_integration import RelayProcess
 
 from ftransfer.errors import ExitCode
@@ -360,22 +361,27 @@ def test_ipv6_addresses_are_written_and_shown_in_brackets(served: Path, tmp_path
 # ---- 16: a closed output, usage errors, which side is missing --------------------------
 
 
-@pytest.mark.parametrize("transport", [[], ["--udp"]], ids=["tcp", "udp"])
+@pytest.mark.parametrize("transport", ["tcp", "udp", "tftp"])
 def test_get_to_a_pipe_closed_early_exits_quietly(
-    server: ServerProcess, transport: list[str]
+    served: Path, tmp_path: Path, transport: str
 ) -> None:
-    (server.root / "big").write_bytes(os.urandom(8 << 20))  # far more than a pipe holds
-    proc = subprocess.Popen(
-        [*CLI, "get", *transport, server.remote("big"), "-"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    assert len(proc.stdout.read(10)) == 10  # head -c 10
-    proc.stdout.close()
-    err = proc.stderr.read()
-    assert proc.wait(timeout=60) in (141, 0)
-    assert err == b""
+    (served / "big").write_bytes(os.urandom(8 << 20))  # far more than a pipe holds
+    srv = TftpServer(served, "--tftp-port", "0", log=tmp_path / "log")
+    try:
+        port = srv.tftp_port if transport == "tftp" else srv.port
+        proc = subprocess.Popen(
+            [*CLI, "get", f"{transport}://127.0.0.1:{port}/big", "-"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        assert len(proc.stdout.read(10)) == 10  # head -c 10
+        proc.stdout.close()
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) in (141, 0)
+        assert err == b""
+    finally:
+        assert srv.stop() == 0
 
 
 @pytest.mark.parametrize(
