@@ -30,6 +30,7 @@ import pytest
 from conftest import CLI, ServerProcess, run_cli, temporaries
 from test_udp_integration import RelayProcess
 
+from ftransfer.client.udp import tell_server
 from ftransfer.config import MAX_FRAME_BYTES, TEMP_PREFIX
 from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.connection import Connection, Role
@@ -236,6 +237,26 @@ def test_an_interrupted_udp_transfer_tells_the_server(
     finally:
         assert relay.stop() == 0
         assert srv.stop() == 0
+
+
+def test_an_abandoned_udp_request_sends_its_close_three_times() -> None:
+    """The copies that get a CLOSE past loss (client/udp.py, CLOSE_REPEATS_AFTER_S)."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(DEADLINE_S)
+        client.connect(server.getsockname())
+        queue_once = [[(b"CLOSE", server.getsockname())]]
+        tell_server(client, lambda now: queue_once.pop() if queue_once else [])
+        assert [server.recv(100) for _ in range(3)] == [b"CLOSE"] * 3
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.recv(100)  # no more than three
+        tell_server(client, lambda now: [])  # no session: nothing to say, at once
+        with pytest.raises(BlockingIOError):
+            server.recv(100)
 
 
 # ---- TFTP: one Ctrl-C aborts at once -------------------------------------------------

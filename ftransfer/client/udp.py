@@ -247,12 +247,15 @@ our own upload drops what is sent into it, while a copy sent once it has drained
 (tens of ms) gets through. A repeated CLOSE for an ended session is dropped."""
 
 
-def tell_server(sock: socket.socket, call: UdpCall) -> None:
-    """Send what the core queued after an interruption (a CLOSE, if a session was
-    open), and repeat it on the CLOSE_REPEATS_AFTER_S schedule."""
+def tell_server(
+    sock: socket.socket, queued: Callable[[float], list[tuple[bytes, tuple[str, int]]]]
+) -> None:
+    """Send what the core queued after an interruption (``queued``: its
+    datagrams_to_send; a CLOSE, if a session was open), and repeat it on the
+    CLOSE_REPEATS_AFTER_S schedule."""
     dsock = DatagramSocket(sock)
     started = time.monotonic()
-    datagrams = call.core.datagrams_to_send(started)
+    datagrams = queued(started)
     if not datagrams:
         return  # no session yet: the server holds nothing for us
     dsock.send(datagrams)
@@ -276,7 +279,7 @@ def run_sync(call: UdpCall) -> None:
         )
     except BaseException:
         call.interrupted()
-        tell_server(sock, call)
+        tell_server(sock, call.core.datagrams_to_send)
         raise
     finally:
         call.finish()
