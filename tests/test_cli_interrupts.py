@@ -45,6 +45,19 @@ SIGNALS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def sigint_reaches_the_children() -> Iterator[None]:
+    """A shell starts background jobs (``pytest &``, nohup) with SIGINT ignored, and
+    exec keeps an ignored signal, so the CLI would (rightly) keep ignoring Ctrl-C
+    and the SIGINT cases fail. exec resets a handler to the default instead: hold
+    one here while the children start."""
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def wait_until(condition: Callable[[], bool], what: str) -> None:
     """Poll ``condition`` until it holds; fail after DEADLINE_S."""
     end = time.monotonic() + DEADLINE_S
