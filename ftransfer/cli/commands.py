@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 from ..client import Client, ClientConfig, TransferResult, Url
 from ..errors import FtransferError, UsageError
 from .argtypes import remote as parse_remote
-from .output import print_listing, print_record, print_stat, summary, transfer_record
+from .output import print_listing, print_stat, record_line, summary, transfer_record
 from .progress import Bars
 
 
@@ -60,13 +61,21 @@ def _client(args: argparse.Namespace, url: Url) -> Client:
     return Client(Url(scheme=url.scheme, host=url.host, port=url.port), config=_config(args))
 
 
-def _bars(args: argparse.Namespace, files: int, total: int | None) -> Bars:
-    return Bars(files, total, enabled=not args.quiet and sys.stderr.isatty())
+def _bars(
+    args: argparse.Namespace,
+    files: int,
+    total: int | None,
+    on_outcome: Callable[[TransferResult | FtransferError], None] | None = None,
+) -> Bars:
+    enabled = not args.quiet and sys.stderr.isatty()
+    return Bars(files, total, enabled=enabled, on_outcome=on_outcome)
 
 
 def _report(args: argparse.Namespace, result: TransferResult, bars: Bars) -> None:
+    """A transfer's --json record or link summary, above any progress bars."""
     if args.json:
-        print_record(transfer_record(result), sys.stdout if result.local != "-" else sys.stderr)
+        out = sys.stdout if result.local != "-" else sys.stderr
+        bars.write(record_line(transfer_record(result)), out)
     elif not args.quiet and (line := summary(result)) is not None:
         bars.write(line)
 
@@ -86,20 +95,23 @@ def put(args: argparse.Namespace) -> int:
         raise UsageError("put needs LOCAL... REMOTE")
     url = _url(args, args.paths[-1])
     sources = list(args.paths[:-1])
-    bars = _bars(args, len(sources), _local_total(sources))
-    with _client(args, url) as client:
-        try:
-            outcomes = client.put_many(sources, url.path, no_clobber=args.no_clobber, progress=bars)
-        finally:
-            bars.close()
-    status = 0
-    for outcome in outcomes:
+    failures: list[FtransferError] = []
+
+    def report(outcome: TransferResult | FtransferError) -> None:
+        """Each file's outcome as soon as it is known, above the bars."""
         if isinstance(outcome, FtransferError):
-            code = report_error(outcome)  # a line for every failure
-            status = status or code
+            failures.append(outcome)
+            bars.write(f"ftransfer: error: {outcome}")  # a line for every failure
         else:
             _report(args, outcome, bars)
-    return status
+
+    bars = _bars(args, len(sources), _local_total(sources), on_outcome=report)
+    with _client(args, url) as client:
+        try:
+            client.put_many(sources, url.path, no_clobber=args.no_clobber, progress=bars)
+        finally:
+            bars.close()
+    return int(failures[0].exit_code) if failures else 0  # the first failure's code
 
 
 def get(args: argparse.Namespace) -> int:

@@ -30,10 +30,15 @@ def format_time(mtime_ns: int) -> str:
     return datetime.fromtimestamp(mtime_ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def print_record(record: dict[str, Any], out: TextIO) -> None:
+def record_line(record: dict[str, Any]) -> str:
+    """One --json record as a line of text (without the newline)."""
     import json
 
-    out.write(json.dumps(record) + "\n")
+    return json.dumps(record)
+
+
+def print_record(record: dict[str, Any], out: TextIO) -> None:
+    out.write(record_line(record) + "\n")
 
 
 def transfer_record(result: TransferResult) -> dict[str, Any]:

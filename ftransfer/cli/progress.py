@@ -2,26 +2,37 @@
 
 Bars show decimal units (kB, MB, as the summaries' MB/s): one bar per file, and for
 several files an overall bar with the total size and an ETA. Text printed while
-bars are drawn (a UDP summary after each file) goes through ``write``, above the
-bars, never into them.
+bars are drawn goes through ``write``, above the bars, never into them: each
+uploaded file's outcome (its UDP summary, its error line, its --json record) is
+handed to ``on_outcome`` as soon as it is known, which prints it that way.
 """
 
 from __future__ import annotations
 
 import sys
 
-from ..client import Progress, escape
+from ..client import Progress, TransferResult, escape
+from ..errors import FtransferError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable
+    from typing import Any, TextIO
 
 
 class Bars(Progress):
     """tqdm bars on stderr (nothing at all when ``enabled`` is false)."""
 
-    def __init__(self, files: int, total_bytes: int | None, *, enabled: bool) -> None:
+    def __init__(
+        self,
+        files: int,
+        total_bytes: int | None,
+        *,
+        enabled: bool,
+        on_outcome: Callable[[TransferResult | FtransferError], None] | None = None,
+    ) -> None:
         self._enabled = enabled
+        self._on_outcome = on_outcome
         self._bar: Any = None
         self._overall: Any = None
         if enabled and files > 1:
@@ -63,14 +74,20 @@ class Bars(Progress):
             self._bar.close()
             self._bar = None
 
-    def write(self, line: str) -> None:
-        """A line of text on stderr, above the bars if they are drawn."""
+    def file_outcome(self, outcome: TransferResult | FtransferError) -> None:
+        if self._on_outcome is not None:
+            self._on_outcome(outcome)
+
+    def write(self, line: str, out: TextIO | None = None) -> None:
+        """A line of text on ``out`` (default stderr), above the bars if they are
+        drawn (tqdm clears them from the terminal, writes, and draws them again)."""
+        out = sys.stderr if out is None else out
         if self._enabled:
             from tqdm import tqdm
 
-            tqdm.write(line, file=sys.stderr)
+            tqdm.write(line, file=out)
         else:
-            sys.stderr.write(line + "\n")
+            out.write(line + "\n")
 
     def close(self) -> None:
         self.file_done()

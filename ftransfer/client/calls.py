@@ -24,7 +24,15 @@ from collections.abc import Callable, Generator, Sequence
 
 from .._records import Record
 from ..config import ClientConfig
-from ..errors import Exists, FtransferError, NotFound, NotSupported, UsageError
+from ..errors import (
+    Exists,
+    FtransferError,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    NotSupported,
+    UsageError,
+)
 from ..proto.tcp import events as ev
 from ..storage.entry import Entry
 from .local import FileSink, LocalFile, MemorySink, Sink, StreamSink, local_label
@@ -194,6 +202,8 @@ class Calls:
         no_clobber: bool,
         progress: Progress | None,
     ) -> Call[TransferResult]:
+        if remote.endswith("/"):
+            yield from self._refuse_directory(remote)
         plan = Download(remote, local, no_clobber)
         if self.url.scheme == "tcp":
 
@@ -217,6 +227,16 @@ class Calls:
         )
         yield RunUdp(call=udp)
         return udp.outcome(plan.local)
+
+    def _refuse_directory(self, remote: str) -> Call[None]:
+        """A name ending in '/' names a directory, which get cannot fetch: ask the
+        server what it is, for the precise refusal (a file: the server's "not a
+        directory"; a missing name: not found). TFTP cannot ask."""
+        if self.url.scheme == "tftp":
+            raise UsageError(f"{remote}: a name ending in '/' is a directory; get fetches a file")
+        if (yield from self.stat(remote)).is_dir:
+            raise IsADirectory(f"{self.url.address}: {remote}: is a directory (get fetches a file)")
+        raise NotADirectory(f"{self.url.address}: {remote}: not a directory")
 
     # ---- uploads ----------------------------------------------------------------------
 
@@ -246,17 +266,23 @@ class Calls:
                     lambda logic: logic.put_many(items, exclusive=no_clobber, progress=progress)
                 )
                 assert isinstance(result, list)
+                if progress is not None:
+                    for done in result:
+                        progress.file_outcome(done)
                 return result
             outcomes: list[TransferResult | FtransferError] = []
             for source, target in zip(opened, targets, strict=True):
                 try:
                     if isinstance(source, FtransferError):
                         raise source
-                    outcomes.append(
-                        (yield from self._put_one(source, target, no_clobber, progress))
+                    outcome: TransferResult | FtransferError = yield from self._put_one(
+                        source, target, no_clobber, progress
                     )
                 except FtransferError as exc:
-                    outcomes.append(exc)
+                    outcome = exc
+                outcomes.append(outcome)
+                if progress is not None:
+                    progress.file_outcome(outcome)
             return outcomes
         finally:
             for source in opened:
@@ -291,8 +317,8 @@ class Download:
     """Where one download goes, decided before it starts."""
 
     def __init__(self, remote: str, local: PathLike | int | None, no_clobber: bool) -> None:
-        if not remote or remote.endswith("/"):
-            raise UsageError(f"{remote or '/'}: get needs a remote file, not a directory")
+        if not remote.rstrip("/"):
+            raise UsageError("get needs a remote file, not the root directory")
         self.remote, self.no_clobber = remote, no_clobber
         self.fd: int | None = None
         self.target: str | None = None

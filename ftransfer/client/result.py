@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins
 
 from .._records import Record
+from ..errors import FtransferError
 from ..storage.entry import Entry, EntryKind
 
 
@@ -101,3 +102,8 @@ class Progress:
 
     def file_done(self) -> None:
         """The file's transfer ended (well or not)."""
+
+    def file_outcome(self, outcome: TransferResult | FtransferError) -> None:
+        """``put_many``: one file's outcome, once per file: as soon as it is known
+        over UDP and TFTP (one request per file), at the end of the pipelined batch
+        over TCP. A failure is passed here, not raised."""

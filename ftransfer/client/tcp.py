@@ -15,8 +15,9 @@ What the logic does:
 - HELLO is written without waiting; the first request follows in the same round
   trip, and the answer to HELLO is read with the first reply, within a short
   deadline (ten connect round trips, at least half a second): a TCP service that
-  is not ftransfer and says nothing is then a protocol error at once, not a
-  timeout a minute later.
+  is not ftransfer is a protocol error (exit 8) at once, not a timeout a minute
+  later, whether it says nothing, sends bytes that are no frame (a banner, an
+  HTTP answer) or hangs up without answering.
 - ``put_many`` pipelines: PUT, DATA and END for every file back to back, reading
   whatever replies have arrived between frames without waiting, so N small files
   cost one round trip, and a refusal stops its file's bytes at the next frame
@@ -219,7 +220,7 @@ class TcpLogic:
         has arrived. The first event read is the answer to HELLO, checked here."""
         yield from self._writes()
         while True:
-            event = self.conn.next_event()
+            event = self._decode(self.conn.next_event)
             if isinstance(event, ev.NeedData):
                 large = self.conn.in_file
                 if not block:
@@ -229,7 +230,7 @@ class TcpLogic:
                 else:
                     data = yield from self._read(large)
                 assert isinstance(data, memoryview)
-                self.conn.receive_data(data)  # an empty read is the end of the stream
+                self._decode(self.conn.receive_data, data)
                 continue
             if isinstance(event, ev.FileData) and sink is not None:
                 try:
@@ -242,6 +243,16 @@ class TcpLogic:
                 continue
             return event
 
+    def _decode(self, step: Callable[..., T], *args: object) -> T:
+        """One step of the core (bytes in, or the next event out). Before the answer
+        to HELLO, bytes that break the protocol mean another kind of service."""
+        try:
+            return step(*args)
+        except RemoteProtocolError as exc:
+            if self._hello_answered:
+                raise
+            raise RemoteProtocolError(f"{self.server} does not speak ftransfer: {exc}") from None
+
     def _read(self, large: bool) -> Generator[Effect, object, object]:
         if self._hello_answered:
             return (yield Read(large=large))
@@ -253,12 +264,22 @@ class TcpLogic:
                 f"{self.server} did not answer HELLO within {seconds:.1f} s: "
                 "it does not speak ftransfer (or it is stuck)"
             ) from None
+        except ConnectionFailed:  # reset: it closed without reading what we sent
+            raise self._closed_before_hello() from None
+
+    def _closed_before_hello(self) -> RemoteProtocolError:
+        """An ftransfer server answers HELLO (a busy one with an ERROR) before it
+        closes; a service that accepts and hangs up without a word is another kind."""
+        return RemoteProtocolError(
+            f"{self.server} closed the connection without answering HELLO: "
+            "it does not speak ftransfer"
+        )
 
     def _check_hello(self, event: ev.Event | ev.ConnectionClosed) -> None:
         if isinstance(event, ev.Failed):
             raise self._error(event)
         if isinstance(event, ev.ConnectionClosed):
-            raise ConnectionFailed(f"{self.server} closed the connection at once")
+            raise self._closed_before_hello()
         assert isinstance(event, ev.HelloAccepted)  # the core allows nothing else
         if event.version != PROTOCOL_VERSION:
             raise UnsupportedVersion(f"{self.server} chose unsupported version {event.version}")

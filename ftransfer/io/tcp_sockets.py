@@ -69,7 +69,7 @@ def connect_blocking(host: str, port: int, *, timeout_s: float) -> tuple[_socket
             sock.connect(address)
         except TimeoutError:
             sock.close()
-            raise TransferTimeout(f"connecting to {host}:{port} timed out") from None
+            raise TransferTimeout(f"connecting to {_address(host, port)} timed out") from None
         except OSError as exc:
             sock.close()
             error = exc
@@ -82,7 +82,12 @@ def _connect_error(host: str, port: int, exc: OSError) -> FtransferError:
     if isinstance(exc, _socket.gaierror):
         return ConnectionFailed(f"cannot resolve {host!r}: {exc.strerror}")
     reason = exc.strerror or str(exc)
-    return ConnectionFailed(f"cannot connect to {host}:{port}: {reason}")
+    return ConnectionFailed(f"cannot connect to {_address(host, port)}: {reason}")
+
+
+def _address(host: str, port: int) -> str:
+    """``host:port``, IPv6 in brackets (``[::1]:9021``), as the user writes it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _lost(exc: OSError) -> ConnectionFailed:
@@ -242,7 +247,7 @@ class AsyncSocket:
                     sock.close()
                     raise
         except TimeoutError:
-            raise TransferTimeout(f"connecting to {host}:{port} timed out") from None
+            raise TransferTimeout(f"connecting to {_address(host, port)} timed out") from None
         except OSError as exc:
             raise _connect_error(host, port, exc) from None
         return cls(sock, idle_timeout_s), loop.time() - started

@@ -73,7 +73,8 @@ def open_udp_socket(host: str, port: int, *, connect: bool) -> socket.socket:
     except OSError as exc:
         sock.close()
         verb = "reach" if connect else "listen on"
-        raise ConnectionFailed(f"cannot {verb} udp {host}:{port}: {exc.strerror}") from None
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
+        raise ConnectionFailed(f"cannot {verb} udp {where}: {exc.strerror}") from None
     sock.setblocking(False)
     return sock
 
