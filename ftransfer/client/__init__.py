@@ -33,6 +33,7 @@ from ..errors import FtransferError, UsageError
 from ..storage.entry import Entry, EntryKind
 from ..storage.names import escape
 from .calls import STDOUT, Call, Calls, PathLike, RunTcp, RunTftp, RunUdp
+from .drive import drive, drive_async
 from .result import Progress, Stat, TransferResult, TransferStats
 from .urls import Url, format_address, parse_url
 
@@ -105,19 +106,7 @@ class Client(_Base):
 
     def _run(self, call: Call[T]) -> T:
         """Carry out what ``call`` asks for, on blocking sockets."""
-        answer: object = None
-        error: BaseException | None = None
-        while True:
-            try:
-                request = call.throw(error) if error is not None else call.send(answer)
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
-            error = None
-            try:
-                answer = self._perform(request)
-            except BaseException as exc:  # back into the call, which cleans up
-                error = exc
+        return drive(call, self._perform)
 
     def _perform(self, request: RunTcp | RunUdp | RunTftp) -> object:
         if isinstance(request, RunUdp):
@@ -236,19 +225,7 @@ class AsyncClient(_Base):
 
     async def _run(self, call: Call[T]) -> T:
         async with self._lock:
-            answer: object = None
-            error: BaseException | None = None
-            while True:
-                try:
-                    request = call.throw(error) if error is not None else call.send(answer)
-                except StopIteration as stop:
-                    result: T = stop.value
-                    return result
-                error = None
-                try:
-                    answer = await self._perform(request)
-                except BaseException as exc:  # back into the call, which cleans up
-                    error = exc
+            return await drive_async(call, self._perform)
 
     async def _perform(self, request: RunTcp | RunUdp | RunTftp) -> object:
         if isinstance(request, RunUdp):

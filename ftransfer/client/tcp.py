@@ -51,6 +51,7 @@ from ..io.tcp_sockets import AsyncSocket, BlockingSocket, ReadTimedOut
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import Connection, Role, StreamState
 from ..storage.entry import Entry, EntryKind
+from .drive import drive, drive_async
 from .local import LocalFile, Sink, local_label
 from .result import Progress, Stat, TransferResult
 
@@ -93,19 +94,7 @@ Op = Generator[Effect, object, "T"]
 
 def run_sync(sock: BlockingSocket, op: Op[T]) -> T:
     """Carry out ``op``'s requests on a blocking socket; its result."""
-    answer: object = None
-    error: BaseException | None = None
-    while True:
-        try:
-            effect = op.throw(error) if error is not None else op.send(answer)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
-        error = None
-        try:
-            answer = _perform_sync(sock, effect)
-        except BaseException as exc:  # into the logic, which cleans up and re-raises
-            error = exc
+    return drive(op, lambda effect: _perform_sync(sock, effect))
 
 
 def _perform_sync(sock: BlockingSocket, effect: Effect) -> object:
@@ -124,19 +113,7 @@ def _perform_sync(sock: BlockingSocket, effect: Effect) -> object:
 
 async def run_async(sock: AsyncSocket, op: Op[T]) -> T:
     """Carry out ``op``'s requests on the running asyncio loop; its result."""
-    answer: object = None
-    error: BaseException | None = None
-    while True:
-        try:
-            effect = op.throw(error) if error is not None else op.send(answer)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
-        error = None
-        try:
-            answer = await _perform_async(sock, effect)
-        except BaseException as exc:  # into the logic, which cleans up and re-raises
-            error = exc
+    return await drive_async(op, lambda effect: _perform_async(sock, effect))
 
 
 async def _perform_async(sock: AsyncSocket, effect: Effect) -> object:
