@@ -1,0 +1,89 @@
+"""How the real server (a subprocess) ends a TCP connection it cannot go on with:
+one ERROR frame with the code and the reason, at a frame boundary, then the close.
+
+The cases themselves are tested on the sans-IO core in test_tcp_session.py; here
+each goes through the real socket, stream and session. Timeouts are configured
+tiny and the test blocks on the socket read (its own 30 s timeout is only a safety
+net): no sleeps. (The HELLO deadline's ERROR 42 is test_integration.py's
+test_slow_hello_hits_its_deadline_and_is_told_so.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import RawPeer, ServerProcess
+from test_tcp_session import BAD_AFTER_HELLO
+
+from ftransfer.proto.tcp import events as ev
+from ftransfer.proto.tcp.frames import encode
+
+HELLO = ev.HelloOffered(min_version=2, max_version=2)
+
+
+def _replies_until_closed(peer: RawPeer) -> list[ev.Event | ev.ConnectionClosed]:
+    """Every reply the server sends before it closes, parsed by a client core."""
+    wire = peer.read_until_closed()
+    peer.conn.receive_data(wire)
+    events: list[ev.Event | ev.ConnectionClosed] = []
+    while not isinstance(event := peer.conn.next_event(), ev.NeedData):
+        events.append(event)
+    peer.conn.receive_data(b"")
+    last = peer.conn.next_event()  # the close came at a frame boundary
+    assert not isinstance(last, ev.NeedData)
+    events.append(last)
+    return events
+
+
+def test_each_bad_frame_after_hello_gets_error_1_and_its_reason_before_the_close(
+    server: ServerProcess,
+) -> None:
+    for case, (bad, reason) in BAD_AFTER_HELLO.items():
+        peer = RawPeer(server.port)
+        peer.send(HELLO)
+        peer.send_raw(bad)
+        events = _replies_until_closed(peer)
+        peer.close()
+        assert isinstance(events[0], ev.HelloAccepted), case
+        assert isinstance(events[1], ev.Failed) and events[1].code == 1, (case, events)
+        assert events[1].message.startswith("protocol error: ") and reason in events[1].message
+        assert events[2:] == [ev.ConnectionClosed()], case
+    (server.root / "alive").write_bytes(b"still serving")
+    peer = RawPeer(server.port)
+    peer.send(HELLO, ev.StatRequested(path="alive"))
+    assert isinstance(peer.events()[0], ev.HelloAccepted)
+    peer.close()
+
+
+def test_an_empty_version_range_gets_error_2(server: ServerProcess) -> None:
+    peer = RawPeer(server.port)
+    peer.send_raw(encode(ev.HelloOffered(min_version=2, max_version=1)))
+    events = _replies_until_closed(peer)
+    peer.close()
+    assert len(events) == 2 and isinstance(events[0], ev.Failed), events
+    assert events[0].code == 2 and "no protocol version" in events[0].message
+    assert "2..1 is empty" in events[0].message and events[1] == ev.ConnectionClosed()
+
+
+@pytest.mark.parametrize("stalled", ["between requests", "inside an upload"])
+def test_an_idle_connection_is_told_error_42_before_the_close(
+    served: Path, tmp_path: Path, stalled: str
+) -> None:
+    srv = ServerProcess(served, "--idle-timeout", "0.3", log=tmp_path / "log")
+    try:
+        peer = RawPeer(srv.port)
+        peer.send(HELLO)
+        if stalled == "inside an upload":
+            put = ev.PutRequested(path="never", size=10, mtime_ns=-1, mode=0o644, exclusive=False)
+            peer.send(put)
+            peer.send_raw(peer.conn.start_data(3) + b"abc")  # then nothing more
+        events = _replies_until_closed(peer)  # blocks until the server gives up
+        peer.close()
+    finally:
+        assert srv.stop() == 0
+    assert isinstance(events[0], ev.HelloAccepted)
+    assert isinstance(events[1], ev.Failed) and events[1].code == 42, events
+    assert "timed out: no progress for 0.3 s" in events[1].message
+    assert events[2:] == [ev.ConnectionClosed()]
+    assert list(served.iterdir()) == []  # the upload was discarded with its temporary
