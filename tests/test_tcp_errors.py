@@ -87,3 +87,17 @@ def test_an_idle_connection_is_told_error_42_before_the_close(
     assert "timed out: no progress for 0.3 s" in events[1].message
     assert events[2:] == [ev.ConnectionClosed()]
     assert list(served.iterdir()) == []  # the upload was discarded with its temporary
+
+
+def test_a_stat_of_a_long_name_gets_its_reason_in_at_most_1024_bytes(server: ServerProcess) -> None:
+    peer = RawPeer(server.port)
+    peer.send(HELLO, ev.StatRequested(path="€" * 1365))  # 4,095 bytes, one component
+    events = list(peer.events())
+    while len(events) < 2:
+        events += peer.events()
+    peer.close()
+    refusal = events[1]
+    assert isinstance(refusal, ev.Failed) and refusal.code == 13
+    assert len(refusal.message.encode()) <= 1024 and "\ufffd" not in refusal.message
+    assert refusal.message.startswith("€€€") and "..." in refusal.message
+    assert refusal.message.endswith(": component longer than 255 bytes")
