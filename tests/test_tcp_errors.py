@@ -1,5 +1,7 @@
-"""How the real server (a subprocess) ends a TCP connection it cannot go on with:
-one ERROR frame with the code and the reason, at a frame boundary, then the close.
+"""Errors from the real server (a subprocess) over TCP: how it ends a connection it
+cannot go on with (one ERROR frame with the code and the reason, at a frame
+boundary, then the close), and the codes of a few refusals that are easy to get
+wrong (a directory moved into itself, a symlink as a move's target, drive letters).
 
 The cases themselves are tested on the sans-IO core in test_tcp_session.py; here
 each goes through the real socket, stream and session. Timeouts are configured
@@ -101,3 +103,35 @@ def test_a_stat_of_a_long_name_gets_its_reason_in_at_most_1024_bytes(server: Ser
     assert len(refusal.message.encode()) <= 1024 and "\ufffd" not in refusal.message
     assert refusal.message.startswith("€€€") and "..." in refusal.message
     assert refusal.message.endswith(": component longer than 255 bytes")
+
+
+def _answers(port: int, *requests: ev.Event) -> list[ev.Event]:
+    """The replies to ``requests`` (no uploads), one per request, in order."""
+    peer = RawPeer(port)
+    peer.send(HELLO, *requests)
+    replies: list[ev.Event] = []
+    while len(replies) < len(requests) + 1:
+        replies += [e for e in peer.events() if not isinstance(e, ev.ConnectionClosed)]
+    peer.close()
+    assert isinstance(replies[0], ev.HelloAccepted)
+    return replies[1:]
+
+
+def test_refusals_of_moves_and_drive_letters_carry_their_own_codes(server: ServerProcess) -> None:
+    (server.root / "d" / "e").mkdir(parents=True)
+    (server.root / "f").write_bytes(b"file")
+    (server.root / "to_dir").symlink_to("d")
+    replies = _answers(
+        server.port,
+        ev.MoveRequested(source="d", target="d/e"),
+        ev.MoveRequested(source="d", target="d"),
+        ev.MoveRequested(source="f", target="to_dir"),
+        ev.MoveRequested(source="d/e", target="to_dir"),
+        ev.StatRequested(path="x/C:y"),
+        ev.StatRequested(path="1:x"),
+        ev.StatRequested(path="10:30.log"),  # a colon after the second character is a name
+    )
+    codes = [r.code if isinstance(r, ev.Failed) else 0 for r in replies]
+    assert codes == [19, 19, 16, 16, 13, 13, 10], replies
+    assert "into itself" in str(replies[0]) and "symlinks are not replaced" in str(replies[2])
+    assert (server.root / "to_dir").is_symlink() and (server.root / "d" / "e").is_dir()
