@@ -12,6 +12,7 @@ test_slow_hello_hits_its_deadline_and_is_told_so.)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,28 @@ def test_refusals_of_moves_and_drive_letters_carry_their_own_codes(server: Serve
     assert codes == [19, 19, 16, 16, 13, 13, 10], replies
     assert "into itself" in str(replies[0]) and "symlinks are not replaced" in str(replies[2])
     assert (server.root / "to_dir").is_symlink() and (server.root / "d" / "e").is_dir()
+
+
+def test_a_file_that_shrinks_during_a_get_ends_in_error_and_the_connection_goes_on(
+    server: ServerProcess,
+) -> None:
+    """The client reads nothing until FILE has come, so the server is held back by
+    TCP flow control with most of 64 MiB unsent; then the file loses its content."""
+    path = server.root / "shrinks"
+    with open(path, "wb") as file:
+        file.truncate(64 << 20)  # sparse: the size is what matters
+    peer = RawPeer(server.port)
+    peer.send(HELLO, ev.GetRequested(path="shrinks"))
+    events = list(peer.events())
+    while not any(isinstance(e, ev.FileStarted) for e in events):
+        events += peer.events()
+    os.truncate(path, 1000)
+    while not isinstance(events[-1], ev.Failed | ev.FileEnded | ev.ConnectionClosed):
+        events += [e for e in peer.events() if not isinstance(e, ev.FileData)]
+    refusal = events[-1]
+    assert isinstance(refusal, ev.Failed) and refusal.code == 40, refusal  # in place of END
+    assert "changed size" in refusal.message
+    peer.send(ev.StatRequested(path="shrinks"))  # the stream is still in step
+    [stated] = peer.events()
+    assert isinstance(stated, ev.Stated) and stated.entry.size == 1000
+    peer.close()
