@@ -74,7 +74,7 @@ class TransferTable(Generic[T]):
                 self.refused += 1
                 return None
             evicted.append(self._evict(victim))
-        if self._reserved() >= self.max_total:  # (never after an eviction above)
+        if self._reserved() >= self.max_total:  # (not after an eviction above: that made room)
             victim = self._oldest_unproven(None)
             if victim is None:
                 self.refused += 1
