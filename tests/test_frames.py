@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from ftransfer.config import FRAME_HEADER_BYTES, MAX_CONTROL_BYTES, MAX_FRAME_BYTES
 from ftransfer.errors import LocalProtocolError, RemoteProtocolError
 from ftransfer.proto.tcp import events as ev
-from ftransfer.proto.tcp.frames import FrameType, decode_untrusted, encode, parse_header_untrusted
+from ftransfer.proto.tcp.frames import (
+    FrameType,
+    decode_untrusted,
+    encode,
+    parse_header_untrusted,
+    truncate_utf8,
+)
 
 DIGEST = bytes(range(16))
 ENTRY = ev.Entry(name="dir/ü name", kind=ev.EntryKind.FILE, size=12, mtime_ns=-5, mode=0o755)
@@ -149,3 +155,15 @@ def test_only_permission_bits_cross_the_wire() -> None:
     frame = encode(put)
     decoded = decode_untrusted(FrameType.PUT, frame[FRAME_HEADER_BYTES:])
     assert isinstance(decoded, ev.PutRequested) and decoded.mode == 0o755
+
+
+@given(st.text(), st.integers(min_value=0, max_value=64))
+def test_truncation_keeps_the_longest_prefix_of_whole_characters(text: str, limit: int) -> None:
+    data = text.encode("utf-8")
+    cut = truncate_utf8(text, limit)
+    assert data.startswith(cut) and len(cut) <= limit
+    cut.decode("utf-8")  # strict: never half a character
+    if len(data) > limit:
+        assert len(cut) > limit - 4  # only the character that did not fit is dropped
+    else:
+        assert cut == data

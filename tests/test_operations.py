@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from test_names import BAD_NAMES
 
 from ftransfer.checksum import digest_bytes
+from ftransfer.config import MAX_ERROR_MESSAGE_BYTES
 from ftransfer.errors import (
     Exists,
     FtransferError,
@@ -19,8 +22,12 @@ from ftransfer.errors import (
     StorageIOError,
     TooLarge,
 )
+from ftransfer.proto.events import Failed
+from ftransfer.proto.tcp.frames import encode
 from ftransfer.server.operations import Operations, Policy, Requester
+from ftransfer.storage.base import Store
 from ftransfer.storage.entry import EntryKind
+from ftransfer.storage.local import LocalStore
 from ftransfer.storage.memory import MemoryStore
 
 WHO = Requester(peer="192.0.2.7:4000", transport="tcp")
@@ -152,3 +159,41 @@ def test_one_log_line_per_request_with_who_what_and_how_it_ended(
     assert lines[3] == "192.0.2.7:4000 tcp ls /: 3 entries"
     assert lines[4].startswith("192.0.2.7:4000 tcp rm missing: refused: ")
     assert len(lines) == 5
+
+
+# ---- error messages: at most 1,024 bytes on the wire, whole characters, the reason kept ----
+
+LONG_NAMES = {
+    "one component of 1,365 euro signs": ("€" * 1365, "component longer than 255 bytes"),
+    "a 4,095-byte path of euro signs": ("/".join(["€" * 85] * 16), "no such file or directory"),
+    "a 4,047-byte path of 4-byte characters": (
+        "/".join(["\U0001f600" * 63] * 16),
+        "no such file or directory",
+    ),
+    "a control character after 2,900 bytes": (
+        "/".join(["€" * 80] * 12) + "/x\x01",
+        "control characters are not allowed",
+    ),
+    "a path over 4,096 bytes": ("€" * 2000, "name longer than 4096 bytes"),
+}
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "local"])
+@pytest.mark.parametrize("case", list(LONG_NAMES))
+def test_a_stat_of_a_long_name_is_refused_in_one_whole_frame_with_its_reason(
+    case: str, store_kind: str, tmp_path: Path
+) -> None:
+    name, reason = LONG_NAMES[case]
+    store: Store = MemoryStore() if store_kind == "memory" else LocalStore(tmp_path)
+    ops = Operations(store, Policy())
+    with pytest.raises(FtransferError) as refused:
+        ops.stat(WHO, name)
+    store.close()
+    frame = encode(Failed(code=refused.value.code, message=str(refused.value)))
+    code, text = struct.unpack(">H", frame[5:7])[0], frame[7:]
+    assert code == refused.value.code and code in (10, 13)
+    assert len(text) <= MAX_ERROR_MESSAGE_BYTES
+    message = text.decode("utf-8")  # strict: no character cut in two
+    assert message.lower().endswith(reason), message  # the name is cut, never the reason
+    if "longer than 4096" not in reason:
+        assert message.startswith(name[:40]) and "..." in message  # the name, shortened

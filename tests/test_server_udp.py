@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
+
+import pytest
 
 from ftransfer.checksum import digest_bytes
 from ftransfer.proto.tcp import events as ev
@@ -105,3 +108,72 @@ def test_a_failed_commit_reports_the_servers_digest_of_what_arrived() -> None:
     ]
     assert len(results) == 1 and results[0].code == 30
     assert results[0].digest == digest_bytes(b"abc")  # what the server got, not zeros
+
+
+def _open(
+    endpoint: ServerEndpoint, app: UdpApplication, operation: pk.Operation, size: int = 0
+) -> tuple[int, list[pk.Body]]:
+    """A validated request from PEER, handled; (its session id, what the server sent)."""
+    initial = pk.Initial(
+        nonce=11,
+        operation=operation,
+        chunk_bytes=1400,
+        window=64,
+        cookie=make_cookie(b"k" * 32, PEER, 11, 0.0),
+        size=size,
+        mtime_ns=-1,
+        path="f" if operation is pk.Operation.GET else "up",
+    )
+    endpoint.receive_datagram(pk.encode(0, initial), PEER, 0.0)
+    return _step(endpoint, app, 0.0)
+
+
+def _step(endpoint: ServerEndpoint, app: UdpApplication, now: float) -> tuple[int, list[pk.Body]]:
+    while (event := endpoint.next_event()) is not None:
+        app.handle(event)
+    packets = [pk.decode_untrusted(d) for d, to in endpoint.datagrams_to_send(now) if to == PEER]
+    accepts = [(sid, b) for sid, b in packets if isinstance(b, pk.Accept)]
+    return (accepts[0][0] if accepts else 0), [body for _sid, body in packets]
+
+
+def test_a_get_the_client_found_corrupt_ends_with_a_nonzero_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    endpoint, app, _deferred = _setup()
+    with caplog.at_level(logging.INFO, logger="ftransfer.server"):
+        session, sent = _open(endpoint, app, pk.Operation.GET)
+        assert any(isinstance(b, pk.Data) for b in sent) and session
+        ack = pk.Ack(cumulative=1, largest_tx=0, window=64, delay_us=0, ranges=())
+        endpoint.receive_datagram(pk.encode(session, ack), PEER, 0.01)
+        [fin] = [b for b in _step(endpoint, app, 0.01)[1] if isinstance(b, pk.Fin)]
+        assert fin.digest == digest_bytes(b"content")
+        mine = digest_bytes(b"c0ntent")
+        result = pk.Result(code=30, digest=mine, message="xxh3-128 mismatch")
+        endpoint.receive_datagram(pk.encode(session, result), PEER, 0.02)
+        _sid, after = _step(endpoint, app, 0.02)
+    [close] = [b for b in after if isinstance(b, pk.Close)]
+    assert close.code == 30  # not 0: the transfer failed
+    assert endpoint.session_count == 0
+    assert "udp get f: failed: xxh3-128 mismatch" in caplog.text
+
+
+@pytest.mark.parametrize("operation", [pk.Operation.PUT, pk.Operation.GET])
+def test_a_client_abort_frees_the_session_at_once_and_commits_nothing(
+    operation: pk.Operation, caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint, app, _deferred = _setup()
+    with caplog.at_level(logging.INFO, logger="ftransfer.server"):
+        session, _sent = _open(endpoint, app, operation, size=3000)
+        assert endpoint.session_count == 1
+        if operation is pk.Operation.PUT:
+            endpoint.receive_datagram(pk.encode_data(session, 0, 0, bytes(1400)), PEER, 0.01)
+            _step(endpoint, app, 0.01)
+        abort = pk.Close(code=43, message="aborted by the client")
+        endpoint.receive_datagram(pk.encode(session, abort), PEER, 0.02)
+        _sid, after = _step(endpoint, app, 0.02)
+    assert endpoint.session_count == 0  # right after, not at the give-up time
+    assert endpoint.get_timer() is None and after == []  # nothing more is sent to it
+    assert "failed: aborted by the client" in caplog.text
+    assert app.endpoint.session(session) is None
+    store = app.ops.store
+    assert isinstance(store, MemoryStore) and set(store.files()) == {"f"}  # nothing committed

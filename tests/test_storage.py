@@ -214,6 +214,17 @@ def test_both_stores_move_no_clobber_and_never_over_a_directory(store: Store) ->
     assert read(store, "other") == b"old content"
 
 
+@pytest.mark.parametrize("target", ["a", "a/", "a/b", "a/b/", "a/b/c", "a/new", "a/b/c/d/e"])
+def test_both_stores_refuse_to_move_a_directory_into_itself(store: Store, target: str) -> None:
+    store.mkdir(n("a/b"), parents=True)
+    put(store, "a/b/f", b"kept")
+    with pytest.raises(InvalidMove, match="into itself") as refused:
+        store.move(n("a"), n(target), exclusive=False)
+    assert refused.value.code == 19  # its own code, not 13 (a refused name)
+    assert read(store, "a/b/f") == b"kept"
+    assert {e.name for e in store.list(n("a"))} == {"b"}
+
+
 def test_both_stores_list_names_and_kinds(store: Store) -> None:
     entries = {e.name: e for e in store.list(n(""))}
     assert set(entries) == {"old.txt", "sub"}
@@ -261,11 +272,34 @@ def test_symlinked_files_are_refused_for_read_and_write(
 
 
 def test_moves_never_replace_a_symlink(local: LocalStore, links: Path, tmp_path: Path) -> None:
-    for name in ("out_file", "in_file", "out_dir"):
-        with pytest.raises(NotRegularFile, match="symlinks are not replaced"):
-            local.move(n("sub/inner.txt"), n(name), exclusive=False)
+    os.symlink("nowhere", links / "dangling")
+    for name in ("out_file", "in_file", "out_dir", "in_dir", "dangling"):
+        for source in ("sub/inner.txt", "old.txt"):
+            with pytest.raises(NotRegularFile, match="symlinks are not replaced") as moving:
+                local.move(n(source), n(name), exclusive=False)
+            with pytest.raises(NotRegularFile, match="symlinks") as putting:
+                local.open_write(
+                    n(name), size=1, mtime_ns=-1, mode=None, exclusive=False, limit=LIMIT
+                )
+            assert moving.value.code == putting.value.code == 16  # refused alike
         assert os.path.islink(links / name)
+    local.mkdir(n("d"), parents=False)
+    with pytest.raises(NotRegularFile, match="symlinks are not replaced"):
+        local.move(n("d"), n("in_file"), exclusive=False)  # a directory onto one, too
     assert (tmp_path / "outside.txt").read_bytes() == b"outside"
+    assert (links / "sub" / "inner.txt").read_bytes() == b"inner"
+    assert sorted(os.listdir(links / "sub")) == ["inner.txt"]  # nothing moved into in_dir
+
+
+def test_the_memory_store_never_replaces_a_special_entry_by_a_move() -> None:
+    memory = MemoryStore()
+    memory.put_file("f", b"f")
+    memory.add_special(n("link"))
+    memory.add_special(n("fifo"), EntryKind.OTHER)
+    for name, reason in [("link", "symlinks are not replaced"), ("fifo", "not a regular file")]:
+        with pytest.raises(NotRegularFile, match=reason):
+            memory.move(n("f"), n(name), exclusive=False)
+    assert memory.files() == {"f": b"f"}
 
 
 @pytest.mark.parametrize("directory", ["out_dir", "in_dir"])

@@ -6,6 +6,7 @@ with the next exchange's bytes trailing in the same read.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable
 
 import pytest
@@ -385,3 +386,64 @@ def test_a_local_protocol_error_breaks_the_connection() -> None:
         client.send(ev.FileEnded(digest=D1))  # no upload in progress
     with pytest.raises(LocalProtocolError, match="broken"):
         client.send(ev.GetRequested(path="g"))
+
+
+# ---- a bad frame after a valid HELLO: ERROR 1 with the reason, then the close -------------
+
+_PUT_HEAD = struct.Struct(">QqBH")  # size, mtime_ns, flags, mode (protocol.md, PUT)
+
+
+def _put_frame(size: int, mtime_ns: int) -> bytes:
+    payload = _PUT_HEAD.pack(size, mtime_ns, 0, 0o644) + b"f"
+    return header(FrameType.PUT, len(payload)) + payload
+
+
+BAD_AFTER_HELLO = {
+    "server-only frame": (encode(ev.Done()), "Done is not allowed while idle"),
+    "absurd length": (header(FrameType.GET, 0xFFFFFFFF), "exceeds 4194304"),
+    "control frame over 64 KiB": (header(FrameType.GET, (64 << 10) + 1), "exceeds 65536"),
+    "unknown type": (bytes([0x99]) + b"\0\0\0\0", "unknown frame type 0x99"),
+    "bad UTF-8 path": (header(FrameType.GET, 2) + b"\xff\xfe", "GET path is not valid UTF-8"),
+    "size 2^63": (_put_frame(2**63, -1), "PUT size is out of range"),
+    "mtime_ns below -1": (_put_frame(1, -2), "mtime_ns -2 is below -1"),
+    "second HELLO": (encode(HELLO), "HelloOffered is not allowed while idle"),
+    "bad frame mid-upload": (
+        _put_frame(10, -1) + header(FrameType.DATA, 3) + b"abc" + header(FrameType.GET, 1 << 30),
+        "exceeds 4194304",
+    ),
+}
+
+
+@pytest.mark.parametrize("feed", FEEDERS)
+@pytest.mark.parametrize("case", list(BAD_AFTER_HELLO))
+def test_a_bad_frame_after_hello_ends_the_connection_with_error_1_and_the_reason(
+    case: str, feed: Feeder
+) -> None:
+    bad, reason = BAD_AFTER_HELLO[case]
+    server = Connection(Role.SERVER)
+    assert feed(server, encode(HELLO)) == [HELLO]
+    wire = server.send(ACCEPT)
+    with pytest.raises(RemoteProtocolError, match=reason) as refused:
+        feed(server, bad)
+    with pytest.raises(RemoteProtocolError):
+        server.next_event()  # broken: it refuses more work
+    wire += server.close_with_error(1, f"protocol error: {refused.value}")  # a frame boundary
+    client = Connection(Role.CLIENT)
+    client.send(HELLO)
+    client.receive_data(wire)
+    events = drain(client)
+    assert events[0] == ACCEPT and len(events) == 2
+    assert isinstance(events[1], ev.Failed) and events[1].code == 1
+    assert reason in events[1].message
+
+
+def test_mtime_ns_minus_one_is_the_servers_clock_and_an_earlier_time_is_sent_as_it() -> None:
+    client = Connection(Role.CLIENT)
+    client.send(HELLO)
+    server = Connection(Role.SERVER)
+    for sent, received in [(-1, -1), (0, 0), (-2_000_000_000, -1)]:
+        put = ev.PutRequested(path="f", size=0, mtime_ns=sent, mode=0o644, exclusive=False)
+        wire = client.send(put) + client.send(ev.FileEnded(digest=D1))
+        events = feed_whole(server, (encode(HELLO) if sent == -1 else b"") + wire)
+        [got] = [e for e in events if isinstance(e, ev.PutRequested)]
+        assert got.mtime_ns == received  # before 1970 cannot be carried: the server's clock

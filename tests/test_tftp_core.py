@@ -481,8 +481,9 @@ def test_a_tsize_of_many_digits_is_read_not_ignored() -> None:
     refuses it before any data), not as "no tsize" (which let it dodge the limit)."""
     params, accepted = negotiate({"tsize": str(2**41)}, Limits(), write=True, file_size=None)
     assert params.tsize == 2**41 and accepted == {"tsize": str(2**41)}
-    huge = "9" * 21  # more digits than any 64-bit size: ignored like a malformed option
-    assert negotiate({"tsize": huge}, Limits(), write=True, file_size=None)[0].tsize is None
+    huge = "9" * 21  # more digits than any 64-bit size: larger than any limit
+    assert negotiate({"tsize": huge}, Limits(), write=True, file_size=None)[0].tsize == 2**64
+    assert negotiate({"tsize": huge}, Limits(), write=False, file_size=5)[0].tsize is None
 
 
 def test_an_abort_tells_only_a_peer_that_proved_its_address() -> None:
@@ -513,3 +514,34 @@ def test_accepting_a_final_block_that_never_came_is_a_local_error() -> None:
     with pytest.raises(LocalProtocolError, match="stored"):
         r.accept_final(0.1)
     assert r.state is State.ERROR and r.finished
+
+
+@pytest.mark.parametrize("window", [None, "64"])
+def test_a_10_byte_rrq_costs_one_516_byte_reply_until_the_peer_acks(window: str | None) -> None:
+    """The amplification floor (protocol.md T3): the smallest RRQ gets one block, and
+    nothing more (no retransmission, not even an ERROR at the give-up) until an ACK
+    from the peer's address; windowsize changes nothing before that."""
+    options = {} if window is None else {"windowsize": window}
+    wire = encode_request(Request(write=False, filename="f", mode="octet", options=options))
+    request = parse_untrusted(wire)
+    assert isinstance(request, Request)
+    params, accepted = negotiate(request.options, Limits(), write=False, file_size=100_000)
+    oack = encode_oack(accepted) if accepted else None
+    body = bytes(range(256)) * 400
+    core = BlockSender(io.BytesIO(body).read, CLIENT, params, now=0.0, give_up_s=5.0, oack=oack)
+    sent = [d for d, _to in core.datagrams_to_send(0.0)]
+    now = 0.0
+    while (deadline := core.get_timer()) is not None:
+        now = deadline
+        core.handle_timer(now)
+        sent += [d for d, _to in core.datagrams_to_send(now)]
+    assert len(sent) == 1 and core.finished and now >= 5.0
+    if window is None:
+        assert len(wire) == 10 and len(sent[0]) == 516  # 51.6x, once
+    else:
+        assert parse_untrusted(sent[0]) == OptionAck(options={"windowsize": "64"})
+        assert len(sent[0]) <= 2 * len(wire)  # an OACK is about the size of the request
+    proven = BlockSender(io.BytesIO(body).read, CLIENT, params, now=0.0, give_up_s=5.0, oack=oack)
+    proven.datagrams_to_send(0.0)
+    proven.receive_datagram(encode_ack(1 if window is None else 0), CLIENT, 0.01)
+    assert len(proven.datagrams_to_send(0.01)) == (1 if window is None else 64)  # then it flows

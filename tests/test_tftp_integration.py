@@ -345,7 +345,11 @@ def test_unanswered_request_gets_one_reply_and_no_retransmission(served: Path) -
 
 
 def _flood(port: int, count: int, *, prove: bool) -> tuple[list[socket.socket], dict[str, int]]:
-    """``count`` requests from as many ports; ``prove`` acks each DATA 1 at once."""
+    """``count`` requests from as many ports; ``prove`` acks each DATA 1 and waits
+    for DATA 2 before the next request: the transfer has then handled the ACK, so it
+    counts as proven whatever the scheduling of the server's threads (acking without
+    waiting let the next request evict a transfer whose thread had not yet read its
+    ACK: {'data': 14, 'busy': 16} once on a busy machine)."""
     sockets, answers = [], {"data": 0, "busy": 0}
     for _ in range(count):
         sock = raw_socket()
@@ -360,6 +364,9 @@ def _flood(port: int, count: int, *, prove: bool) -> tuple[list[socket.socket], 
             answers["data"] += 1
             if prove:
                 sock.sendto(encode_ack(1), tid)
+                assert parse_untrusted(sock.recvfrom(70000)[0]) == Data(
+                    block=2, payload=payload(100_000)[512:1024]
+                )
         else:
             assert isinstance(packet, Error) and "busy" in packet.message, packet
             answers["busy"] += 1
@@ -367,8 +374,9 @@ def _flood(port: int, count: int, *, prove: bool) -> tuple[list[socket.socket], 
 
 
 def test_session_cap_holds_against_a_flood_of_proven_peers(served: Path) -> None:
+    """The wiring of the cap (the rule itself: test_tftp_slots.py)."""
     (served / "f").write_bytes(payload(100_000))
-    server = start(served, "--tftp-max-sessions", "6", "--tftp-give-up", "30")
+    server = start(served, "--tftp-max-sessions", "6", "--tftp-give-up", "120")
     sockets, answers = _flood(server.tftp_port, 30, prove=True)
     try:
         assert answers == {"data": 6, "busy": 24}
@@ -439,3 +447,43 @@ def test_operator_caps_lower_what_a_client_asks_for(served: Path) -> None:
 def test_url_port_defaults_to_69_and_ipv6_brackets_parse() -> None:
     assert parse_url("tftp://host/a/b") == Url(scheme="tftp", host="host", port=69, path="a/b")
     assert parse_url("tftp://[::1]:6969/x") == Url(scheme="tftp", host="::1", port=6969, path="x")
+
+
+def test_evicted_and_shut_down_transfers_send_nothing_to_peers_that_never_answered(
+    served: Path,
+) -> None:
+    """20 requests never acked, 6 slots: 14 transfers are evicted, 6 end at shutdown.
+    Once the server has exited every datagram it sent has arrived (loopback), so
+    each socket holding only its one DATA 1 proves nothing else was ever sent."""
+    (served / "f").write_bytes(payload(100_000))
+    server = start(served, "--tftp-max-sessions", "6", "--tftp-give-up", "120")
+    sockets, answers = _flood(server.tftp_port, 20, prove=False)
+    try:
+        assert answers == {"data": 20, "busy": 0}
+    finally:
+        assert server.stop() == 0
+    try:
+        for sock in sockets:
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recvfrom(70000)  # no ERROR "evicted", no "shutting down"
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.mark.parametrize("tsize", [str(2**41), "9" * 25])
+def test_a_wrq_announcing_more_than_the_limit_is_refused_with_error_3(
+    served: Path, tsize: str
+) -> None:
+    server = start(served)  # the default limit is 1 TiB
+    try:
+        packet, _source = ask(
+            server.tftp_port,
+            Request(write=True, filename="big", mode="octet", options={"tsize": tsize}),
+        )
+    finally:
+        assert server.stop() == 0
+    assert isinstance(packet, Error) and packet.code == ErrorCode.DISK_FULL, packet
+    assert "exceeds the limit" in packet.message
+    assert list(served.iterdir()) == []

@@ -657,7 +657,7 @@ def _bbr_after_rtts(rtts: list[float]) -> Bbr:
         rtt.on_sample(sample)
         delivered += 14_000
         rate = RateSample(delivery_rate=12.5e6, prior_delivered=delivered, app_limited=False)
-        now = i * 0.001
+        now = i * 0.0001
         bbr.on_ack(now=now, acked=14_000, delivered=delivered, inflight=10**6, sample=rate, rtt=rtt)
         bbr.on_loss(now=now, lost=1400, inflight=10**6, rtt=rtt)
     return bbr
@@ -675,3 +675,131 @@ def test_bbr_takes_a_standing_queue_for_congestion_and_jitter_not(base: float) -
     assert _bbr_after_rtts(jitter)._inflight_cap is None
     queue = [base] * 40 + [base + 0.010] * 40
     assert _bbr_after_rtts(queue)._inflight_cap is not None
+
+
+# ---- limits a validated request is held to, at their edges ----------------------------------
+
+
+def _patched(datagram: bytes, offset: int, replacement: bytes, *, drop: int = 0) -> bytes:
+    """``datagram`` with bytes at ``offset`` replaced (and ``drop`` bytes of padding
+    cut off its end), its check recomputed: a peer that does not use our encoder."""
+    from ftransfer.checksum import datagram_check
+
+    head = datagram[: -pk.CHECK.size]
+    head = head[:offset] + replacement + head[offset + len(replacement) :]
+    head = head[: len(head) - drop]
+    return head + pk.CHECK.pack(datagram_check(head))
+
+
+def _answer(endpoint: ServerEndpoint, datagram: bytes) -> pk.Accept | None:
+    address = ("10.0.0.1", 7)
+    endpoint.receive_datagram(datagram, address, now=0.0)
+    request = endpoint.next_event()
+    if isinstance(request, RequestReceived):
+        endpoint.accept(request, size=10, mtime_ns=0, now=0.0, read_chunk=lambda o, n: bytes(n))
+    sent = endpoint.datagrams_to_send(0.0)
+    if not sent:
+        return None
+    body = pk.decode_untrusted(sent[0][0])[1]
+    assert isinstance(body, pk.Accept)
+    return body
+
+
+@pytest.mark.parametrize(("chunk", "code"), [(511, 1), (512, 0), (65000, 0), (65001, 1)])
+def test_the_chunk_size_is_refused_outside_512_to_65000_and_taken_inside(
+    chunk: int, code: int
+) -> None:
+    endpoint = _endpoint()
+    accept = _answer(endpoint, _validated(endpoint, ("10.0.0.1", 7), chunk_bytes=chunk))
+    assert accept is not None and accept.code == code
+    if code:
+        assert "chunk size must be from 512 to 65000" in accept.message
+    else:
+        assert accept.chunk_bytes == chunk  # never more than the client asked for
+
+
+MTIME_OFFSET = pk.HEADER.size + 16 + 20 + 8  # INITIAL: nonce..cookie_len, cookie, size
+
+
+def test_an_mtime_below_minus_one_is_refused_and_never_sent() -> None:
+    endpoint = _endpoint()
+    address = ("10.0.0.1", 7)
+    datagram = _validated(endpoint, address, operation=pk.Operation.PUT, size=10)
+    assert pk.decode_untrusted(datagram)[1].mtime_ns == -1  # type: ignore[union-attr]
+    forged = _patched(datagram, MTIME_OFFSET, (-2).to_bytes(8, "big", signed=True))
+    assert pk.decode_untrusted(forged)[1].mtime_ns == -2  # type: ignore[union-attr]
+    accept = _answer(endpoint, forged)
+    assert accept is not None and accept.code == 1 and "mtime_ns -2 is below -1" in accept.message
+    before_1970 = _validated(endpoint, address, operation=pk.Operation.PUT, mtime_ns=-(10**9))
+    assert pk.decode_untrusted(before_1970)[1].mtime_ns == -1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("cut", "answered"), [(0, True), (1, False)])
+def test_an_initial_must_be_1200_bytes_to_be_answered(cut: int, answered: bool) -> None:
+    endpoint = _endpoint()
+    datagram = _validated(endpoint, ("10.0.0.1", 7))
+    assert len(datagram) == pk.MIN_INITIAL_BYTES
+    trimmed = _patched(datagram, 0, b"", drop=cut)
+    assert len(trimmed) == pk.MIN_INITIAL_BYTES - cut
+    assert (_answer(endpoint, trimmed) is not None) is answered
+    assert endpoint.stats.short_initials == int(not answered)
+
+
+# ---- the receiver's acknowledgement cadence -------------------------------------------------
+
+
+def _acks_for(batches: list[list[int]], *, chunks: int = 100) -> list[pk.Ack]:
+    """Chunks delivered in batches (each batch read together, as the driver reads a
+    socket), ``datagrams`` called once after each batch, 0.1 ms apart (well within
+    the 5 ms ack delay)."""
+    session = Session(
+        session_id=1,
+        size=chunks * 1400,
+        sending=False,
+        config=SessionConfig(chunk_bytes=1400, window=4096, give_up_s=5),
+        now=0.0,
+    )
+    acks: list[pk.Ack] = []
+    for i, batch in enumerate(batches):
+        now = i * 0.0001
+        for seq in batch:
+            session.receive_data(seq, seq, memoryview(bytes(1400)), now)
+        for datagram in session.datagrams(now):
+            body = pk.decode_untrusted(datagram)[1]
+            assert isinstance(body, pk.Ack)
+            acks.append(body)
+    return acks
+
+
+def test_in_order_chunks_are_acked_every_8_and_a_batch_once() -> None:
+    one_by_one = _acks_for([[seq] for seq in range(64)])
+    assert [a.cumulative for a in one_by_one] == [8, 16, 24, 32, 40, 48, 56, 64]
+    in_one_batch = _acks_for([list(range(64))])
+    assert [a.cumulative for a in in_one_batch] == [64]  # one ACK per batch read
+    in_batches_of_16 = _acks_for([list(range(i, i + 16)) for i in range(0, 64, 16)])
+    assert [a.cumulative for a in in_batches_of_16] == [16, 32, 48, 64]
+
+
+def test_fewer_than_8_chunks_are_acked_5_ms_after_the_first() -> None:
+    session = Session(
+        session_id=1,
+        size=100 * 1400,
+        sending=False,
+        config=SessionConfig(chunk_bytes=1400, window=4096, give_up_s=5),
+        now=0.0,
+    )
+    for seq in range(3):
+        session.receive_data(seq, seq, memoryview(bytes(1400)), 0.001 * seq)
+        assert session.datagrams(0.001 * seq) == []
+    assert session.get_timer() == pytest.approx(0.005)
+    [ack] = [pk.decode_untrusted(d)[1] for d in session.datagrams(0.005)]
+    assert isinstance(ack, pk.Ack) and ack.cumulative == 3 and ack.delay_us == 5000
+
+
+def test_a_gap_a_filled_gap_and_a_duplicate_are_acked_at_once() -> None:
+    acks = _acks_for([[0], [2], [1], [1], [3]])
+    assert [(a.cumulative, a.ranges) for a in acks] == [
+        (1, ((2, 3),)),  # chunk 2 opened a gap
+        (3, ()),  # chunk 1 filled it
+        (3, ()),  # a duplicate of chunk 1
+    ]  # chunk 3: in order, the first of the next 8: no ACK yet

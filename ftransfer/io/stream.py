@@ -10,8 +10,9 @@ NEED_DATA); then reading resumes. That pause is also the receive-side backpressu
 a consumer that does not keep up stops the socket being read, and TCP flow control
 slows the peer. While a file streams in, a *data sink* (``set_data_sink``) takes
 the bytes inside the protocol callback itself: no pause and no task switch per read.
-The buffer is small between files and a large one borrowed from a pool while a
-file's bytes arrive (buffers.py: memory bounded by what streams now).
+The buffer is small between files (mapped at the first read, unmapped when the
+connection is lost) and a large one borrowed from a pool while a file's bytes
+arrive (buffers.py: memory bounded by what is open and streaming now).
 
 Sending: frames are *corked*: queued, and handed to the transport in one write at
 the end of the current event-loop iteration (a ``call_soon`` scheduled by the first
@@ -46,7 +47,7 @@ from ..config import CORK_BYTES, WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES
 from ..errors import ConnectionFailed, FtransferError, TransferTimeout
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import Connection
-from .buffers import SMALL_BUFFER_BYTES, BufferPool, LargeBuffer
+from .buffers import SMALL_BUFFER_BYTES, BufferPool, MappedBuffer
 from .files import DataSink, SendfileFrame, SinkFailed, file_frames, new_scratch
 
 TYPE_CHECKING = False
@@ -75,9 +76,9 @@ class FrameStream(asyncio.BufferedProtocol):
         self._mid_frame = False
         self._stash: ev.Event | ev.NeedData | ev.ConnectionClosed | FtransferError | None = None
         self._scratch: bytearray | None = None
-        self._small = memoryview(bytearray(SMALL_BUFFER_BYTES))
-        self._large: LargeBuffer | None = None
-        self._view = self._small
+        self._small: MappedBuffer | None = None
+        self._large: MappedBuffer | None = None
+        self._view = memoryview(b"")
         self._transport: asyncio.Transport | None = None
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
@@ -133,7 +134,9 @@ class FrameStream(asyncio.BufferedProtocol):
             self._view = self._large.view
         else:
             self._return_large()
-            self._view = self._small
+            if self._small is None:  # on the first read: a socket that sends nothing costs none
+                self._small = MappedBuffer(SMALL_BUFFER_BYTES)
+            self._view = self._small.view
         return self._view
 
     def _return_large(self) -> None:
@@ -169,6 +172,9 @@ class FrameStream(asyncio.BufferedProtocol):
         if self._watchdog is not None:
             self._watchdog.cancel()
         self._return_large()
+        if self._small is not None:
+            self._small.release()  # unmapped: its pages go back to the system now
+            self._small = None
         self._readable.set()
         self._writable.set()
 

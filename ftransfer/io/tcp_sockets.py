@@ -37,7 +37,7 @@ import select
 import time
 
 from ..errors import ConnectionFailed, FtransferError, TransferTimeout
-from .buffers import LARGE_BUFFER_BYTES, SMALL_BUFFER_BYTES, LargeBuffer
+from .buffers import LARGE_BUFFER_BYTES, SMALL_BUFFER_BYTES, MappedBuffer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -99,13 +99,13 @@ class _Buffers:
 
     def __init__(self) -> None:
         self._small = memoryview(bytearray(SMALL_BUFFER_BYTES))
-        self._large: LargeBuffer | None = None
+        self._large: MappedBuffer | None = None
 
     def get(self, large: bool) -> memoryview:
         if not large:
             return self._small
         if self._large is None:
-            self._large = LargeBuffer(LARGE_BUFFER_BYTES)
+            self._large = MappedBuffer(LARGE_BUFFER_BYTES)
         return self._large.view
 
     def release(self) -> None:

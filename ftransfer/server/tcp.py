@@ -82,6 +82,17 @@ def take_batch(entries: Iterator[Entry], budget: int) -> list[ev.Entry]:
     return batch
 
 
+def version_problem(offer: ev.HelloOffered) -> str:
+    """The reason of the ERROR 2 for a HELLO this server cannot speak."""
+    offered = f"{offer.min_version}..{offer.max_version}"
+    if offer.min_version > offer.max_version:
+        return f"the client offered no protocol version (the range {offered} is empty)"
+    return (
+        f"this server speaks protocol version {PROTOCOL_VERSION}, the client offered "
+        f"{offered}: upgrade the older side"
+    )
+
+
 class TcpSession:
     """One client connection: reads requests, answers each in order."""
 
@@ -131,13 +142,7 @@ class TcpSession:
             return False  # a clean close before HELLO; anything else raised already
         version = negotiate_version(event)
         if version is None:
-            offered = f"{event.min_version}..{event.max_version}"
-            self._fail(
-                UnsupportedVersion(
-                    f"this server speaks protocol version {PROTOCOL_VERSION}, the client "
-                    f"offered {offered}: upgrade the older side"
-                )
-            )
+            self._fail(UnsupportedVersion(version_problem(event)))
             return False
         self.stream.send(
             ev.HelloAccepted(

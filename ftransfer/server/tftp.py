@@ -23,8 +23,8 @@ spoofed request must cost as little as the protocol allows.
   protocol's: the first DATA to an RRQ without options, 516 bytes for the
   smallest RRQ of 10 bytes (51.6x), sent once.
 - Transfers are capped per address and in all. When the table is full, the oldest
-  transfer whose peer never answered is evicted first (a SYN-cache policy), so a
-  spoofed flood cannot lock real clients out for long.
+  transfer whose peer never answered is evicted first (a SYN-cache policy, in
+  slots.py), so a spoofed flood cannot lock real clients out for long.
 
 Uploads are decoded (netascii), hashed and written as blocks arrive; the final ACK
 is sent only after the atomic commit, so a client is told "done" only for a file
@@ -34,7 +34,6 @@ xxh3-128 of what was committed, and a client that sent tsize has its size checke
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import socket
@@ -62,6 +61,7 @@ from ..proto.tftp.packets import (
 )
 from ..proto.tftp.transfer import DEFAULT_TIMEOUT_S, Address, BlockReceiver, BlockSender
 from .operations import Download, Operations, Requester, Upload, format_peer
+from .slots import TransferTable
 
 logger = logging.getLogger("ftransfer.tftp")
 
@@ -261,11 +261,11 @@ class TftpService:
         self.address = sock.getsockname()
         self.host = str(self.address[0])
         self.stop = threading.Event()
-        self.refused = 0
-        self.evicted = 0
         self._lock = threading.Lock()
-        self._transfers: dict[Address, _Transfer] = {}
-        self._per_host: collections.Counter[str] = collections.Counter()
+        self._table: TransferTable[_Transfer] = TransferTable(
+            max_total=config.tftp_max_sessions,
+            max_per_host=config.tftp_max_sessions_per_address,
+        )
         self._pump = DatagramPump(sock, self._on_datagram, lambda: None, lambda: None)
 
     @property
@@ -275,7 +275,15 @@ class TftpService:
     @property
     def active(self) -> int:
         with self._lock:
-            return len(self._transfers)
+            return len(self._table)
+
+    @property
+    def refused(self) -> int:
+        return self._table.refused
+
+    @property
+    def evicted(self) -> int:
+        return self._table.evicted
 
     def _on_datagram(self, datagram: memoryview, address: Address) -> None:
         received = len(datagram)
@@ -288,7 +296,7 @@ class TftpService:
             self._answer(ErrorCode.ILLEGAL_OPERATION, "expected RRQ or WRQ", address, received)
             return
         with self._lock:
-            existing = self._transfers.get(address)
+            existing = self._table.get(address)
         if existing is not None:
             existing.request_repeated()
             return
@@ -302,11 +310,12 @@ class TftpService:
         try:
             transfer = _Transfer(self, packet, address, received)
         except OSError as exc:
-            self._forget_address(address)
+            with self._lock:
+                self._table.cancel(address)
             logger.warning("tftp %s: cannot open a transfer socket: %s", address, exc)
             return
         with self._lock:
-            self._transfers[address] = transfer
+            self._table.insert(transfer)
         transfer.thread.start()
 
     def _check(self, request: Request) -> tuple[int, str] | None:
@@ -317,32 +326,15 @@ class TftpService:
         return None
 
     def _admit(self, address: Address) -> bool:
-        """Reserve a slot for ``address``. Over a cap (per address, then in all), the
-        oldest transfer in that group whose peer never answered is evicted."""
+        """Reserve a slot for ``address`` (slots.py: over a cap, the oldest transfer
+        whose peer never answered is evicted); False if the request is refused."""
         with self._lock:
-            host = address[0]
-            full_host = self._per_host[host] >= self.config.tftp_max_sessions_per_address
-            if full_host and not self._evict(lambda t: t.peer[0] == host):
-                self.refused += 1
-                return False
-            full = len(self._transfers) >= self.config.tftp_max_sessions
-            if full and not self._evict(lambda t: True):
-                self.refused += 1
-                return False
-            self._per_host[host] += 1
-            return True
-
-    def _evict(self, group: Callable[[_Transfer], bool]) -> bool:
-        """End the oldest unproven transfer in ``group`` (lock held); False if none."""
-        unproven = [t for t in self._transfers.values() if not t.proven and group(t)]
-        if not unproven:
+            evicted = self._table.admit(address)
+        if evicted is None:
             return False
-        victim = min(unproven, key=lambda t: t.started)
-        del self._transfers[victim.peer]
-        self._per_host[victim.peer[0]] -= 1
-        victim.evicted = True
-        victim.cancelled.set()  # its thread ends at its next wake-up
-        self.evicted += 1
+        for victim in evicted:
+            victim.evicted = True
+            victim.cancelled.set()  # its thread ends at its next wake-up, silently
         return True
 
     def _answer(self, code: int, message: str, address: Address, received: int) -> None:
@@ -350,19 +342,10 @@ class TftpService:
         if datagram is not None:
             self._pump.send([(datagram, address)])
 
-    def _forget_address(self, address: Address) -> None:
-        with self._lock:
-            self._per_host[address[0]] -= 1
-            if self._per_host[address[0]] <= 0:
-                del self._per_host[address[0]]
-
     def forget(self, transfer: _Transfer) -> None:
-        """A transfer's thread ended: free its slot (unless it was evicted)."""
+        """A transfer ended: free its slot (unless it was evicted)."""
         with self._lock:
-            if self._transfers.get(transfer.peer) is not transfer:
-                return
-            del self._transfers[transfer.peer]
-        self._forget_address(transfer.peer)
+            self._table.remove(transfer)
 
     def close(self) -> None:
         """Stop listening and tell every transfer to end (uploads are aborted)."""
@@ -372,6 +355,6 @@ class TftpService:
     def join(self) -> None:
         """Wait for the transfer threads to end (after ``close``)."""
         with self._lock:
-            threads = [t.thread for t in self._transfers.values()]
+            threads = [t.thread for t in self._table.transfers()]
         for thread in threads:
             thread.join(timeout=2 * threaded.STOP_POLL_S + 5)

@@ -345,7 +345,10 @@ class MemoryStore:
             if exclusive:
                 raise Exists(f"{final}: exists")
             if isinstance(existing, _Special):
-                raise NotRegularFile(f"{final}: symlinks are not replaced")
+                what = (
+                    "symlinks are" if existing.kind is EntryKind.SYMLINK else "not a regular file,"
+                )
+                raise NotRegularFile(f"{final}: {what} not replaced")
             if isinstance(existing, _Dir):
                 raise IsADirectory(f"{final}: is a directory, not replaced")
             if isinstance(node, _Dir):

@@ -24,7 +24,9 @@ that ends the connection (``close_with_error``: code 1 for a protocol error, 42
 for a timeout, 50 for an internal error), allowed whenever the reply stream is at
 a frame boundary: between replies, or in a download or listing, where ERROR may
 stand in place of END or LIST_END. Only a DATA frame half written (the adapter's
-sendfile) rules it out, and the adapter knows when that is.
+sendfile) rules it out, and the adapter knows when that is. A client receives
+that ERROR as the answer to its oldest request if one is outstanding, and as a
+``Failed`` that answers nothing, after which the reply stream is closed, if none is.
 
 Zero copy: ``receive_data`` keeps a view of the caller's buffer and ``FileData``
 events are slices of it. The caller must drain ``next_event`` until ``NEED_DATA``
@@ -335,8 +337,17 @@ class Connection:
         err = RemoteProtocolError if received else LocalProtocolError
         if (self.role is Role.SERVER) == received:
             return self._accept_request(event, err)
+        if received and self._is_last_error(event):
+            self._replies.state = StreamState.CLOSED  # the server's close_with_error
+            return True
         self._accept_reply(event, err)
         return True
+
+    def _is_last_error(self, event: ev.Event) -> bool:
+        """An ERROR between replies, with no request awaiting one: the server ended
+        the connection (a protocol error of ours, a timeout), it answers nothing."""
+        idle = self._replies.state is StreamState.IDLE
+        return isinstance(event, ev.Failed) and idle and not self._pending
 
     def _accept_request(self, event: ev.Event, err: type[ProtocolError]) -> bool:
         self._requests.advance(event, err)

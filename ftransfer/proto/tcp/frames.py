@@ -63,6 +63,9 @@ _U16 = struct.Struct(">H")
 MODE_MASK = 0o777
 """Only permission bits cross the wire: never setuid, setgid or sticky."""
 _MAX_SIZE = 2**63 - 1
+NO_MTIME = -1
+"""PUT's mtime_ns that keeps the server's clock; below it is a protocol error, and a
+sender sends it for a time before 1970, which the field cannot carry."""
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
 
 
@@ -135,6 +138,8 @@ def _hello_ok(raw: bytes) -> ev.Event:
 def _put(raw: bytes) -> ev.Event:
     size, mtime_ns, flags, mode = _fixed_untrusted(raw, _PUT, "PUT")
     assert isinstance(mtime_ns, int) and isinstance(flags, int) and isinstance(mode, int)
+    if mtime_ns < NO_MTIME:
+        raise RemoteProtocolError(f"PUT mtime_ns {mtime_ns} is below -1 (-1: the server's clock)")
     path = _text_untrusted(raw[_PUT.size :], "PUT path")
     return ev.PutRequested(
         path=path,
@@ -304,6 +309,7 @@ def _encode_payload(event: ev.Event) -> tuple[FrameType, bytes]:
         case ev.HelloAccepted(version=v, max_frame_bytes=m, read_only=ro):
             return FrameType.HELLO_OK, _HELLO_OK.pack(v, m, int(ro))
         case ev.PutRequested(path=p, size=s, mtime_ns=t, mode=m, exclusive=x):
+            t = max(t, NO_MTIME)  # a time before 1970 cannot be carried: the server's clock
             return FrameType.PUT, _PUT.pack(s, t, int(x), m & MODE_MASK) + _path_bytes(p)
         case ev.FileData(data=d):
             return FrameType.DATA, bytes(d)

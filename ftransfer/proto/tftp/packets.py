@@ -216,7 +216,11 @@ class OptionError(Exception):
 
 MAX_OPTION_DIGITS = 20
 """Option values are decimal numbers of at most this many digits (2^64 has 20):
-longer ones are ignored, as an unknown option is."""
+longer ones are ignored, as an unknown option is, except a WRQ's tsize (below)."""
+TSIZE_BEYOND_ANY = 2**64
+"""A WRQ's tsize of more digits than MAX_OPTION_DIGITS stands for this: larger than
+any file, so the size limit refuses it before any data (ignoring it would start
+an upload that could only fail at the limit)."""
 
 
 def _int(value: str) -> int | None:
@@ -251,7 +255,10 @@ def negotiate(
     if value is not None and MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S:
         timeout = float(value)
         accepted["timeout"] = str(value)
-    value = _int(options.get("tsize", ""))
+    text = options.get("tsize", "")
+    value = _int(text)
+    if value is None and write and text.isascii() and text.isdigit():
+        value = TSIZE_BEYOND_ANY
     if value is not None:
         size = value if write else file_size
         if size is not None:

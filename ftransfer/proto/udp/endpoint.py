@@ -12,8 +12,9 @@ server sends well under 3x what it received, and a spoofed source gets one small
 RETRY per datagram it was sent.
 
 Requests: a validated INITIAL is checked (a known operation, a window of at least
-one chunk, a chunk size from 512 to 65,000: otherwise it is refused at once with
-code 1 and the reason, so a client never waits for nothing), then reported as
+one chunk, a chunk size from 512 to 65,000, an mtime_ns of -1 or more: otherwise
+it is refused at once with code 1 and the reason, so a client never waits for
+nothing), then reported as
 ``RequestReceived``; the application (server/udp.py) answers with ``accept``,
 ``refuse`` or ``done``, which send an ACCEPT carrying a fresh random 64-bit
 session id (or a final code). Datagrams are routed by session id *and* source
@@ -127,6 +128,8 @@ def request_problem(initial: Initial) -> str | None:
         return "the receive window must be at least 1 chunk"
     if not MIN_CHUNK_BYTES <= initial.chunk_bytes <= MAX_CHUNK_BYTES:
         return f"chunk size must be from {MIN_CHUNK_BYTES} to {MAX_CHUNK_BYTES} bytes"
+    if initial.mtime_ns < -1:
+        return f"mtime_ns {initial.mtime_ns} is below -1 (-1: the server's clock)"
     return None
 
 

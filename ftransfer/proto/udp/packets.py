@@ -264,7 +264,7 @@ def _initial_body(body: Initial) -> bytes:
     raw = (
         _INITIAL.pack(body.nonce, body.operation, body.chunk_bytes, body.window, len(body.cookie))
         + body.cookie
-        + _INITIAL_TAIL.pack(body.size, body.mtime_ns, len(path))
+        + _INITIAL_TAIL.pack(body.size, max(body.mtime_ns, -1), len(path))  # -1: before 1970
         + path
         + _extensions(body.mode, body.exclusive)
     )

@@ -1,0 +1,113 @@
+"""Sending a file as DATA frames (io/files.py): a file that shrinks while it is sent
+ends in ERROR in place of END, after a complete frame, never in a torn one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+
+from ftransfer.checksum import digest_bytes
+from ftransfer.config import MAX_FRAME_BYTES, SMALL_FILE_BYTES
+from ftransfer.io.files import FileChanged, FileOp, SendfileFrame, WriteFrame, file_frames
+from ftransfer.proto.tcp import events as ev
+from ftransfer.proto.tcp.connection import Connection, Role
+
+HELLO = ev.HelloOffered(min_version=2, max_version=2)
+ACCEPT = ev.HelloAccepted(version=2, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
+
+
+class Source:
+    """A file as the server's Download shows it: announced ``size``, but reads give
+    only what ``data`` holds now; a descriptor when ``fd`` is given."""
+
+    def __init__(self, data: bytes, size: int, fd: int | None = None) -> None:
+        self.data, self.size, self.fd = data, size, fd
+        self.digest: bytes | None = None
+
+    def fileno(self) -> int | None:
+        return self.fd
+
+    def read(self, offset: int, n: int) -> bytes:
+        return self.data[offset : offset + n]
+
+
+def _downloading(size: int) -> tuple[Connection, Connection, bytes]:
+    """A server core that has sent FILE(size), the client core that asked, the wire."""
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    server.receive_data(client.send(HELLO) + client.send(ev.GetRequested(path="f")))
+    while not isinstance(server.next_event(), ev.NeedData):
+        pass
+    wire = server.send(ACCEPT) + server.send(ev.FileStarted(size=size, mtime_ns=0, mode=0o644))
+    return client, server, wire
+
+
+def _run(
+    conn: Connection, frames: Generator[FileOp, int | None, bytes | None], fd_bytes: bytes
+) -> tuple[bytes, bytes | FileChanged | None]:
+    """Carry out the generator's requests as a stream would; (the wire, its result)."""
+    wire, answer = b"", None
+    try:
+        while True:
+            op = frames.send(answer)
+            if isinstance(op, WriteFrame):
+                wire, answer = wire + op.data, None
+            else:
+                assert isinstance(op, SendfileFrame)
+                got = fd_bytes[op.offset : op.offset + op.count]
+                wire += (
+                    conn.start_data(op.count) + got + bytes(op.count - len(got))
+                )  # the stream completes the frame
+                answer = len(got)
+    except StopIteration as stop:
+        return wire, stop.value
+    except FileChanged as exc:
+        return wire, exc
+
+
+def _replies(client: Connection, wire: bytes) -> list[ev.Event]:
+    client.receive_data(wire)
+    out: list[ev.Event] = []
+    while not isinstance(event := client.next_event(), ev.NeedData | ev.ConnectionClosed):
+        out.append(ev.FileData(data=bytes(event.data)) if isinstance(event, ev.FileData) else event)
+    return out
+
+
+@pytest.mark.parametrize("size", [10, SMALL_FILE_BYTES + 10, 2 * MAX_FRAME_BYTES + 10])
+def test_a_file_that_shrank_ends_in_error_after_a_whole_frame(tmp_path: Path, size: int) -> None:
+    announced = os.urandom(size)
+    now = announced[: size // 2]  # the file lost its second half after it was opened
+    path = tmp_path / "f"
+    path.write_bytes(now)
+    client, server, wire = _downloading(size)
+    with open(path, "rb") as file:
+        source = Source(now, size, fd=file.fileno())
+        body, result = _run(server, file_frames(server, source, bytearray(65536)), now)
+    assert isinstance(result, FileChanged) and result.code == 40
+    assert "changed size" in str(result)
+    wire += body + server.send(ev.Failed(code=result.code, message=str(result)))  # not END
+    events = _replies(client, wire)
+    assert isinstance(events[1], ev.FileStarted)
+    data = b"".join(bytes(e.data) for e in events if isinstance(e, ev.FileData))
+    frame_end = min(size, (len(now) // MAX_FRAME_BYTES + 1) * MAX_FRAME_BYTES)
+    assert len(data) == frame_end  # the short frame completed, no frame after it
+    assert data == now + bytes(frame_end - len(now))  # completed with zeros
+    assert events[-1] == ev.Failed(code=40, message=str(result))
+    assert client.pending_requests == 0  # the GET is answered: the connection goes on
+
+
+def test_a_file_without_a_descriptor_is_read_and_hashed_and_padded_if_short() -> None:
+    client, server, wire = _downloading(3 * 1024 * 1024)
+    whole = os.urandom(3 * 1024 * 1024)
+    body, digest = _run(server, file_frames(server, Source(whole, len(whole)), bytearray(9)), b"")
+    assert digest == digest_bytes(whole)
+    assert [e for e in _replies(client, wire + body)][-1] == ev.FileData(data=whole[2 << 20 :])
+    client, server, wire = _downloading(3 * 1024 * 1024)
+    body, result = _run(
+        server, file_frames(server, Source(whole[:100], len(whole)), bytearray(9)), b""
+    )
+    assert isinstance(result, FileChanged)
+    events = _replies(client, wire + body)
+    assert events[-1] == ev.FileData(data=whole[:100] + bytes((1 << 20) - 100))  # one whole frame

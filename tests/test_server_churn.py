@@ -1,0 +1,103 @@
+"""Memory under connection churn, on the real server (a subprocess): what it holds
+is bounded by what is open now, not by what was ever open (THREATS.md, "Resources
+under churn"). Memory is not timing: the bounds hold however slow the machine is.
+
+Each connection sends HELLO and a STAT of a 60 KB name (refused), so the server
+really reads into, and touches, each connection's receive buffer. Before a
+measurement the server must have let go of the connections just closed: the test
+makes HELLO round trips until the server's open descriptors are back to their
+idle count (closes are handled in order with those round trips), which also
+checks that no descriptor leaked.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from conftest import ServerProcess
+
+from ftransfer.proto.tcp import events as ev
+from ftransfer.proto.tcp.connection import Connection, Role
+
+MIB = 1 << 20
+CHURNED, AT_ONCE, HELD = 2000, 16, 250
+LONG_NAME = "x" * 60_000
+MAX_PROBES = 1000
+"""Round trips allowed for the server to release closed connections (a few suffice)."""
+
+
+def _rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1]) * 1024
+
+
+def _descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _served(sock: socket.socket, *, stat: bool) -> None:
+    """HELLO (and a STAT of a long name), then read until the last reply: the
+    server has read everything."""
+    conn = Connection(Role.CLIENT)
+    requests: list[ev.Event] = [ev.HelloOffered(min_version=2, max_version=2)]
+    if stat:
+        requests.append(ev.StatRequested(path=LONG_NAME))
+    sock.sendall(b"".join(conn.send(r) for r in requests))
+    while conn.pending_requests:
+        conn.receive_data(sock.recv(1 << 16))
+        while not isinstance(event := conn.next_event(), ev.NeedData):
+            assert isinstance(event, ev.HelloAccepted | ev.Failed), event
+
+
+def _open(port: int, count: int) -> list[socket.socket]:
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(count)]
+    for sock in socks:
+        _served(sock, stat=True)
+    return socks
+
+
+def _settle(server: ServerProcess, idle_descriptors: int) -> None:
+    """HELLO round trips until the server holds no more descriptors than when idle."""
+    for _ in range(MAX_PROBES):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as probe:
+            _served(probe, stat=False)
+        if _descriptors(server.proc.pid) <= idle_descriptors:
+            return
+    raise AssertionError("the server kept descriptors of closed connections")
+
+
+def test_rss_is_bounded_by_open_connections_not_by_past_ones(served: Path, tmp_path: Path) -> None:
+    server = ServerProcess(
+        served,
+        *("--no-udp", "--max-connections", "300", "--max-per-address", "300"),
+        log=tmp_path / "log",
+    )
+    pid = server.proc.pid
+    try:
+        idle_descriptors = _descriptors(pid)  # no connection yet
+        for sock in _open(server.port, AT_ONCE):  # warm up: one of everything allocated
+            sock.close()
+        _settle(server, idle_descriptors)
+        idle = _rss(pid)
+        for _round in range(CHURNED // AT_ONCE):
+            for sock in _open(server.port, AT_ONCE):
+                sock.close()
+        _settle(server, idle_descriptors)
+        churned = _rss(pid)
+        held = _open(server.port, HELD)
+        holding = _rss(pid)
+        for sock in held:
+            sock.close()
+        _settle(server, idle_descriptors)
+        released = _rss(pid)
+    finally:
+        assert server.stop() == 0
+    grown = {
+        k: (v - idle) / MIB
+        for k, v in [("churned", churned), ("holding", holding), ("released", released)]
+    }
+    assert grown["churned"] < 12, grown  # was 240 MiB, then 15 with heap buffers
+    assert grown["holding"] < 48, grown  # 250 x 64 KiB touched, and objects: was 260
+    assert grown["released"] < 12, grown  # heap buffers stayed resident: 23 MiB
