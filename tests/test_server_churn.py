@@ -1,5 +1,5 @@
 """Memory under connection churn, on the real server (a subprocess): what it holds
-is bounded by what is open now, not by what was ever open (THREATS.md, "Resources
+is bounded by what is open now, not by what was ever open (docs/threats.md, "Resources
 under churn"). Memory is not timing: the bounds hold however slow the machine is.
 
 Each connection sends HELLO and a STAT of a 60 KB name (refused), so the server
