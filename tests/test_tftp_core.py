@@ -39,7 +39,9 @@ from ftransfer.proto.tftp.packets import (
     negotiate,
     parse_untrusted,
 )
-from ftransfer.proto.tftp.transfer import Address, BlockReceiver, BlockSender
+from ftransfer.proto.tftp.receiver import BlockReceiver
+from ftransfer.proto.tftp.sender import BlockSender
+from ftransfer.proto.tftp.transfer import Address
 
 CLIENT: Address = ("10.0.0.1", 5000)
 LISTENER: Address = ("10.0.0.2", 69)

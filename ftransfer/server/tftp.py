@@ -59,7 +59,9 @@ from ..proto.tftp.packets import (
     negotiate,
     parse_untrusted,
 )
-from ..proto.tftp.transfer import DEFAULT_TIMEOUT_S, Address, BlockReceiver, BlockSender
+from ..proto.tftp.receiver import BlockReceiver
+from ..proto.tftp.sender import BlockSender
+from ..proto.tftp.transfer import DEFAULT_TIMEOUT_S, Address
 from .operations import Download, Operations, Requester, Upload, format_peer
 from .slots import TransferTable
 

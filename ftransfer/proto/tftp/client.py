@@ -41,10 +41,10 @@ from .packets import (
     encode_request,
     parse_untrusted,
 )
+from .receiver import BlockReceiver
+from .sender import BlockSender
 from .transfer import (
     Address,
-    BlockReceiver,
-    BlockSender,
     Event,
     Reader,
     TftpStats,

@@ -1,14 +1,14 @@
-"""TFTP transfers, sans-IO: a block sender and a block receiver on virtual time.
+"""TFTP transfers, sans-IO: what the block sender and the block receiver share.
 
 Theory of operation
 -------------------
 Both ends of a TFTP transfer are one of two datagram cores (machine.py),
 whoever started it:
 
-- ``BlockSender`` sends a byte stream as DATA blocks, ``windowsize`` at a time
+- ``BlockSender`` (sender.py) sends a byte stream as DATA blocks, ``windowsize`` at a time
   (RFC 7440; 1 is RFC 1350's lockstep). It keeps the encoded blocks of the open
   window for retransmission, and reads the next ones from a sequential ``read(n)``.
-- ``BlockReceiver`` takes DATA in order, delivers each payload as ``DataReceived``
+- ``BlockReceiver`` (receiver.py) takes DATA in order, delivers each payload as ``DataReceived``
   and acks at the end of each window, on a gap, and on the final (short) block.
 
 Block numbers on the wire are 16 bits and roll over to 0 after 65535, as tftp-hpa,
@@ -50,7 +50,6 @@ from ..._records import Record
 from ...errors import (
     Exists,
     FtransferError,
-    IntegrityError,
     InternalError,
     NoSpace,
     NotFound,
@@ -68,8 +67,6 @@ from .packets import (
     Opcode,
     Params,
     TftpPacketError,
-    encode_ack,
-    encode_data,
     encode_error,
     parse_untrusted,
 )
@@ -179,7 +176,7 @@ LOCAL = frozenset({T.STORED, T.ABORT})
 _OVER = frozenset({S.DONE, S.FAILED, S.ERROR})
 
 
-class _Transfer:
+class Transfer:
     """What both cores share: peer binding, output, events, timers, give-up.
 
     Round-trip time is measured the classic way (RFC 6298 sec. 3, Karn): one block
@@ -342,255 +339,3 @@ class _Transfer:
 
     def _retransmit(self, now: float) -> None:
         raise NotImplementedError
-
-
-class BlockSender(_Transfer):
-    """Sends ``read``'s bytes as DATA blocks (server RRQ, client put)."""
-
-    def __init__(
-        self,
-        read: Reader,
-        peer: Address,
-        params: Params,
-        *,
-        now: float,
-        give_up_s: float,
-        oack: bytes | None = None,
-        proven: bool = False,
-        rtt: RttEstimator | None = None,
-    ) -> None:
-        initial = S.OFFERED if oack is not None else S.SENDING
-        super().__init__(
-            "tftp sender",
-            SENDER,
-            initial,
-            peer,
-            params,
-            now=now,
-            give_up_s=give_up_s,
-            rtt=rtt or RttEstimator(),
-        )
-        self._read = read
-        self._blksize, self._window = params.blksize, params.windowsize
-        self._unacked: collections.deque[bytes] = collections.deque()
-        """Encoded DATA of blocks acked+1, acked+2, ... that have been read."""
-        self._sent_hi = 0  # highest block sent so far
-        self._final: int | None = None
-        self.proven = proven
-        if oack is not None:  # the OACK is "block 0"; data starts after its ACK 0
-            self._acked = -1
-            self._first = oack
-            self._send(oack)
-            self._timed, self._timed_at = 0, now
-            self._retry_at = now + self._rto
-        else:
-            self._acked = 0
-            self._send_window(now)
-            self._first = self._unacked[0] if self._unacked else None
-
-    def _read_block(self, block: int) -> bytes:
-        payload = self._read(self._blksize)
-        if len(payload) > self._blksize:
-            raise InternalError("read returned more than asked")
-        if len(payload) < self._blksize:
-            self._final = block
-        self.stats.bytes += len(payload)
-        return encode_data(block, payload)
-
-    def _send_window(self, now: float) -> None:
-        """Send blocks acked+1 .. acked+window (RFC 7440; 1 block in lockstep)."""
-        unacked, base = self._unacked, self._acked + 1
-        count = self._window
-        while len(unacked) < count and self._final is None:
-            unacked.append(self._read_block(base + len(unacked)))
-        count = min(count, len(unacked))
-        out, peer, hi = self._out, self.peer, self._sent_hi
-        for offset in range(count):
-            out.append((unacked[offset], peer))
-            if base + offset <= hi:
-                self.stats.retransmitted += 1
-                if self._timed == base + offset:
-                    self._timed = None  # Karn
-            elif self._timed is None and not (base + offset) % TIME_EVERY:
-                self._timed, self._timed_at = base + offset, now
-        self.stats.datagrams_sent += count
-        self._sent_hi = max(hi, base + count - 1)
-        self._retry_at = now + self._rto
-
-    def prefetch(self) -> None:
-        """Read and encode the next window ahead, so that when its ACK arrives the
-        next DATA is ready to go: the adapter calls this after sending, while the
-        peer is busy, which takes the file read off the round trip."""
-        unacked, target = self._unacked, 2 * self._window
-        while len(unacked) < target and self._final is None and self._acked >= 0:
-            unacked.append(self._read_block(self._acked + 1 + len(unacked)))
-
-    def _retransmit(self, now: float) -> None:
-        if self._acked < 0 and self._first is not None:
-            self._send(self._first)
-            self.stats.retransmitted += 1
-            self._retry_at = now + self._rto
-        else:
-            self._send_window(now)
-
-    def _on_ack(self, wire: int, now: float) -> None:
-        hi = self._sent_hi
-        block = hi - ((hi - wire) & 0xFFFF)  # the acked-or-sent block with this number
-        acked = self._acked
-        if block <= acked:
-            self.stats.duplicates += 1  # never a resend: no Sorcerer's Apprentice
-            return
-        if self._timed is not None and block >= self._timed:
-            self._sample(now - self._timed_at)
-        elif self._rtt.backoff != 1:
-            self._rtt.reset_backoff()
-            self._rto = self._compute_rto()
-        if acked < 0:
-            self.machine.go(T.OACK_ACKED)
-        unacked = self._unacked
-        for _ in range(block - max(acked, 0)):
-            unacked.popleft()
-        self._acked = block
-        self.proven = True
-        self._give_up_at = now + self._give_up_s
-        if self._final is not None and block >= self._final:
-            self.machine.go(T.FINAL_ACKED)
-            self._retry_at = None
-            self._events.append(Completed())
-            return
-        self._send_window(now)
-
-
-class BlockReceiver(_Transfer):
-    """Receives DATA blocks in order (server WRQ, client get)."""
-
-    def __init__(
-        self,
-        peer: Address,
-        params: Params,
-        *,
-        now: float,
-        give_up_s: float,
-        first: bytes | None = None,
-        proven: bool = False,
-        linger_s: float = 0.0,
-        rtt: RttEstimator | None = None,
-    ) -> None:
-        super().__init__(
-            "tftp receiver",
-            RECEIVER,
-            S.RECEIVING,
-            peer,
-            params,
-            now=now,
-            give_up_s=give_up_s,
-            rtt=rtt or RttEstimator(),
-        )
-        self._blksize, self._window = params.blksize, params.windowsize
-        self._limit = params.tsize
-        self._linger_s = linger_s
-        self._expected = 1
-        self._since_ack = 0
-        self._last_ack_at = now
-        self._reacked = False
-        self.proven = proven
-        self._first = first
-        if first is not None:
-            self._send(first)
-            self._timed, self._timed_at = 0, now
-            if proven:  # our ACK 0 to an OACK may be lost: repeat it on timeout
-                self._retry_at = now + self._rto
-
-    def _ack(self, now: float) -> None:
-        self._send(encode_ack(self._expected - 1))
-        self._last_ack_at = now
-        self._since_ack = 0
-
-    def _on_data(self, wire: int, payload: bytes, now: float) -> None:
-        expected = self._expected
-        state = self.machine.state
-        if wire == expected & 0xFFFF and state is S.RECEIVING:
-            if len(payload) <= self._blksize:
-                self._on_in_order(payload, now)
-                return
-            message = f"block of {len(payload)} bytes exceeds blksize {self._blksize}"
-            self.proven = True
-            self._fail(
-                T.BAD_DATA,
-                RemoteProtocolError(message),
-                notify=(ErrorCode.ILLEGAL_OPERATION, message),
-            )
-            return
-        self.stats.duplicates += 1
-        if state is S.LINGERING:
-            if wire == (expected - 1) & 0xFFFF:
-                self._send(encode_ack(wire))  # our final ACK was lost
-            return
-        if state is S.STORING:
-            return
-        # An old block (a retransmission) or one past a gap: ack what we have, at
-        # once (RFC 7440), but once per gap or per REACK_GAP_S, never per duplicate.
-        if not self._reacked or now - self._last_ack_at >= REACK_GAP_S:
-            self._reacked = True
-            self._timed = None
-            self.proven = True
-            self._ack(now)
-
-    def _on_in_order(self, payload: bytes, now: float) -> None:
-        if self._timed is not None:
-            self._sample(now - self._timed_at)
-        elif self._rtt.backoff != 1:
-            self._rtt.reset_backoff()
-            self._rto = self._compute_rto()
-        self.proven = True
-        self._give_up_at = now + self._give_up_s
-        self._reacked = False
-        self._expected += 1
-        stats = self.stats
-        stats.bytes += len(payload)
-        final = len(payload) < self._blksize
-        limit = self._limit
-        if limit is not None and (stats.bytes > limit or (final and stats.bytes != limit)):
-            message = f"got {stats.bytes} bytes, {limit} were announced"
-            self._fail(T.BAD_DATA, IntegrityError(message), notify=(ErrorCode.NOT_DEFINED, message))
-            return
-        self._events.append(DataReceived(data=payload, final=final))
-        if final:
-            self.machine.go(T.FINAL_BLOCK)
-            self._retry_at = None
-            return
-        self._since_ack += 1
-        if self._since_ack >= self._window:
-            self._ack(now)
-            if not self._expected % TIME_EVERY or self._window >= TIME_EVERY:
-                self._timed, self._timed_at = self._expected, now
-        self._retry_at = now + self._rto
-
-    def accept_final(self, now: float) -> None:
-        """The final block is stored: send its ACK, then linger for a repeat of it."""
-        self.machine.go(T.STORED)
-        self._ack(now)
-        self._events.append(Completed())
-        self._retry_at = None
-        if self._linger_s > 0:
-            self._give_up_at = now + self._linger_s
-        else:
-            self.machine.go(T.LINGER_OVER)
-
-    def _on_give_up(self, now: float) -> None:
-        state = self.state
-        if state is S.LINGERING:
-            self.machine.go(T.LINGER_OVER)
-        elif state is S.STORING:  # the commit is slow, not the peer
-            self._give_up_at = now + self._give_up_s
-        else:
-            super()._on_give_up(now)
-
-    def _retransmit(self, now: float) -> None:
-        if self.state is S.RECEIVING:
-            self._ack(now)
-            self.stats.retransmitted += 1
-            self._retry_at = now + self._rto
-
-
-Core = BlockSender | BlockReceiver
