@@ -165,6 +165,21 @@ def test_both_stores_refuse_what_is_not_a_file(store: Store) -> None:
         store.open_read(n("missing"))
 
 
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [("old.txt/", NotADirectory), ("sub/", IsADirectory), ("missing/", NotFound)],
+)
+def test_a_trailing_slash_is_refused_for_what_is_there(
+    store: Store, text: str, error: type[Exception]
+) -> None:
+    """GET and PUT of ``x/`` (protocol.md section 7): 12 when x is a file, 18 when it
+    is a directory, 10 when there is nothing; the same for reading and writing."""
+    with pytest.raises(error):
+        store.open_read(n(text))
+    with pytest.raises(error):
+        store.open_write(n(text), size=1, mtime_ns=-1, mode=None, exclusive=False, limit=LIMIT)
+
+
 def test_both_stores_exclusive_writes_fail_atomically(store: Store) -> None:
     with pytest.raises(Exists):
         store.open_write(n("old.txt"), size=1, mtime_ns=-1, mode=None, exclusive=True, limit=LIMIT)

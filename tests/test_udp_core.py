@@ -522,6 +522,21 @@ def test_a_request_that_cannot_be_served_is_refused_at_once_with_the_reason(
     assert accept.code == 1 and reason in accept.message
 
 
+def test_a_path_that_is_not_utf8_is_refused_with_the_reason_not_dropped() -> None:
+    endpoint = _endpoint()
+    address = ("10.0.0.1", 7)
+    datagram = _validated(endpoint, address, path="ab")
+    head = datagram[: -pk.CHECK.size].replace(b"\x00\x02ab", b"\x00\x02\xff\xfe", 1)
+    from ftransfer.checksum import datagram_check
+
+    endpoint.receive_datagram(head + pk.CHECK.pack(datagram_check(head)), address, now=0.0)
+    assert endpoint.next_event() is None and endpoint.stats.corrupt == 0
+    [(datagram, _to)] = endpoint.datagrams_to_send(0.0)
+    _session, accept = pk.decode_untrusted(datagram)
+    assert isinstance(accept, pk.Accept)
+    assert accept.code == 1 and "not valid UTF-8" in accept.message
+
+
 def test_an_initial_shorter_than_1200_bytes_gets_no_answer() -> None:
     endpoint = _endpoint()
     address = ("10.0.0.1", 7)

@@ -28,12 +28,21 @@ whatever the backend raised.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import NoReturn, Protocol
 
+from ..errors import IsADirectory
 from .entry import Entry, EntryKind
 from .names import Name
 
-__all__ = ["Entry", "EntryKind", "Readable", "Store", "Writer", "zero_copy_fd"]
+__all__ = [
+    "Entry",
+    "EntryKind",
+    "Readable",
+    "Store",
+    "Writer",
+    "refuse_directory_name",
+    "zero_copy_fd",
+]
 
 
 class Readable(Protocol):
@@ -148,3 +157,11 @@ def zero_copy_fd(readable: Readable) -> int | None:
     """The descriptor for sendfile if the readable has one (an optional capability)."""
     fileno = getattr(readable, "fileno", None)
     return fileno() if callable(fileno) else None
+
+
+def refuse_directory_name(store: Store, name: Name) -> NoReturn:
+    """A file cannot be read or written at a name with a trailing ``/`` (one that
+    names a directory): say what is there. Not found and not a directory come from
+    ``stat`` (a file, or a symlink, followed by ``/``); a directory is one."""
+    store.stat(name)
+    raise IsADirectory(f"{name}: is a directory")

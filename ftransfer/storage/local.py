@@ -57,6 +57,7 @@ from ..errors import (
     NotRegularFile,
 )
 from .atomic import AtomicWriter, FdDirectory, current_umask, is_stale, os_error, sweep
+from .base import refuse_directory_name
 from .entry import Entry, EntryKind
 from .names import Name, is_valid_component
 
@@ -235,7 +236,7 @@ class LocalStore:
         if not name.parts:
             raise IsADirectory("/: is a directory")
         if name.directory:
-            raise NotADirectory(f"{name}: not a directory")  # a trailing slash on a file
+            refuse_directory_name(self, name)
         dfd = self._open_dir(name.parts[:-1], name)
         try:
             require_regular(self._lstat(dfd, name.leaf, name), str(name))
@@ -300,8 +301,10 @@ class LocalStore:
         exclusive: bool,
         limit: int,
     ) -> LocalWriter:
-        if not name.parts or name.directory:
+        if not name.parts:
             raise IsADirectory(f"{name}: is a directory")
+        if name.directory:
+            refuse_directory_name(self, name)
         dfd = self._open_dir(name.parts[:-1], name)
         try:
             self._check_target(dfd, name, exclusive)

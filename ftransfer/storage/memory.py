@@ -35,6 +35,7 @@ from ..errors import (
     NotRegularFile,
     TooLarge,
 )
+from .base import refuse_directory_name
 from .entry import Entry, EntryKind
 from .names import Name
 
@@ -224,13 +225,13 @@ class MemoryStore:
     # ---- the Store port -------------------------------------------------------------
 
     def open_read(self, name: Name) -> MemoryReadable:
+        if name.directory:
+            refuse_directory_name(self, name)
         node = self._lookup(name)
         if isinstance(node, _Dir):
             raise IsADirectory(f"{name}: is a directory")
         if isinstance(node, _Special):
             raise NotRegularFile(f"{name}: not a regular file")
-        if name.directory:
-            raise NotADirectory(f"{name}: not a directory")
         return MemoryReadable(node)
 
     def open_write(
@@ -243,8 +244,10 @@ class MemoryStore:
         exclusive: bool,
         limit: int,
     ) -> MemoryWriter:
-        if not name.parts or name.directory:
+        if not name.parts:
             raise IsADirectory(f"{name}: is a directory")
+        if name.directory:
+            refuse_directory_name(self, name)
         self._check_target(self.directory(name.parent).children.get(name.leaf), name, exclusive)
         return MemoryWriter(
             self, name, size=size, mtime_ns=mtime_ns, mode=mode, exclusive=exclusive, limit=limit

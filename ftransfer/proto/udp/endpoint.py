@@ -130,6 +130,11 @@ def request_problem(initial: Initial) -> str | None:
         return f"chunk size must be from {MIN_CHUNK_BYTES} to {MAX_CHUNK_BYTES} bytes"
     if initial.mtime_ns < -1:
         return f"mtime_ns {initial.mtime_ns} is below -1 (-1: the server's clock)"
+    if not initial.path.isascii():
+        try:
+            initial.path.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes, kept as surrogates
+            return "the path is not valid UTF-8"
     return None
 
 

@@ -311,13 +311,6 @@ def decode_data(datagram: bytes | memoryview) -> tuple[int, int, int, memoryview
     return session, seq, tx, view[_DATA_HEAD.size : n - CHECK.size]
 
 
-def _utf8(raw: memoryview | bytes) -> str:
-    try:
-        return bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        raise PacketError("text is not valid UTF-8") from None
-
-
 def _initial(raw: memoryview) -> Body:
     nonce, op, chunk, window, cookie_len = _INITIAL.unpack_from(raw)
     if cookie_len > MAX_COOKIE_BYTES:
@@ -340,7 +333,9 @@ def _initial(raw: memoryview) -> Body:
         cookie=cookie,
         size=size,
         mtime_ns=mtime_ns,
-        path=_utf8(raw[offset : offset + path_len]),
+        # Kept undecodable bytes as surrogates: a path that is not UTF-8 is the
+        # endpoint's to refuse with a reason, after the cookie (request_problem).
+        path=bytes(raw[offset : offset + path_len]).decode("utf-8", "surrogateescape"),
         mode=mode,
         exclusive=exclusive,
     )
