@@ -231,10 +231,10 @@ def test_busy_refusal_before_hello_is_allowed() -> None:
 @pytest.mark.parametrize(
     ("wire", "message"),
     [
-        (encode(ev.GetRequested(path="a")), "not allowed while hello"),
-        (encode(HELLO) + encode(HELLO), "not allowed while idle"),
-        (encode(HELLO) + encode(ev.FileEnded(digest=D1)), "not allowed while idle"),
-        (encode(HELLO) + header(FrameType.DATA, 1) + b"x", "not allowed while idle"),
+        (encode(ev.GetRequested(path="a")), "GET is not allowed before HELLO"),
+        (encode(HELLO) + encode(HELLO), "HELLO is not allowed between requests"),
+        (encode(HELLO) + encode(ev.FileEnded(digest=D1)), "END is not allowed between requests"),
+        (encode(HELLO) + header(FrameType.DATA, 1) + b"x", "DATA is not allowed between requests"),
         (encode(HELLO) + encode(ev.Done()), "not allowed"),
     ],
 )
@@ -399,14 +399,14 @@ def _put_frame(size: int, mtime_ns: int) -> bytes:
 
 
 BAD_AFTER_HELLO = {
-    "server-only frame": (encode(ev.Done()), "Done is not allowed while idle"),
+    "server-only frame": (encode(ev.Done()), "OK is not allowed between requests"),
     "absurd length": (header(FrameType.GET, 0xFFFFFFFF), "exceeds 4194304"),
     "control frame over 64 KiB": (header(FrameType.GET, (64 << 10) + 1), "exceeds 65536"),
     "unknown type": (bytes([0x99]) + b"\0\0\0\0", "unknown frame type 0x99"),
     "bad UTF-8 path": (header(FrameType.GET, 2) + b"\xff\xfe", "GET path is not valid UTF-8"),
     "size 2^63": (_put_frame(2**63, -1), "PUT size is out of range"),
     "mtime_ns below -1": (_put_frame(1, -2), "mtime_ns -2 is below -1"),
-    "second HELLO": (encode(HELLO), "HelloOffered is not allowed while idle"),
+    "second HELLO": (encode(HELLO), "HELLO is not allowed between requests"),
     "bad frame mid-upload": (
         _put_frame(10, -1) + header(FrameType.DATA, 3) + b"abc" + header(FrameType.GET, 1 << 30),
         "exceeds 4194304",

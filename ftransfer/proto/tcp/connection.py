@@ -127,6 +127,40 @@ def negotiate_version(offer: ev.HelloOffered) -> int | None:
     return None
 
 
+FRAME_NAMES: dict[type, str] = {
+    ev.HelloOffered: "HELLO",
+    ev.HelloAccepted: "HELLO_OK",
+    ev.PutRequested: "PUT",
+    ev.FileData: "DATA",
+    ev.FileEnded: "END",
+    ev.FileAborted: "ABORT",
+    ev.PutCommitted: "PUT_OK",
+    ev.GetRequested: "GET",
+    ev.FileStarted: "FILE",
+    ev.DownloadVerified: "VERIFIED",
+    ev.ListRequested: "LIST",
+    ev.Listed: "ENTRIES",
+    ev.ListEnded: "LIST_END",
+    ev.StatRequested: "STAT",
+    ev.Stated: "STAT_OK",
+    ev.RemoveRequested: "REMOVE",
+    ev.MkdirRequested: "MKDIR",
+    ev.MoveRequested: "MOVE",
+    ev.Done: "OK",
+    ev.Failed: "ERROR",
+}
+"""The wire name of each event's frame, for the messages a peer reads."""
+
+_WHERE = {
+    StreamState.HELLO: "before HELLO",
+    StreamState.IDLE: "between requests",
+    StreamState.UPLOADING: "inside a file's DATA",
+    StreamState.DOWNLOADING: "inside a file's DATA",
+    StreamState.LISTING: "inside a listing",
+    StreamState.CLOSED: "after the close",
+}
+
+
 class _Stream:
     """One direction: its state and the bytes still owed by the current file."""
 
@@ -138,7 +172,7 @@ class _Stream:
     def next_state(self, kind: type, err: type[ProtocolError]) -> StreamState:
         nxt = self.table.get((self.state, kind))
         if nxt is None:
-            raise err(f"{kind.__name__} is not allowed while {self.state.value}")
+            raise err(f"{FRAME_NAMES.get(kind, kind.__name__)} is not allowed {_WHERE[self.state]}")
         return nxt
 
     def check_data(self, nbytes: int, err: type[ProtocolError]) -> None:
