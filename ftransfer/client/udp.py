@@ -288,32 +288,6 @@ def run_sync(call: UdpCall) -> None:
 
 async def run_async(call: UdpCall) -> None:
     """Run the request on the asyncio loop (``AsyncClient``)."""
-    import asyncio
+    from .datagram import run_on_loop
 
-    from ..io.datagram import CoreDriver
-
-    loop = asyncio.get_running_loop()
-    over = loop.create_future()
-
-    def on_event(event: object) -> None:
-        call.on_event(event)
-        if call.over and not over.done():
-            over.set_result(None)
-
-    def unreachable() -> None:
-        call.unreachable()
-        if call.error is not None and not over.done():
-            over.set_result(None)
-
-    driver = CoreDriver(call.core, connected_socket(call.url), on_event, on_unreachable=unreachable)
-    try:
-        driver.step()
-        await over
-        driver.step()  # the verdict's RESULT or the CLOSE goes out before we leave
-    except BaseException:
-        call.interrupted()
-        driver.step()
-        raise
-    finally:
-        call.finish()
-        driver.close()
+    await run_on_loop(call, connected_socket(call.url))
