@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import re
 import signal
 import socket
@@ -94,6 +95,27 @@ def run_cli(
 ) -> subprocess.CompletedProcess[bytes]:
     """Run the real CLI; stdout and stderr captured as bytes."""
     return subprocess.run([*CLI, *args], capture_output=True, cwd=cwd, timeout=timeout, check=False)
+
+
+def run_on_a_terminal(*args: str) -> bytes:
+    """Run the CLI with stdout and stderr on a fresh pty (0 x 0 window, like a
+    console) and return what it drew; it must exit 0."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execv(CLI[0], [*CLI, *args])
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    _pid, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, b"".join(chunks)
+    return b"".join(chunks)
 
 
 def temporaries(root: Path) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pty
 import re
 import socket
 import subprocess
@@ -19,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, ServerProcess, run_cli, temporaries
+from conftest import CLI, ServerProcess, run_cli, run_on_a_terminal, temporaries
 from test_tftp_integration import TftpServer
 from test_udp_integration import RelayProcess
 
@@ -251,25 +250,8 @@ def test_a_single_file_udp_summary_counts_the_bytes(server: ServerProcess, tmp_p
 
 
 def on_a_terminal(*args: str) -> str:
-    """Run the CLI with stdout and stderr on a pty; what it drew, cut into the
-    segments a terminal shows (split at carriage returns and newlines)."""
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.execv(CLI[0], [*CLI, *args])
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    _pid, status = os.waitpid(pid, 0)
-    os.close(fd)
-    shown = b"".join(chunks).decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, shown
-    return shown
+    """What the CLI drew on a pty, as text (``run_on_a_terminal``)."""
+    return run_on_a_terminal(*args).decode(errors="replace")
 
 
 def test_a_multi_file_udp_put_prints_summaries_above_the_bars(

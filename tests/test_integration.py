@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import socket
 import struct
 import subprocess
@@ -12,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import CLI, RawPeer, ServerProcess, run_cli, temporaries
+from conftest import CLI, RawPeer, ServerProcess, run_cli, run_on_a_terminal, temporaries
 
 from ftransfer.checksum import digest_bytes
 from ftransfer.config import MAX_FRAME_BYTES, SMALL_FILE_BYTES
@@ -103,36 +102,16 @@ def test_put_and_get_keep_names_in_directories(server: ServerProcess, tmp_path: 
     assert out.returncode == 0 and out.stdout == b"alpha"
 
 
-def _run_on_a_terminal(*args: str) -> bytes:
-    """Run the CLI with stdout and stderr on a fresh pty (0 x 0 window, like a console)."""
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.execv(CLI[0], [*CLI, *args])
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    _pid, status = os.waitpid(pid, 0)
-    os.close(fd)
-    assert os.waitstatus_to_exitcode(status) == 0, b"".join(chunks)
-    return b"".join(chunks)
-
-
 def test_progress_bars_on_a_terminal_only(server: ServerProcess, tmp_path: Path) -> None:
     (tmp_path / "a.bin").write_bytes(os.urandom(3 << 20))
     (tmp_path / "b.bin").write_bytes(b"b")
-    shown = _run_on_a_terminal(
+    shown = run_on_a_terminal(
         "put", str(tmp_path / "a.bin"), str(tmp_path / "b.bin"), server.remote()
     )
     assert b"2 files" in shown and b"100%" in shown and b"a.bin" in shown
-    shown = _run_on_a_terminal("get", server.remote("a.bin"), str(tmp_path / "c.bin"))
+    shown = run_on_a_terminal("get", server.remote("a.bin"), str(tmp_path / "c.bin"))
     assert b"a.bin" in shown and b"100%" in shown
-    quiet = _run_on_a_terminal("get", "-q", server.remote("a.bin"), str(tmp_path / "d.bin"))
+    quiet = run_on_a_terminal("get", "-q", server.remote("a.bin"), str(tmp_path / "d.bin"))
     assert b"%" not in quiet
     piped = run_cli("get", server.remote("a.bin"), str(tmp_path / "e.bin"))
     assert piped.stderr == b""  # not a terminal: no bars
