@@ -234,6 +234,68 @@ def test_loss_is_detected_three_transmissions_later() -> None:
     assert resent[0] == 0 and sender.stats.retransmitted == 1
 
 
+class _Recorder:
+    """A congestion controller that holds nothing back and keeps the rate samples."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.samples: list[RateSample] = []
+
+    def cwnd(self) -> int:
+        return 1 << 30
+
+    def pacing_rate(self) -> float:
+        return 1e12
+
+    def on_ack(
+        self,
+        *,
+        now: float,
+        acked: int,
+        delivered: int,
+        inflight: int,
+        sample: RateSample | None,
+        rtt: RttEstimator,
+    ) -> None:
+        if sample is not None:
+            self.samples.append(sample)
+
+    def on_loss(self, *, now: float, lost: int, inflight: int, rtt: RttEstimator) -> None:
+        pass
+
+    def on_timeout(self, *, now: float) -> None:
+        pass
+
+
+@pytest.mark.parametrize("idle", [0.0, 0.01, 0.05])
+def test_a_rate_sample_never_spans_time_with_nothing_in_flight(idle: float) -> None:
+    """A flight acked in 1 ms was delivered at flight / 1 ms, however long the pipe
+    stood empty before it left (the pacer's wait, a read that stalled): a send with
+    nothing in flight restarts the interval, as BBR's rate estimator does. Counted
+    from the previous ack, the wait made BBR measure its own idling and pin itself
+    at ~2 MB/s on loopback (14-20 s for a 20 MB put)."""
+    recorder = _Recorder()
+    sender = Sender(
+        size=200 * 1400,
+        chunk_bytes=1400,
+        window=1000,
+        cc=recorder,
+        rtt=RttEstimator(),
+        now=0.0,
+        give_up_s=10.0,
+    )
+    first = sender.poll(0.0)
+    sender.on_ack(_ack(len(first), len(first) - 1), 0.001)
+    assert sender.bytes_in_flight == 0
+    start = 0.001 + idle
+    second = sender.poll(start)
+    acked = len(first) + len(second)
+    sender.on_ack(_ack(acked, acked - 1), start + 0.001)
+    flight_bytes = sum(size for _seq, _tx, size in second)
+    assert recorder.samples[-1].delivery_rate == pytest.approx(flight_bytes / 0.001)
+
+
 # ---- address validation -------------------------------------------------------------------
 
 

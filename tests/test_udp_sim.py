@@ -107,6 +107,28 @@ def test_a_shallow_queue_is_not_flooded() -> None:
     assert size / outcome.seconds / narrow.rate >= 0.65
 
 
+@pytest.mark.parametrize(("where", "stall"), [("start", 0.05), ("middle", 0.1)])
+def test_a_stalled_sender_resumes_at_the_path_rate(where: str, stall: float) -> None:
+    """The client's read blocks (a cold disk, a slow progress callback) for 50 ms
+    as the upload starts, or for 100 ms halfway: the stall costs about its own length.
+    A LAN (100 Mbit/s, 0.4 ms round trip) and a client whose timer wakes 8 ms late,
+    as the blocking driver's does: before BBR restarted its delivery interval when
+    nothing was in flight, the start stall's one low sample pinned it at ~2 MB/s
+    (this put took 6.4 s instead of 0.4)."""
+    data = _payload(4_000_000, 40)
+
+    def put(stalls: dict[int, float]) -> float:
+        up, down = LinkConfig(rate=12.5e6, delay=0.0002), LinkConfig(rate=12.5e6, delay=0.0002)
+        transfer = Transfer(seed=40, up=up, down=down, client_timer_slack_s=0.008)
+        outcome = transfer.run(Operation.PUT, "f", data, stalls=stalls)
+        assert outcome.code == 0 and transfer.files["f"] == data
+        return outcome.seconds
+
+    offset = 0 if where == "start" else len(data) // 2 // CHUNK * CHUNK
+    stalled, unstalled = put({offset: stall}), put({})
+    assert unstalled + stall / 2 < stalled < 1.25 * unstalled + stall
+
+
 def test_a_two_second_blackhole_is_survived() -> None:
     link = LinkConfig(blackholes=[(0.5, 2.5)])
     transfer = Transfer(seed=8, up=link, down=LinkConfig(blackholes=[(0.5, 2.5)]), give_up_s=10.0)

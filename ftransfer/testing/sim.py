@@ -14,6 +14,15 @@ to. Time jumps from one event to the next (an arrival, a core's timer), so a
 comes from one ``random.Random(seed)``: a run is exactly repeatable. The server's
 deferred work (STAT, LIST, a large commit) is done at once, in virtual time.
 
+The client's process can be made imperfect the two ways a real one is. A *stall*
+(``run(stalls=...)``): the read of a given byte offset blocks for a while (a cold
+disk, a slow progress callback), so what the sender stamped as sent just before it
+leaves only after it, and nothing reaches the client core meanwhile; the server
+runs on. *Timer slack* (``client_timer_slack_s``): the client wakes for its own
+timer that much late, as the blocking driver does (SO_RCVTIMEO counts kernel ticks
+and rounds up: measured, a 1 ms wait sleeps 8 ms and a 5 ms one 12 ms on a 250 Hz
+kernel); a datagram arriving still wakes it at once.
+
 Both sides are driven through the five calls of proto/machine.py only, as the
 asyncio driver and the threaded runner drive them: nothing here reaches into a
 core, so what passes here is what runs on a socket.
@@ -163,9 +172,12 @@ class Simulation:
         window: int = 4096,
         give_up_s: float = 10.0,
         cc: str = "bbr",
+        client_timer_slack_s: float = 0.0,
     ) -> None:
         rng = random.Random(seed)
         self.now = 0.0
+        self._timer_slack = client_timer_slack_s
+        self._client_free_at = 0.0  # the client is stalled until then
         self.up, self.down = Link(up, rng), Link(down, rng)
         self.config = SessionConfig(
             chunk_bytes=chunk_bytes, window=window, give_up_s=give_up_s, cc=cc
@@ -186,9 +198,24 @@ class Simulation:
         return self.store.files()
 
     def run(
-        self, operation: Operation, path: str, data: bytes = b"", limit_s: float = 600.0
+        self,
+        operation: Operation,
+        path: str,
+        data: bytes = b"",
+        limit_s: float = 600.0,
+        stalls: dict[int, float] | None = None,
     ) -> Outcome:
-        """One request from start to end; then in-flight datagrams play out."""
+        """One request from start to end; then in-flight datagrams play out.
+        ``stalls``: reading the upload's chunk at this byte offset blocks the client
+        for this many seconds (the first time only)."""
+        pending_stalls = dict(stalls or {})
+
+        def read(offset: int, n: int) -> bytes:
+            stall = pending_stalls.pop(offset, 0.0)
+            if stall:
+                self._client_free_at = max(self._client_free_at, self.now) + stall
+            return data[offset : offset + n]
+
         client = ClientRequest(
             operation=operation,
             path=path,
@@ -198,7 +225,7 @@ class Simulation:
             rng=self.rng,
             now=self.now,
             server=SERVER,
-            read_chunk=lambda off, n: data[off : off + n],
+            read_chunk=read,
         )
         outcome = Outcome()
         received = bytearray()
@@ -216,21 +243,29 @@ class Simulation:
         self._drain(client)
         return outcome
 
+    @property
+    def _client_stalled(self) -> bool:
+        return self.now < self._client_free_at
+
     def _exchange(self, client: ClientRequest) -> None:
-        now = self.now
-        for datagram in self.down.due(now):
-            client.receive_datagram(datagram, SERVER, now)
+        now, stalled = self.now, self._client_stalled
+        if not stalled:
+            for datagram in self.down.due(now):
+                client.receive_datagram(datagram, SERVER, now)
         for datagram in self.up.due(now):
             self.endpoint.receive_datagram(datagram, CLIENT, now)
         timer = client.get_timer()
-        if timer is not None and timer <= now:
+        if timer is not None and timer <= now and not stalled:
             client.handle_timer(now)
         timer = self.endpoint.get_timer()
         if timer is not None and timer <= now:
             self.endpoint.handle_timer(now)
         self._server_step()
-        for datagram, _address in client.datagrams_to_send(now):
-            self.up.send(datagram, now)
+        if not stalled:
+            datagrams = client.datagrams_to_send(now)
+            leave = max(now, self._client_free_at)  # after a read that stalled
+            for datagram, _address in datagrams:
+                self.up.send(datagram, leave)
         for datagram, _address in self.endpoint.datagrams_to_send(now):
             self.down.send(datagram, now)
 
@@ -239,6 +274,8 @@ class Simulation:
             self.app.handle(event)
 
     def _client_events(self, client: ClientRequest, outcome: Outcome, received: bytearray) -> None:
+        if self._client_stalled:
+            return
         while (event := client.next_event()) is not None:
             outcome.events.append(event)
             if isinstance(event, DataReceived):
@@ -256,12 +293,12 @@ class Simulation:
                 continue
 
     def _next_time(self, client: ClientRequest) -> float:
-        times = [
-            self.up.next_time(),
-            self.down.next_time(),
-            client.get_timer(),
-            self.endpoint.get_timer(),
-        ]
+        times = [self.up.next_time(), self.endpoint.get_timer()]
+        if self._client_stalled:
+            times.append(self._client_free_at)
+        else:
+            timer = client.get_timer()
+            times += [self.down.next_time(), None if timer is None else timer + self._timer_slack]
         pending = [t for t in times if t is not None]
         assert pending, "deadlock: nothing scheduled"
         return max(min(pending), self.now + MIN_STEP_S)
@@ -269,9 +306,10 @@ class Simulation:
     def _drain(self, client: ClientRequest) -> None:
         """Let in-flight datagrams and lingering sessions play out (bounded)."""
         for _ in range(10_000):
+            to_client = self._client_free_at if self._client_stalled else self.down.next_time()
             pending = [
                 t
-                for t in (self.up.next_time(), self.down.next_time(), self.endpoint.get_timer())
+                for t in (self.up.next_time(), to_client, self.endpoint.get_timer())
                 if t is not None
             ]
             if not pending:

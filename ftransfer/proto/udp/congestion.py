@@ -5,7 +5,8 @@ Theory of operation
 The sender asks two things: how many bytes may be in flight (``cwnd``) and how
 fast to send (``pacing_rate``, bytes/s). It reports sends, acknowledgements (with
 a delivery-rate sample, as BBR defines it: bytes delivered between a packet's send
-and its ack, over that interval), losses and timeouts.
+and its ack, over that interval, restarted when a packet leaves with nothing in
+flight, so idle time is never measured as a slow path), losses and timeouts.
 
 ``bbr`` (the default) models the path instead of reacting to loss, after BBR
 (draft-cardwell-iccrg-bbr-congestion-control): the bottleneck bandwidth is the

@@ -14,7 +14,9 @@ On an ACK (cumulative point + SACK ranges + receiver window):
   part walks forward from the old point, the SACK part only over ranges not seen
   before (``RangeSet.add_new``), so a chunk costs O(1) however often it is re-acked;
 - an RTT sample is taken from the newest acknowledged chunk only if it was sent
-  once (Karn's rule); a delivery-rate sample (BBR) feeds congestion control;
+  once (Karn's rule); a delivery-rate sample (BBR) feeds congestion control,
+  over an interval that a send into an empty pipe restarts, so that no sample
+  spans time with nothing in flight (the pacer's wait, a stalled read);
 - loss detection needs no such rule: every DATA carries its transmission number
   and every ACK echoes the largest one received, so "something sent 3 transmissions
   later has arrived" is known exactly, for retransmissions too (as QUIC's packet
@@ -210,6 +212,16 @@ class Sender:
     def _record(self, seq: int, size: int, now: float, again: bool) -> None:
         if not self._inflight:
             self._rto_base = now
+            # Nothing in flight: the next delivery interval starts now, not at the last
+            # ack, as BBR's rate estimator does on sending (draft-cheng-iccrg-delivery-
+            # rate-estimation; Linux's tcp_rate_skb_sent). Else a sample spans the time
+            # the pipe stood empty and measures the sender's idling, not the path. On a
+            # short path whose window is one burst, acked long before the pacer's next,
+            # that pinned BBR: one low sample (a 50 ms stall in the first read) put the
+            # window at its floor, and from then on every sample was 16 datagrams over
+            # the 8-16 ms the blocking client's timer sleeps for a 1-2 ms wait, 1-3 MB/s
+            # whatever the estimate (measured: a 20 MB put on loopback took 14-20 s).
+            self._delivered_at = self._first_sent_at = now
         self._inflight[seq] = _Sent(
             tx=self._tx,
             sent_at=now,
