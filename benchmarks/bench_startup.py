@@ -161,7 +161,8 @@ def rows(
     targets: dict[str, tuple[str, Callable[[float, float], bool]]],
 ) -> list[list[str]]:
     """One row per install and case: median, the per-round ratio to the install's
-    ``python -c pass``, the target, and the ratio to the baseline install."""
+    ``python -c pass``, the target (if there are any), and the ratio to the baseline
+    install."""
     out = []
     for install in found:
         bare = results[install.label, names[0]]
@@ -170,9 +171,9 @@ def rows(
             cells = [install.label, name, f"{h.median(values) * unit:.{digits}f}"]
             cells.append(h.ratio(h.per_round(values, bare)))
             target = targets.get(name)
-            if target is None:
+            if target is None and targets:
                 cells.append("")
-            else:
+            elif target is not None:
                 met = target[1](h.median(values) * unit, h.median(h.per_round(values, bare)))
                 cells.append(f"{target[0]}: {'met' if met else 'missed'}")
             if len(found) > 1:
@@ -239,7 +240,7 @@ def many(found: list[h.Install], work: Path, args: argparse.Namespace) -> None:
     finally:
         for server in servers:
             server.stop()
-    headers = ["install", f"{args.clients} at once", "median s", "vs python -c pass", "target"]
+    headers = ["install", f"{args.clients} at once", "median s", "vs python -c pass"]
     h.print_table(
         f"{args.clients} concurrent processes, first spawn to last exit, {os.cpu_count()} "
         f"CPUs; medians of {args.concurrent_rounds} interleaved rounds",

@@ -417,6 +417,7 @@ def report(
     args: argparse.Namespace,
 ) -> None:
     names = list(next(iter(table.values())))
+    both = "ftransfer UDP" in names and "ftransfer TCP (cubic)" in names  # a ratio column?
     rows = []
     for case, cells in table.items():
         shown = []
@@ -434,12 +435,12 @@ def report(
             ratio = f"> {args.limit / udp:.1f}x"
         else:
             ratio = "n/a"
-        rows.append([case.label, *shown, ratio])
+        rows.append([case.label, *shown, *[ratio] * both])
     h.print_table(
         f"Emulated WAN: {args.rate:g} Mbit/s, {args.rtt:g} ms RTT, 50 ms queue, "
         f"{args.size_mib} MiB per transfer, UDP and TCP median of {args.runs}, "
         f"TFTP single runs; goodput in MB/s (% of the link's {link_rate / 1e6:.2f} MB/s)",
-        ["path", *names, "UDP / TCP (cubic)"],
+        ["path", *names, *["UDP / TCP (cubic)"] * both],
         rows,
     )
     jitter = Case(0.10, 5.0)
