@@ -1,6 +1,7 @@
 """TFTP benchmark on loopback: ftransfer's TFTP server and client against C peers.
 
-    python benchmarks/bench_tftp.py [--size-mib 64] [--runs 3] [--blksizes 512,1428,8192]
+    python benchmarks/bench_tftp.py [--python PY] [--size-mib 64] [--runs 3]
+                                    [--blksizes 512,1428,8192] [--quick]
 
 Needs curl, Debian's ``atftp`` and ``atftpd`` (``apt-get install atftp atftpd``) and
 tftpd-hpa's ``in.tftpd``. The two Debian server packages conflict, so when
@@ -24,29 +25,23 @@ pay; curl's start-up (a few ms) stays in its figure.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
+import functools
 import os
 import shutil
-import socket
-import statistics
 import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-CLI = [sys.executable, "-m", "ftransfer"]
+import _harness as h
+
 FILE = "file.bin"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+RUN_LIMIT_S = 120
+"""A client run that takes longer is reported as stalled (atftp <- atftpd at
+blksize 8192 and windowsize 32 was seen to hang here)."""
+Client = Callable[[int, int, Path], float]
+"""(server port, blksize, output) -> seconds."""
 
 
 def find_tftpd_hpa(work: Path) -> str | None:
@@ -67,124 +62,40 @@ def find_tftpd_hpa(work: Path) -> str | None:
     return str(binary) if binary.exists() else None
 
 
-@contextlib.contextmanager
-def serving(command: list[str], ready: Callable[[subprocess.Popen[str]], int]) -> Iterator[int]:
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        yield ready(proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_udp(port: int) -> Callable[[subprocess.Popen[str]], int]:
-    """Ready when the port is bound (the C servers print nothing)."""
-
-    def ready(proc: subprocess.Popen[str]) -> int:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    return port
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            time.sleep(0.05)  # polling a C daemon's bind, not a test
-        raise RuntimeError("server did not bind")
-
-    return ready
-
-
-def ftransfer_ready(proc: subprocess.Popen[str]) -> int:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    return int(line.split("tftp://", 1)[1].rsplit(":", 1)[1])
-
-
-def servers(work: Path, root: Path, hpa: str | None) -> dict[str, tuple[list[str], Any]]:
-    found: dict[str, tuple[list[str], Any]] = {}
+def start_servers(
+    install: h.Install, work: Path, root: Path, hpa: str | None, stack: contextlib.ExitStack
+) -> dict[str, int]:
+    """Every server found, running for the length of ``stack``: name -> UDP port."""
+    daemons: dict[str, tuple[int, list[str]]] = {}
     if hpa is not None:
-        port = free_port()
-        found["tftpd-hpa"] = (
-            [hpa, "-L", "-a", f"127.0.0.1:{port}", "-s", str(root)],
-            wait_udp(port),
-        )
+        port = h.free_port()
+        daemons["tftpd-hpa"] = (port, [hpa, "-L", "-a", f"127.0.0.1:{port}", "-s", str(root)])
     if shutil.which("atftpd"):
-        port = free_port()
-        found["atftpd"] = (
-            [
-                "atftpd",
-                "--daemon",
-                "--no-fork",
-                "--port",
-                str(port),
-                "--bind-address",
-                "127.0.0.1",
-                "--logfile",
-                str(work / "atftpd.log"),
-                str(root),
-            ],
-            wait_udp(port),
-        )
-    found["ftransfer"] = (
-        [
-            *CLI,
-            "serve",
-            "--root",
-            str(root),
-            "--port",
-            "0",
-            "--no-udp",
-            "--tftp-port",
-            "0",
-            "--log-level",
-            "warning",
-        ],
-        ftransfer_ready,
-    )
-    return found
-
-
-RUN_LIMIT_S = 120
-"""A client run that takes longer is reported as stalled (atftp <- atftpd at
-blksize 8192 and windowsize 32 was seen to hang here)."""
-
-
-def run_wall(command: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(
-        command,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=RUN_LIMIT_S,
-    )
-    return time.perf_counter() - start
+        port = h.free_port()
+        daemons["atftpd"] = (port, h.atftpd(root, port, log=str(work / "atftpd.log")))
+    ports = {}
+    for name, (port, command) in daemons.items():
+        h.wait_udp_bound(stack.enter_context(h.running(command)), port)
+        ports[name] = port
+    server = h.ServerProcess(install, root, "--no-udp", "--tftp-port", "0")
+    ports["ftransfer"] = stack.enter_context(server).ports["tftp"]
+    return ports
 
 
 def curl(port: int, blksize: int, out: Path) -> float:
-    url = f"tftp://127.0.0.1:{port}/{FILE}"
-    return run_wall(["curl", "-sS", "--tftp-blksize", str(blksize), "-o", str(out), url])
+    return h.timed(h.curl_tftp("127.0.0.1", port, FILE, out, blksize), timeout=RUN_LIMIT_S)
 
 
 def atftp(port: int, blksize: int, out: Path) -> float:
-    options = ["--option", f"blksize {blksize}", "--option", "windowsize 32"]
-    return run_wall(["atftp", *options, "-g", "-r", FILE, "-l", str(out), "127.0.0.1", str(port)])
+    return h.timed(h.atftp_get("127.0.0.1", port, FILE, out, blksize), timeout=RUN_LIMIT_S)
 
 
-def ftransfer_client(port: int, blksize: int, out: Path) -> float:
+def ftransfer_client(install: h.Install, port: int, blksize: int, out: Path) -> float:
     url = f"tftp://127.0.0.1:{port}/{FILE}"
-    args = ["get", url, str(out), "--blksize", str(blksize), "--windowsize", "1", "--json", "-q"]
-    done = subprocess.run([*CLI, *args], check=True, capture_output=True, timeout=RUN_LIMIT_S)
-    return float(json.loads(done.stdout.splitlines()[-1])["seconds"])
+    args = ["get", url, str(out), "--blksize", str(blksize), "--windowsize", "1"]
+    return h.cli_seconds(install, args, timeout=RUN_LIMIT_S)
 
 
-CLIENTS = {"curl": curl, "atftp w32": atftp, "ftransfer": ftransfer_client}
 PAIRS = [
     ("curl", "tftpd-hpa"),
     ("curl", "atftpd"),
@@ -197,88 +108,98 @@ PAIRS = [
 
 
 def measure(
-    ports: dict[str, int], blksize: int, runs: int, out: Path, size: int
+    clients: dict[str, Client], ports: dict[str, int], blksize: int, runs: int, out: Path, size: int
 ) -> dict[tuple[str, str], float]:
-    samples: dict[tuple[str, str], list[float]] = {}
+    """MB/s of each (client, server) pair, median of ``runs`` interleaved rounds; 0.0
+    for a pair that stalled (it is not run again)."""
     stalled: set[tuple[str, str]] = set()
-    pairs = [(c, s) for c, s in PAIRS if s in ports and (c != "atftp w32" or shutil.which("atftp"))]
-    for round_ in range(runs + 1):  # round 0 is the warm-up
-        for client, server in pairs:
-            if (client, server) in stalled:
-                continue
-            try:
-                seconds = CLIENTS[client](ports[server], blksize, out)
-            except subprocess.TimeoutExpired:
-                stalled.add((client, server))
-                continue
-            if out.stat().st_size != size:
-                raise RuntimeError(f"{client} <- {server}: got {out.stat().st_size} bytes")
-            out.unlink()
-            if round_:
-                samples.setdefault((client, server), []).append(seconds)
-    rates = {pair: size / statistics.median(s) / 1e6 for pair, s in samples.items()}
-    return rates | {pair: 0.0 for pair in stalled}
+
+    def case(client: str, server: str) -> float | None:
+        if (client, server) in stalled:
+            return None
+        try:
+            seconds = clients[client](ports[server], blksize, out)
+        except subprocess.TimeoutExpired:
+            stalled.add((client, server))
+            return None
+        if out.stat().st_size != size:
+            raise RuntimeError(f"{client} <- {server}: got {out.stat().st_size} bytes")
+        out.unlink()
+        return seconds
+
+    pairs = [(c, s) for c, s in PAIRS if s in ports and c in clients]
+    cases = {pair: functools.partial(case, *pair) for pair in pairs}
+    samples = h.interleaved(cases, runs)
+    rates = {
+        pair: size / h.median([t for t in times if t is not None]) / 1e6
+        for pair, times in samples.items()
+        if pair not in stalled
+    }
+    return rates | dict.fromkeys(stalled, 0.0)
 
 
-def table(results: dict[int, dict[tuple[str, str], float]]) -> str:
-    lines = [
-        "| blksize | client | tftpd-hpa | atftpd | ftransfer | ftransfer / tftpd-hpa | "
-        "ftransfer / atftpd |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def table(results: dict[int, dict[tuple[str, str], float]], clients: list[str]) -> str:
+    rows = []
     for blksize, cells in results.items():
-        for client in CLIENTS:
+        for client in clients:
             row = {s: cells.get((client, s)) for s in ("tftpd-hpa", "atftpd", "ftransfer")}
             if not any(row.values()):
                 continue
             text = ["-" if v is None else f"{v:.1f}" if v else "stalled" for v in row.values()]
             mine = row["ftransfer"]
-            ratios = [
-                f"{mine / row[base]:.2f}x" if mine and row[base] else "-"  # type: ignore[operator]
-                for base in ("tftpd-hpa", "atftpd")
-            ]
-            lines.append(f"| {blksize} | {client} | {' | '.join(text)} | {' | '.join(ratios)} |")
+            ratios = []
+            for base in ("tftpd-hpa", "atftpd"):
+                theirs = row[base]
+                ratios.append(f"{mine / theirs:.2f}x" if mine and theirs else "-")
+            rows.append([str(blksize), client, *text, *ratios])
         hpa_curl = cells.get(("curl", "tftpd-hpa"))
         mine = cells.get(("ftransfer", "tftpd-hpa"))
         if hpa_curl and mine:
-            lines.append(
-                f"| {blksize} | ftransfer client vs curl, from tftpd-hpa | | | | "
-                f"{mine / hpa_curl:.2f}x | |"
-            )
-    return "\n".join(lines)
+            label = "ftransfer client vs curl, from tftpd-hpa"
+            rows.append([str(blksize), label, "", "", "", f"{mine / hpa_curl:.2f}x", ""])
+    headers = ["blksize", "client", "tftpd-hpa", "atftpd", "ftransfer"]
+    return h.table([*headers, "ftransfer / tftpd-hpa", "ftransfer / atftpd"], rows)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main() -> None:
+    parser = h.parser(__doc__)
     parser.add_argument("--size-mib", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="rounds (after one warm-up)")
     parser.add_argument("--blksizes", default="512,1428,8192")
     args = parser.parse_args()
-    size = args.size_mib * 1024 * 1024
-    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-    with tempfile.TemporaryDirectory(dir=base) as tmp:
-        work = Path(tmp)
+    if args.quick:
+        args.size_mib, args.runs, args.blksizes = 4, 1, "1428"
+    (install,) = h.installs(args)
+    print(f"{h.machine()}; {install.label}: {install.python}", flush=True)
+    size = args.size_mib * h.MIB
+    clients: dict[str, Client] = {}
+    if shutil.which("curl"):
+        clients["curl"] = curl
+    if shutil.which("atftp"):
+        clients["atftp w32"] = atftp
+    clients["ftransfer"] = functools.partial(ftransfer_client, install)
+    base = "/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir()
+    with h.work_dir(base, "ftbench-tftp-") as work:
         root = work / "root"
-        root.mkdir()
-        os.chmod(work, 0o755)
-        os.chmod(root, 0o755)
-        (root / FILE).write_bytes(os.urandom(size))
+        root.mkdir(mode=0o755)
+        h.make_file(root / FILE, size)
         os.chmod(root / FILE, 0o644)
         hpa = find_tftpd_hpa(work)
         with contextlib.ExitStack() as stack:
-            ports = {
-                name: stack.enter_context(serving(command, ready))
-                for name, (command, ready) in servers(work, root, hpa).items()
-            }
-            print(f"servers: {', '.join(ports)}; file {args.size_mib} MiB on tmpfs", flush=True)
+            ports = start_servers(install, work, root, hpa, stack)
+            h.progress(f"servers: {', '.join(ports)}; file {args.size_mib} MiB on tmpfs")
             results = {}
             for blksize in (int(b) for b in args.blksizes.split(",")):
-                results[blksize] = measure(ports, blksize, args.runs, work / "out.bin", size)
-                print(table({blksize: results[blksize]}), file=sys.stderr, flush=True)
-    print(f"median of {args.runs} runs, MB/s (10^6 bytes/s), client wall time")
-    print(table(results))
-    return 0
+                results[blksize] = measure(
+                    clients, ports, blksize, args.runs, work / "out.bin", size
+                )
+                h.progress("\n" + table({blksize: results[blksize]}, list(clients)))
+    print(
+        f"\nTFTP on loopback, {args.size_mib} MiB on tmpfs: median of {args.runs} interleaved "
+        "rounds, MB/s (10^6 bytes/s) of client wall time (ftransfer's client: its --json "
+        f"time)\n\n{table(results, list(clients))}\n"
+    )
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
