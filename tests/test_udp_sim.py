@@ -3,6 +3,7 @@ virtual time: no real waiting (ftransfer.testing.sim)."""
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
@@ -155,6 +156,59 @@ def test_a_lost_result_is_repeated_by_the_lingering_receiver() -> None:
     transfer = Transfer(seed=10, up=LinkConfig(), down=lose_result)
     assert transfer.run(Operation.PUT, "f", b"final ack lost").code == 0
     assert transfer.down.config.drop_once is None  # the RESULT really was dropped once
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _client_lingering(up: LinkConfig, down: LinkConfig) -> tuple[Transfer, list[str], float]:
+    """A GET whose client lingers as the real one does (``linger_rtos``): the
+    simulation, the server's log lines, and how long after its outcome the client's
+    request was over (the real client then exits)."""
+    handler = _Lines()
+    server_log = logging.getLogger("ftransfer.server")
+    level = server_log.level
+    server_log.addHandler(handler)
+    server_log.setLevel(logging.INFO)
+    try:
+        transfer = Transfer(seed=11, files={"g": b"download"}, give_up_s=30.0, up=up, down=down)
+        transfer.config.linger_rtos = 4.0
+        outcome = transfer.run(Operation.GET, "g")
+        assert outcome.code == 0 and outcome.data == b"download"
+        assert transfer.client_finished_at is not None
+    finally:
+        server_log.removeHandler(handler)
+        server_log.setLevel(level)
+    return transfer, handler.lines, transfer.client_finished_at - outcome.seconds
+
+
+def test_a_download_whose_result_is_lost_ends_well_on_both_sides() -> None:
+    """The client's RESULT is lost: the server repeats its FIN, and the lingering
+    client answers it. Before the client lingered, the server repeated FIN to no
+    one and logged the verified download as failed after its give-up time."""
+    lose_result = LinkConfig(drop_once=lambda d: d[1] == pk.PacketType.RESULT)
+    transfer, lines, _after = _client_lingering(up=lose_result, down=LinkConfig())
+    assert transfer.up.config.drop_once is None  # the RESULT really was dropped once
+    logged = [line.split(" ", 1)[1] for line in lines if " udp get g" in line]
+    assert len(logged) == 1 and logged[0].startswith("udp get g: 8 bytes in "), lines
+
+
+def test_the_client_lingers_one_round_trip_or_a_few_rtos_at_most() -> None:
+    """With the server's CLOSE the client is done a round trip after its RESULT; if
+    that CLOSE is lost it waits 4 retransmission timeouts (each at least 0.2 s, the
+    RTO's floor), not the give-up time (30 s)."""
+    rtt = 2 * LinkConfig().delay
+    _t, _l, with_close = _client_lingering(up=LinkConfig(), down=LinkConfig())
+    assert with_close == pytest.approx(rtt, abs=0.001)
+    lose_close = LinkConfig(drop=lambda d: d[1] == pk.PacketType.CLOSE)
+    _t, _l, without = _client_lingering(up=LinkConfig(), down=lose_close)
+    assert 4 * 0.2 <= without < 2.0
 
 
 def test_fin_repeats_keep_to_the_rto_ceiling() -> None:

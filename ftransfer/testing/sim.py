@@ -178,6 +178,8 @@ class Simulation:
         self.now = 0.0
         self._timer_slack = client_timer_slack_s
         self._client_free_at = 0.0  # the client is stalled until then
+        self.client_finished_at: float | None = None
+        """When the client's request was over, lingering included (then it stops)."""
         self.up, self.down = Link(up, rng), Link(down, rng)
         self.config = SessionConfig(
             chunk_bytes=chunk_bytes, window=window, give_up_s=give_up_s, cc=cc
@@ -240,6 +242,7 @@ class Simulation:
             self.now = self._next_time(client)
             assert self.now <= limit_s, f"no outcome after {limit_s} virtual seconds"
         outcome.data, outcome.seconds = bytes(received), self.now
+        self._exchange(client)  # what the outcome queued (a download's RESULT) leaves now
         self._drain(client)
         return outcome
 
@@ -249,7 +252,9 @@ class Simulation:
 
     def _exchange(self, client: ClientRequest) -> None:
         now, stalled = self.now, self._client_stalled
-        if not stalled:
+        if client.finished:  # the real client has closed its socket: nothing reaches it
+            self.down.due(now)
+        elif not stalled:
             for datagram in self.down.due(now):
                 client.receive_datagram(datagram, SERVER, now)
         for datagram in self.up.due(now):
@@ -268,6 +273,8 @@ class Simulation:
                 self.up.send(datagram, leave)
         for datagram, _address in self.endpoint.datagrams_to_send(now):
             self.down.send(datagram, now)
+        if client.finished and self.client_finished_at is None:
+            self.client_finished_at = now
 
     def _server_step(self) -> None:
         while (event := self.endpoint.next_event()) is not None:
@@ -307,9 +314,10 @@ class Simulation:
         """Let in-flight datagrams and lingering sessions play out (bounded)."""
         for _ in range(10_000):
             to_client = self._client_free_at if self._client_stalled else self.down.next_time()
+            lingering = None if client.finished else client.get_timer()  # its last timer
             pending = [
                 t
-                for t in (self.up.next_time(), to_client, self.endpoint.get_timer())
+                for t in (self.up.next_time(), to_client, self.endpoint.get_timer(), lingering)
                 if t is not None
             ]
             if not pending:

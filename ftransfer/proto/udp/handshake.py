@@ -290,6 +290,7 @@ class ClientRequest:
             window=accept.window if sending else self.config.window,
             give_up_s=self.config.give_up_s,
             cc=self.config.cc,
+            linger_rtos=self.config.linger_rtos,
         )
         self.machine.go(HT.ACCEPTED)
         self.session = Session(

@@ -21,7 +21,8 @@ Close survives loss: the sender repeats FIN on its retransmission timer until a
 RESULT arrives, then answers with CLOSE carrying the verdict's code (0, or the
 error) and ends; the receiver, after sending RESULT, *lingers* (TCP's TIME_WAIT),
 answering every repeated FIN with the same RESULT, for ``give_up_s``: as long as
-the sender may still be asking. The sender's CLOSE ends the linger early. Either
+the sender may still be asking (a client lingers ``linger_rtos`` retransmission
+timeouts instead: its user is waiting). The sender's CLOSE ends the linger early. Either
 side gives up after ``give_up_s`` without progress and reports ``Failed`` (code
 42); ``abort`` sends CLOSE with a non-zero code, and a peer's such CLOSE aborts.
 
@@ -118,10 +119,23 @@ class BlockReader:
 class SessionConfig:
     """What both ends agreed in the handshake (a plain class: made once per session)."""
 
-    __slots__ = ("cc", "chunk_bytes", "give_up_s", "window")
+    __slots__ = ("cc", "chunk_bytes", "give_up_s", "linger_rtos", "window")
 
-    def __init__(self, *, chunk_bytes: int, window: int, give_up_s: float, cc: str = "bbr") -> None:
+    def __init__(
+        self,
+        *,
+        chunk_bytes: int,
+        window: int,
+        give_up_s: float,
+        cc: str = "bbr",
+        linger_rtos: float | None = None,
+    ) -> None:
         self.chunk_bytes, self.window, self.give_up_s, self.cc = chunk_bytes, window, give_up_s, cc
+        self.linger_rtos = linger_rtos
+        """How long a receiver lingers after its RESULT, in retransmission timeouts
+        (a client, which has a user waiting: long enough for the sender's repeated
+        FIN); None: ``give_up_s``, as long as the sender may still be asking (a
+        server, which is there anyway)."""
 
 
 class Session:
@@ -294,13 +308,18 @@ class Session:
         self.machine.go(T.FINISH)
         self._result = Result(code=code, digest=digest, message=message)
         self._outbox.append(encode(self.session_id, self._result))
-        self._deadline = now + self.config.give_up_s
+        self._deadline = now + self._linger_s()
         sid = self.session_id
         self._emit(
             Completed(digest=digest, session=sid)
             if code == 0
             else Failed(code=code, message=message, digest=digest, session=sid)
         )
+
+    def _linger_s(self) -> float:
+        rtos = self.config.linger_rtos
+        give_up = self.config.give_up_s
+        return give_up if rtos is None else min(give_up, rtos * self.rtt.rto())
 
     def abort(self, *, code: int = Aborted.code, message: str = "aborted") -> None:
         """End now and tell the peer (CLOSE with ``code``)."""
