@@ -118,6 +118,13 @@ def test_a_closed_udp_port_fails_at_once(tmp_path: Path, command: list[str]) -> 
     assert "port unreachable" in err_lines(result)[-1]  # the ICMP path's own message
 
 
+def test_ping_to_a_closed_port_fails_at_once() -> None:
+    # a 600 s wait for the echo: only ICMP can end it within run_cli's timeout
+    result = run_cli("ping", "-c", "1", "--timeout", "600", f"127.0.0.1:{closed_udp_port()}")
+    assert result.returncode == ExitCode.CONNECTION, result.stderr
+    assert "port unreachable" in err_lines(result)[-1]
+
+
 def _garbage(conn: socket.socket) -> None:
     conn.sendall(bytes(range(256)) * 4)
 

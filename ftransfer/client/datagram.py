@@ -21,13 +21,12 @@ same error the blocking ``Client`` raises from its own loop.
 
 from __future__ import annotations
 
-import socket
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
 
     from ..errors import FtransferError
+    from ..io.udp import UdpSocket
     from ..proto.machine import DatagramCore
 
     class DatagramCall(Protocol):
@@ -51,7 +50,7 @@ if TYPE_CHECKING:
         def finish(self) -> None: ...
 
 
-async def run_on_loop(call: DatagramCall, sock: socket.socket) -> None:
+async def run_on_loop(call: DatagramCall, sock: UdpSocket) -> None:
     """Run ``call`` on ``sock`` (non-blocking) until it is over."""
     import asyncio
 

@@ -30,7 +30,6 @@ receives.
 from __future__ import annotations
 
 import random
-import socket
 import time
 from collections.abc import Callable
 
@@ -43,7 +42,7 @@ from ..errors import (
     error_from_code,
 )
 from ..io import threaded
-from ..io.udp import DatagramSocket, open_udp_socket
+from ..io.udp import DatagramSocket, UdpSocket, open_udp_socket
 from ..proto.events import Accepted, Completed, DataReceived, EndReceived, Failed
 from ..proto.udp.handshake import ClientRequest
 from ..proto.udp.packets import Operation
@@ -264,7 +263,7 @@ class UdpCall:
         )
 
 
-def connected_socket(url: Url) -> socket.socket:
+def connected_socket(url: Url) -> UdpSocket:
     return open_udp_socket(url.host, url.port, connect=True)
 
 
@@ -279,7 +278,7 @@ our own upload drops what is sent into it, while a copy sent once it has drained
 
 
 def tell_server(
-    sock: socket.socket, queued: Callable[[float], list[tuple[bytes, tuple[str, int]]]]
+    sock: UdpSocket, queued: Callable[[float], list[tuple[bytes, tuple[str, int]]]]
 ) -> None:
     """Send what the core queued after an interruption (``queued``: its
     datagrams_to_send; a CLOSE, if a session was open), and repeat it on the
