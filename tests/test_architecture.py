@@ -7,8 +7,10 @@ The rules (docs/architecture.md, "Layers"):
 
 ``proto`` is sans-IO (no sockets, clock, files, threads or global randomness) and
 imports only ``errors``, ``config``, ``checksum``, ``_records`` and itself;
-``storage`` knows no protocol; the CLI never imports ``proto`` or ``socket``; only
-``checksum`` imports xxhash and only ``cli/progress.py`` imports tqdm.
+``storage`` knows no protocol; the client imports no ``socket`` (io/ opens and
+works its sockets); the CLI never imports ``proto``, ``testing`` (it reaches the
+link model through ``tools``) or ``socket``; only ``checksum`` imports xxhash
+and only ``cli/progress.py`` imports tqdm.
 """
 
 from __future__ import annotations
@@ -132,13 +134,16 @@ LAYERS = [
     ),
     (
         "ftransfer.client",
-        ("ftransfer.server", "ftransfer.cli", "ftransfer.testing", "ftransfer.tools"),
+        ("ftransfer.server", "ftransfer.cli", "ftransfer.testing", "ftransfer.tools", "socket"),
     ),
     (
         "ftransfer.server",
         ("ftransfer.client", "ftransfer.cli", "ftransfer.testing", "ftransfer.tools"),
     ),
-    ("ftransfer.cli", ("ftransfer.proto", "ftransfer.io", "ftransfer.storage", "socket")),
+    (
+        "ftransfer.cli",
+        ("ftransfer.proto", "ftransfer.io", "ftransfer.storage", "ftransfer.testing", "socket"),
+    ),
     ("ftransfer.testing", ("ftransfer.cli", "ftransfer.tools")),
 ]
 

@@ -136,3 +136,73 @@ def test_a_cancelled_udp_upload_tells_the_server_which_drops_it(
 
     assert asyncio.run(asyncio.wait_for(main(), SAFETY_S)) is True
     assert not (served / "new.bin").exists()
+
+
+class _FailingProgress(Progress):
+    """Raises from inside the call's handlers once bytes arrive, as a user's
+    progress callback may: the error must reach the caller, not asyncio's log."""
+
+    def advance(self, nbytes: int) -> None:
+        raise RuntimeError("the progress display broke")
+
+
+class _AsyncioErrors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize("scheme", ["udp", "tftp"])
+def test_a_download_to_a_closed_pipe_raises_output_closed(served: Path, scheme: str) -> None:
+    """The sink's OutputClosed (EPIPE), raised inside the driver's callback, ends
+    the call with that error, as the blocking Client does, not a transfer run to
+    its end and reported as an IntegrityError."""
+    from ftransfer.client.local import OutputClosed
+
+    (served / "f.bin").write_bytes(BODY)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away (| head): every write is EPIPE
+    errors = _AsyncioErrors()
+
+    async def main() -> None:
+        async with (
+            ftransfer.Server(_config(served)) as server,
+            ftransfer.AsyncClient(_url(server, scheme)) as client,
+        ):
+            await client.get("f.bin", write_end)
+
+    logging.getLogger("asyncio").addHandler(errors)
+    try:
+        with pytest.raises(OutputClosed):
+            asyncio.run(asyncio.wait_for(main(), SAFETY_S))
+    finally:
+        logging.getLogger("asyncio").removeHandler(errors)
+        os.close(write_end)
+    assert errors.messages == []
+
+
+@pytest.mark.parametrize("scheme", ["udp", "tftp"])
+def test_an_error_in_a_handler_reaches_the_caller(
+    tmp_path: Path, served: Path, scheme: str
+) -> None:
+    (served / "f.bin").write_bytes(BODY)
+    errors = _AsyncioErrors()
+
+    async def main() -> None:
+        async with (
+            ftransfer.Server(_config(served)) as server,
+            ftransfer.AsyncClient(_url(server, scheme)) as client,
+        ):
+            await client.get("f.bin", str(tmp_path / "copy.bin"), progress=_FailingProgress())
+
+    logging.getLogger("asyncio").addHandler(errors)
+    try:
+        with pytest.raises(RuntimeError, match="progress display broke"):
+            asyncio.run(asyncio.wait_for(main(), SAFETY_S))
+    finally:
+        logging.getLogger("asyncio").removeHandler(errors)
+    assert errors.messages == []
+    assert not (tmp_path / "copy.bin").exists()

@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,9 +23,11 @@ from test_udp_integration import RelayProcess
 
 from ftransfer.errors import ExitCode
 
-FAST_S = 5.0
-"""'Fails at once': the slow failures were a 30 s give-up or a 60 s idle timeout,
-and a normal failure takes a fraction of a second; 5 s is far from both."""
+PATIENT = ("--give-up", "600", "--timeout", "600")
+"""'Fails at once' without a clock: with the give-up and idle timeout far past
+run_cli's (and pytest's) 120 s, a client that waited for either instead of
+taking the fast path fails the test by running out of time; the exit code and
+message then say which path ended it."""
 
 
 def err_lines(result: subprocess.CompletedProcess[bytes]) -> list[str]:
@@ -112,9 +113,14 @@ def test_a_closed_udp_port_fails_at_once(tmp_path: Path, command: list[str]) -> 
     (tmp_path / "file").write_bytes(b"x")
     port = closed_udp_port()
     args = [a.format(port=port, dir=tmp_path, file=tmp_path / "file") for a in command]
-    started = time.monotonic()
-    result = run_cli(*args)
-    assert time.monotonic() - started < FAST_S  # ICMP port unreachable, not the give-up
+    result = run_cli(*args, *PATIENT)  # only ICMP can end it within run_cli's timeout
+    assert result.returncode == ExitCode.CONNECTION, result.stderr
+    assert "port unreachable" in err_lines(result)[-1]  # the ICMP path's own message
+
+
+def test_ping_to_a_closed_port_fails_at_once() -> None:
+    # a 600 s wait for the echo: only ICMP can end it within run_cli's timeout
+    result = run_cli("ping", "-c", "1", "--timeout", "600", f"127.0.0.1:{closed_udp_port()}")
     assert result.returncode == ExitCode.CONNECTION, result.stderr
     assert "port unreachable" in err_lines(result)[-1]
 
@@ -170,9 +176,8 @@ def impostor(request: pytest.FixtureRequest) -> Iterator[int]:
 def test_a_tcp_service_that_is_not_ftransfer_is_a_protocol_error_at_once(
     impostor: int, tmp_path: Path, command: str
 ) -> None:
-    started = time.monotonic()
-    result = run_cli(command, f"127.0.0.1:{impostor}/f", cwd=tmp_path)
-    assert time.monotonic() - started < FAST_S  # not the 60 s idle timeout
+    # PATIENT: an idle timeout of 600 s, so only recognising the impostor ends it in time
+    result = run_cli(command, f"127.0.0.1:{impostor}/f", *PATIENT, cwd=tmp_path)
     assert result.returncode == ExitCode.PROTOCOL, result.stderr
     [line] = err_lines(result)
     assert line.startswith(f"ftransfer: error: 127.0.0.1:{impostor} ")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import signal
 import statistics
 
 from ..client import Url, format_address
@@ -44,14 +43,21 @@ def ping(args: argparse.Namespace) -> int:
 
 def relay(args: argparse.Namespace) -> int:
     """Run the impairment relay until SIGINT/SIGTERM."""
-    import asyncio
-
-    from ..testing.netem import Impairment
-    from ..tools.relay import Relay
+    from ..tools.relay import run
 
     listen = parse_remote(args.listen, allow_port_zero=True)
     to = parse_remote(args.to)
-    impairment = Impairment(
+    there = format_address(to.host, to.port)
+
+    def ready(address: tuple[str, int]) -> None:
+        here = format_address(*address)
+        print(f"ftransfer: relaying udp://{here} -> udp://{there}", flush=True)
+
+    run(
+        (listen.host, listen.port),
+        (to.host, to.port),
+        seed=args.seed,
+        ready=ready,
         loss=args.loss,
         dup=args.dup,
         reorder=args.reorder,
@@ -60,19 +66,4 @@ def relay(args: argparse.Namespace) -> int:
         jitter_s=args.jitter / 1000,
         rate_bytes_per_s=None if args.rate is None else args.rate * 1e6 / 8,
     )
-
-    async def run() -> None:
-        running = Relay((listen.host, listen.port), (to.host, to.port), impairment, args.seed)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a clean stop, like serve's
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        here = format_address(str(running.address[0]), int(running.address[1]))
-        there = format_address(to.host, to.port)
-        print(f"ftransfer: relaying udp://{here} -> udp://{there}", flush=True)
-        try:
-            await stop.wait()
-        finally:
-            running.close()
-
-    asyncio.run(run())
     return 0

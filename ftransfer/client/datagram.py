@@ -11,17 +11,22 @@ runs it here, under the one asyncio driver every datagram core shares
 more so that the core's last datagrams (the final ACK, the RESULT, the CLOSE)
 leave; on cancellation the call is told first (``interrupted``), so what goes out
 is the abort.
+
+The call's handlers run inside the driver's callbacks, where asyncio would log
+an exception and drop it ("Exception in callback") while the transfer ran on. So
+an exception there (a sink's ``OutputClosed``, ENOSPC, a refused target) is kept,
+the call is told it is abandoned, the wait ends, and the coroutine raises it: the
+same error the blocking ``Client`` raises from its own loop.
 """
 
 from __future__ import annotations
-
-import socket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
 
     from ..errors import FtransferError
+    from ..io.udp import UdpSocket
     from ..proto.machine import DatagramCore
 
     class DatagramCall(Protocol):
@@ -45,21 +50,40 @@ if TYPE_CHECKING:
         def finish(self) -> None: ...
 
 
-async def run_on_loop(call: DatagramCall, sock: socket.socket) -> None:
+async def run_on_loop(call: DatagramCall, sock: UdpSocket) -> None:
     """Run ``call`` on ``sock`` (non-blocking) until it is over."""
     import asyncio
 
     from ..io.datagram import CoreDriver
 
     over = asyncio.get_running_loop().create_future()
+    failed: list[Exception] = []
+
+    def fail(exc: Exception) -> None:
+        failed.append(exc)
+        call.interrupted()  # the abort goes out with the driver's next send
+        if not over.done():
+            over.set_result(None)
 
     def on_event(event: object) -> None:
-        call.on_event(event)
+        if failed:
+            return  # abandoned: the rest of the batch is moot
+        try:
+            call.on_event(event)
+        except Exception as exc:
+            fail(exc)
+            return
         if call.over and not over.done():
             over.set_result(None)
 
     def unreachable() -> None:
-        call.unreachable()
+        if failed:
+            return
+        try:
+            call.unreachable()
+        except Exception as exc:
+            fail(exc)
+            return
         if call.error is not None and not over.done():
             over.set_result(None)
 
@@ -76,3 +100,5 @@ async def run_on_loop(call: DatagramCall, sock: socket.socket) -> None:
     finally:
         call.finish()
         driver.close()
+    if failed:
+        raise failed[0]

@@ -6,17 +6,17 @@ A PING carries a sequence number, our clock's timestamp and padding; the server
 answers with a PONG of the same size to the source address (so it amplifies
 nothing). Each echo waits up to ``timeout_s`` for its PONG, matched by sequence
 number and timestamp; a late PONG of an earlier probe is ignored. An ICMP "port
-unreachable" (nothing listens there) fails at once with ``ConnectionFailed``.
+unreachable" (nothing listens there) fails at once with ``ConnectionFailed``. The
+socket and the wait are io/udp.py's (``echo``); this module builds and matches.
 """
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 
 from ..errors import ConnectionFailed
-from ..io.udp import open_udp_socket
+from ..io.udp import UdpSocket, echo, open_udp_socket
 from ..proto.udp.packets import PacketError, Ping, Pong, decode_untrusted, encode
 from .urls import Url
 
@@ -36,7 +36,6 @@ def ping(
     sock = open_udp_socket(url.host, url.port, connect=True)
     rtts: list[float] = []
     try:
-        sock.setblocking(True)
         for seq in range(count):
             rtt = _one(sock, seq, timeout_s, url)
             report(seq, rtt)
@@ -49,27 +48,23 @@ def ping(
     return rtts
 
 
-def _one(sock: socket.socket, seq: int, timeout_s: float, url: Url) -> float | None:
+def _one(sock: UdpSocket, seq: int, timeout_s: float, url: Url) -> float | None:
     sent_ns = time.monotonic_ns()
+
+    def answers(reply: bytes) -> bool:
+        try:
+            _session, body = decode_untrusted(reply)
+        except PacketError:
+            return False
+        return isinstance(body, Pong) and body.seq == seq and body.timestamp_ns == sent_ns
+
+    ping = encode(0, Ping(seq=seq, timestamp_ns=sent_ns, padding=PING_PADDING))
     try:
-        sock.send(encode(0, Ping(seq=seq, timestamp_ns=sent_ns, padding=PING_PADDING)))
-        deadline = time.monotonic() + timeout_s
-        while (remaining := deadline - time.monotonic()) > 0:
-            sock.settimeout(remaining)
-            try:
-                data = sock.recv(2048)
-            except TimeoutError:
-                return None
-            try:
-                _session, body = decode_untrusted(data)
-            except PacketError:
-                continue
-            if isinstance(body, Pong) and body.seq == seq and body.timestamp_ns == sent_ns:
-                return (time.monotonic_ns() - sent_ns) / 1e6
+        answered = echo(sock, ping, timeout_s, answers)
     except ConnectionRefusedError:
         raise ConnectionFailed(
             f"udp {url.address}: port unreachable (no ftransfer there)"
         ) from None
     except OSError as exc:
         raise ConnectionFailed(f"ping {url.address}: {exc.strerror}") from None
-    return None
+    return (time.monotonic_ns() - sent_ns) / 1e6 if answered else None

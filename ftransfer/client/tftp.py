@@ -20,8 +20,6 @@ received, marked ``verified=False``: never claim more.
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import time
 from collections.abc import Callable
 
@@ -29,7 +27,7 @@ from ..checksum import new_hasher
 from ..config import ClientConfig
 from ..errors import ConnectionFailed, FtransferError, error_from_code
 from ..io import threaded
-from ..io.udp import DatagramSocket, resolve
+from ..io.udp import DatagramSocket, open_reporting_socket, resolve
 from ..proto.events import Completed, DataReceived, Failed
 from ..proto.tftp import netascii
 from ..proto.tftp.client import TftpClient
@@ -178,26 +176,9 @@ class TftpCall:
         )
 
 
-IP_RECVERR, IPV6_RECVERR = 11, 25
-"""From linux/in.h and in6.h: report ICMP errors to an unconnected socket too (the
-server answers from a new port, so the client's socket cannot be connected)."""
-
-
-def open_socket(family: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    level, option = (
-        (socket.IPPROTO_IPV6, IPV6_RECVERR)
-        if family == socket.AF_INET6
-        else (socket.IPPROTO_IP, IP_RECVERR)
-    )
-    with contextlib.suppress(OSError):
-        sock.setsockopt(level, option, 1)
-    return sock
-
-
 def run_sync(call: TftpCall) -> None:
     """Run the transfer on a blocking socket in this thread (``Client``)."""
-    sock = open_socket(call.family)
+    sock = open_reporting_socket(call.family)
     try:
         threaded.run(
             sock,
@@ -220,4 +201,4 @@ async def run_async(call: TftpCall) -> None:
     """Run the transfer on the asyncio loop (``AsyncClient``)."""
     from .datagram import run_on_loop
 
-    await run_on_loop(call, open_socket(call.family))
+    await run_on_loop(call, open_reporting_socket(call.family))

@@ -15,7 +15,10 @@ unreachable" before the server ever answered to ``ConnectionFailed`` at once
 (nothing listens there), and an interrupted request (Ctrl-C, SIGTERM,
 cancellation) tells the server with CLOSE so it frees the session at once (the
 blocking flavour repeats it twice within 0.2 s, past a bottleneck queue full of
-our own data).
+our own data). An answer kept in memory (LIST, STAT) is capped at the server's
+own MAX_ANSWER_BYTES: an ACCEPT announcing more, or more bytes than announced,
+is a ``RemoteProtocolError`` and the request is closed, so a hostile server
+cannot make the client hold what it likes.
 
 ``TransferStats`` carries what a user of a lossy link wants to see afterwards:
 datagrams sent and retransmitted, duplicates and corrupt datagrams dropped, the
@@ -27,14 +30,19 @@ receives.
 from __future__ import annotations
 
 import random
-import socket
 import time
 from collections.abc import Callable
 
 from ..config import ClientConfig
-from ..errors import Aborted, ConnectionFailed, FtransferError, error_from_code
+from ..errors import (
+    Aborted,
+    ConnectionFailed,
+    FtransferError,
+    RemoteProtocolError,
+    error_from_code,
+)
 from ..io import threaded
-from ..io.udp import DatagramSocket, open_udp_socket
+from ..io.udp import DatagramSocket, UdpSocket, open_udp_socket
 from ..proto.events import Accepted, Completed, DataReceived, EndReceived, Failed
 from ..proto.udp.handshake import ClientRequest
 from ..proto.udp.packets import Operation
@@ -45,6 +53,9 @@ from .urls import Url
 
 CLIENT_WINDOW_CHUNKS = 8192
 """Reorder window the client offers (bounded in bytes by the server's choice)."""
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""Largest LIST or STAT answer the client keeps in memory: the server's own cap
+(server/udp.py), past which it refuses a listing and says to use TCP."""
 MakeSink = Callable[[Accepted], Sink]
 
 
@@ -118,6 +129,8 @@ class UdpCall:
             )
 
     def on_event(self, event: object) -> None:
+        if self.error is not None and isinstance(event, DataReceived | EndReceived):
+            return  # the request failed here: nothing more is kept or verified
         if isinstance(event, Accepted):
             self._accepted(event)
         elif isinstance(event, DataReceived):
@@ -148,15 +161,32 @@ class UdpCall:
         self.accepted = event
         if self._make_sink is not None:
             self.sink = self._make_sink(event)
+        if isinstance(self.sink, MemorySink) and event.size > MAX_ANSWER_BYTES:
+            self._hostile(f"an answer of {event.size} bytes announced")
         if self.progress is not None and not self._announced:
             self.progress.file_started(self.path, event.size)
             self._announced = True
 
     def _consume(self, data: bytes | bytearray) -> None:
+        if isinstance(self.sink, MemorySink):
+            assert self.accepted is not None  # data follows an ACCEPT
+            if len(self.sink.data) + len(data) > self.accepted.size:
+                self._hostile(f"more than the {self.accepted.size} bytes announced")
+                return
         if self.sink is not None:
             self.sink.write(data)  # one write per batch of datagrams
         if self.progress is not None:
             self.progress.advance(len(data))
+
+    def _hostile(self, what: str) -> None:
+        """A LIST or STAT answer past its bounds: refuse it and close the request."""
+        if self.error is not None:
+            return
+        self.error = RemoteProtocolError(
+            f"udp {self.url.address}: {what} (a LIST or STAT answer is at most "
+            f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB)"
+        )
+        self.core.abort(code=RemoteProtocolError.code, message=str(self.error))
 
     def _verify(self, event: EndReceived) -> None:
         """The verdict for the RESULT: the sink checks the FIN's digest on commit
@@ -243,7 +273,7 @@ class UdpCall:
         )
 
 
-def connected_socket(url: Url) -> socket.socket:
+def connected_socket(url: Url) -> UdpSocket:
     return open_udp_socket(url.host, url.port, connect=True)
 
 
@@ -258,7 +288,7 @@ our own upload drops what is sent into it, while a copy sent once it has drained
 
 
 def tell_server(
-    sock: socket.socket, queued: Callable[[float], list[tuple[bytes, tuple[str, int]]]]
+    sock: UdpSocket, queued: Callable[[float], list[tuple[bytes, tuple[str, int]]]]
 ) -> None:
     """Send what the core queued after an interruption (``queued``: its
     datagrams_to_send; a CLOSE, if a session was open), and repeat it on the

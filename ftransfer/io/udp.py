@@ -2,8 +2,17 @@
 
 Theory of operation
 -------------------
-Both datagram runners (datagram.py on asyncio, threaded.py on a blocking socket)
-move datagrams through a ``DatagramSocket``; nothing here knows a protocol.
+Every UDP socket of the client and the server is opened here, and the client
+holds it only as a handle (``UdpSocket``). Both datagram runners (datagram.py on
+asyncio, threaded.py on a blocking socket) move datagrams through a
+``DatagramSocket``; nothing here knows a protocol.
+
+ICMP errors reach a socket as errors of its next receive (ECONNREFUSED for
+"port unreachable"), which the runners hand to their owner. A connected socket
+gets them by itself; ``open_reporting_socket`` is for a client whose server
+answers from a new port (TFTP), so its socket cannot be connected, and asks
+Linux for them anyway (IP_RECVERR). ``echo`` is the one request-and-answer
+primitive with a timeout on a blocking socket (``ftransfer ping``).
 
 Where Linux offers them, it uses UDP segmentation offloads, which leave the wire
 unchanged: ``send`` hands runs of equal-sized datagrams to one address to the
@@ -25,11 +34,14 @@ import contextlib
 import errno
 import socket
 import struct
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from ..errors import ConnectionFailed
 
 Address = tuple[str, int]
+UdpSocket = socket.socket
+"""What the client holds of a socket opened here (it imports no ``socket``)."""
 RECV_BUFFER_BYTES = 65536
 """One datagram at most (the largest UDP payload), or one GRO batch."""
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
@@ -77,6 +89,44 @@ def open_udp_socket(host: str, port: int, *, connect: bool) -> socket.socket:
         raise ConnectionFailed(f"cannot {verb} udp {where}: {exc.strerror}") from None
     sock.setblocking(False)
     return sock
+
+
+IP_RECVERR, IPV6_RECVERR = 11, 25
+"""From linux/in.h and in6.h: report ICMP errors to an unconnected socket too."""
+
+
+def open_reporting_socket(family: int) -> UdpSocket:
+    """An unbound, unconnected UDP socket of ``family`` that reports ICMP errors
+    where the kernel can (IP_RECVERR; elsewhere it just does not)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    level, option = (
+        (socket.IPPROTO_IPV6, IPV6_RECVERR)
+        if family == socket.AF_INET6
+        else (socket.IPPROTO_IP, IP_RECVERR)
+    )
+    with contextlib.suppress(OSError):
+        sock.setsockopt(level, option, 1)
+    return sock
+
+
+def echo(
+    sock: UdpSocket, datagram: bytes, timeout_s: float, answers: Callable[[bytes], bool]
+) -> bool:
+    """Send ``datagram`` on the connected ``sock`` and read replies until
+    ``answers`` takes one (True) or ``timeout_s`` has passed (False). An ICMP
+    error raises as it comes (ConnectionRefusedError: port unreachable)."""
+    sock.setblocking(True)
+    sock.send(datagram)
+    deadline = time.monotonic() + timeout_s
+    while (remaining := deadline - time.monotonic()) > 0:
+        sock.settimeout(remaining)
+        try:
+            reply = sock.recv(RECV_BUFFER_BYTES)
+        except TimeoutError:
+            return False
+        if answers(reply):
+            return True
+    return False
 
 
 class DatagramSocket:

@@ -8,7 +8,8 @@ direction has its own ``ImpairedPath`` (testing/netem.py: loss, duplication,
 corruption, reordering, a rate-limited drop-tail queue, delay and jitter). The
 decision is the model's; this loop only keeps a heap of departures and one timer,
 so it costs a few microseconds per datagram and keeps up with the rates it
-emulates.
+emulates. ``run`` is what the CLI calls: the impairment from its options, the
+relay until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import random
+import signal
 import socket
+from collections.abc import Callable
 
 from ..io.udp import open_udp_socket
 from ..testing.netem import ImpairedPath, Impairment
@@ -111,3 +114,43 @@ class Relay:
         for upstream, _up, _down in self._upstreams.values():
             self._loop.remove_reader(upstream.fileno())
             upstream.close()
+
+
+def run(
+    listen: tuple[str, int],
+    target: tuple[str, int],
+    *,
+    seed: int,
+    ready: Callable[[tuple[str, int]], None],
+    loss: float = 0.0,
+    dup: float = 0.0,
+    reorder: float = 0.0,
+    corrupt: float = 0.0,
+    delay_s: float = 0.0,
+    jitter_s: float = 0.0,
+    rate_bytes_per_s: float | None = None,
+) -> None:
+    """Relay ``listen`` -> ``target`` under this impairment until SIGINT or SIGTERM
+    (a clean stop, like serve's); ``ready`` is told the address bound."""
+    impairment = Impairment(
+        loss=loss,
+        dup=dup,
+        reorder=reorder,
+        corrupt=corrupt,
+        delay_s=delay_s,
+        jitter_s=jitter_s,
+        rate_bytes_per_s=rate_bytes_per_s,
+    )
+
+    async def main() -> None:
+        running = Relay(listen, target, impairment, seed)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        ready((str(running.address[0]), int(running.address[1])))
+        try:
+            await stop.wait()
+        finally:
+            running.close()
+
+    asyncio.run(main())
