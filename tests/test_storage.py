@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from ftransfer.errors import (
     StorageIOError,
     TooLarge,
 )
+from ftransfer.storage.atomic import UNPARSED_STALE_S
 from ftransfer.storage.base import Store
 from ftransfer.storage.entry import EntryKind
 from ftransfer.storage.local import LocalStore
@@ -481,13 +483,37 @@ def test_a_live_writers_temporary_survives_a_sweep(local: LocalStore, root: Path
     other.close()
 
 
+def _age(path: Path, seconds: float) -> None:
+    when = time.time() - seconds
+    os.utime(path, (when, when))
+
+
 def test_a_directory_holding_only_dead_temporaries_can_be_removed(
     local: LocalStore, root: Path
 ) -> None:
     (root / "sub" / "inner.txt").unlink()
-    (root / "sub" / (TEMP_PREFIX + "placed-by-hand")).write_bytes(b"x")
+    placed = root / "sub" / (TEMP_PREFIX + "placed-by-hand")
+    placed.write_bytes(b"x")
+    _age(placed, UNPARSED_STALE_S + 3600)
     local.remove(n("sub"))
     assert not (root / "sub").exists()
+
+
+def test_a_temporary_of_another_shape_is_swept_only_once_it_is_old(root: Path) -> None:
+    """0.1 named its temporaries TEMP_PREFIX + 16 hex: one an old process is still
+    writing during an upgrade must survive; a forgotten one goes after a day."""
+    live = root / (TEMP_PREFIX + "0123456789abcdef")
+    live.write_bytes(b"being written by ftransfer 0.1")
+    forgotten = root / "sub" / (TEMP_PREFIX + "fedcba9876543210")
+    forgotten.write_bytes(b"left by a 0.1 process that died")
+    _age(forgotten, UNPARSED_STALE_S + 3600)
+    store = LocalStore(root)
+    try:
+        assert store.sweep_temporaries() == 1
+    finally:
+        store.close()
+    assert live.read_bytes() == b"being written by ftransfer 0.1"
+    assert not forgotten.exists()
 
 
 def test_the_digest_of_a_committed_file_is_remembered(

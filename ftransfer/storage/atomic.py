@@ -25,8 +25,11 @@ A temporary is *stale* when it was made on this machine and its process is gone:
 made in an earlier boot, or no process has its pid, or that pid now belongs to a
 process that started at another time (pid reuse). One made on another machine
 (a shared file system) is stale only once it is older than FOREIGN_STALE_S. A
-name with the prefix but not this shape (placed by hand) has no live writer of
-ours, so it is stale too. ``sweep`` removes the stale temporaries of a directory.
+name with the prefix but not this shape says nothing about its writer: it may be
+placed by hand, or be the live temporary of an older ftransfer (0.1 named them
+``.ftransfer-tmp-<16 hex>``) running during an upgrade, so it is stale only once
+it is older than UNPARSED_STALE_S, like a foreign one. ``sweep`` removes the
+stale temporaries of a directory.
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ from .names import shown
 FOREIGN_STALE_S = 24 * 3600.0
 """A temporary made on another machine sharing the directory is removed once it
 is older than this (no upload runs a day without writing)."""
+UNPARSED_STALE_S = FOREIGN_STALE_S
+"""A temporary whose name does not say its owner (another version's, or placed by
+hand) is removed once it is older than this, for the same reason."""
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 _ERRNO_ERRORS: dict[int, type[FtransferError]] = {
@@ -164,7 +170,7 @@ def is_stale(name: str, mtime_s: float, now_s: float) -> bool:
     """Whether temporary ``name`` (modified at ``mtime_s``) has no live writer."""
     fields = name.removeprefix(TEMP_PREFIX).split("-")
     if len(fields) != 4 or len(fields[0]) != 16 or not (fields[1] + fields[2]).isdigit():
-        return True  # not one of ours: nobody of ours is writing it
+        return now_s - mtime_s > UNPARSED_STALE_S  # its owner is unknown: by age
     me = _me()
     machine, boot = fields[0][:8], fields[0][8:]
     if machine != me.machine:
