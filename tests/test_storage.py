@@ -374,6 +374,8 @@ def test_listing_leaves_out_what_no_request_could_name(local: LocalStore, root: 
     (root / (TEMP_PREFIX + "leftover")).write_bytes(b"partial")
     (root / "back\\slash").write_bytes(b"x")
     (root / "ctrl\x01").write_bytes(b"x")
+    (root / "csi\x9b31m").write_bytes(b"x")
+    (root / "evil\u202etxt.exe").write_bytes(b"x")
     os.close(os.open(os.fsencode(root) + b"/bad\xffname", os.O_CREAT | os.O_WRONLY, 0o644))
     assert {e.name for e in local.list(n(""))} == {"old.txt", "sub"}
 
