@@ -15,7 +15,7 @@ from ftransfer.client.plan import get_target, put_targets
 from ftransfer.client.urls import Url, format_address, parse_url
 from ftransfer.config import DEFAULT_PORT, TEMP_PREFIX, TFTP_PORT
 from ftransfer.errors import Exists, IntegrityError
-from ftransfer.storage.atomic import is_stale, temp_name
+from ftransfer.storage.atomic import UNPARSED_STALE_S, is_stale, temp_name
 
 
 def tcp(host: str, port: int = DEFAULT_PORT, path: str = "") -> Url:
@@ -135,7 +135,9 @@ def test_temporaries_of_dead_writers_are_stale_and_live_ones_are_not(tmp_path: P
         check=True,
     ).stdout.strip()
     assert is_stale(dead, 0.0, 0.0)  # its process has exited
-    assert is_stale(TEMP_PREFIX + "placed-by-hand", 0.0, 0.0)
+    unparsed = TEMP_PREFIX + "0123456789abcdef"  # 0.1's shape, or placed by hand
+    assert not is_stale(unparsed, 1000.0, 1000.0)  # perhaps written right now
+    assert is_stale(unparsed, 0.0, UNPARSED_STALE_S + 1.0)
     other_boot = (
         TEMP_PREFIX
         + mine.removeprefix(TEMP_PREFIX)[:8]

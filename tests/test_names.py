@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ftransfer.config import TEMP_PREFIX
 from ftransfer.errors import PathRefused
@@ -38,6 +42,13 @@ BAD_NAMES = [
     "a\nb",
     "esc\x1b[31m",
     "del\x7f",
+    "a\x9b31mred",  # C1 CSI: a terminal escape without ESC
+    "nel\x85",
+    "evil\u202etxt.exe",  # RIGHT-TO-LEFT OVERRIDE: shows as "evilexe.txt"
+    "iso\u2066late",
+    "zero\u200bwidth",
+    "\ufeffbom",
+    "tag\U000e0041",
     "x" * 256,
     "a/" * 2100 + "a",
     TEMP_PREFIX + "abc",
@@ -83,6 +94,50 @@ def test_escape_shows_control_characters_and_undecodable_bytes() -> None:
     assert escape("a\x1b[31mb\n") == "a\\x1b[31mb\\x0a"
     assert escape("bad\udcffname") == "bad\\xffname"
     assert escape("ümlaut") == "ümlaut"
+    assert escape("a\x9b31mred") == "a\\x9b31mred"
+    assert escape("evil\u202etxt.exe") == "evil\\u202etxt.exe"
+    assert escape("ü\x1b\U000e0041") == "ü\\x1b\\U000e0041"
+    assert escape("日本語 ü") == "日本語 ü"  # printable text is left alone
+
+
+def test_the_reason_says_which_kind_of_character_was_refused() -> None:
+    with pytest.raises(PathRefused, match="control characters are not allowed"):
+        parse_name("ü\x9b")
+    with pytest.raises(PathRefused, match="format characters are not allowed"):
+        parse_name("ü\u202e")
+
+
+UNSAFE = ("Cc", "Cf", "Cs")
+"""What must never reach a terminal or a log raw: controls, format characters
+(bidi, zero-width) and lone surrogates (undecodable bytes from a disk)."""
+NAME_TEXT = st.text(
+    st.one_of(
+        st.sampled_from("/.\\:ab\x00\x1b\x7f\x9b\u202e\u200b\udcff"),
+        st.characters(exclude_categories=()),
+    ),
+    max_size=40,
+)
+
+
+@given(NAME_TEXT)
+def test_escape_leaves_nothing_unsafe_and_keeps_the_rest(text: str) -> None:
+    shown_text = escape(text)
+    assert not any(unicodedata.category(char) in UNSAFE for char in shown_text)
+    if not any(unicodedata.category(char) in UNSAFE for char in text):
+        assert shown_text == text
+
+
+@given(NAME_TEXT)
+def test_what_is_accepted_prints_as_it_is(text: str) -> None:
+    """Every name the parser accepts is shown unchanged: nothing it lets through
+    needs escaping, so no accepted name can drive a terminal."""
+    try:
+        name = parse_name(text, allow_root=True)
+    except PathRefused:
+        return
+    assert not any(unicodedata.category(char) in UNSAFE for char in name.text)
+    assert escape(name.text) == name.text
+    assert all(is_valid_component(part) for part in name.parts)
 
 
 def test_long_names_are_cut_in_the_middle_for_messages() -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from test_names import BAD_NAMES
 
-from ftransfer.checksum import digest_bytes
+from ftransfer.checksum import digest_bytes, hex_digest
 from ftransfer.config import MAX_ERROR_MESSAGE_BYTES
 from ftransfer.errors import (
     Exists,
@@ -159,6 +160,42 @@ def test_one_log_line_per_request_with_who_what_and_how_it_ended(
     assert lines[3] == "192.0.2.7:4000 tcp ls /: 3 entries"
     assert lines[4].startswith("192.0.2.7:4000 tcp rm missing: refused: ")
     assert len(lines) == 5
+
+
+@pytest.mark.parametrize("end", ["abort", "fail"])
+def test_an_abort_after_the_store_committed_does_not_log_a_failure(
+    end: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A UDP commit runs in a worker thread; a CLOSE or the give-up timer can end
+    the upload on the event loop between the store's commit and its log line. The
+    file is committed: the one log line must say so, not "aborted" or "failed"."""
+    ops, store = make()
+    logging_commit, ended = threading.Event(), threading.Event()
+
+    def held_hex(digest: bytes) -> str:  # the commit's log line is being written
+        logging_commit.set()
+        ended.wait(30.0)
+        return hex_digest(digest)
+
+    monkeypatch.setattr("ftransfer.server.operations.hex_digest", held_hex)
+    data = b"committed"
+    up = ops.upload(WHO, "new.bin", size=len(data))
+    up.write(data)
+    committer = threading.Thread(target=up.commit, args=(digest_bytes(data),))
+    with caplog.at_level(logging.INFO, logger="ftransfer.server"):
+        committer.start()
+        try:
+            assert logging_commit.wait(30.0)
+            if end == "abort":
+                up.abort("the client closed")
+            else:
+                up.fail(StorageIOError("given up"))
+        finally:
+            ended.set()
+        committer.join(30.0)
+    assert store.files()["new.bin"] == data
+    [line] = [record.getMessage() for record in caplog.records]
+    assert line.startswith("192.0.2.7:4000 tcp put new.bin: 9 bytes in "), line
 
 
 # ---- error messages: at most 1,024 bytes on the wire, whole characters, the reason kept ----

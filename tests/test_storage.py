@@ -7,12 +7,15 @@ same whichever store is behind them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,7 +37,8 @@ from ftransfer.errors import (
     StorageIOError,
     TooLarge,
 )
-from ftransfer.storage.base import Store
+from ftransfer.storage.atomic import UNPARSED_STALE_S
+from ftransfer.storage.base import Store, Writer
 from ftransfer.storage.entry import EntryKind
 from ftransfer.storage.local import LocalStore
 from ftransfer.storage.memory import MemoryStore
@@ -372,6 +376,8 @@ def test_listing_leaves_out_what_no_request_could_name(local: LocalStore, root: 
     (root / (TEMP_PREFIX + "leftover")).write_bytes(b"partial")
     (root / "back\\slash").write_bytes(b"x")
     (root / "ctrl\x01").write_bytes(b"x")
+    (root / "csi\x9b31m").write_bytes(b"x")
+    (root / "evil\u202etxt.exe").write_bytes(b"x")
     os.close(os.open(os.fsencode(root) + b"/bad\xffname", os.O_CREAT | os.O_WRONLY, 0o644))
     assert {e.name for e in local.list(n(""))} == {"old.txt", "sub"}
 
@@ -481,13 +487,37 @@ def test_a_live_writers_temporary_survives_a_sweep(local: LocalStore, root: Path
     other.close()
 
 
+def _age(path: Path, seconds: float) -> None:
+    when = time.time() - seconds
+    os.utime(path, (when, when))
+
+
 def test_a_directory_holding_only_dead_temporaries_can_be_removed(
     local: LocalStore, root: Path
 ) -> None:
     (root / "sub" / "inner.txt").unlink()
-    (root / "sub" / (TEMP_PREFIX + "placed-by-hand")).write_bytes(b"x")
+    placed = root / "sub" / (TEMP_PREFIX + "placed-by-hand")
+    placed.write_bytes(b"x")
+    _age(placed, UNPARSED_STALE_S + 3600)
     local.remove(n("sub"))
     assert not (root / "sub").exists()
+
+
+def test_a_temporary_of_another_shape_is_swept_only_once_it_is_old(root: Path) -> None:
+    """0.1 named its temporaries TEMP_PREFIX + 16 hex: one an old process is still
+    writing during an upgrade must survive; a forgotten one goes after a day."""
+    live = root / (TEMP_PREFIX + "0123456789abcdef")
+    live.write_bytes(b"being written by ftransfer 0.1")
+    forgotten = root / "sub" / (TEMP_PREFIX + "fedcba9876543210")
+    forgotten.write_bytes(b"left by a 0.1 process that died")
+    _age(forgotten, UNPARSED_STALE_S + 3600)
+    store = LocalStore(root)
+    try:
+        assert store.sweep_temporaries() == 1
+    finally:
+        store.close()
+    assert live.read_bytes() == b"being written by ftransfer 0.1"
+    assert not forgotten.exists()
 
 
 def test_the_digest_of_a_committed_file_is_remembered(
@@ -504,3 +534,146 @@ def test_the_digest_of_a_committed_file_is_remembered(
     assert readable.digest is None
     readable.close()
     assert local.digest(n("f")) == digest_bytes(b"X" + data[1:])
+
+
+# ---- an abort from another thread during a commit ------------------------------------
+
+DEADLINE_S = 30.0
+"""A safety net only: every wait below ends as soon as the other thread gets there."""
+
+
+class _WatchedLock:
+    """A writer's lock that says when a second caller has to wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.contended = threading.Event()
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            self.contended.set()
+            self._lock.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _fds_into(directory: Path) -> list[int]:
+    """This process's descriptors of ``directory`` and of temporaries in it."""
+    found = []
+    for fd in _open_fds():
+        with contextlib.suppress(OSError):  # (the listing's own descriptor, closed)
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target == str(directory) or target.startswith(str(directory / TEMP_PREFIX)):
+                found.append(int(fd))
+    return sorted(found)
+
+
+def _abort_while_committing(
+    writer: Writer, digest: bytes, inside: threading.Event, release: threading.Event
+) -> tuple[dict[str, object], bool]:
+    """Commit in one thread; once ``inside`` says the commit is held inside, abort in
+    a second thread, and ``release`` the commit once that abort waits for the lock.
+    Returns what each call returned or raised, and whether the abort waited."""
+    lock = _WatchedLock()
+    vars(writer)["_lock"] = lock
+    outcome: dict[str, object] = {}
+
+    def run(what: str, call: Callable[[], object]) -> None:
+        try:
+            outcome[what] = call()
+        except BaseException as exc:
+            outcome[what] = exc
+
+    committer = threading.Thread(target=run, args=("commit", lambda: writer.commit(digest)))
+    aborter = threading.Thread(target=run, args=("abort", writer.abort))
+    committer.start()
+    try:
+        assert inside.wait(DEADLINE_S)
+        aborter.start()
+        waited = lock.contended.wait(DEADLINE_S)
+    finally:
+        release.set()
+    committer.join(DEADLINE_S)
+    aborter.join(DEADLINE_S)
+    return outcome, waited
+
+
+@pytest.mark.parametrize("held_at", [1, 2], ids=["file-fsync", "directory-fsync"])
+def test_an_abort_during_a_commit_waits_and_leaves_the_file_committed(
+    local: LocalStore, root: Path, monkeypatch: pytest.MonkeyPatch, held_at: int
+) -> None:
+    """The server commits a large UDP upload in a worker thread while a CLOSE, the
+    give-up timer or a shutdown aborts it on the event loop. Held inside the
+    commit (before the rename: the file's fsync; after it: the directory's), the
+    abort must wait, then do nothing: the file committed whole, the temporary gone,
+    each descriptor closed exactly once, no exception from either call."""
+    data = os.urandom(64 * 1024)
+    before = _open_fds()
+    writer = local.open_write(
+        n("sub/new"), size=len(data), mtime_ns=-1, mode=None, exclusive=False, limit=LIMIT
+    )
+    owned = _fds_into(root / "sub")  # the temporary and its directory
+    writer.write(data)
+    inside, release = threading.Event(), threading.Event()
+    fsyncs: list[int] = []
+    closed: list[int] = []
+    real_fsync, real_close = os.fsync, os.close
+
+    def held_fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        if len(fsyncs) == held_at:
+            inside.set()
+            release.wait(DEADLINE_S)
+        real_fsync(fd)
+
+    def counted_close(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    monkeypatch.setattr(os, "close", counted_close)
+    outcome, waited = _abort_while_committing(writer, digest_bytes(data), inside, release)
+    monkeypatch.undo()
+    assert outcome == {"commit": digest_bytes(data), "abort": None}
+    assert writer.committed
+    assert (root / "sub" / "new").read_bytes() == data
+    assert temporaries(root / "sub") == []
+    assert len(owned) == 2 and sorted(fd for fd in closed if fd in owned) == owned
+    assert _open_fds() == before
+    assert waited, "the abort did not wait for the commit"
+
+
+class _HeldStore(MemoryStore):
+    """A MemoryStore whose commits stop inside, just before the bytes are placed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside, self.release = threading.Event(), threading.Event()
+
+    def place(
+        self, name: Name, data: bytearray, mtime_ns: int, mode: int | None, exclusive: bool
+    ) -> None:
+        self.inside.set()
+        self.release.wait(DEADLINE_S)
+        super().place(name, data, mtime_ns, mode, exclusive)
+
+
+def test_an_abort_during_a_memory_commit_waits_for_it() -> None:
+    store = _HeldStore()
+    data = b"committed whole"
+    writer = store.open_write(
+        n("f"), size=len(data), mtime_ns=-1, mode=None, exclusive=False, limit=LIMIT
+    )
+    writer.write(data)
+    outcome, waited = _abort_while_committing(
+        writer, digest_bytes(data), store.inside, store.release
+    )
+    assert outcome == {"commit": digest_bytes(data), "abort": None}
+    assert writer.committed and store.files() == {"f": data}
+    assert store.root.uploads == 0  # the upload ended once
+    assert waited, "the abort did not wait for the commit"

@@ -137,13 +137,15 @@ class Upload:
 
     def abort(self, reason: str) -> None:
         """Discard the upload (nothing is committed); the reason goes to the log."""
-        self._writer.abort()
-        self._request.end(f"aborted: {reason}")
+        self._writer.abort()  # (waits for a commit running in another thread)
+        if not self._writer.committed:  # else the commit writes the line
+            self._request.end(f"aborted: {reason}")
 
     def fail(self, exc: FtransferError) -> None:
         """The transfer failed (a timeout, the peer's error): nothing is committed."""
         self._writer.abort()
-        self._request.end(f"failed: {exc}", level=logging.WARNING)
+        if not self._writer.committed:
+            self._request.end(f"failed: {exc}", level=logging.WARNING)
 
 
 class Download:

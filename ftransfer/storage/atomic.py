@@ -9,6 +9,9 @@ the final name (or hard-links it, which fails atomically if the name exists, for
 no-clobber) and fsyncs the directory. Every failure, and ``abort``, removes the
 temporary, so the final name holds its complete old content or the complete new
 content, never a mix. A failed fsync is a failure (nothing is reported committed).
+One lock serialises ``write``, ``commit`` and ``abort``, which may come from
+different threads: an abort that arrives during a commit waits for it, then only
+closes if it succeeded; the descriptors are closed exactly once.
 
 The directory is reached through ``Directory``: a descriptor-relative one for the
 server's jail (local.py: every syscall relative to a directory descriptor opened
@@ -25,12 +28,16 @@ A temporary is *stale* when it was made on this machine and its process is gone:
 made in an earlier boot, or no process has its pid, or that pid now belongs to a
 process that started at another time (pid reuse). One made on another machine
 (a shared file system) is stale only once it is older than FOREIGN_STALE_S. A
-name with the prefix but not this shape (placed by hand) has no live writer of
-ours, so it is stale too. ``sweep`` removes the stale temporaries of a directory.
+name with the prefix but not this shape says nothing about its writer: it may be
+placed by hand, or be the live temporary of an older ftransfer (0.1 named them
+``.ftransfer-tmp-<16 hex>``) running during an upgrade, so it is stale only once
+it is older than UNPARSED_STALE_S, like a foreign one. ``sweep`` removes the
+stale temporaries of a directory.
 """
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
 import stat
@@ -60,6 +67,9 @@ from .names import shown
 FOREIGN_STALE_S = 24 * 3600.0
 """A temporary made on another machine sharing the directory is removed once it
 is older than this (no upload runs a day without writing)."""
+UNPARSED_STALE_S = FOREIGN_STALE_S
+"""A temporary whose name does not say its owner (another version's, or placed by
+hand) is removed once it is older than this, for the same reason."""
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 _ERRNO_ERRORS: dict[int, type[FtransferError]] = {
@@ -164,7 +174,7 @@ def is_stale(name: str, mtime_s: float, now_s: float) -> bool:
     """Whether temporary ``name`` (modified at ``mtime_s``) has no live writer."""
     fields = name.removeprefix(TEMP_PREFIX).split("-")
     if len(fields) != 4 or len(fields[0]) != 16 or not (fields[1] + fields[2]).isdigit():
-        return True  # not one of ours: nobody of ours is writing it
+        return now_s - mtime_s > UNPARSED_STALE_S  # its owner is unknown: by age
     me = _me()
     machine, boot = fields[0][:8], fields[0][8:]
     if machine != me.machine:
@@ -245,9 +255,9 @@ class FdDirectory(Directory):
         os.fsync(self.fd)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def sweep(directory: Directory) -> int:
@@ -273,7 +283,12 @@ def sweep(directory: Directory) -> int:
 class AtomicWriter:
     """A file that appears whole at its final name on ``commit``, or not at all.
 
-    The writer owns ``directory`` and closes it when it ends."""
+    The writer owns ``directory`` and closes it when it ends. ``write``, ``commit``
+    and ``abort`` hold one lock (see base.Writer): an ``abort`` from another thread
+    while a commit runs (the server commits large uploads in a worker thread while
+    a CLOSE, a timer or a shutdown aborts on the event loop) waits for the commit
+    to end and then only closes, so the temporary is never removed under a rename
+    and each descriptor is closed exactly once."""
 
     def __init__(
         self,
@@ -300,7 +315,11 @@ class AtomicWriter:
         self._temp = temp_name()
         self._hasher = new_hasher()
         self._written = 0
-        self._done = False
+        self._lock = _thread.allocate_lock()
+        self._ended = False  # no more writes or commits
+        self._temp_gone = False  # published, or removed
+        self.committed = False
+        """The file is at its final name (commit succeeded)."""
         try:
             self._fd = directory.open_temp(self._temp)
         except OSError as exc:
@@ -325,37 +344,39 @@ class AtomicWriter:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes; more than the declared size is an integrity error."""
         label = self._label
-        if self._done:
-            raise StorageIOError(f"{label}: the upload has already ended")
-        if self._bound is not None and self._written + len(data) > self._bound:
-            self.abort()
-            if self._size is None:
-                raise TooLarge(f"{label}: more than the limit of {self._bound} bytes")
-            raise IntegrityError(f"{label}: more bytes than the declared {self._size}")
-        try:
-            write_all(self._fd, data)
-        except OSError as exc:
-            self.abort()
-            raise os_error(exc, label) from None
-        self._hasher.update(data)
-        self._written += len(data)
+        with self._lock:
+            if self._ended:
+                raise StorageIOError(f"{label}: the upload has already ended")
+            if self._bound is not None and self._written + len(data) > self._bound:
+                self._end()
+                if self._size is None:
+                    raise TooLarge(f"{label}: more than the limit of {self._bound} bytes")
+                raise IntegrityError(f"{label}: more bytes than the declared {self._size}")
+            try:
+                write_all(self._fd, data)
+            except OSError as exc:
+                self._end()
+                raise os_error(exc, label) from None
+            self._hasher.update(data)
+            self._written += len(data)
 
     def commit(self, expected_digest: bytes) -> bytes:
         """Verify, make durable and publish; returns the digest of what was written."""
-        digest = self._hasher.digest()
         label = self._label
-        try:
-            if self._done:
-                raise StorageIOError(f"{label}: the upload has already ended")
-            if self._size is not None and self._written != self._size:
-                raise IntegrityError(f"{label}: got {self._written} of {self._size} bytes")
-            if digest != expected_digest:
-                raise IntegrityError(f"{label}: xxh3-128 mismatch, not committed")
-            self._publish()
-        except OSError as exc:
-            raise os_error(exc, label) from None
-        finally:
-            self.abort()
+        with self._lock:
+            digest = self._hasher.digest()
+            try:
+                if self._ended:
+                    raise StorageIOError(f"{label}: the upload has already ended")
+                if self._size is not None and self._written != self._size:
+                    raise IntegrityError(f"{label}: got {self._written} of {self._size} bytes")
+                if digest != expected_digest:
+                    raise IntegrityError(f"{label}: xxh3-128 mismatch, not committed")
+                self._publish()
+            except OSError as exc:
+                raise os_error(exc, label) from None
+            finally:
+                self._end()
         return digest
 
     def _publish(self) -> None:
@@ -370,25 +391,42 @@ class AtomicWriter:
             self._dir.unlink(self._temp)
         else:
             self._dir.replace(self._temp, self._leaf)
-        self._done = True  # the temporary name no longer exists
+        self._temp_gone = True
         # After the last change to the inode (rename and unlink change its ctime),
         # for stores that remember digests by file identity (local.py).
         self.identity = os.fstat(self._fd)
         if self._fsync:
             self._dir.sync()
+        self.committed = True
 
     def abort(self) -> None:
-        """Close and remove the temporary file; safe to call more than once."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if not self._done:
+        """Close and remove the temporary file; safe to call more than once, from
+        any thread. During a commit it waits for the commit to end; after a
+        successful commit it does nothing."""
+        with self._lock:
+            self._end()
+
+    def _end(self) -> None:
+        """(Under the lock.) Close the temporary, remove it unless it was
+        published, and close the directory: each at most once, whatever fails."""
+        self._ended = True
+        fd, self._fd = self._fd, -1
+        remove, self._temp_gone = not self._temp_gone, True
+        try:
+            if fd >= 0:
+                os.close(fd)
+        finally:
             try:
-                self._dir.unlink(self._temp)
-            except FileNotFoundError:
-                self._done = True  # (no contextlib: see sweep)
-            self._done = True
-        self._dir.close()
+                if remove:
+                    self._remove_temp()
+            finally:
+                self._dir.close()
+
+    def _remove_temp(self) -> None:
+        try:
+            self._dir.unlink(self._temp)
+        except FileNotFoundError:
+            return  # gone already (no contextlib: see sweep)
 
     identity: os.stat_result | None = None
     """fstat of the committed file, after its rename (None until committed)."""

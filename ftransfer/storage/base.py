@@ -19,7 +19,8 @@ port sees a file descriptor, a path string joined onto a root, or an object key.
   (sendfile) and is optional: callers test for it with ``zero_copy_fd``.
 - ``Writer``: an upload that appears whole at its final name on ``commit`` (after
   the size and digest are checked and the bytes are durable) or not at all; it
-  hashes what passes through ``write``.
+  hashes what passes through ``write``. Its calls are serialised, so ``commit``
+  may run in a worker thread while ``abort`` comes from the event loop.
 
 Every method raises only the ftransfer error tree (errors.py), already mapped from
 whatever the backend raised.
@@ -74,10 +75,24 @@ class Readable(Protocol):
 
 
 class Writer(Protocol):
-    """An atomic upload in progress."""
+    """An atomic upload in progress.
+
+    ``write``, ``commit`` and ``abort`` may be called from different threads (a
+    large commit runs in a worker thread while a CLOSE, a give-up timer or a
+    shutdown aborts on the event loop); they are serialised. An ``abort`` that
+    arrives during a ``commit`` waits for it to end; if the commit succeeded, the
+    abort only closes (the file stays committed, whole), and if it failed, nothing
+    was committed. Either way every resource is released exactly once and
+    ``abort`` raises nothing that the commit raised."""
 
     @property
     def written(self) -> int: ...
+
+    @property
+    def committed(self) -> bool:
+        """The upload is at its final name (``commit`` succeeded); an ``abort``
+        after that changes nothing."""
+        ...
 
     @property
     def digest(self) -> bytes:
@@ -93,7 +108,8 @@ class Writer(Protocol):
         ...
 
     def abort(self) -> None:
-        """Discard the upload; safe to call more than once, and after commit."""
+        """Discard the upload; safe to call more than once, from any thread, and
+        after (or during: it waits) a commit, which it then leaves in place."""
         ...
 
 

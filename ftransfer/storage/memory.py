@@ -7,7 +7,9 @@ files, directories and *special* entries (a stand-in for symlinks, FIFOs and
 devices, which are listed but never read, replaced or followed). An upload is
 private to its writer until ``commit`` checks the size and digest and puts the
 bytes in place in one step, so a reader sees the old bytes or the new ones; an
-``exclusive`` commit fails if the name appeared meanwhile. Running uploads make
+``exclusive`` commit fails if the name appeared meanwhile. A writer's ``write``,
+``commit`` and ``abort`` hold one lock, as ``AtomicWriter``'s do (base.Writer):
+an abort from another thread during a commit waits for it. Running uploads make
 their directory non-empty, as a temporary file would. A ``Readable`` is a snapshot
 of the bytes at open time (as an open descriptor keeps an unlinked inode). There
 is no ``fileno``: callers take the portable path, which is what the simulator
@@ -19,6 +21,7 @@ of the failure paths.
 
 from __future__ import annotations
 
+import _thread
 import time
 from collections.abc import Callable, Iterator
 
@@ -33,6 +36,7 @@ from ..errors import (
     NotADirectory,
     NotFound,
     NotRegularFile,
+    StorageIOError,
     TooLarge,
 )
 from .base import refuse_directory_name
@@ -97,7 +101,9 @@ class MemoryWriter:
         self._mtime_ns, self._mode, self._exclusive = mtime_ns, mode, exclusive
         self._buffer = bytearray()
         self._hasher = new_hasher()
+        self._lock = _thread.allocate_lock()
         self._done = False
+        self.committed = False
         self._parent = store.directory(name.parent)
         self._parent.uploads += 1
 
@@ -110,29 +116,44 @@ class MemoryWriter:
         return self._hasher.digest()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._store.check_fault()
-        if self._bound is not None and len(self._buffer) + len(data) > self._bound:
-            self.abort()
-            if self._size is None:
-                raise TooLarge(f"{self._name}: more than the limit of {self._bound} bytes")
-            raise IntegrityError(f"{self._name}: more bytes than the declared {self._size}")
-        self._buffer += data
-        self._hasher.update(data)
+        with self._lock:
+            self._check_open()
+            self._store.check_fault()
+            if self._bound is not None and len(self._buffer) + len(data) > self._bound:
+                self._end()
+                if self._size is None:
+                    raise TooLarge(f"{self._name}: more than the limit of {self._bound} bytes")
+                raise IntegrityError(f"{self._name}: more bytes than the declared {self._size}")
+            self._buffer += data
+            self._hasher.update(data)
 
     def commit(self, expected_digest: bytes) -> bytes:
-        digest = self._hasher.digest()
-        try:
-            self._store.check_fault()
-            if self._size is not None and len(self._buffer) != self._size:
-                raise IntegrityError(f"{self._name}: got {len(self._buffer)} of {self._size} bytes")
-            if digest != expected_digest:
-                raise IntegrityError(f"{self._name}: xxh3-128 mismatch, not committed")
-            self._store.place(self._name, self._buffer, self._mtime_ns, self._mode, self._exclusive)
-        finally:
-            self.abort()
+        name = self._name
+        with self._lock:
+            digest = self._hasher.digest()
+            try:
+                self._check_open()
+                self._store.check_fault()
+                if self._size is not None and len(self._buffer) != self._size:
+                    raise IntegrityError(f"{name}: got {len(self._buffer)} of {self._size} bytes")
+                if digest != expected_digest:
+                    raise IntegrityError(f"{name}: xxh3-128 mismatch, not committed")
+                self._store.place(name, self._buffer, self._mtime_ns, self._mode, self._exclusive)
+                self.committed = True
+            finally:
+                self._end()
         return digest
 
     def abort(self) -> None:
+        """Discard the upload; during a commit, wait for it (then only end)."""
+        with self._lock:
+            self._end()
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise StorageIOError(f"{self._name}: the upload has already ended")
+
+    def _end(self) -> None:
         if not self._done:
             self._done = True
             self._parent.uploads -= 1

@@ -9,16 +9,21 @@ touched. The rules (protocol.md section 7, THREATS "Names and paths") are:
 - components are separated by ``/``; one trailing ``/`` is allowed and means the
   name must be a directory (``ls host/dir/``, as shells complete it);
 - refused: the empty name (unless the root is allowed), a leading ``/``, empty
-  components (``a//b``), ``.`` and ``..``, backslashes, NUL and other control
-  characters, a component shaped like a drive (``C:``, second character ``:``) in
-  any position, a component over NAME_MAX or a name over PATH_MAX bytes, and the
-  temporary-file prefix, reserved for uploads in progress;
+  components (``a//b``), ``.`` and ``..``, backslashes, NUL and every other
+  control character (Unicode category Cc: C0, DEL and C1, whose U+009B is a
+  terminal's CSI), format characters (Cf: bidi overrides such as U+202E,
+  zero-width characters), a component shaped like a drive (``C:``, second
+  character ``:``) in any position, a component over NAME_MAX or a name over
+  PATH_MAX bytes, and the temporary-file prefix, reserved for uploads in progress;
 - text that is not valid UTF-8 cannot arrive (the codecs refuse it), but a name a
   store reads from disk may hold undecodable bytes (as surrogates): such a name is
   refused too, so ``is_valid_component`` is also what listings use to leave out
   entries that no request could name. Whatever a listing shows can be requested.
 
-``escape`` makes any name safe to print or log (control characters as ``\\xNN``).
+``escape`` makes any name safe to print or log: control, format and surrogate
+characters as ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN`` (an undecodable byte as
+``\\xNN``), so that neither a peer's name nor one read from disk can drive the
+terminal or reorder the text around it in a listing or a log line.
 Nothing here touches the file system: containment is the store's job (openat with
 O_NOFOLLOW in local.py); this module only guarantees that a ``Name`` has no
 component that could climb out or alias another.
@@ -31,6 +36,11 @@ from ..config import MAX_NAME_BYTES, MAX_PATH_BYTES, TEMP_PREFIX
 from ..errors import PathRefused
 
 _CONTROL = frozenset(chr(c) for c in [*range(0x20), 0x7F])
+"""The ASCII control characters (the only ASCII characters in _UNSAFE)."""
+_UNSAFE = {"Cc": "control", "Cf": "format"}
+"""Unicode categories refused in names and escaped for display, by what they are."""
+_ESCAPED = frozenset((*_UNSAFE, "Cs"))
+"""What ``escape`` shows as escapes: the refused categories and lone surrogates."""
 MAX_SHOWN_CHARS = 160
 """Names in messages and logs are cut in the middle to this many characters, so an
 error's reason always fits the 1,024-byte ERROR frame after a 4,096-byte name."""
@@ -74,21 +84,33 @@ class Name(Record):
 ROOT = Name(parts=(), directory=True)
 
 
+def _category(char: str) -> str:
+    """The Unicode general category of a character outside ASCII."""
+    import unicodedata  # (only for names that are not ASCII: start-up)
+
+    return unicodedata.category(char)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
 def escape(name: str) -> str:
-    """A name safe to print or log: control characters and undecodable bytes shown
-    as escapes."""
-    if name.isprintable() and name.isascii():
-        return name
-    out = []
-    for char in name:
-        code = ord(char)
-        if char in _CONTROL:
-            out.append(f"\\x{code:02x}")
-        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte (surrogateescape)
-            out.append(f"\\x{code - 0xDC00:02x}")
-        else:
-            out.append(char)
-    return "".join(out)
+    """A name safe to print or log: control and format characters (C0, DEL, C1,
+    bidi overrides, zero-width) and undecodable bytes shown as escapes."""
+    if name.isascii():
+        if name.isprintable():
+            return name
+        return "".join(_escaped(char) if char in _CONTROL else char for char in name)
+    return "".join(
+        char if char.isprintable() or _category(char) not in _ESCAPED else _escaped(char)
+        for char in name
+    )
 
 
 def shown(name: str) -> str:
@@ -111,8 +133,14 @@ def component_problem(part: str) -> str | None:
     """Why ``part`` cannot be a component, or None if it can."""
     if part in ("", ".", ".."):
         return "empty, '.' and '..' components are not allowed"
-    if any(char in _CONTROL for char in part):
-        return "control characters are not allowed"
+    if part.isascii():
+        if any(char in _CONTROL for char in part):
+            return "control characters are not allowed"
+    else:
+        for char in part:
+            what = None if char.isprintable() else _UNSAFE.get(_category(char))
+            if what is not None:
+                return f"{what} characters are not allowed"
     if "\\" in part:
         return "backslashes are not allowed"
     if len(part) >= 2 and part[1] == ":":
