@@ -100,9 +100,11 @@ class Client(_Base):
     def close(self) -> None:
         """Close the TCP connection, if one is open."""
         if self._tcp is not None:
-            sock, _logic = self._tcp
+            sock, logic = self._tcp
             self._tcp = None
-            sock.close()
+            for frame in logic.closing_frames():  # the last VERIFIED
+                sock.write(frame)
+            sock.close()  # (which sends what is written)
 
     def _run(self, call: Call[T]) -> T:
         """Carry out what ``call`` asks for, on blocking sockets."""
@@ -219,9 +221,11 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         """Close the TCP connection, if one is open."""
         if self._tcp is not None:
-            sock, _logic = self._tcp
+            sock, logic = self._tcp
             self._tcp = None
-            await sock.close()
+            for frame in logic.closing_frames():  # the last VERIFIED
+                sock.write(frame)
+            await sock.close()  # (which sends what is written)
 
     async def _run(self, call: Call[T]) -> T:
         async with self._lock:

@@ -25,9 +25,11 @@ What the logic does:
 - Downloads go into a sink (client/local.py) made from the FILE header: written
   and hashed as they arrive, committed only if the server's xxh3-128 matches; a
   sink that fails mid-file has the rest of the file read and dropped, so the
-  connection stays usable. Errors the server sent are raised as their class,
-  naming the server (``127.0.0.1:9021: x: No such file``); any other failure
-  leaves the connection ``broken`` and the client opens a new one next time.
+  connection stays usable. VERIFIED, the client's digest of a download, goes out
+  with the next request, or when the client closes the connection.
+- Errors the server sent are raised as their class, naming the server
+  (``127.0.0.1:9021: x: No such file``); any other failure leaves the connection
+  ``broken`` and the client opens a new one next time.
 """
 
 from __future__ import annotations
@@ -178,6 +180,15 @@ class TcpLogic:
             and conn.request_state is StreamState.IDLE
             and conn.reply_state in (StreamState.IDLE, StreamState.HELLO)
         )
+
+    def closing_frames(self) -> list[bytes]:
+        """Frames still queued when the client closes a connection that is in step:
+        the last download's VERIFIED, which waits to go out with the next request
+        (protocol.md: a client sends VERIFIED after every END, or never)."""
+        if not (self._hello_answered and self.usable):
+            return []
+        frames, self._queued = self._queued, []
+        return frames
 
     # ---- frames --------------------------------------------------------------------
 

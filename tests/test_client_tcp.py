@@ -1,0 +1,90 @@
+"""The TCP client's connection: what it sends before closing, how long it waits for
+HELLO_OK, when it reuses a connection and when it opens a new one.
+
+Fake servers here are the real server core (``Connection(Role.SERVER)``) on a
+listening socket in a thread; what they saw is checked after the client is done.
+Nothing waits with a sleep: a test waits for what it needs to see (a log line, a
+readable socket) with a generous deadline as the safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from ftransfer.checksum import digest_bytes
+from ftransfer.client import AsyncClient, Client
+from ftransfer.config import MAX_FRAME_BYTES
+from ftransfer.proto.tcp import events as ev
+from ftransfer.proto.tcp.connection import Connection, Role
+
+PAYLOAD = b"the file the fake server serves"
+
+
+def _events(conn: socket.socket, core: Connection) -> list[ev.Event | ev.ConnectionClosed]:
+    """Read until at least one event (or the end of the stream) arrives."""
+    out: list[ev.Event | ev.ConnectionClosed] = []
+    while not out:
+        core.receive_data(conn.recv(65536))
+        while not isinstance(event := core.next_event(), ev.NeedData):
+            out.append(event)
+            if isinstance(event, ev.ConnectionClosed):
+                return out
+    return out
+
+
+def _serve_one_get(listener: socket.socket, seen: list[ev.Event | ev.ConnectionClosed]) -> None:
+    """Answer HELLO and one GET with PAYLOAD, then record every event until EOF."""
+    conn, _addr = listener.accept()
+    core = Connection(Role.SERVER)
+    with conn:
+        while not any(isinstance(e, ev.GetRequested) for e in seen):
+            seen.extend(_events(conn, core))
+        reply = core.send(
+            ev.HelloAccepted(version=2, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
+        )
+        reply += core.send(ev.FileStarted(size=len(PAYLOAD), mtime_ns=-1, mode=0o644))
+        reply += core.send(ev.FileData(data=PAYLOAD))
+        reply += core.send(ev.FileEnded(digest=digest_bytes(PAYLOAD)))
+        conn.sendall(reply)
+        while not isinstance(seen[-1], ev.ConnectionClosed):
+            seen.extend(_events(conn, core))
+
+
+def _with_fake_server(client_side: Callable[[int], None]) -> list[ev.Event | ev.ConnectionClosed]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[ev.Event | ev.ConnectionClosed] = []
+    thread = threading.Thread(target=_serve_one_get, args=(listener, seen))
+    thread.start()
+    try:
+        client_side(listener.getsockname()[1])
+    finally:
+        thread.join(timeout=30)
+        listener.close()
+    assert not thread.is_alive()
+    return seen
+
+
+# ---- the last VERIFIED ---------------------------------------------------------------
+
+
+def test_a_single_get_sends_its_verified_before_the_close(tmp_path: Path) -> None:
+    def get(port: int) -> None:
+        with Client(f"127.0.0.1:{port}") as client:
+            client.get("f", tmp_path / "f")
+
+    seen = _with_fake_server(get)
+    assert (tmp_path / "f").read_bytes() == PAYLOAD
+    assert seen[-2:] == [ev.DownloadVerified(digest=digest_bytes(PAYLOAD)), ev.ConnectionClosed()]
+
+
+def test_the_async_client_sends_the_last_verified_too(tmp_path: Path) -> None:
+    async def main(port: int) -> None:
+        async with AsyncClient(f"127.0.0.1:{port}") as client:
+            await client.get("f", tmp_path / "f")
+
+    seen = _with_fake_server(lambda port: asyncio.run(main(port)))
+    assert seen[-2:] == [ev.DownloadVerified(digest=digest_bytes(PAYLOAD)), ev.ConnectionClosed()]
