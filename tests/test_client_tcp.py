@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ftransfer.checksum import digest_bytes
 from ftransfer.client import AsyncClient, Client
+from ftransfer.client.tcp import Read, TcpLogic, Write
 from ftransfer.config import MAX_FRAME_BYTES
 from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.connection import Connection, Role
@@ -88,3 +89,18 @@ def test_the_async_client_sends_the_last_verified_too(tmp_path: Path) -> None:
 
     seen = _with_fake_server(lambda port: asyncio.run(main(port)))
     assert seen[-2:] == [ev.DownloadVerified(digest=digest_bytes(PAYLOAD)), ev.ConnectionClosed()]
+
+
+# ---- the wait for HELLO_OK -------------------------------------------------------------
+
+
+def test_silence_after_hello_is_waited_for_as_long_as_the_hello_timeout() -> None:
+    """No sockets: the logic's first read (HELLO_OK with the first reply) asks for
+    the whole HELLO timeout, not a fraction of a second a loaded server can miss."""
+    logic = TcpLogic("127.0.0.1:9021", hello_timeout_s=10.0)
+    op = logic.stat("f")
+    effects = [next(op)]
+    while isinstance(effects[-1], Write):
+        effects.append(op.send(None))
+    assert effects[-1] == Read(large=False, timeout=10.0)
+    op.close()

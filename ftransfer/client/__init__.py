@@ -134,10 +134,11 @@ class Client(_Base):
             self.close()
         if self._tcp is None:
             url = self.url
-            raw, rtt = connect_blocking(url.host, url.port, timeout_s=self.config.connect_timeout_s)
+            config = self.config
+            raw, _rtt = connect_blocking(url.host, url.port, timeout_s=config.connect_timeout_s)
             self._tcp = (
-                BlockingSocket(raw, self.config.idle_timeout_s),
-                TcpLogic(url.address, rtt),
+                BlockingSocket(raw, config.idle_timeout_s),
+                TcpLogic(url.address, hello_timeout_s=config.connect_timeout_s),
             )
         return self._tcp
 
@@ -255,13 +256,13 @@ class AsyncClient(_Base):
             await self.aclose()
         if self._tcp is None:
             url, config = self.url, self.config
-            sock, rtt = await AsyncSocket.connect(
+            sock, _rtt = await AsyncSocket.connect(
                 url.host,
                 url.port,
                 timeout_s=config.connect_timeout_s,
                 idle_timeout_s=config.idle_timeout_s,
             )
-            self._tcp = (sock, TcpLogic(url.address, rtt))
+            self._tcp = (sock, TcpLogic(url.address, hello_timeout_s=config.connect_timeout_s))
         return self._tcp
 
     # ---- the calls ----------------------------------------------------------------------

@@ -13,11 +13,11 @@ few lines, as httpx's two clients share httpcore's logic through a backend port.
 What the logic does:
 
 - HELLO is written without waiting; the first request follows in the same round
-  trip, and the answer to HELLO is read with the first reply, within a short
-  deadline (ten connect round trips, at least half a second): a TCP service that
-  is not ftransfer is a protocol error (exit 8) at once, not a timeout a minute
-  later, whether it says nothing, sends bytes that are no frame (a banner, an
-  HTTP answer) or hangs up without answering.
+  trip, and the answer to HELLO is read with the first reply. A TCP service that
+  is not ftransfer is a protocol error (exit 8), not a timeout a minute later: at
+  once if it sends bytes that are no frame (a banner, an HTTP answer) or hangs up
+  without answering; after the connect timeout (10 s) if it says nothing, which
+  leaves a loaded server (a slow disk, an fsync on its loop) time to answer.
 - ``put_many`` pipelines: PUT, DATA and END for every file back to back, reading
   whatever replies have arrived between frames without waiting, so N small files
   cost one round trip, and a refusal stops its file's bytes at the next frame
@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 
 from .._records import Record
-from ..config import HELLO_ANSWER_MIN_S, HELLO_ANSWER_RTTS, PROTOCOL_VERSION
+from ..config import PROTOCOL_VERSION
 from ..errors import (
     ConnectionFailed,
     FtransferError,
@@ -161,10 +161,10 @@ class _Put:
 class TcpLogic:
     """One connection's client side, as generators of socket primitives."""
 
-    def __init__(self, server: str, connect_rtt_s: float) -> None:
+    def __init__(self, server: str, hello_timeout_s: float) -> None:
         self.server = server
         self.conn = Connection(Role.CLIENT)
-        self._hello_deadline = max(HELLO_ANSWER_MIN_S, HELLO_ANSWER_RTTS * connect_rtt_s)
+        self._hello_deadline = hello_timeout_s
         self._hello_answered = False
         self._scratch = new_scratch()
         self._queued: list[bytes] = []
