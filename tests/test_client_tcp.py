@@ -9,16 +9,22 @@ readable socket) with a generous deadline as the safety net.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
+import select
 import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from conftest import ServerProcess
+
 from ftransfer.checksum import digest_bytes
 from ftransfer.client import AsyncClient, Client
-from ftransfer.client.tcp import Read, TcpLogic, Write
+from ftransfer.client.tcp import ENDING_CODES, Op, Read, TcpLogic, Write
 from ftransfer.config import MAX_FRAME_BYTES
+from ftransfer.errors import FtransferError, NotFound
 from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.connection import Connection, Role
 
@@ -104,3 +110,81 @@ def test_silence_after_hello_is_waited_for_as_long_as_the_hello_timeout() -> Non
         effects.append(op.send(None))
     assert effects[-1] == Read(large=False, timeout=10.0)
     op.close()
+
+
+# ---- reuse and reconnection ------------------------------------------------------------
+
+
+def _answer(logic: TcpLogic, op: Op[object], *replies: ev.Event) -> None:
+    """Run ``op`` without sockets: what it writes goes to a server core, and its
+    first read is answered with HELLO_OK and ``replies``."""
+    server = Connection(Role.SERVER)
+    effect = next(op)
+    while isinstance(effect, Write):
+        server.receive_data(effect.data)
+        while not isinstance(server.next_event(), ev.NeedData):
+            pass  # HELLO, then the request
+        effect = op.send(None)
+    assert isinstance(effect, Read)
+    hello = ev.HelloAccepted(version=2, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
+    data = b"".join(server.send(e) for e in (hello, *replies))
+    op.send(memoryview(data))
+
+
+@pytest.mark.parametrize("code", sorted(ENDING_CODES))
+def test_an_error_that_ends_the_connection_makes_it_unusable(code: int) -> None:
+    logic = TcpLogic("127.0.0.1:9021", hello_timeout_s=10.0)
+    with pytest.raises(FtransferError, match="closing") as raised:
+        _answer(logic, logic.stat("f"), ev.Failed(code=code, message="closing"))
+    assert raised.value.code == code
+    assert logic.conn.pending_requests == 0  # in step: the ERROR answered the STAT
+    assert not logic.usable
+
+
+def test_an_error_that_refuses_a_request_keeps_the_connection() -> None:
+    logic = TcpLogic("127.0.0.1:9021", hello_timeout_s=10.0)
+    with pytest.raises(NotFound):
+        _answer(logic, logic.stat("f"), ev.Failed(code=10, message="f: No such file"))
+    assert logic.usable
+
+
+def _wait_readable(sock: _socket.socket) -> None:
+    """Until the server's close reaches the client (a generous safety net)."""
+    assert select.select([sock], [], [], 30)[0], "the server's close never arrived"
+
+
+def test_a_client_reconnects_after_the_server_closed_its_idle_connection(
+    served: Path, tmp_path: Path
+) -> None:
+    (served / "f").write_bytes(b"x")
+    srv = ServerProcess(served, "--idle-timeout", "0.3", log=tmp_path / "log", pipe_log=True)
+    try:
+        with Client(f"127.0.0.1:{srv.port}") as client:
+            assert client.stat("f").size == 1
+            srv.wait_for_log("timed out, closing")
+            assert client._tcp is not None
+            _wait_readable(client._tcp[0].sock)  # ERROR 42, then the end of the stream
+            assert client.stat("f").size == 1  # on a new connection, not the old ERROR
+            assert client.list()[0].name == "f"
+    finally:
+        assert srv.stop() == 0
+
+
+def test_an_async_client_reconnects_after_the_server_closed_its_idle_connection(
+    served: Path, tmp_path: Path
+) -> None:
+    (served / "f").write_bytes(b"x")
+    srv = ServerProcess(served, "--idle-timeout", "0.3", log=tmp_path / "log", pipe_log=True)
+
+    async def main() -> None:
+        async with AsyncClient(f"127.0.0.1:{srv.port}") as client:
+            assert (await client.stat("f")).size == 1
+            srv.wait_for_log("timed out, closing")
+            assert client._tcp is not None
+            _wait_readable(client._tcp[0].sock)
+            assert (await client.stat("f")).size == 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        assert srv.stop() == 0

@@ -15,7 +15,9 @@ and tftp.py); a flavour only carries out the requests a call yields: on blocking
 sockets for ``Client`` (nothing of asyncio is imported, so a command starts fast),
 on the running loop for ``AsyncClient``. TCP keeps one connection, opened on first
 use and reused; after a failure that leaves it out of step (a timeout, an
-interruption) the next call opens a new one. UDP and TFTP make each call a request
+interruption), an ERROR that ends it, or a close by the server while it was idle
+(its idle timeout: seen by a peek before reuse, as urllib3 checks a pooled
+connection), the next call opens a new one. UDP and TFTP make each call a request
 of its own. An operation a transport cannot do raises ``NotSupported``.
 
 The client trusts the server no more than the server trusts it: downloads go only
@@ -124,13 +126,13 @@ class Client(_Base):
         from .tcp import run_sync
 
         sock, logic = self._connection()
-        return run_sync(sock, request.make(logic))
+        return run_sync(sock, logic.guarded(request.make(logic)))
 
     def _connection(self) -> tuple[BlockingSocket, TcpLogic]:
         from ..io.tcp_sockets import BlockingSocket, connect_blocking
         from .tcp import TcpLogic
 
-        if self._tcp is not None and not self._tcp[1].usable:
+        if self._tcp is not None and not _reusable(*self._tcp):
             self.close()
         if self._tcp is None:
             url = self.url
@@ -246,13 +248,13 @@ class AsyncClient(_Base):
         from .tcp import run_async
 
         sock, logic = await self._connection()
-        return await run_async(sock, request.make(logic))
+        return await run_async(sock, logic.guarded(request.make(logic)))
 
     async def _connection(self) -> tuple[AsyncSocket, TcpLogic]:
         from ..io.tcp_sockets import AsyncSocket
         from .tcp import TcpLogic
 
-        if self._tcp is not None and not self._tcp[1].usable:
+        if self._tcp is not None and not _reusable(*self._tcp):
             await self.aclose()
         if self._tcp is None:
             url, config = self.url, self.config
@@ -314,6 +316,12 @@ class AsyncClient(_Base):
     ) -> builtins.list[TransferResult | FtransferError]:
         call = self._calls.put_many(locals_, remote, no_clobber=no_clobber, progress=progress)
         return await self._run(call)
+
+
+def _reusable(sock: BlockingSocket | AsyncSocket, logic: TcpLogic) -> bool:
+    """Whether the next call may use this connection: in step, not ended by the
+    server, and not closed since (an idle timeout), which a peek tells."""
+    return logic.usable and not (logic.hello_answered and sock.peer_closed())
 
 
 def _single(outcomes: builtins.list[TransferResult | FtransferError]) -> TransferResult:

@@ -29,7 +29,8 @@ What the logic does:
   with the next request, or when the client closes the connection.
 - Errors the server sent are raised as their class, naming the server
   (``127.0.0.1:9021: x: No such file``); any other failure leaves the connection
-  ``broken`` and the client opens a new one next time.
+  ``broken``, and so do an ERROR after which the server closes (``ENDING_CODES``)
+  and a lost connection (``guarded``): the client opens a new one next time.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ if TYPE_CHECKING:
     from typing import TypeVar
 
     T = TypeVar("T")
+
+ENDING_CODES = frozenset({1, 2, 41, 42, 50})
+"""ERROR codes after which the server closes the connection (protocol.md, section 6:
+protocol error, no common version, too many connections, timeout, internal error)."""
 
 
 # ---- the primitives the logic asks for ------------------------------------------------
@@ -166,6 +171,8 @@ class TcpLogic:
         self.conn = Connection(Role.CLIENT)
         self._hello_deadline = hello_timeout_s
         self._hello_answered = False
+        self._ended = False
+        """The server ended the connection (an ERROR that closes it), or it was lost."""
         self._scratch = new_scratch()
         self._queued: list[bytes] = []
         self._send(ev.HelloOffered(min_version=PROTOCOL_VERSION, max_version=PROTOCOL_VERSION))
@@ -175,11 +182,26 @@ class TcpLogic:
         """In step for another request: not broken, nothing half sent or unanswered."""
         conn = self.conn
         return (
-            conn.broken is None
+            not self._ended
+            and conn.broken is None
             and conn.pending_requests == 0
             and conn.request_state is StreamState.IDLE
             and conn.reply_state in (StreamState.IDLE, StreamState.HELLO)
         )
+
+    @property
+    def hello_answered(self) -> bool:
+        """HELLO_OK has been read: anything the server sends now answers a request
+        (or is its last word, before it closes)."""
+        return self._hello_answered
+
+    def guarded(self, op: Op[T]) -> Op[T]:
+        """``op``, marking the connection ended if it is lost on the way."""
+        try:
+            return (yield from op)
+        except ConnectionFailed:
+            self._ended = True
+            raise
 
     def closing_frames(self) -> list[bytes]:
         """Frames still queued when the client closes a connection that is in step:
@@ -274,6 +296,8 @@ class TcpLogic:
         self._hello_answered = True
 
     def _error(self, event: ev.Failed) -> FtransferError:
+        if event.code in ENDING_CODES:
+            self._ended = True  # the server closes after it (ERROR 42 on an idle one)
         return error_from_code(event.code, f"{self.server}: {event.message}")
 
     def _reply(
