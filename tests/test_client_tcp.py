@@ -11,24 +11,30 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import os
+import resource
 import select
 import socket
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
+from conftest import CLI, ServerProcess
 
 from ftransfer.checksum import digest_bytes
 from ftransfer.client import AsyncClient, Client
-from ftransfer.client.tcp import ENDING_CODES, Op, Read, TcpLogic, Write
+from ftransfer.client.drive import drive
+from ftransfer.client.result import Progress, TransferResult
+from ftransfer.client.tcp import ENDING_CODES, Effect, Op, Poll, Read, Sendfile, TcpLogic, Write
 from ftransfer.config import MAX_FRAME_BYTES
-from ftransfer.errors import FtransferError, NotFound
+from ftransfer.errors import ExitCode, FtransferError, NotFound
 from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.connection import Connection, Role
 
 PAYLOAD = b"the file the fake server serves"
+HELLO_OK = ev.HelloAccepted(version=2, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
 
 
 def _events(conn: socket.socket, core: Connection) -> list[ev.Event | ev.ConnectionClosed]:
@@ -50,9 +56,7 @@ def _serve_one_get(listener: socket.socket, seen: list[ev.Event | ev.ConnectionC
     with conn:
         while not any(isinstance(e, ev.GetRequested) for e in seen):
             seen.extend(_events(conn, core))
-        reply = core.send(
-            ev.HelloAccepted(version=2, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
-        )
+        reply = core.send(HELLO_OK)
         reply += core.send(ev.FileStarted(size=len(PAYLOAD), mtime_ns=-1, mode=0o644))
         reply += core.send(ev.FileData(data=PAYLOAD))
         reply += core.send(ev.FileEnded(digest=digest_bytes(PAYLOAD)))
@@ -126,8 +130,7 @@ def _answer(logic: TcpLogic, op: Op[object], *replies: ev.Event) -> None:
             pass  # HELLO, then the request
         effect = op.send(None)
     assert isinstance(effect, Read)
-    hello = ev.HelloAccepted(version=2, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
-    data = b"".join(server.send(e) for e in (hello, *replies))
+    data = b"".join(server.send(e) for e in (HELLO_OK, *replies))
     op.send(memoryview(data))
 
 
@@ -188,3 +191,121 @@ def test_an_async_client_reconnects_after_the_server_closed_its_idle_connection(
         asyncio.run(main())
     finally:
         assert srv.stop() == 0
+
+
+# ---- many files under a low descriptor limit -------------------------------------------
+
+FD_LIMIT = 64
+"""RLIMIT_NOFILE for the CLI below: far fewer descriptors than files to send."""
+
+
+def _low_fd_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, hard))
+
+
+@pytest.mark.parametrize("transport", [[], ["--udp"]], ids=["tcp", "udp"])
+def test_put_of_more_files_than_the_descriptor_limit(
+    served: Path, tmp_path: Path, transport: list[str]
+) -> None:
+    srv = ServerProcess(served, log=tmp_path / "log")
+    local = tmp_path / "local"
+    local.mkdir()
+    names = [f"f{i:04d}" for i in range(3 * FD_LIMIT)]
+    for name in names:
+        (local / name).write_bytes(name.encode())
+    try:
+        result = subprocess.run(
+            [*CLI, "put", *transport, *names, srv.remote()],
+            cwd=local,
+            capture_output=True,
+            timeout=120,
+            check=False,
+            preexec_fn=_low_fd_limit,
+        )
+    finally:
+        assert srv.stop() == 0
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert sorted(os.listdir(served)) == names
+    assert (served / names[-1]).read_bytes() == names[-1].encode()
+
+
+def test_a_file_that_cannot_be_opened_is_one_error_line_among_the_outcomes(
+    served: Path, tmp_path: Path
+) -> None:
+    srv = ServerProcess(served, log=tmp_path / "log")
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "c").write_bytes(b"c")
+    try:
+        result = subprocess.run(
+            [*CLI, "put", "a", "missing", "c", srv.remote()],
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        assert srv.stop() == 0
+    assert result.returncode == ExitCode.NOT_FOUND, result.stderr
+    assert result.stderr.decode().splitlines() == [
+        "ftransfer: error: local missing: No such file or directory"
+    ]
+    assert sorted(os.listdir(served)) == ["a", "c"]
+
+
+class _InstantServer:
+    """The server's core on the other end of a perfect pipe, without sockets: it
+    answers HELLO and commits each upload the moment its END is written."""
+
+    def __init__(self) -> None:
+        self.core = Connection(Role.SERVER)
+        self.replies = bytearray()
+
+    def perform(self, effect: Effect) -> object:
+        if isinstance(effect, Write):
+            self._receive(effect.data)
+        elif isinstance(effect, Sendfile):
+            body = os.pread(effect.fd, effect.count, effect.offset)
+            self._receive(body)
+            return len(body)
+        elif isinstance(effect, Read | Poll):
+            if not self.replies:
+                assert isinstance(effect, Poll), "the client waits for a reply never owed"
+                return None
+            replies, self.replies = memoryview(bytes(self.replies)), bytearray()
+            return replies
+        return None
+
+    def _receive(self, data: bytes) -> None:
+        self.core.receive_data(data)
+        while not isinstance(event := self.core.next_event(), ev.NeedData):
+            if isinstance(event, ev.HelloOffered):
+                self.replies += self.core.send(HELLO_OK)
+            elif isinstance(event, ev.FileEnded):
+                self.replies += self.core.send(ev.PutCommitted(digest=event.digest))
+
+
+class _Recorder(Progress):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def file_started(self, name: str, size: int | None) -> None:
+        self.seen.append(f"start {name}")
+
+    def file_outcome(self, outcome: TransferResult | FtransferError) -> None:
+        assert isinstance(outcome, TransferResult)
+        self.seen.append(f"done {outcome.path}")
+
+
+def test_each_pipelined_put_is_reported_when_its_reply_arrives(tmp_path: Path) -> None:
+    names = ["a", "b", "c"]
+    for name in names:
+        (tmp_path / name).write_bytes(name.encode() * 10)
+    logic, server, progress = TcpLogic("s", hello_timeout_s=10.0), _InstantServer(), _Recorder()
+    items = [(str(tmp_path / name), name) for name in names]
+    outcomes = drive(logic.put_many(items, exclusive=False, progress=progress), server.perform)
+    assert [o.path for o in outcomes if isinstance(o, TransferResult)] == names
+    # a's PUT_OK is read while c's frames are written, and reported then, not at the end
+    assert progress.seen.index("done a") < progress.seen.index("start c")
+    expected = [f"{what} {name}" for what in ("start", "done") for name in names]
+    assert sorted(progress.seen) == sorted(expected)

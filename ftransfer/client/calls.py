@@ -258,36 +258,26 @@ class Calls:
             except NotFound:
                 remote_is_dir = False  # not there: the name will be created
         targets = put_targets(sources, remote, remote_is_dir=remote_is_dir)
-        opened = _open_sources(sources)
-        try:
-            if self.url.scheme == "tcp":
-                items = list(zip(opened, targets, strict=True))
-                result = yield from _tcp(
-                    lambda logic: logic.put_many(items, exclusive=no_clobber, progress=progress)
-                )
-                assert isinstance(result, list)
-                if progress is not None:
-                    for done in result:
-                        progress.file_outcome(done)
-                return result
-            outcomes: list[TransferResult | FtransferError] = []
-            for source, target in zip(opened, targets, strict=True):
-                try:
-                    if isinstance(source, FtransferError):
-                        raise source
+        items = list(zip(sources, targets, strict=True))
+        if self.url.scheme == "tcp":  # (which reports each outcome as its reply arrives)
+            result = yield from _tcp(
+                lambda logic: logic.put_many(items, exclusive=no_clobber, progress=progress)
+            )
+            assert isinstance(result, list)
+            return result
+        outcomes: list[TransferResult | FtransferError] = []
+        for path, target in items:  # each file open only while it is sent
+            try:
+                with LocalFile(path) as source:
                     outcome: TransferResult | FtransferError = yield from self._put_one(
                         source, target, no_clobber, progress
                     )
-                except FtransferError as exc:
-                    outcome = exc
-                outcomes.append(outcome)
-                if progress is not None:
-                    progress.file_outcome(outcome)
-            return outcomes
-        finally:
-            for source in opened:
-                if isinstance(source, LocalFile):
-                    source.close()
+            except FtransferError as exc:
+                outcome = exc
+            outcomes.append(outcome)
+            if progress is not None:
+                progress.file_outcome(outcome)
+        return outcomes
 
     def _put_one(
         self, source: LocalFile, target: str, no_clobber: bool, progress: Progress | None
@@ -301,16 +291,6 @@ class Calls:
         udp = self._udp(PUT, target, source=source, progress=progress, exclusive=no_clobber)
         yield RunUdp(call=udp)
         return udp.outcome(source.path)
-
-
-def _open_sources(paths: Sequence[str]) -> list[LocalFile | FtransferError]:
-    opened: list[LocalFile | FtransferError] = []
-    for path in paths:
-        try:
-            opened.append(LocalFile(path))
-        except FtransferError as exc:
-            opened.append(exc)
-    return opened
 
 
 class Download:

@@ -21,7 +21,9 @@ What the logic does:
 - ``put_many`` pipelines: PUT, DATA and END for every file back to back, reading
   whatever replies have arrived between frames without waiting, so N small files
   cost one round trip, and a refusal stops its file's bytes at the next frame
-  (ABORT). One outcome per file, in order.
+  (ABORT). Each file is opened when its turn comes and closed after its END, so a
+  batch holds one descriptor whatever its size. One outcome per file, in order,
+  each also handed to the progress as soon as it and those before it are known.
 - Downloads go into a sink (client/local.py) made from the FILE header: written
   and hashed as they arrive, committed only if the server's xxh3-128 matches; a
   sink that fails mid-file has the rest of the file read and dropped, so the
@@ -161,6 +163,32 @@ class _Put:
         self.refused = False
         self.failed_here: FtransferError | None = None
         """Our side gave the file up (it changed while being sent)."""
+
+
+class _Outcomes:
+    """A batch's outcomes by index, handed to ``progress`` in the files' order as
+    soon as they are known (a file that could not be opened waits for the replies
+    of the files before it, which come in order anyway)."""
+
+    def __init__(self, count: int, progress: Progress | None) -> None:
+        self._outcomes: list[TransferResult | FtransferError | None] = [None] * count
+        self._progress = progress
+        self._reported = 0
+
+    def set(self, index: int, outcome: TransferResult | FtransferError) -> None:
+        self._outcomes[index] = outcome
+        while self._reported < len(self._outcomes):
+            known = self._outcomes[self._reported]
+            if known is None:
+                return
+            self._reported += 1
+            if self._progress is not None:
+                self._progress.file_outcome(known)
+
+    def done(self) -> list[TransferResult | FtransferError]:
+        done = [outcome for outcome in self._outcomes if outcome is not None]
+        assert len(done) == len(self._outcomes)
+        return done
 
 
 class TcpLogic:
@@ -399,42 +427,46 @@ class TcpLogic:
 
     def put_many(
         self,
-        items: Sequence[tuple[LocalFile | FtransferError, str]],
+        items: Sequence[tuple[str, str]],
         *,
         exclusive: bool,
         progress: Progress | None,
     ) -> Op[list[TransferResult | FtransferError]]:
-        """Upload (local file, remote name) pairs, pipelined; one outcome each."""
-        outcomes: list[TransferResult | FtransferError | None] = [None] * len(items)
+        """Upload (local path, remote name) pairs, pipelined; one outcome each, also
+        handed to ``progress`` as soon as it is known (in order). Each file is open only while
+        its frames are written (so any number of files fit under a low descriptor
+        limit), and a file that cannot be opened is its own outcome."""
+        outcomes = _Outcomes(len(items), progress)
         pending: collections.deque[_Put] = collections.deque()
-        for index, (source, remote) in enumerate(items):
-            if isinstance(source, FtransferError):
-                outcomes[index] = source
+        for index, (path, remote) in enumerate(items):
+            try:
+                source = LocalFile(path)
+            except FtransferError as exc:
+                outcomes.set(index, exc)
                 continue
-            put = _Put(index, remote, source)
-            self._send(
-                ev.PutRequested(
-                    path=remote,
-                    size=source.size,
-                    mtime_ns=source.mtime_ns,
-                    mode=source.mode,
-                    exclusive=exclusive,
+            with source:  # closed once its END (or ABORT) is written
+                put = _Put(index, remote, source)
+                self._send(
+                    ev.PutRequested(
+                        path=remote,
+                        size=source.size,
+                        mtime_ns=source.mtime_ns,
+                        mode=source.mode,
+                        exclusive=exclusive,
+                    )
                 )
-            )
-            pending.append(put)
-            yield from self._send_body(put, pending, outcomes, progress)
+                pending.append(put)
+                yield from self._send_body(put, pending, outcomes, progress)
         yield Flush()
         while pending:
             yield from self._collect(pending, outcomes, block=True)
-        done = [outcome for outcome in outcomes if outcome is not None]
-        assert len(done) == len(items)
-        return done
+        return outcomes.done()
 
     def _send_body(
         self,
         put: _Put,
         pending: collections.deque[_Put],
-        outcomes: list[TransferResult | FtransferError | None],
+        outcomes: _Outcomes,
         progress: Progress | None,
     ) -> Generator[Effect, object, None]:
         if progress is not None:
@@ -475,7 +507,7 @@ class TcpLogic:
     def _collect(
         self,
         pending: collections.deque[_Put],
-        outcomes: list[TransferResult | FtransferError | None],
+        outcomes: _Outcomes,
         *,
         block: bool,
     ) -> Generator[Effect, object, None]:
@@ -487,7 +519,7 @@ class TcpLogic:
             if isinstance(event, ev.ConnectionClosed):
                 raise ConnectionFailed(f"{self.server} closed the connection")
             put = pending.popleft()
-            outcomes[put.index] = self._outcome(put, event)
+            outcomes.set(put.index, self._outcome(put, event))
             if block:
                 return
 
