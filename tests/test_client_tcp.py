@@ -1,5 +1,7 @@
-"""The TCP client's connection: what it sends before closing, how long it waits for
-HELLO_OK, when it reuses a connection and when it opens a new one.
+"""The TCP client: what it sends before closing, how long it waits for HELLO_OK,
+when it reuses a connection and when it opens a new one; a put of more files
+than the descriptor limit, each outcome reported as its reply arrives; mv into
+the root.
 
 Fake servers here are the real server core (``Connection(Role.SERVER)``) on a
 listening socket in a thread; what they saw is checked after the client is done.
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import CLI, ServerProcess
+from conftest import CLI, ServerProcess, run_cli
 
 from ftransfer.checksum import digest_bytes
 from ftransfer.client import AsyncClient, Client
@@ -309,3 +311,30 @@ def test_each_pipelined_put_is_reported_when_its_reply_arrives(tmp_path: Path) -
     assert progress.seen.index("done a") < progress.seen.index("start c")
     expected = [f"{what} {name}" for what in ("start", "done") for name in names]
     assert sorted(progress.seen) == sorted(expected)
+
+
+# ---- mv into the root ------------------------------------------------------------------
+
+
+def test_mv_to_slash_moves_into_the_root(server: ServerProcess) -> None:
+    (server.root / "dir").mkdir()
+    (server.root / "dir" / "a").write_bytes(b"a")
+    result = run_cli("mv", server.remote("dir/a"), "/")
+    assert result.returncode == 0, result.stderr
+    assert (server.root / "a").read_bytes() == b"a"
+    assert list((server.root / "dir").iterdir()) == []
+    assert run_cli("mv", server.remote("a"), "/").returncode == 0  # already there: no change
+    assert (server.root / "a").read_bytes() == b"a"
+
+
+def test_mv_to_slash_does_not_move_into_a_directory_of_the_same_name(
+    server: ServerProcess,
+) -> None:
+    (server.root / "dir").mkdir()
+    (server.root / "dir" / "a").write_bytes(b"a")
+    (server.root / "a").mkdir()
+    result = run_cli("mv", server.remote("dir/a"), "/")
+    assert result.returncode == ExitCode.REFUSED, result.stderr
+    assert b"a: is a directory, not replaced" in result.stderr
+    assert (server.root / "dir" / "a").read_bytes() == b"a"
+    assert list((server.root / "a").iterdir()) == []

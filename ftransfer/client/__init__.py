@@ -163,7 +163,8 @@ class Client(_Base):
         self._run(self._calls.mkdir(path, parents=parents))
 
     def move(self, source: str, target: str, *, no_clobber: bool = False) -> None:
-        """Rename on the server, or move into ``target`` if it is a directory."""
+        """Rename on the server, or move into ``target`` if it is a directory
+        (``"/"`` or ``""``: the root)."""
         self._run(self._calls.move(source, target, no_clobber=no_clobber))
 
     def get(

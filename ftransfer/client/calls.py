@@ -36,7 +36,7 @@ from ..errors import (
 from ..proto.tcp import events as ev
 from ..storage.entry import Entry
 from .local import FileSink, LocalFile, MemorySink, Sink, StreamSink, local_label
-from .plan import get_target, put_needs_stat, put_targets
+from .plan import get_target, put_needs_stat, put_targets, remote_basename
 from .result import Progress, Stat, TransferResult
 from .urls import Url
 
@@ -189,8 +189,26 @@ class Calls:
     def move(self, source: str, target: str, *, no_clobber: bool) -> Call[None]:
         if self.url.scheme != "tcp":
             raise _not_supported(self.url, "move")
+        if not target.strip("/"):
+            target = yield from self._into_root(source)
         request = ev.MoveRequested(source=source, target=target, exclusive=no_clobber)
         yield from _tcp(lambda logic: logic.simple(request))
+
+    def _into_root(self, source: str) -> Call[str]:
+        """The target that moves ``source`` into the root, which no request may
+        name: its own name there. A directory of that name would take it in, so
+        it is refused as MOVE refuses to replace a directory (from a parent; a
+        source already in the root is the server's to judge)."""
+        name = remote_basename(source)
+        if not name or "/" not in source.strip("/"):
+            return name
+        try:
+            is_dir = (yield from self.stat(name)).is_dir
+        except NotFound:
+            return name
+        if is_dir:
+            raise IsADirectory(f"{self.url.address}: {name}: is a directory, not replaced")
+        return name
 
     # ---- downloads ------------------------------------------------------------------
 
