@@ -64,12 +64,9 @@ GIVE_UP_S = 30.0
 CLIENT_TIMEOUT_S = 60.0
 """The client gives up on a TCP server silent for this long (--timeout)."""
 CONNECT_TIMEOUT_S = 10.0
-"""Resolving and connecting must finish within this."""
-HELLO_ANSWER_MIN_S = 0.5
-HELLO_ANSWER_RTTS = 10
-"""A TCP server answers HELLO at once; silence for max(0.5 s, 10 x the connect round
-trip) means the peer is not an ftransfer server (or is stuck): the client fails fast
-with a protocol error instead of waiting for the idle timeout."""
+"""Resolving and connecting must finish within this; and a TCP peer silent for this
+long after HELLO is no ftransfer server (or is stuck): a protocol error, not the
+idle timeout. A loaded server (a slow disk, an fsync on its loop) still answers."""
 UDP_CHUNK_BYTES = 1400
 """UDP payload per datagram by default: a 1,434-byte datagram fits a 1,500-byte MTU
 over IPv6 (proto/udp/packets.py has the datagram layout)."""

@@ -389,13 +389,15 @@ def test_client_refuses_a_download_whose_digest_does_not_match(tmp_path: Path) -
     assert temporaries(tmp_path) == []
 
 
-def test_a_tcp_service_that_is_not_ftransfer_is_told_apart_at_once(tmp_path: Path) -> None:
+def test_a_silent_tcp_service_is_told_apart_after_the_connect_timeout(tmp_path: Path) -> None:
     listener = socket.create_server(("127.0.0.1", 0))  # accepts (backlog) but never answers
     port = listener.getsockname()[1]
-    result = run_cli("ls", f"127.0.0.1:{port}/")  # the idle timeout is a minute
+    # Silence is waited for as long as a connect (10 s, or --timeout if lower), then
+    # it is a protocol error, not the idle timeout of a minute.
+    result = run_cli("ls", "--timeout", "1.5", f"127.0.0.1:{port}/")
     listener.close()
     assert result.returncode == ExitCode.PROTOCOL
-    assert b"did not answer HELLO within 0.5 s" in result.stderr
+    assert b"did not answer HELLO within 1.5 s" in result.stderr
 
 
 def _hello_then_silence(listener: socket.socket) -> None:

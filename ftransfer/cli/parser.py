@@ -192,7 +192,10 @@ def _mv(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.Ar
         sub,
         "mv",
         help="rename on the server",
-        description="Rename REMOTE to NEWPATH on the server (into NEWPATH if it is a directory).",
+        description=(
+            "Rename REMOTE to NEWPATH on the server (into NEWPATH if it is a directory;"
+            " / is the root)."
+        ),
     )
     _remote(p)
     p.add_argument("newpath", metavar="NEWPATH")

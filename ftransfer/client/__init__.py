@@ -15,7 +15,9 @@ and tftp.py); a flavour only carries out the requests a call yields: on blocking
 sockets for ``Client`` (nothing of asyncio is imported, so a command starts fast),
 on the running loop for ``AsyncClient``. TCP keeps one connection, opened on first
 use and reused; after a failure that leaves it out of step (a timeout, an
-interruption) the next call opens a new one. UDP and TFTP make each call a request
+interruption), an ERROR that ends it, or a close by the server while it was idle
+(its idle timeout: seen by a peek before reuse, as urllib3 checks a pooled
+connection), the next call opens a new one. UDP and TFTP make each call a request
 of its own. An operation a transport cannot do raises ``NotSupported``.
 
 The client trusts the server no more than the server trusts it: downloads go only
@@ -100,9 +102,11 @@ class Client(_Base):
     def close(self) -> None:
         """Close the TCP connection, if one is open."""
         if self._tcp is not None:
-            sock, _logic = self._tcp
+            sock, logic = self._tcp
             self._tcp = None
-            sock.close()
+            for frame in logic.closing_frames():  # the last VERIFIED
+                sock.write(frame)
+            sock.close()  # (which sends what is written)
 
     def _run(self, call: Call[T]) -> T:
         """Carry out what ``call`` asks for, on blocking sockets."""
@@ -122,20 +126,21 @@ class Client(_Base):
         from .tcp import run_sync
 
         sock, logic = self._connection()
-        return run_sync(sock, request.make(logic))
+        return run_sync(sock, logic.guarded(request.make(logic)))
 
     def _connection(self) -> tuple[BlockingSocket, TcpLogic]:
         from ..io.tcp_sockets import BlockingSocket, connect_blocking
         from .tcp import TcpLogic
 
-        if self._tcp is not None and not self._tcp[1].usable:
+        if self._tcp is not None and not _reusable(*self._tcp):
             self.close()
         if self._tcp is None:
             url = self.url
-            raw, rtt = connect_blocking(url.host, url.port, timeout_s=self.config.connect_timeout_s)
+            config = self.config
+            raw, _rtt = connect_blocking(url.host, url.port, timeout_s=config.connect_timeout_s)
             self._tcp = (
-                BlockingSocket(raw, self.config.idle_timeout_s),
-                TcpLogic(url.address, rtt),
+                BlockingSocket(raw, config.idle_timeout_s),
+                TcpLogic(url.address, hello_timeout_s=config.connect_timeout_s),
             )
         return self._tcp
 
@@ -158,7 +163,8 @@ class Client(_Base):
         self._run(self._calls.mkdir(path, parents=parents))
 
     def move(self, source: str, target: str, *, no_clobber: bool = False) -> None:
-        """Rename on the server, or move into ``target`` if it is a directory."""
+        """Rename on the server, or move into ``target`` if it is a directory
+        (``"/"`` or ``""``: the root)."""
         self._run(self._calls.move(source, target, no_clobber=no_clobber))
 
     def get(
@@ -219,9 +225,11 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         """Close the TCP connection, if one is open."""
         if self._tcp is not None:
-            sock, _logic = self._tcp
+            sock, logic = self._tcp
             self._tcp = None
-            await sock.close()
+            for frame in logic.closing_frames():  # the last VERIFIED
+                sock.write(frame)
+            await sock.close()  # (which sends what is written)
 
     async def _run(self, call: Call[T]) -> T:
         async with self._lock:
@@ -241,23 +249,23 @@ class AsyncClient(_Base):
         from .tcp import run_async
 
         sock, logic = await self._connection()
-        return await run_async(sock, request.make(logic))
+        return await run_async(sock, logic.guarded(request.make(logic)))
 
     async def _connection(self) -> tuple[AsyncSocket, TcpLogic]:
         from ..io.tcp_sockets import AsyncSocket
         from .tcp import TcpLogic
 
-        if self._tcp is not None and not self._tcp[1].usable:
+        if self._tcp is not None and not _reusable(*self._tcp):
             await self.aclose()
         if self._tcp is None:
             url, config = self.url, self.config
-            sock, rtt = await AsyncSocket.connect(
+            sock, _rtt = await AsyncSocket.connect(
                 url.host,
                 url.port,
                 timeout_s=config.connect_timeout_s,
                 idle_timeout_s=config.idle_timeout_s,
             )
-            self._tcp = (sock, TcpLogic(url.address, rtt))
+            self._tcp = (sock, TcpLogic(url.address, hello_timeout_s=config.connect_timeout_s))
         return self._tcp
 
     # ---- the calls ----------------------------------------------------------------------
@@ -309,6 +317,12 @@ class AsyncClient(_Base):
     ) -> builtins.list[TransferResult | FtransferError]:
         call = self._calls.put_many(locals_, remote, no_clobber=no_clobber, progress=progress)
         return await self._run(call)
+
+
+def _reusable(sock: BlockingSocket | AsyncSocket, logic: TcpLogic) -> bool:
+    """Whether the next call may use this connection: in step, not ended by the
+    server, and not closed since (an idle timeout), which a peek tells."""
+    return logic.usable and not (logic.hello_answered and sock.peer_closed())
 
 
 def _single(outcomes: builtins.list[TransferResult | FtransferError]) -> TransferResult:

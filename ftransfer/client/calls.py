@@ -36,7 +36,7 @@ from ..errors import (
 from ..proto.tcp import events as ev
 from ..storage.entry import Entry
 from .local import FileSink, LocalFile, MemorySink, Sink, StreamSink, local_label
-from .plan import get_target, put_needs_stat, put_targets
+from .plan import get_target, put_needs_stat, put_targets, remote_basename
 from .result import Progress, Stat, TransferResult
 from .urls import Url
 
@@ -189,8 +189,26 @@ class Calls:
     def move(self, source: str, target: str, *, no_clobber: bool) -> Call[None]:
         if self.url.scheme != "tcp":
             raise _not_supported(self.url, "move")
+        if not target.strip("/"):
+            target = yield from self._into_root(source)
         request = ev.MoveRequested(source=source, target=target, exclusive=no_clobber)
         yield from _tcp(lambda logic: logic.simple(request))
+
+    def _into_root(self, source: str) -> Call[str]:
+        """The target that moves ``source`` into the root, which no request may
+        name: its own name there. A directory of that name would take it in, so
+        it is refused as MOVE refuses to replace a directory (from a parent; a
+        source already in the root is the server's to judge)."""
+        name = remote_basename(source)
+        if not name or "/" not in source.strip("/"):
+            return name
+        try:
+            is_dir = (yield from self.stat(name)).is_dir
+        except NotFound:
+            return name
+        if is_dir:
+            raise IsADirectory(f"{self.url.address}: {name}: is a directory, not replaced")
+        return name
 
     # ---- downloads ------------------------------------------------------------------
 
@@ -258,36 +276,26 @@ class Calls:
             except NotFound:
                 remote_is_dir = False  # not there: the name will be created
         targets = put_targets(sources, remote, remote_is_dir=remote_is_dir)
-        opened = _open_sources(sources)
-        try:
-            if self.url.scheme == "tcp":
-                items = list(zip(opened, targets, strict=True))
-                result = yield from _tcp(
-                    lambda logic: logic.put_many(items, exclusive=no_clobber, progress=progress)
-                )
-                assert isinstance(result, list)
-                if progress is not None:
-                    for done in result:
-                        progress.file_outcome(done)
-                return result
-            outcomes: list[TransferResult | FtransferError] = []
-            for source, target in zip(opened, targets, strict=True):
-                try:
-                    if isinstance(source, FtransferError):
-                        raise source
+        items = list(zip(sources, targets, strict=True))
+        if self.url.scheme == "tcp":  # (which reports each outcome as its reply arrives)
+            result = yield from _tcp(
+                lambda logic: logic.put_many(items, exclusive=no_clobber, progress=progress)
+            )
+            assert isinstance(result, list)
+            return result
+        outcomes: list[TransferResult | FtransferError] = []
+        for path, target in items:  # each file open only while it is sent
+            try:
+                with LocalFile(path) as source:
                     outcome: TransferResult | FtransferError = yield from self._put_one(
                         source, target, no_clobber, progress
                     )
-                except FtransferError as exc:
-                    outcome = exc
-                outcomes.append(outcome)
-                if progress is not None:
-                    progress.file_outcome(outcome)
-            return outcomes
-        finally:
-            for source in opened:
-                if isinstance(source, LocalFile):
-                    source.close()
+            except FtransferError as exc:
+                outcome = exc
+            outcomes.append(outcome)
+            if progress is not None:
+                progress.file_outcome(outcome)
+        return outcomes
 
     def _put_one(
         self, source: LocalFile, target: str, no_clobber: bool, progress: Progress | None
@@ -301,16 +309,6 @@ class Calls:
         udp = self._udp(PUT, target, source=source, progress=progress, exclusive=no_clobber)
         yield RunUdp(call=udp)
         return udp.outcome(source.path)
-
-
-def _open_sources(paths: Sequence[str]) -> list[LocalFile | FtransferError]:
-    opened: list[LocalFile | FtransferError] = []
-    for path in paths:
-        try:
-            opened.append(LocalFile(path))
-        except FtransferError as exc:
-            opened.append(exc)
-    return opened
 
 
 class Download:

@@ -60,9 +60,13 @@ class LocalFile:
         label = local_label(path)
         try:
             self._fd = os.open(path, _READ_FLAGS)
-        except OSError as exc:
+        except OSError as exc:  # EMFILE too: an error for this file, not a traceback
             raise os_error(exc, label) from None
-        st = os.fstat(self._fd)
+        try:
+            st = os.fstat(self._fd)
+        except OSError as exc:
+            os.close(self._fd)
+            raise os_error(exc, label) from None
         if not stat.S_ISREG(st.st_mode):
             os.close(self._fd)
             cls = IsADirectory if stat.S_ISDIR(st.st_mode) else NotRegularFile

@@ -104,6 +104,7 @@ class Progress:
         """The file's transfer ended (well or not)."""
 
     def file_outcome(self, outcome: TransferResult | FtransferError) -> None:
-        """``put_many``: one file's outcome, once per file: as soon as it is known
-        over UDP and TFTP (one request per file), at the end of the pipelined batch
-        over TCP. A failure is passed here, not raised."""
+        """``put_many``: one file's outcome, once per file, as soon as it is known:
+        over UDP and TFTP when its request ends, over TCP when its reply is read
+        (between the frames of later files, or after the last); in the files'
+        order. A failure is passed here, not raised."""

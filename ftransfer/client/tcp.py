@@ -13,21 +13,26 @@ few lines, as httpx's two clients share httpcore's logic through a backend port.
 What the logic does:
 
 - HELLO is written without waiting; the first request follows in the same round
-  trip, and the answer to HELLO is read with the first reply, within a short
-  deadline (ten connect round trips, at least half a second): a TCP service that
-  is not ftransfer is a protocol error (exit 8) at once, not a timeout a minute
-  later, whether it says nothing, sends bytes that are no frame (a banner, an
-  HTTP answer) or hangs up without answering.
+  trip, and the answer to HELLO is read with the first reply. A TCP service that
+  is not ftransfer is a protocol error (exit 8), not a timeout a minute later: at
+  once if it sends bytes that are no frame (a banner, an HTTP answer) or hangs up
+  without answering; after the connect timeout (10 s) if it says nothing, which
+  leaves a loaded server (a slow disk, an fsync on its loop) time to answer.
 - ``put_many`` pipelines: PUT, DATA and END for every file back to back, reading
   whatever replies have arrived between frames without waiting, so N small files
   cost one round trip, and a refusal stops its file's bytes at the next frame
-  (ABORT). One outcome per file, in order.
+  (ABORT). Each file is opened when its turn comes and closed after its END, so a
+  batch holds one descriptor whatever its size. One outcome per file, in order,
+  each also handed to the progress as soon as it and those before it are known.
 - Downloads go into a sink (client/local.py) made from the FILE header: written
   and hashed as they arrive, committed only if the server's xxh3-128 matches; a
   sink that fails mid-file has the rest of the file read and dropped, so the
-  connection stays usable. Errors the server sent are raised as their class,
-  naming the server (``127.0.0.1:9021: x: No such file``); any other failure
-  leaves the connection ``broken`` and the client opens a new one next time.
+  connection stays usable. VERIFIED, the client's digest of a download, goes out
+  with the next request, or when the client closes the connection.
+- Errors the server sent are raised as their class, naming the server
+  (``127.0.0.1:9021: x: No such file``); any other failure leaves the connection
+  ``broken``, and so do an ERROR after which the server closes (``ENDING_CODES``)
+  and a lost connection (``guarded``): the client opens a new one next time.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 
 from .._records import Record
-from ..config import HELLO_ANSWER_MIN_S, HELLO_ANSWER_RTTS, PROTOCOL_VERSION
+from ..config import PROTOCOL_VERSION
 from ..errors import (
     ConnectionFailed,
     FtransferError,
@@ -60,6 +65,10 @@ if TYPE_CHECKING:
     from typing import TypeVar
 
     T = TypeVar("T")
+
+ENDING_CODES = frozenset({1, 2, 41, 42, 50})
+"""ERROR codes after which the server closes the connection (protocol.md, section 6:
+protocol error, no common version, too many connections, timeout, internal error)."""
 
 
 # ---- the primitives the logic asks for ------------------------------------------------
@@ -156,14 +165,42 @@ class _Put:
         """Our side gave the file up (it changed while being sent)."""
 
 
+class _Outcomes:
+    """A batch's outcomes by index, handed to ``progress`` in the files' order as
+    soon as they are known (a file that could not be opened waits for the replies
+    of the files before it, which come in order anyway)."""
+
+    def __init__(self, count: int, progress: Progress | None) -> None:
+        self._outcomes: list[TransferResult | FtransferError | None] = [None] * count
+        self._progress = progress
+        self._reported = 0
+
+    def set(self, index: int, outcome: TransferResult | FtransferError) -> None:
+        self._outcomes[index] = outcome
+        while self._reported < len(self._outcomes):
+            known = self._outcomes[self._reported]
+            if known is None:
+                return
+            self._reported += 1
+            if self._progress is not None:
+                self._progress.file_outcome(known)
+
+    def done(self) -> list[TransferResult | FtransferError]:
+        done = [outcome for outcome in self._outcomes if outcome is not None]
+        assert len(done) == len(self._outcomes)
+        return done
+
+
 class TcpLogic:
     """One connection's client side, as generators of socket primitives."""
 
-    def __init__(self, server: str, connect_rtt_s: float) -> None:
+    def __init__(self, server: str, hello_timeout_s: float) -> None:
         self.server = server
         self.conn = Connection(Role.CLIENT)
-        self._hello_deadline = max(HELLO_ANSWER_MIN_S, HELLO_ANSWER_RTTS * connect_rtt_s)
+        self._hello_deadline = hello_timeout_s
         self._hello_answered = False
+        self._ended = False
+        """The server ended the connection (an ERROR that closes it), or it was lost."""
         self._scratch = new_scratch()
         self._queued: list[bytes] = []
         self._send(ev.HelloOffered(min_version=PROTOCOL_VERSION, max_version=PROTOCOL_VERSION))
@@ -173,11 +210,35 @@ class TcpLogic:
         """In step for another request: not broken, nothing half sent or unanswered."""
         conn = self.conn
         return (
-            conn.broken is None
+            not self._ended
+            and conn.broken is None
             and conn.pending_requests == 0
             and conn.request_state is StreamState.IDLE
             and conn.reply_state in (StreamState.IDLE, StreamState.HELLO)
         )
+
+    @property
+    def hello_answered(self) -> bool:
+        """HELLO_OK has been read: anything the server sends now answers a request
+        (or is its last word, before it closes)."""
+        return self._hello_answered
+
+    def guarded(self, op: Op[T]) -> Op[T]:
+        """``op``, marking the connection ended if it is lost on the way."""
+        try:
+            return (yield from op)
+        except ConnectionFailed:
+            self._ended = True
+            raise
+
+    def closing_frames(self) -> list[bytes]:
+        """Frames still queued when the client closes a connection that is in step:
+        the last download's VERIFIED, which waits to go out with the next request
+        (protocol.md: a client sends VERIFIED after every END, or never)."""
+        if not (self._hello_answered and self.usable):
+            return []
+        frames, self._queued = self._queued, []
+        return frames
 
     # ---- frames --------------------------------------------------------------------
 
@@ -263,6 +324,8 @@ class TcpLogic:
         self._hello_answered = True
 
     def _error(self, event: ev.Failed) -> FtransferError:
+        if event.code in ENDING_CODES:
+            self._ended = True  # the server closes after it (ERROR 42 on an idle one)
         return error_from_code(event.code, f"{self.server}: {event.message}")
 
     def _reply(
@@ -364,42 +427,46 @@ class TcpLogic:
 
     def put_many(
         self,
-        items: Sequence[tuple[LocalFile | FtransferError, str]],
+        items: Sequence[tuple[str, str]],
         *,
         exclusive: bool,
         progress: Progress | None,
     ) -> Op[list[TransferResult | FtransferError]]:
-        """Upload (local file, remote name) pairs, pipelined; one outcome each."""
-        outcomes: list[TransferResult | FtransferError | None] = [None] * len(items)
+        """Upload (local path, remote name) pairs, pipelined; one outcome each, also
+        handed to ``progress`` as soon as it is known (in order). Each file is open only while
+        its frames are written (so any number of files fit under a low descriptor
+        limit), and a file that cannot be opened is its own outcome."""
+        outcomes = _Outcomes(len(items), progress)
         pending: collections.deque[_Put] = collections.deque()
-        for index, (source, remote) in enumerate(items):
-            if isinstance(source, FtransferError):
-                outcomes[index] = source
+        for index, (path, remote) in enumerate(items):
+            try:
+                source = LocalFile(path)
+            except FtransferError as exc:
+                outcomes.set(index, exc)
                 continue
-            put = _Put(index, remote, source)
-            self._send(
-                ev.PutRequested(
-                    path=remote,
-                    size=source.size,
-                    mtime_ns=source.mtime_ns,
-                    mode=source.mode,
-                    exclusive=exclusive,
+            with source:  # closed once its END (or ABORT) is written
+                put = _Put(index, remote, source)
+                self._send(
+                    ev.PutRequested(
+                        path=remote,
+                        size=source.size,
+                        mtime_ns=source.mtime_ns,
+                        mode=source.mode,
+                        exclusive=exclusive,
+                    )
                 )
-            )
-            pending.append(put)
-            yield from self._send_body(put, pending, outcomes, progress)
+                pending.append(put)
+                yield from self._send_body(put, pending, outcomes, progress)
         yield Flush()
         while pending:
             yield from self._collect(pending, outcomes, block=True)
-        done = [outcome for outcome in outcomes if outcome is not None]
-        assert len(done) == len(items)
-        return done
+        return outcomes.done()
 
     def _send_body(
         self,
         put: _Put,
         pending: collections.deque[_Put],
-        outcomes: list[TransferResult | FtransferError | None],
+        outcomes: _Outcomes,
         progress: Progress | None,
     ) -> Generator[Effect, object, None]:
         if progress is not None:
@@ -440,7 +507,7 @@ class TcpLogic:
     def _collect(
         self,
         pending: collections.deque[_Put],
-        outcomes: list[TransferResult | FtransferError | None],
+        outcomes: _Outcomes,
         *,
         block: bool,
     ) -> Generator[Effect, object, None]:
@@ -452,7 +519,7 @@ class TcpLogic:
             if isinstance(event, ev.ConnectionClosed):
                 raise ConnectionFailed(f"{self.server} closed the connection")
             put = pending.popleft()
-            outcomes[put.index] = self._outcome(put, event)
+            outcomes.set(put.index, self._outcome(put, event))
             if block:
                 return
 

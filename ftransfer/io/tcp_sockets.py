@@ -19,6 +19,9 @@ for ``AsyncClient`` (a non-blocking socket on the running loop)::
                                 bounds this read only (the answer to HELLO)
     poll(large)                 the same without waiting: None if nothing is there
 
+and, outside the logic, ``peer_closed()``: whether an idle connection was closed by
+the server (or has its last ERROR waiting), so that the client opens a new one.
+
 A read that waits longer than the idle timeout raises ``TransferTimeout``; OS errors
 become ``ConnectionFailed`` here, once.
 
@@ -92,6 +95,19 @@ def _address(host: str, port: int) -> str:
 
 def _lost(exc: OSError) -> ConnectionFailed:
     return ConnectionFailed(f"connection lost: {exc.strerror or exc}")
+
+
+def _peer_closed(sock: _socket.socket) -> bool:
+    """Whether an idle connection is past reuse, checked without waiting or taking
+    a byte (a peek, as urllib3 checks a pooled connection): the end of the stream,
+    a reset, or bytes nobody asked for (the server's last ERROR before its close)."""
+    try:
+        sock.recv(1, _socket.MSG_PEEK)
+    except BlockingIOError:
+        return False  # nothing there: still open
+    except OSError:
+        return True
+    return True
 
 
 class _Buffers:
@@ -202,6 +218,14 @@ class BlockingSocket:
     def _stalled(self) -> TransferTimeout:
         seconds = self.idle_timeout_s
         return TransferTimeout(f"no progress for {seconds:g} s: the server stopped answering")
+
+    def peer_closed(self) -> bool:
+        """See ``_peer_closed``."""
+        self.sock.setblocking(False)
+        try:
+            return _peer_closed(self.sock)
+        finally:
+            self.sock.settimeout(self.idle_timeout_s)
 
     def close(self) -> None:
         try:
@@ -320,6 +344,10 @@ class AsyncSocket:
     def _stalled(self) -> TransferTimeout:
         seconds = self.idle_timeout_s
         return TransferTimeout(f"no progress for {seconds:g} s: the server stopped answering")
+
+    def peer_closed(self) -> bool:
+        """See ``_peer_closed`` (the socket is non-blocking already)."""
+        return _peer_closed(self.sock)
 
     async def close(self) -> None:
         try:
