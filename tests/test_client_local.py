@@ -174,3 +174,22 @@ print("imported")
         [sys.executable, "-c", script], capture_output=True, text=True, check=False
     )
     assert result.stdout.strip() == "imported", result.stderr
+
+
+ORPHAN = """
+import sys
+from ftransfer.client.local import FileSink
+sink = FileSink(sys.argv[1], size=3, mtime_ns=-1, mode=None, exclusive=False)
+sink.write(b"abc")
+# No abort and no commit: as when a signal lands before the sink reaches its
+# caller. The process exits normally (the CLI's exit after Ctrl-C or SIGTERM).
+"""
+
+
+def test_a_temporary_nothing_holds_is_removed_when_the_process_exits(tmp_path: Path) -> None:
+    other = tmp_path / f"{TEMP_PREFIX}0000000000000000-1-1-deadbeef"  # someone else's
+    other.write_bytes(b"")
+    target = tmp_path / "down.bin"
+    subprocess.run([sys.executable, "-c", ORPHAN, str(target)], check=True, timeout=60)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [other.name]  # ours is gone, the other owner's is not ours to touch

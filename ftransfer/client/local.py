@@ -10,7 +10,8 @@ Theory of operation
   name, verify, fsync, rename; with no-clobber a hard link that fails if the name
   exists), with the server's mtime and permission bits under this process's umask;
   before it starts it removes the temporaries that killed clients (SIGKILL, a
-  power cut) left in that directory, which their names let it tell from live ones.
+  power cut) left in that directory, which their names let it tell from live ones,
+  and at exit this process removes any of its own that a signal orphaned.
   ``StreamSink`` writes to a descriptor (standard output) as bytes arrive, which
   cannot be atomic; a reader that went away (``| head``) ends it with
   ``OutputClosed``, which the CLI turns into a quiet exit. ``MemorySink`` keeps a
@@ -36,7 +37,15 @@ from ..errors import (
     NotRegularFile,
     StorageIOError,
 )
-from ..storage.atomic import AtomicWriter, Directory, current_umask, os_error, sweep, write_all
+from ..storage.atomic import (
+    AtomicWriter,
+    Directory,
+    current_umask,
+    os_error,
+    own_prefix,
+    sweep,
+    write_all,
+)
 from ..storage.names import shown
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
@@ -95,6 +104,39 @@ class LocalFile:
         self.close()
 
 
+_SINK_DIRECTORIES: set[str] = set()
+"""Where this process has made download temporaries (see ``discard_own_temporaries``)."""
+
+
+def discard_own_temporaries() -> int:
+    """Remove this process's own download temporaries that are still there: run at
+    exit. A sink removes its temporary when it ends, but a signal (Ctrl-C, SIGTERM)
+    that lands between the temporary's creation and its sink reaching the caller
+    leaves one that nothing holds; the directory was registered before the
+    temporary was made, and the name says whose it is."""
+    prefix, removed = own_prefix(), 0
+    for directory in _SINK_DIRECTORIES:
+        try:
+            names = [n for n in os.listdir(directory or ".") if n.startswith(prefix)]
+        except OSError:
+            continue
+        for name in names:
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def _register(directory: str) -> None:
+    if not _SINK_DIRECTORIES:
+        import atexit
+
+        atexit.register(discard_own_temporaries)
+    _SINK_DIRECTORIES.add(os.path.abspath(directory or "."))
+
+
 class FileSink:
     """A download written atomically to a local path."""
 
@@ -104,6 +146,7 @@ class FileSink:
         self.target = target
         label = local_label(target)
         parent, leaf = os.path.split(target)
+        _register(parent)
         directory = Directory(parent)
         try:
             sweep(directory)  # what killed clients left here

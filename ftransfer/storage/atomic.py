@@ -165,9 +165,14 @@ def _me() -> _Owner:
     return _owner
 
 
+def own_prefix() -> str:
+    """What every temporary name this process makes starts with."""
+    return f"{TEMP_PREFIX}{_me().tag}-"
+
+
 def temp_name() -> str:
     """A fresh temporary name owned by this process."""
-    return f"{TEMP_PREFIX}{_me().tag}-{os.urandom(4).hex()}"
+    return f"{own_prefix()}{os.urandom(4).hex()}"
 
 
 def is_stale(name: str, mtime_s: float, now_s: float) -> bool:
