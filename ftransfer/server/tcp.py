@@ -32,7 +32,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from ..checksum import ZERO_DIGEST
-from ..config import LIST_BATCH_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerConfig
+from ..config import (
+    LIST_BATCH_BYTES,
+    LIST_BATCH_ENTRIES,
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    ServerConfig,
+)
 from ..errors import (
     Aborted,
     ConnectionFailed,
@@ -47,6 +53,7 @@ from ..io.files import FileChanged, SinkFailed
 from ..io.stream import FrameStream
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import negotiate_version
+from ..proto.tcp.frames import entry_bytes
 from ..storage.entry import Entry
 from .operations import Operations, Requester, Upload
 
@@ -70,14 +77,20 @@ def wire_entry(entry: Entry) -> ev.Entry:
     )
 
 
-def take_batch(entries: Iterator[Entry], budget: int) -> list[ev.Entry]:
-    """The next entries, about ``budget`` bytes of them encoded (empty at the end)."""
+def take_batch(
+    entries: Iterator[Entry], budget: int, max_entries: int = LIST_BATCH_ENTRIES
+) -> list[ev.Entry]:
+    """The next entries for one ENTRIES frame (empty at the end): up to
+    ``max_entries`` of them, stopping once they encode to ``budget`` bytes or more
+    (so at most one entry, 276 bytes, over it). Sizes are counted in encoded bytes:
+    a name of 80 Japanese characters is 240 of them."""
     batch: list[ev.Entry] = []
     size = 0
     for entry in entries:
-        batch.append(wire_entry(entry))
-        size += 34 + len(entry.name)
-        if size >= budget:
+        wire = wire_entry(entry)
+        batch.append(wire)
+        size += entry_bytes(wire)
+        if size >= budget or len(batch) >= max_entries:
             break
     return batch
 

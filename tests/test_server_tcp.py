@@ -1,0 +1,71 @@
+"""The TCP service (server/tcp.py): how a listing is cut into ENTRIES frames, and
+how a download that cannot be read to its end is answered (protocol.md 5.2).
+
+Batching is tested as a function; the rest through a real server, either the
+subprocess (conftest.ServerProcess, the real CLI) or, where the store must
+misbehave on purpose, ``ftransfer.testing.server.serving`` over a MemoryStore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from conftest import ServerProcess, run_cli
+
+from ftransfer.config import LIST_BATCH_BYTES, LIST_BATCH_ENTRIES, MAX_NAME_BYTES
+from ftransfer.proto.tcp import events as ev
+from ftransfer.proto.tcp.frames import encode, encode_entry
+from ftransfer.server.tcp import take_batch
+from ftransfer.storage.entry import Entry, EntryKind
+
+ENTRY_FIXED_BYTES = 21
+"""kind u8, size u64, mtime_ns i64, mode u16, name_length u16 (protocol.md 3)."""
+
+
+def _entries(names: list[str]) -> Iterator[Entry]:
+    return iter(Entry(name=n, kind=EntryKind.FILE, size=7, mtime_ns=1, mode=0o644) for n in names)
+
+
+def _batches(names: list[str]) -> list[list[ev.Entry]]:
+    entries, out = _entries(names), []
+    while batch := take_batch(entries, LIST_BATCH_BYTES):
+        out.append(batch)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("what", "names"),
+    [
+        ("Japanese, 238 bytes", [f"{i:04d}" + "日本語の名前" * 13 for i in range(300)]),
+        ("the longest names, 4-byte characters", [f"{i:03d}" + "😀" * 63 for i in range(400)]),
+        ("ASCII", [f"file-{i:05d}.txt" for i in range(3000)]),
+        ("one byte", [chr(ord("a") + i % 26) for i in range(2000)]),
+    ],
+)
+def test_a_batch_is_counted_in_encoded_bytes_and_capped_at_512_entries(
+    what: str, names: list[str]
+) -> None:
+    assert max(len(n.encode()) for n in names) <= MAX_NAME_BYTES
+    batches = _batches(names)
+    assert [e.name for b in batches for e in b] == names, what  # all, once, in order
+    largest_entry = ENTRY_FIXED_BYTES + MAX_NAME_BYTES
+    for batch in batches:
+        size = sum(len(encode_entry(e)) for e in batch)
+        assert len(batch) <= LIST_BATCH_ENTRIES, what
+        assert size < LIST_BATCH_BYTES + largest_entry, what  # "at most about 32 KiB"
+        encode(ev.Listed(entries=tuple(batch)))  # within MAX_CONTROL_BYTES: no error
+    for batch in batches[:-1]:  # each full: either by bytes or by count
+        size = sum(len(encode_entry(e)) for e in batch)
+        assert size >= LIST_BATCH_BYTES or len(batch) == LIST_BATCH_ENTRIES, what
+
+
+def test_listing_300_long_japanese_names_over_tcp(server: ServerProcess) -> None:
+    names = {f"{i:03d}" + "ファイルの名前です" * 8 + "長" * 5 for i in range(300)}
+    assert {len(n) for n in names} == {80}
+    for name in names:
+        (server.root / name).write_bytes(b"x")
+    listing = run_cli("ls", server.remote())
+    assert listing.returncode == 0, listing.stderr
+    shown = {line.split()[-1] for line in listing.stdout.decode().splitlines()}
+    assert shown == names
