@@ -29,8 +29,12 @@ to the transport, records the time; the timer re-arms itself for the remaining
 interval and, once nothing moved for ``idle_timeout_s``, marks the stream timed
 out and wakes whoever waits: they raise ``TransferTimeout``, and the server ends
 the connection with ERROR 42 (``close_with_error``) where no frame is half
-written. A close that cannot flush (a peer that does not read) becomes an abort
-after CLOSE_GRACE_S.
+written. A sendfile moves bytes the stream does not see until its frame is done,
+so a frame must be sent within the interval; if the timer fires while one is
+half written, no ERROR can follow it: the sendfile is cancelled and the
+connection aborted at once (a client that stops reading a download cannot hold
+its session). A close that cannot flush (a peer that does not read) becomes an
+abort after CLOSE_GRACE_S.
 
 OS errors are mapped to ``ConnectionFailed`` (or ``TransferTimeout`` after the
 watchdog fired) here, once, where they surface.
@@ -41,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 from collections.abc import Callable
 
 from ..config import CORK_BYTES, WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES
@@ -56,6 +61,8 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just sent or received."""
+LINGER_RESET = struct.pack("ii", 1, 0)
+"""SO_LINGER on, 0 s: close() resets the connection and drops the send queue."""
 CLOSE_GRACE_S = 2.0
 """A close whose queued bytes the peer does not read within this becomes an abort."""
 
@@ -74,6 +81,7 @@ class FrameStream(asyncio.BufferedProtocol):
         self._corked = 0
         self._flush_scheduled = False
         self._mid_frame = False
+        self._sending: asyncio.Task[int] | None = None
         self._stash: ev.Event | ev.NeedData | ev.ConnectionClosed | FtransferError | None = None
         self._scratch: bytearray | None = None
         self._small: MappedBuffer | None = None
@@ -114,10 +122,20 @@ class FrameStream(asyncio.BufferedProtocol):
         idle_for = self._loop.time() - self._active_at
         if idle_for >= self._idle_s:
             self._timed_out = True
+            if self._mid_frame:
+                self._abort_mid_frame()
             self._readable.set()
             self._writable.set()
         else:
             self._watchdog = self._loop.call_later(self._idle_s - idle_for, self._check_idle)
+
+    def _abort_mid_frame(self) -> None:
+        """Timed out inside a sendfile: no ERROR can follow a half-written frame
+        (protocol.md 2.1), and the sendfile waits on a peer that does not read, so
+        stop it and drop the connection now."""
+        if self._sending is not None:
+            self._sending.cancel()  # first: its writer is removed before the socket closes
+        self.abort()
 
     def _gone(self) -> FtransferError:
         """The error for using a connection that has ended (or timed out)."""
@@ -326,12 +344,22 @@ class FrameStream(asyncio.BufferedProtocol):
         self.flush()  # the header must precede the bytes sendfile sends
         self._mid_frame = True
         with open(fd, "rb", buffering=0, closefd=False) as file:
+            self._sending = self._loop.create_task(
+                self._loop.sendfile(self.transport, file, offset, count, fallback=True)
+            )
             try:
-                sent = await self._loop.sendfile(self.transport, file, offset, count, fallback=True)
+                sent = await self._sending
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not self._timed_out or (task is not None and task.cancelling()):
+                    raise  # cancelled from outside (shutdown), not by the watchdog
+                raise self._gone() from None
             except (OSError, RuntimeError) as exc:
                 if self._closed or self._timed_out:
                     raise self._gone() from None
                 raise ConnectionFailed(f"connection lost: {exc}") from None
+            finally:
+                self._sending = None
         if sent < count:
             self.transport.write(bytes(count - sent))
         self._mid_frame = False
@@ -358,8 +386,14 @@ class FrameStream(asyncio.BufferedProtocol):
             self._loop.call_later(CLOSE_GRACE_S, self._transport.abort)
 
     def abort(self) -> None:
-        """Close at once, discarding what is queued."""
+        """Close at once with a reset, discarding what is queued, in the transport
+        and in the kernel (a plain close would leave the unsent bytes, and the FIN
+        behind them, waiting on a peer that does not read)."""
         if self._transport is not None:
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None and not self._closed:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
             self._transport.abort()
 
     async def wait_closed(self) -> None:
