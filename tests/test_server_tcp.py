@@ -8,16 +8,30 @@ misbehave on purpose, ``ftransfer.testing.server.serving`` over a MemoryStore.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, run_cli
+from conftest import RawPeer, ServerProcess, run_cli
 
-from ftransfer.config import LIST_BATCH_BYTES, LIST_BATCH_ENTRIES, MAX_NAME_BYTES
+from ftransfer.config import (
+    LIST_BATCH_BYTES,
+    LIST_BATCH_ENTRIES,
+    MAX_NAME_BYTES,
+    SMALL_FILE_BYTES,
+    ServerConfig,
+)
+from ftransfer.errors import StorageIOError
 from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.frames import encode, encode_entry
 from ftransfer.server.tcp import take_batch
 from ftransfer.storage.entry import Entry, EntryKind
+from ftransfer.storage.memory import MemoryReadable, MemoryStore
+from ftransfer.storage.names import Name
+from ftransfer.testing.server import serving
+
+HELLO = ev.HelloOffered(min_version=2, max_version=2)
 
 ENTRY_FIXED_BYTES = 21
 """kind u8, size u64, mtime_ns i64, mode u16, name_length u16 (protocol.md 3)."""
@@ -69,3 +83,72 @@ def test_listing_300_long_japanese_names_over_tcp(server: ServerProcess) -> None
     assert listing.returncode == 0, listing.stderr
     shown = {line.split()[-1] for line in listing.stdout.decode().splitlines()}
     assert shown == names
+
+
+class _BadReadable(MemoryReadable):
+    """A file whose reads fail from ``fail_at`` on (an EIO, as LocalStore maps it),
+    or, given ``fd``, whose descriptor sendfile cannot read (one opened write-only:
+    EBADF, as a disk's EIO would fail it)."""
+
+    def __init__(self, readable: MemoryReadable, fail_at: int, fd: int | None) -> None:
+        self.__dict__.update(readable.__dict__)
+        self.fail_at, self.fd = fail_at, fd
+
+    def fileno(self) -> int | None:
+        return self.fd
+
+    def read(self, offset: int, n: int) -> bytes:
+        if offset >= self.fail_at:
+            raise StorageIOError("file: Input/output error")
+        return super().read(offset, n)
+
+
+class _BadDiskStore(MemoryStore):
+    """Files named ``bad*`` fail to read after their first MiB."""
+
+    def __init__(self, fd: int | None = None) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def open_read(self, name: Name) -> MemoryReadable:
+        readable = super().open_read(name)
+        if not str(name).startswith("bad"):
+            return readable
+        return _BadReadable(readable, fail_at=1 << 20, fd=self.fd)
+
+
+def _replies(peer: RawPeer, count: int) -> list[ev.Event]:
+    """The next replies, until ``count`` of them are not DATA (DATA is dropped)."""
+    out: list[ev.Event] = []
+    while len(out) < count:
+        for event in peer.events():
+            assert not isinstance(event, ev.ConnectionClosed), out
+            if not isinstance(event, ev.FileData):
+                out.append(event)
+    return out
+
+
+@pytest.mark.parametrize("path", ["read", "sendfile"])
+def test_a_read_error_mid_get_is_error_40_and_the_connection_goes_on(
+    tmp_path: Path, path: str
+) -> None:
+    fd = os.open(tmp_path / "w", os.O_WRONLY | os.O_CREAT) if path == "sendfile" else None
+    store = _BadDiskStore(fd)
+    store.put_file("bad", os.urandom(3 << 20))
+    store.put_file("good", b"fine")
+    assert SMALL_FILE_BYTES < 3 << 20  # so that a descriptor means sendfile
+    try:
+        with serving(ServerConfig(port=0, udp=False), store) as server:
+            peer = RawPeer(server.tcp_port)
+            peer.send(HELLO, ev.GetRequested(path="bad"))
+            hello, started, refusal = _replies(peer, 3)
+            assert isinstance(hello, ev.HelloAccepted) and isinstance(started, ev.FileStarted)
+            assert isinstance(refusal, ev.Failed) and refusal.code == 40, refusal  # not END
+            assert "could not be read while it was being sent" in refusal.message
+            peer.send(ev.StatRequested(path="good"))  # the same connection, in step
+            [stated] = _replies(peer, 1)
+            assert isinstance(stated, ev.Stated) and stated.entry.size == 4
+            peer.close()
+    finally:
+        if fd is not None:
+            os.close(fd)

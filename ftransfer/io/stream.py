@@ -22,7 +22,10 @@ requests costs one send syscall, and no frame waits longer than one iteration.
 File bodies (``send_file``) follow files.py: ``loop.sendfile`` (zero copy) when
 the source has a descriptor, else DATA frames read from it, hashed as they go
 unless the source knows its digest; a source shorter than announced raises
-``FileChanged`` after its frame is completed, and ERROR goes in place of END.
+``FileChanged`` after its frame is completed, and one that cannot be read
+(files.py, or a sendfile that fails on the file's side: the position it leaves
+says how much of the frame went out, the rest is sent as zeros)
+``FileUnreadable``, and ERROR goes in place of END.
 
 Idle timeout: one watchdog timer per connection. Receiving bytes, or handing bytes
 to the transport, records the time; the timer re-arms itself for the remaining
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import struct
 from collections.abc import Callable
@@ -53,10 +57,12 @@ from ..errors import ConnectionFailed, FtransferError, TransferTimeout
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import Connection
 from .buffers import SMALL_BUFFER_BYTES, BufferPool, MappedBuffer
-from .files import DataSink, SendfileFrame, SinkFailed, file_frames, new_scratch
+from .files import DataSink, SendfileFrame, SinkFailed, file_frames, new_scratch, unreadable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from io import FileIO
+
     from .files import FileSource
 
 Progress = Callable[[int], None]
@@ -65,6 +71,25 @@ LINGER_RESET = struct.pack("ii", 1, 0)
 """SO_LINGER on, 0 s: close() resets the connection and drops the send queue."""
 CLOSE_GRACE_S = 2.0
 """A close whose queued bytes the peer does not read within this becomes an abort."""
+
+
+_SOCKET_ERRNOS = frozenset(
+    (errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN)
+)
+
+
+def _socket_side(exc: OSError) -> bool:
+    """Whether a failed sendfile failed on the connection (else on the file)."""
+    return isinstance(exc, ConnectionError) or exc.errno in _SOCKET_ERRNOS
+
+
+def _sent_before(file: FileIO, offset: int, count: int) -> int:
+    """Bytes of the frame a failed ``loop.sendfile`` sent: it leaves the file's
+    position after them, even when it raises (asyncio's documentation)."""
+    try:
+        return min(max(file.tell() - offset, 0), count)
+    except OSError:
+        return 0
 
 
 class FrameStream(asyncio.BufferedProtocol):
@@ -357,14 +382,21 @@ class FrameStream(asyncio.BufferedProtocol):
             except (OSError, RuntimeError) as exc:
                 if self._closed or self._timed_out:
                     raise self._gone() from None
-                raise ConnectionFailed(f"connection lost: {exc}") from None
+                if not isinstance(exc, OSError) or _socket_side(exc):
+                    raise ConnectionFailed(f"connection lost: {exc}") from None
+                self._complete_frame(count - _sent_before(file, offset, count))
+                raise unreadable(exc) from None
             finally:
                 self._sending = None
-        if sent < count:
-            self.transport.write(bytes(count - sent))
+        self._complete_frame(count - sent)
+        return sent
+
+    def _complete_frame(self, missing: int) -> None:
+        """End the DATA frame being sent with ``missing`` zero bytes."""
+        if missing:
+            self.transport.write(bytes(missing))
         self._mid_frame = False
         self._touch()
-        return sent
 
     # ---- ending ---------------------------------------------------------------------
 

@@ -9,7 +9,9 @@ What each request *does* is decided by ``Operations`` (names, policy, storage,
 the log line); this module only maps frames to those calls and results to frames:
 
     PUT        -> operations.upload; DATA streams into it; END -> commit -> PUT_OK
-    GET        -> operations.download -> FILE, DATA (send_file), END
+    GET        -> operations.download -> FILE, DATA (send_file), END; a file that
+                  shrinks or fails to read mid-way (FileUnreadable) -> its frame
+                  completed, ERROR 40 in place of END, the connection goes on
     LIST/STAT  -> operations.listing / stat, in a worker thread (they may read a
                   whole directory or hash a whole file) -> ENTRIES..., LIST_END / STAT_OK
     REMOVE/MKDIR/MOVE -> the operation -> OK
@@ -49,7 +51,7 @@ from ..errors import (
     TransferTimeout,
     UnsupportedVersion,
 )
-from ..io.files import FileChanged, SinkFailed
+from ..io.files import FileUnreadable, SinkFailed
 from ..io.stream import FrameStream
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import negotiate_version
@@ -229,7 +231,7 @@ class TcpSession:
             )
             try:
                 digest = await self.stream.send_file(download)
-            except FileChanged as exc:
+            except FileUnreadable as exc:
                 download.failed(exc)
                 self._fail(exc)  # ERROR in place of END: the client discards the file
                 return
