@@ -9,12 +9,14 @@ misbehave on purpose, ``ftransfer.testing.server.serving`` over a MemoryStore.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import RawPeer, ServerProcess, run_cli
 
+from ftransfer.checksum import digest_bytes
 from ftransfer.config import (
     LIST_BATCH_BYTES,
     LIST_BATCH_ENTRIES,
@@ -152,3 +154,72 @@ def test_a_read_error_mid_get_is_error_40_and_the_connection_goes_on(
     finally:
         if fd is not None:
             os.close(fd)
+
+
+class _SlowDiskStore(MemoryStore):
+    """Every change (remove, mkdir, move, an upload's commit) waits for ``gate``, as
+    an fsync on a busy disk would; ``entered`` says one is waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def _wait(self) -> None:
+        self.entered.set()
+        self.gate.wait(60)  # a safety net: the test opens the gate
+
+    def remove(self, name: Name) -> None:
+        self._wait()
+        super().remove(name)
+
+    def mkdir(self, name: Name, *, parents: bool) -> None:
+        self._wait()
+        super().mkdir(name, parents=parents)
+
+    def move(self, source: Name, target: Name, *, exclusive: bool) -> Name:
+        self._wait()
+        return super().move(source, target, exclusive=exclusive)
+
+    def place(
+        self, name: Name, data: bytearray, mtime_ns: int, mode: int | None, exclusive: bool
+    ) -> None:
+        self._wait()
+        super().place(name, data, mtime_ns, mode, exclusive)
+
+
+CHANGES: dict[str, tuple[ev.Event, ...]] = {
+    "remove": (ev.RemoveRequested(path="f"),),
+    "mkdir": (ev.MkdirRequested(path="d", parents=False),),
+    "move": (ev.MoveRequested(source="f", target="g", exclusive=False),),
+    "commit": (
+        ev.PutRequested(path="new", size=2, mtime_ns=-1, mode=0o644, exclusive=False),
+        ev.FileData(data=b"hi"),
+        ev.FileEnded(digest=digest_bytes(b"hi")),
+    ),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_change_on_a_slow_disk_does_not_stop_other_connections(change: str) -> None:
+    """While one connection's change waits on the disk, another connection is
+    served. Were the change run on the event loop, the second HELLO would get no
+    answer (its socket's 10 s timeout is only a safety net)."""
+    store = _SlowDiskStore()
+    store.put_file("f", b"file")
+    with serving(ServerConfig(port=0, udp=False), store) as server:
+        try:
+            slow = RawPeer(server.tcp_port)
+            slow.send(HELLO, *CHANGES[change])
+            assert store.entered.wait(30)
+            other = RawPeer(server.tcp_port)
+            other.sock.settimeout(10)
+            other.send(HELLO, ev.StatRequested(path="f"))
+            hello, stated = _replies(other, 2)
+            assert isinstance(hello, ev.HelloAccepted) and isinstance(stated, ev.Stated)
+            other.close()
+        finally:
+            store.gate.set()
+        hello, done = _replies(slow, 2)
+        assert isinstance(hello, ev.HelloAccepted), hello
+        assert isinstance(done, ev.Done | ev.PutCommitted), done
+        slow.close()
