@@ -34,7 +34,8 @@ def hash_range(hasher: Hasher, fd: int, offset: int, count: int, scratch: bytear
     """Feed ``count`` bytes of ``fd`` from ``offset`` into ``hasher``; returns bytes read.
 
     Reads with pread into the caller's reusable ``scratch`` buffer, so it allocates
-    nothing. Returns fewer than ``count`` if the file is shorter than expected.
+    nothing. Returns fewer than ``count`` if the file is shorter than expected; a
+    failed read raises its OSError, for the caller to map.
     """
     view = memoryview(scratch)
     done = 0

@@ -36,7 +36,11 @@ MAX_NAME_BYTES = 255
 MAX_ERROR_MESSAGE_BYTES = 1024
 """An ERROR frame's reason is truncated to this many bytes before sending."""
 LIST_BATCH_BYTES = 32 * KIB
-"""A listing is streamed in ENTRIES frames of about this size."""
+"""A listing is streamed in ENTRIES frames of about this size (encoded bytes: at most
+one entry more, far below MAX_CONTROL_BYTES)."""
+LIST_BATCH_ENTRIES = 512
+"""... and of at most this many entries (protocol.md section 3), so that a frame of
+short names is not thousands of entries for the client to decode at once."""
 
 RECV_BUFFER_BYTES = 1 * MIB
 """Reused receive buffer per connection (recv_into): large reads, no per-read allocation."""

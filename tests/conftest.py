@@ -130,8 +130,13 @@ def temporaries(root: Path) -> list[str]:
 class RawPeer:
     """A client speaking the protocol by hand over a blocking socket."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection((host, port), timeout=30)
+    def __init__(self, port: int, host: str = "127.0.0.1", receive_buffer: int = 0) -> None:
+        """``receive_buffer``: SO_RCVBUF set before connecting (0: the system's)."""
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock.settimeout(30)
+        if receive_buffer:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.connect((host, port))
         self.conn = Connection(Role.CLIENT)
 
     def send(self, *events: ev.Event) -> None:

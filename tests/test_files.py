@@ -1,5 +1,6 @@
-"""Sending a file as DATA frames (io/files.py): a file that shrinks while it is sent
-ends in ERROR in place of END, after a complete frame, never in a torn one."""
+"""Sending a file as DATA frames (io/files.py): a file that shrinks, or fails to
+read, while it is sent ends in ERROR in place of END, after a complete frame,
+never in a torn one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ import pytest
 
 from ftransfer.checksum import digest_bytes
 from ftransfer.config import MAX_FRAME_BYTES, SMALL_FILE_BYTES
-from ftransfer.io.files import FileChanged, FileOp, SendfileFrame, WriteFrame, file_frames
+from ftransfer.errors import StorageIOError
+from ftransfer.io.files import (
+    FileChanged,
+    FileOp,
+    FileUnreadable,
+    SendfileFrame,
+    WriteFrame,
+    file_frames,
+)
 from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.connection import Connection, Role
 
@@ -46,7 +55,7 @@ def _downloading(size: int) -> tuple[Connection, Connection, bytes]:
 
 def _run(
     conn: Connection, frames: Generator[FileOp, int | None, bytes | None], fd_bytes: bytes
-) -> tuple[bytes, bytes | FileChanged | None]:
+) -> tuple[bytes, bytes | FileUnreadable | None]:
     """Carry out the generator's requests as a stream would; (the wire, its result)."""
     wire, answer = b"", None
     try:
@@ -63,7 +72,7 @@ def _run(
                 answer = len(got)
     except StopIteration as stop:
         return wire, stop.value
-    except FileChanged as exc:
+    except FileUnreadable as exc:
         return wire, exc
 
 
@@ -111,3 +120,46 @@ def test_a_file_without_a_descriptor_is_read_and_hashed_and_padded_if_short() ->
     assert isinstance(result, FileChanged)
     events = _replies(client, wire + body)
     assert events[-1] == ev.FileData(data=whole[:100] + bytes((1 << 20) - 100))  # one whole frame
+
+
+class FailingSource(Source):
+    """Reads fail from ``fail_at`` on, as a store's read raises (an EIO mapped)."""
+
+    def __init__(self, data: bytes, fail_at: int) -> None:
+        super().__init__(data, len(data))
+        self.fail_at = fail_at
+
+    def read(self, offset: int, n: int) -> bytes:
+        if offset >= self.fail_at:
+            raise StorageIOError("file: Input/output error")
+        return super().read(offset, n)
+
+
+def test_a_read_error_ends_in_error_40_at_a_frame_boundary() -> None:
+    whole = os.urandom(3 << 20)
+    client, server, wire = _downloading(len(whole))
+    frames = file_frames(server, FailingSource(whole, fail_at=1 << 20), bytearray(9))
+    body, result = _run(server, frames, b"")
+    assert isinstance(result, FileUnreadable) and result.code == 40
+    assert str(result).endswith("while it was being sent: file: Input/output error")
+    events = _replies(client, wire + body + server.send(ev.Failed(code=40, message="x")))
+    assert [e.data for e in events if isinstance(e, ev.FileData)] == [whole[: 1 << 20]]
+    assert events[-1] == ev.Failed(code=40, message="x") and client.pending_requests == 0
+
+
+def test_an_os_error_while_hashing_what_sendfile_sent_ends_in_error_40(tmp_path: Path) -> None:
+    """The frame went out whole by sendfile; hashing it reads the descriptor, which
+    fails (a directory's here: EISDIR, as a disk's EIO would)."""
+    size = SMALL_FILE_BYTES + 10
+    client, server, wire = _downloading(size)
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        frames = file_frames(server, Source(b"", size, fd=fd), bytearray(65536))
+        body, result = _run(server, frames, bytes(size))
+    finally:
+        os.close(fd)
+    assert isinstance(result, FileUnreadable) and not isinstance(result, FileChanged)
+    assert result.code == 40 and "Is a directory" in str(result)
+    events = _replies(client, wire + body + server.send(ev.Failed(code=40, message="x")))
+    assert sum(len(e.data) for e in events if isinstance(e, ev.FileData)) == size  # whole
+    assert client.pending_requests == 0

@@ -13,6 +13,7 @@ test_slow_hello_hits_its_deadline_and_is_told_so.)
 from __future__ import annotations
 
 import os
+import select
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,39 @@ def test_an_idle_connection_is_told_error_42_before_the_close(
     assert "timed out: no progress for 0.3 s" in events[1].message
     assert events[2:] == [ev.ConnectionClosed()]
     assert list(served.iterdir()) == []  # the upload was discarded with its temporary
+
+
+def test_a_client_that_stops_reading_a_download_is_cut_off_by_the_idle_timeout(
+    served: Path, tmp_path: Path
+) -> None:
+    """A GET whose reader never reads: the server is held in a sendfile by TCP flow
+    control. It must abort the connection (mid-frame: no ERROR is possible) once the
+    idle timeout passes, and free the session: with one connection allowed per
+    address, the next connection is served. Observed as the connection's end (HUP
+    or ERR on a socket nobody reads); the poll's 30 s is only a safety net."""
+    with open(served / "big", "wb") as file:
+        file.truncate(256 << 20)  # sparse: far more than any socket buffers hold
+    srv = ServerProcess(
+        served, "--idle-timeout", "0.5", "--max-per-address", "1", log=tmp_path / "log"
+    )
+    try:
+        peer = RawPeer(srv.port, receive_buffer=4096)
+        peer.send(HELLO, ev.GetRequested(path="big"))
+        poller = select.poll()
+        poller.register(peer.sock, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+        assert poller.poll(30_000), "the server kept a connection that moved nothing"
+        with pytest.raises(ConnectionResetError):  # aborted: not a clean end
+            peer.read_until_closed()
+        peer.close()
+        again = RawPeer(srv.port)
+        again.send(HELLO, ev.StatRequested(path="big"))
+        events = list(again.events())
+        while len(events) < 2:
+            events += again.events()
+        again.close()
+        assert isinstance(events[1], ev.Stated), events  # not ERROR 41: the slot is free
+    finally:
+        assert srv.stop() == 0
 
 
 def test_a_stat_of_a_long_name_gets_its_reason_in_at_most_1024_bytes(server: ServerProcess) -> None:

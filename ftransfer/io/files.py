@@ -15,7 +15,9 @@ cheaper than a sendfile round through the kernel); one without (memory, an objec
 store) in frames of READ_CHUNK_BYTES read from it. The digest is computed from the
 same range with pread into a reused scratch buffer, unless the source knows it
 already. A source shorter than its size has the current frame completed with
-zeros and raises ``FileChanged``: the caller sends ERROR in place of END, so the
+zeros and raises ``FileChanged``; one that fails to read (the source's error, or
+an OSError while hashing what sendfile sent) raises ``FileUnreadable`` (its base)
+where no frame is half written. The caller sends ERROR 40 in place of END, so the
 peer discards the file and the stream stays in step.
 """
 
@@ -64,8 +66,20 @@ class SinkFailed(FtransferError):
         self.cause = cause
 
 
-class FileChanged(StorageIOError):
+class FileUnreadable(StorageIOError):
+    """The file could not be read to its end while it was being sent (a read error,
+    or it got shorter): the frame in progress is whole, ERROR 40 goes in place of END."""
+
+
+class FileChanged(FileUnreadable):
     """The file got shorter while it was being sent: ERROR goes in place of END."""
+
+
+def unreadable(exc: OSError | FtransferError) -> FileUnreadable:
+    """The error for a source that failed while it was being sent (protocol.md 5.2:
+    always code 40, whatever the store would call the failure elsewhere)."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return FileUnreadable(f"the file could not be read while it was being sent: {reason}")
 
 
 class SendfileFrame(Record):
@@ -109,10 +123,16 @@ def file_frames(
             got = yield SendfileFrame(fd=fd, offset=offset, count=count)
             assert got is not None
             if hasher is not None and got == count:
-                got = hash_range(hasher, fd, offset, count, scratch)
+                try:
+                    got = hash_range(hasher, fd, offset, count, scratch)
+                except OSError as exc:  # the frame went out whole
+                    raise unreadable(exc) from None
         else:
             count = min(MAX_FRAME_BYTES if fd is not None else READ_CHUNK_BYTES, size - offset)
-            data = source.read(offset, count)
+            try:
+                data = source.read(offset, count)
+            except (OSError, FtransferError) as exc:  # before the frame: at a boundary
+                raise unreadable(exc) from None
             got = len(data)
             yield WriteFrame(data=conn.send(ev.FileData(data=data.ljust(count, b"\0"))))
             if hasher is not None:

@@ -22,15 +22,22 @@ requests costs one send syscall, and no frame waits longer than one iteration.
 File bodies (``send_file``) follow files.py: ``loop.sendfile`` (zero copy) when
 the source has a descriptor, else DATA frames read from it, hashed as they go
 unless the source knows its digest; a source shorter than announced raises
-``FileChanged`` after its frame is completed, and ERROR goes in place of END.
+``FileChanged`` after its frame is completed, and one that cannot be read
+(files.py, or a sendfile that fails on the file's side: the position it leaves
+says how much of the frame went out, the rest is sent as zeros)
+``FileUnreadable``, and ERROR goes in place of END.
 
 Idle timeout: one watchdog timer per connection. Receiving bytes, or handing bytes
 to the transport, records the time; the timer re-arms itself for the remaining
 interval and, once nothing moved for ``idle_timeout_s``, marks the stream timed
 out and wakes whoever waits: they raise ``TransferTimeout``, and the server ends
 the connection with ERROR 42 (``close_with_error``) where no frame is half
-written. A close that cannot flush (a peer that does not read) becomes an abort
-after CLOSE_GRACE_S.
+written. A sendfile moves bytes the stream does not see until its frame is done,
+so a frame must be sent within the interval; if the timer fires while one is
+half written, no ERROR can follow it: the sendfile is cancelled and the
+connection aborted at once (a client that stops reading a download cannot hold
+its session). A close that cannot flush (a peer that does not read) becomes an
+abort after CLOSE_GRACE_S.
 
 OS errors are mapped to ``ConnectionFailed`` (or ``TransferTimeout`` after the
 watchdog fired) here, once, where they surface.
@@ -40,7 +47,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
+import struct
 from collections.abc import Callable
 
 from ..config import CORK_BYTES, WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES
@@ -48,16 +57,39 @@ from ..errors import ConnectionFailed, FtransferError, TransferTimeout
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import Connection
 from .buffers import SMALL_BUFFER_BYTES, BufferPool, MappedBuffer
-from .files import DataSink, SendfileFrame, SinkFailed, file_frames, new_scratch
+from .files import DataSink, SendfileFrame, SinkFailed, file_frames, new_scratch, unreadable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from io import FileIO
+
     from .files import FileSource
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just sent or received."""
+LINGER_RESET = struct.pack("ii", 1, 0)
+"""SO_LINGER on, 0 s: close() resets the connection and drops the send queue."""
 CLOSE_GRACE_S = 2.0
 """A close whose queued bytes the peer does not read within this becomes an abort."""
+
+
+_SOCKET_ERRNOS = frozenset(
+    (errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN)
+)
+
+
+def _socket_side(exc: OSError) -> bool:
+    """Whether a failed sendfile failed on the connection (else on the file)."""
+    return isinstance(exc, ConnectionError) or exc.errno in _SOCKET_ERRNOS
+
+
+def _sent_before(file: FileIO, offset: int, count: int) -> int:
+    """Bytes of the frame a failed ``loop.sendfile`` sent: it leaves the file's
+    position after them, even when it raises (asyncio's documentation)."""
+    try:
+        return min(max(file.tell() - offset, 0), count)
+    except OSError:
+        return 0
 
 
 class FrameStream(asyncio.BufferedProtocol):
@@ -74,6 +106,7 @@ class FrameStream(asyncio.BufferedProtocol):
         self._corked = 0
         self._flush_scheduled = False
         self._mid_frame = False
+        self._sending: asyncio.Task[int] | None = None
         self._stash: ev.Event | ev.NeedData | ev.ConnectionClosed | FtransferError | None = None
         self._scratch: bytearray | None = None
         self._small: MappedBuffer | None = None
@@ -114,10 +147,20 @@ class FrameStream(asyncio.BufferedProtocol):
         idle_for = self._loop.time() - self._active_at
         if idle_for >= self._idle_s:
             self._timed_out = True
+            if self._mid_frame:
+                self._abort_mid_frame()
             self._readable.set()
             self._writable.set()
         else:
             self._watchdog = self._loop.call_later(self._idle_s - idle_for, self._check_idle)
+
+    def _abort_mid_frame(self) -> None:
+        """Timed out inside a sendfile: no ERROR can follow a half-written frame
+        (protocol.md 2.1), and the sendfile waits on a peer that does not read, so
+        stop it and drop the connection now."""
+        if self._sending is not None:
+            self._sending.cancel()  # first: its writer is removed before the socket closes
+        self.abort()
 
     def _gone(self) -> FtransferError:
         """The error for using a connection that has ended (or timed out)."""
@@ -326,17 +369,34 @@ class FrameStream(asyncio.BufferedProtocol):
         self.flush()  # the header must precede the bytes sendfile sends
         self._mid_frame = True
         with open(fd, "rb", buffering=0, closefd=False) as file:
+            self._sending = self._loop.create_task(
+                self._loop.sendfile(self.transport, file, offset, count, fallback=True)
+            )
             try:
-                sent = await self._loop.sendfile(self.transport, file, offset, count, fallback=True)
+                sent = await self._sending
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not self._timed_out or (task is not None and task.cancelling()):
+                    raise  # cancelled from outside (shutdown), not by the watchdog
+                raise self._gone() from None
             except (OSError, RuntimeError) as exc:
                 if self._closed or self._timed_out:
                     raise self._gone() from None
-                raise ConnectionFailed(f"connection lost: {exc}") from None
-        if sent < count:
-            self.transport.write(bytes(count - sent))
+                if not isinstance(exc, OSError) or _socket_side(exc):
+                    raise ConnectionFailed(f"connection lost: {exc}") from None
+                self._complete_frame(count - _sent_before(file, offset, count))
+                raise unreadable(exc) from None
+            finally:
+                self._sending = None
+        self._complete_frame(count - sent)
+        return sent
+
+    def _complete_frame(self, missing: int) -> None:
+        """End the DATA frame being sent with ``missing`` zero bytes."""
+        if missing:
+            self.transport.write(bytes(missing))
         self._mid_frame = False
         self._touch()
-        return sent
 
     # ---- ending ---------------------------------------------------------------------
 
@@ -358,8 +418,14 @@ class FrameStream(asyncio.BufferedProtocol):
             self._loop.call_later(CLOSE_GRACE_S, self._transport.abort)
 
     def abort(self) -> None:
-        """Close at once, discarding what is queued."""
+        """Close at once with a reset, discarding what is queued, in the transport
+        and in the kernel (a plain close would leave the unsent bytes, and the FIN
+        behind them, waiting on a peer that does not read)."""
         if self._transport is not None:
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None and not self._closed:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
             self._transport.abort()
 
     async def wait_closed(self) -> None:

@@ -8,11 +8,14 @@ pipelines thousands of requests costs the server one request's worth of state.
 What each request *does* is decided by ``Operations`` (names, policy, storage,
 the log line); this module only maps frames to those calls and results to frames:
 
-    PUT        -> operations.upload; DATA streams into it; END -> commit -> PUT_OK
-    GET        -> operations.download -> FILE, DATA (send_file), END
+    PUT        -> operations.upload; DATA streams into it; END -> commit (in a
+                  worker thread when it fsyncs) -> PUT_OK
+    GET        -> operations.download -> FILE, DATA (send_file), END; a file that
+                  shrinks or fails to read mid-way (FileUnreadable) -> its frame
+                  completed, ERROR 40 in place of END, the connection goes on
     LIST/STAT  -> operations.listing / stat, in a worker thread (they may read a
                   whole directory or hash a whole file) -> ENTRIES..., LIST_END / STAT_OK
-    REMOVE/MKDIR/MOVE -> the operation -> OK
+    REMOVE/MKDIR/MOVE -> the operation, in a worker thread (directory fsyncs) -> OK
     any refusal -> ERROR with the error's code and reason
 
 Every wait on the peer has a deadline: an absolute one for the HELLO (slow-header
@@ -20,19 +23,26 @@ defence) and the stream's idle watchdog after that. The connection ends with an
 ERROR frame whenever it can (no frame half written): code 1 and the reason for a
 protocol error, 42 for a timeout, 50 for an internal error; a clean close
 otherwise. Cancellation (shutdown) aborts an upload in progress, removing its
-temporary file.
+temporary file; a store call under way in a worker thread is waited for first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from ..checksum import ZERO_DIGEST
-from ..config import LIST_BATCH_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerConfig
+from ..config import (
+    LIST_BATCH_BYTES,
+    LIST_BATCH_ENTRIES,
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    ServerConfig,
+)
 from ..errors import (
     Aborted,
     ConnectionFailed,
@@ -43,18 +53,22 @@ from ..errors import (
     TransferTimeout,
     UnsupportedVersion,
 )
-from ..io.files import FileChanged, SinkFailed
+from ..io.files import FileUnreadable, SinkFailed
 from ..io.stream import FrameStream
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import negotiate_version
+from ..proto.tcp.frames import entry_bytes
 from ..storage.entry import Entry
 from .operations import Operations, Requester, Upload
 
 logger = logging.getLogger("ftransfer.server")
+T = TypeVar("T")
 
 INLINE_COMMIT_BYTES = 1 << 20
-"""Uploads up to this size are committed on the event loop (an fsync of a small file
-is quick); larger ones in a worker thread, where a slow disk stalls no one else."""
+"""Without fsync, uploads up to this size are committed on the event loop (a rename
+is quicker than the trip to a thread); the others, and every commit that fsyncs
+(milliseconds, or seconds on a busy disk), in a worker thread, where a slow disk
+stalls no one else."""
 SENT_DIGESTS_KEPT = 4096
 """Digests of recent downloads kept to compare with the client's VERIFIED."""
 
@@ -70,16 +84,38 @@ def wire_entry(entry: Entry) -> ev.Entry:
     )
 
 
-def take_batch(entries: Iterator[Entry], budget: int) -> list[ev.Entry]:
-    """The next entries, about ``budget`` bytes of them encoded (empty at the end)."""
+def take_batch(
+    entries: Iterator[Entry], budget: int, max_entries: int = LIST_BATCH_ENTRIES
+) -> list[ev.Entry]:
+    """The next entries for one ENTRIES frame (empty at the end): up to
+    ``max_entries`` of them, stopping once they encode to ``budget`` bytes or more
+    (so at most one entry, 276 bytes, over it). Sizes are counted in encoded bytes:
+    a name of 80 Japanese characters is 240 of them."""
     batch: list[ev.Entry] = []
     size = 0
     for entry in entries:
-        batch.append(wire_entry(entry))
-        size += 34 + len(entry.name)
-        if size >= budget:
+        wire = wire_entry(entry)
+        batch.append(wire)
+        size += entry_bytes(wire)
+        if size >= budget or len(batch) >= max_entries:
             break
     return batch
+
+
+async def in_thread(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in the loop's default executor (its worker threads are
+    bounded; a session waits for one call at a time). If the session is cancelled
+    meanwhile, the call is still waited for before the cancellation goes on, so
+    that nothing (an upload's abort, a listing's close) touches what it uses."""
+    call = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await call
+        raise
+    finally:
+        del call  # the call's exception holds this frame: no cycle to wait for the GC
 
 
 def version_problem(offer: ev.HelloOffered) -> str:
@@ -195,10 +231,10 @@ class TcpSession:
 
     async def _commit(self, upload: Upload, request: ev.PutRequested, digest: bytes) -> None:
         try:
-            if request.size <= INLINE_COMMIT_BYTES:
+            if request.size <= INLINE_COMMIT_BYTES and not self.config.fsync:
                 stored = upload.commit(digest)
             else:
-                stored = await asyncio.to_thread(upload.commit, digest)
+                stored = await in_thread(upload.commit, digest)
         except FtransferError as exc:
             self._fail(exc)
             return
@@ -216,7 +252,7 @@ class TcpSession:
             )
             try:
                 digest = await self.stream.send_file(download)
-            except FileChanged as exc:
+            except FileUnreadable as exc:
                 download.failed(exc)
                 self._fail(exc)  # ERROR in place of END: the client discards the file
                 return
@@ -235,7 +271,7 @@ class TcpSession:
     async def _list(self, request: ev.ListRequested) -> None:
         entries = self.ops.listing(self.who, request.path)
         try:
-            while batch := await asyncio.to_thread(take_batch, entries, LIST_BATCH_BYTES):
+            while batch := await in_thread(take_batch, entries, LIST_BATCH_BYTES):
                 self.stream.send(ev.Listed(entries=tuple(batch)))
                 await self.stream.drain()
         except FtransferError as exc:
@@ -247,7 +283,7 @@ class TcpSession:
 
     async def _stat(self, request: ev.StatRequested) -> None:
         try:
-            entry, digest = await asyncio.to_thread(self.ops.stat, self.who, request.path)
+            entry, digest = await in_thread(self.ops.stat, self.who, request.path)
         except FtransferError as exc:
             self._fail(exc)
             return
@@ -255,7 +291,7 @@ class TcpSession:
 
     async def _simple(self, action: Callable[[], None]) -> None:
         try:
-            action()
+            await in_thread(action)  # a directory fsync, or a slow disk: not on the loop
         except FtransferError as exc:
             self._fail(exc)
             return

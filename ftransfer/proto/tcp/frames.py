@@ -283,10 +283,19 @@ def _path_bytes(path: str) -> bytes:
         raise LocalProtocolError(f"name {path!r} is not valid UTF-8") from None
 
 
+def _entry_name(entry: ev.Entry) -> bytes:
+    return entry.name.encode("utf-8", errors="replace")
+
+
+def entry_bytes(entry: ev.Entry) -> int:
+    """The length of ``encode_entry(entry)``, without building it."""
+    return _ENTRY.size + len(_entry_name(entry))
+
+
 def encode_entry(entry: ev.Entry) -> bytes:
     """One entry of an ENTRIES frame (stores list only names that are valid UTF-8;
     anything else would become U+FFFD here)."""
-    name = entry.name.encode("utf-8", errors="replace")
+    name = _entry_name(entry)
     mode = entry.mode & MODE_MASK
     return _ENTRY.pack(entry.kind, entry.size, entry.mtime_ns, mode, len(name)) + name
 
