@@ -24,16 +24,19 @@ from ftransfer.storage.names import Name
 PEER = ("192.0.2.5", 4000)
 
 
-def _setup() -> tuple[
+def _setup(
+    store: MemoryStore | None = None, max_sessions: int = 8
+) -> tuple[
     ServerEndpoint, UdpApplication, list[tuple[Callable[[], object], Callable[[object], None]]]
 ]:
-    store = MemoryStore(clock_ns=lambda: 0)
-    store.put_file("f", b"content")
+    if store is None:
+        store = MemoryStore(clock_ns=lambda: 0)
+        store.put_file("f", b"content")
     endpoint = ServerEndpoint(
         secret=b"k" * 32,
         rng=random.Random(3),
         config=SessionConfig(chunk_bytes=1400, window=64, give_up_s=5),
-        max_sessions=8,
+        max_sessions=max_sessions,
     )
     deferred: list[tuple[Callable[[], object], Callable[[object], None]]] = []
     app = UdpApplication(
@@ -226,15 +229,7 @@ def test_an_unreadable_file_ends_its_own_session_with_code_40_and_no_other(
     store = _FlakyStore(clock_ns=lambda: 0)
     for name in ("good", "eio", "shrunk"):
         store.put_file(name, bytes(range(200)) * 56)  # 8 whole chunks
-    endpoint = ServerEndpoint(
-        secret=b"k" * 32,
-        rng=random.Random(3),
-        config=SessionConfig(chunk_bytes=1400, window=64, give_up_s=5),
-        max_sessions=8,
-    )
-    app = UdpApplication(
-        Operations(store, Policy()), endpoint, now=lambda: 0.0, defer=lambda w, t: None
-    )
+    endpoint, app, _deferred = _setup(store)
     good, victim = ("192.0.2.5", 4000), ("192.0.2.6", 4000)
     with caplog.at_level(logging.INFO, logger="ftransfer.server"):
         _get_from(endpoint, victim, bad, 1)
@@ -257,3 +252,26 @@ def test_an_unreadable_file_ends_its_own_session_with_code_40_and_no_other(
     after = [pk.decode_untrusted(d)[1] for d, to in endpoint.datagrams_to_send(0.01)]
     assert any(isinstance(b, pk.Fin) for b in after)  # the other transfer goes on to FIN
     assert endpoint.session_count == 1  # the victim's session is over and forgotten
+
+
+def test_listings_and_stats_being_built_are_bounded() -> None:
+    """Found by review: every STAT (a file hash) and LIST (up to 64 MiB) was queued
+    for the executor without bound; past MAX_DEFERRED_ANSWERS a request is told 41."""
+    from ftransfer.server.udp import MAX_DEFERRED_ANSWERS
+
+    endpoint, app, deferred = _setup(max_sessions=4 * MAX_DEFERRED_ANSWERS)
+    peers = [(f"192.0.2.{n}", 4000) for n in range(1, MAX_DEFERRED_ANSWERS + 3)]
+    for nonce, peer in enumerate(peers):
+        endpoint.receive_datagram(_initial(pk.Operation.STAT, nonce=nonce, peer=peer), peer, 0.0)
+    while (event := endpoint.next_event()) is not None:
+        app.handle(event)
+    answers = [(pk.decode_untrusted(d)[1], to) for d, to in endpoint.datagrams_to_send(0.0)]
+    busy = [to for body, to in answers if isinstance(body, pk.Accept) and body.code == 41]
+    assert len(deferred) == MAX_DEFERRED_ANSWERS and busy == peers[MAX_DEFERRED_ANSWERS:]
+    work, then = deferred.pop(0)
+    then(work())  # one answered: room for the next
+    late = ("192.0.2.200", 4000)
+    endpoint.receive_datagram(_initial(pk.Operation.STAT, nonce=1, peer=late), late, 0.0)
+    while (event := endpoint.next_event()) is not None:
+        app.handle(event)
+    assert len(deferred) == MAX_DEFERRED_ANSWERS
