@@ -487,3 +487,35 @@ def test_a_wrq_announcing_more_than_the_limit_is_refused_with_error_3(
     assert isinstance(packet, Error) and packet.code == ErrorCode.DISK_FULL, packet
     assert "exceeds the limit" in packet.message
     assert list(served.iterdir()) == []
+
+
+def test_a_file_that_shrinks_during_a_get_ends_in_an_error_not_a_short_file(
+    served: Path,
+) -> None:
+    """Found by review: a short read became a short final block, so the peer got a
+    silently truncated file and took it as whole. A read short of the size known at
+    open is now an ERROR, and no DATA is ever shorter than the block size."""
+    path = served / "f"
+    path.write_bytes(payload(100_000))
+    server = start(served)
+    try:
+        with raw_socket() as sock:
+            sock.sendto(
+                encode_request(Request(write=False, filename="f", mode="octet", options={})),
+                ("127.0.0.1", server.tftp_port),
+            )
+            sizes = []
+            while True:
+                data, tid = sock.recvfrom(70000)
+                packet = parse_untrusted(data)
+                if not isinstance(packet, Data):
+                    break
+                sizes.append(len(packet.payload))
+                if packet.block == 2:  # sent after our ACK 1: we are a proven peer, told why
+                    os.truncate(path, 1000)  # blocks 1 and 2 (maybe 3) were read before
+                sock.sendto(encode_ack(packet.block), tid)
+        assert isinstance(packet, Error), packet
+        assert packet.code == 0 and "changed size" in packet.message
+        assert set(sizes) == {512} and len(sizes) < 100_000 // 512
+    finally:
+        assert server.stop() == 0

@@ -30,6 +30,9 @@ Uploads are decoded (netascii), hashed and written as blocks arrive; the final A
 is sent only after the atomic commit, so a client is told "done" only for a file
 that is whole at its final name. TFTP carries no checksum: the log line has the
 xxh3-128 of what was committed, and a client that sent tsize has its size checked.
+Downloads are read sequentially up to the size found at open; a read short of it
+(the file shrank) ends the transfer with ERROR 0 in place of a short final block,
+which the peer would take for the end of a whole file.
 """
 
 from __future__ import annotations
@@ -42,9 +45,19 @@ import time
 from collections.abc import Callable
 
 from ..config import ServerConfig
-from ..errors import Exists, FtransferError, NoSpace, NotFound, Refused, TooLarge, error_from_code
+from ..errors import (
+    Exists,
+    FtransferError,
+    InternalError,
+    NoSpace,
+    NotFound,
+    Refused,
+    TooLarge,
+    error_from_code,
+)
 from ..io import threaded
 from ..io.datagram import DatagramPump
+from ..io.files import FileChanged
 from ..io.udp import SOCKET_BUFFER_BYTES, DatagramSocket
 from ..proto.events import Completed, DataReceived, Failed
 from ..proto.tftp import netascii
@@ -95,12 +108,17 @@ def bounded_error(code: int, message: str, received: int) -> bytes | None:
 
 def sequential_reader(read: Callable[[int, int], bytes], size: int) -> Callable[[int], bytes]:
     """``read(n)`` from the start, stopping after ``size`` bytes (the size that was
-    announced, even if the file grows meanwhile)."""
+    announced, even if the file grows meanwhile). A read that comes back short
+    before ``size`` (the file shrank) raises FileChanged: a short block would end
+    the transfer as if the file were whole."""
     position = 0
 
     def read_next(n: int) -> bytes:
         nonlocal position
-        data = read(position, min(n, size - position)) if position < size else b""
+        want = min(n, size - position) if position < size else 0
+        data = read(position, want) if want else b""
+        if len(data) < want:
+            raise FileChanged("the file changed size while it was being sent")
         position += len(data)
         return data
 
@@ -160,12 +178,26 @@ class _Transfer:
                 lock=self.lock,
             )
         except FtransferError as exc:
-            self._send_error(tftp_error_code(exc), str(exc))
+            self._fail(tftp_error_code(exc), exc)
         except Exception:
             logger.exception("tftp %s: internal error", self.who.peer)
-            self._send_error(ErrorCode.NOT_DEFINED, "internal server error")
+            self._fail(ErrorCode.NOT_DEFINED, InternalError("internal server error"))
         finally:
             self._end()
+
+    def _fail(self, code: int, exc: FtransferError) -> None:
+        """A refusal before the transfer began gets a bounded ERROR; a failure during
+        it (the file shrank, a read error) ends the core, which tells a proven peer."""
+        core = self.core
+        if core is None:
+            self._send_error(code, str(exc))
+            return
+        with self.lock:
+            core.abort(code, str(exc))
+            with contextlib.suppress(OSError):
+                threaded.send_all(DatagramSocket(self.sock), core, time.monotonic())
+        if self._download is not None:
+            self._download.failed(exc)
 
     def _end(self) -> None:
         core = self.core
