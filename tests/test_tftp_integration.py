@@ -519,3 +519,37 @@ def test_a_file_that_shrinks_during_a_get_ends_in_an_error_not_a_short_file(
         assert set(sizes) == {512} and len(sizes) < 100_000 // 512
     finally:
         assert server.stop() == 0
+
+
+def test_evicted_transfers_end_at_once_and_close_waits_for_every_thread(
+    served: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: an evicted transfer's thread, socket and file stayed until
+    its next poll (live threads grew with the request rate), and join() skipped
+    evicted transfers, so the store could close under them. With the poll made an
+    hour long, a victim that is not woken would sit out its give-up time."""
+    from ftransfer.config import ServerConfig
+    from ftransfer.io import threaded
+    from ftransfer.testing.server import serving
+
+    monkeypatch.setattr(threaded, "STOP_POLL_S", 3600.0)
+    (served / "f").write_bytes(payload(100_000))
+    config = ServerConfig(
+        root=str(served), port=0, udp=False, tftp_port=0, tftp_max_sessions=6, tftp_give_up_s=120
+    )
+    with serving(config) as server:
+        port = server.tftp_port
+        assert port is not None
+        sockets, answers = _flood(port, 20, prove=False)
+        names = [f"tftp {sock.getsockname()}" for sock in sockets]
+        threads = {t.name: t for t in threading.enumerate() if t.name in names}
+        assert answers == {"data": 20, "busy": 0}
+        for name in names[:14]:  # each evicted by a later request
+            if name in threads:
+                threads[name].join(timeout=30)  # a safety net: woken, they end at once
+                assert not threads[name].is_alive(), name
+        alive = [threads[name] for name in names[14:] if name in threads]
+        assert len(alive) == 6 and all(t.is_alive() for t in alive)  # the table runs on
+    for sock in sockets:
+        sock.close()
+    assert not any(thread.is_alive() for thread in alive)  # close woke and joined them
