@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 import sys
 
@@ -114,3 +115,58 @@ def test_a_route_that_refuses_gso_falls_back_to_single_sends() -> None:
         receiver.close()
 
     asyncio.run(main())
+
+
+class _TwoEventCore:
+    """A datagram core with two events and one datagram to send."""
+
+    def __init__(self, to: tuple[str, int]) -> None:
+        self.events: list[object] = ["bad", "good"]
+        self.to = to
+
+    def receive_datagram(self, data: bytes | memoryview, addr: tuple[str, int], now: float) -> None:
+        pass
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[str, int]]]:
+        return [(b"still sent", self.to)]
+
+    def next_event(self) -> object | None:
+        return self.events.pop(0) if self.events else None
+
+    def get_timer(self) -> float | None:
+        return 1e9
+
+    def handle_timer(self, now: float) -> None:
+        pass
+
+
+def test_a_handler_that_raises_is_logged_and_the_step_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by review: an exception from one event's handler ended the step, so the
+    core's datagrams for every peer were lost and its timer never re-armed."""
+    from ftransfer.io.datagram import CoreDriver
+
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(30)  # a safety net: the datagram is sent before step() returns
+    handled: list[object] = []
+
+    def on_event(event: object) -> None:
+        if event == "bad":
+            raise ValueError("a bug in one handler")
+        handled.append(event)
+
+    async def main() -> None:
+        sock = open_udp_socket("127.0.0.1", 0, connect=False)
+        driver = CoreDriver(_TwoEventCore(peer.getsockname()), sock, on_event)
+        driver.step()
+        assert driver.pump._timer_at == 1e9  # re-armed
+        driver.close()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+    assert handled == ["good"]
+    assert peer.recv(100) == b"still sent"
+    assert "a bug in one handler" in caplog.text
+    peer.close()

@@ -487,3 +487,69 @@ def test_a_wrq_announcing_more_than_the_limit_is_refused_with_error_3(
     assert isinstance(packet, Error) and packet.code == ErrorCode.DISK_FULL, packet
     assert "exceeds the limit" in packet.message
     assert list(served.iterdir()) == []
+
+
+def test_a_file_that_shrinks_during_a_get_ends_in_an_error_not_a_short_file(
+    served: Path,
+) -> None:
+    """Found by review: a short read became a short final block, so the peer got a
+    silently truncated file and took it as whole. A read short of the size known at
+    open is now an ERROR, and no DATA is ever shorter than the block size."""
+    path = served / "f"
+    path.write_bytes(payload(100_000))
+    server = start(served)
+    try:
+        with raw_socket() as sock:
+            sock.sendto(
+                encode_request(Request(write=False, filename="f", mode="octet", options={})),
+                ("127.0.0.1", server.tftp_port),
+            )
+            sizes = []
+            while True:
+                data, tid = sock.recvfrom(70000)
+                packet = parse_untrusted(data)
+                if not isinstance(packet, Data):
+                    break
+                sizes.append(len(packet.payload))
+                if packet.block == 2:  # sent after our ACK 1: we are a proven peer, told why
+                    os.truncate(path, 1000)  # blocks 1 and 2 (maybe 3) were read before
+                sock.sendto(encode_ack(packet.block), tid)
+        assert isinstance(packet, Error), packet
+        assert packet.code == 0 and "changed size" in packet.message
+        assert set(sizes) == {512} and len(sizes) < 100_000 // 512
+    finally:
+        assert server.stop() == 0
+
+
+def test_evicted_transfers_end_at_once_and_close_waits_for_every_thread(
+    served: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: an evicted transfer's thread, socket and file stayed until
+    its next poll (live threads grew with the request rate), and join() skipped
+    evicted transfers, so the store could close under them. With the poll made an
+    hour long, a victim that is not woken would sit out its give-up time."""
+    from ftransfer.config import ServerConfig
+    from ftransfer.io import threaded
+    from ftransfer.testing.server import serving
+
+    monkeypatch.setattr(threaded, "STOP_POLL_S", 3600.0)
+    (served / "f").write_bytes(payload(100_000))
+    config = ServerConfig(
+        root=str(served), port=0, udp=False, tftp_port=0, tftp_max_sessions=6, tftp_give_up_s=120
+    )
+    with serving(config) as server:
+        port = server.tftp_port
+        assert port is not None
+        sockets, answers = _flood(port, 20, prove=False)
+        names = [f"tftp {sock.getsockname()}" for sock in sockets]
+        threads = {t.name: t for t in threading.enumerate() if t.name in names}
+        assert answers == {"data": 20, "busy": 0}
+        for name in names[:14]:  # each evicted by a later request
+            if name in threads:
+                threads[name].join(timeout=30)  # a safety net: woken, they end at once
+                assert not threads[name].is_alive(), name
+        alive = [threads[name] for name in names[14:] if name in threads]
+        assert len(alive) == 6 and all(t.is_alive() for t in alive)  # the table runs on
+    for sock in sockets:
+        sock.close()
+    assert not any(thread.is_alive() for thread in alive)  # close woke and joined them

@@ -19,7 +19,9 @@ request, a TFTP transfer) behind it, as aioquic's asyncio protocol does:
     socket, and the timer re-armed to core.get_timer()
 
 So the application's answers leave in the same batch as the datagrams that caused
-them, and no caller ever touches a core's lists.
+them, and no caller ever touches a core's lists. An exception from ``on_event`` is
+logged and the step goes on: the other peers' datagrams still leave and the timer
+is still re-armed.
 """
 
 from __future__ import annotations
@@ -154,10 +156,17 @@ class CoreDriver:
         self.step()
 
     def step(self) -> None:
-        """Hand out events, send what the core has, re-arm its timer."""
+        """Hand out events, send what the core has, re-arm its timer. A handler that
+        raises is logged and skipped: one bad event must not stop the core's other
+        work (the datagrams below, the timer) for every peer."""
         core = self.core
         while (event := core.next_event()) is not None:
-            self._on_event(event)
+            try:
+                self._on_event(event)
+            except Exception:
+                import logging
+
+                logging.getLogger("ftransfer").exception("error handling %r", event)
         self.pump.send(core.datagrams_to_send(self.pump.now()))
         self.pump.arm(core.get_timer())
 

@@ -24,12 +24,19 @@ spoofed request must cost as little as the protocol allows.
   smallest RRQ of 10 bytes (51.6x), sent once.
 - Transfers are capped per address and in all. When the table is full, the oldest
   transfer whose peer never answered is evicted first (a SYN-cache policy, in
-  slots.py), so a spoofed flood cannot lock real clients out for long.
+  slots.py), so a spoofed flood cannot lock real clients out for long. An evicted
+  transfer is told to stop and its thread woken by an empty datagram to its own
+  port, so its socket and file go at once (close does the same to every
+  transfer); threads still ending count against LIVE_THREADS_PER_SLOT x the cap,
+  and ``join`` waits for every one of them before the store is closed.
 
 Uploads are decoded (netascii), hashed and written as blocks arrive; the final ACK
 is sent only after the atomic commit, so a client is told "done" only for a file
 that is whole at its final name. TFTP carries no checksum: the log line has the
 xxh3-128 of what was committed, and a client that sent tsize has its size checked.
+Downloads are read sequentially up to the size found at open; a read short of it
+(the file shrank) ends the transfer with ERROR 0 in place of a short final block,
+which the peer would take for the end of a whole file.
 """
 
 from __future__ import annotations
@@ -42,9 +49,19 @@ import time
 from collections.abc import Callable
 
 from ..config import ServerConfig
-from ..errors import Exists, FtransferError, NoSpace, NotFound, Refused, TooLarge, error_from_code
+from ..errors import (
+    Exists,
+    FtransferError,
+    InternalError,
+    NoSpace,
+    NotFound,
+    Refused,
+    TooLarge,
+    error_from_code,
+)
 from ..io import threaded
 from ..io.datagram import DatagramPump
+from ..io.files import FileChanged
 from ..io.udp import SOCKET_BUFFER_BYTES, DatagramSocket
 from ..proto.events import Completed, DataReceived, Failed
 from ..proto.tftp import netascii
@@ -70,6 +87,9 @@ logger = logging.getLogger("ftransfer.tftp")
 AMPLIFICATION_LIMIT = 3
 """An unproven address gets at most this many bytes per byte it sent (errors)."""
 MODES = ("octet", "netascii")
+LIVE_THREADS_PER_SLOT = 2
+"""Transfer threads alive at most, per slot of --tftp-max-sessions: evicted ones
+end at once, but until they have, new requests past this are told "busy"."""
 
 
 def tftp_error_code(exc: FtransferError) -> int:
@@ -95,12 +115,17 @@ def bounded_error(code: int, message: str, received: int) -> bytes | None:
 
 def sequential_reader(read: Callable[[int, int], bytes], size: int) -> Callable[[int], bytes]:
     """``read(n)`` from the start, stopping after ``size`` bytes (the size that was
-    announced, even if the file grows meanwhile)."""
+    announced, even if the file grows meanwhile). A read that comes back short
+    before ``size`` (the file shrank) raises FileChanged: a short block would end
+    the transfer as if the file were whole."""
     position = 0
 
     def read_next(n: int) -> bytes:
         nonlocal position
-        data = read(position, min(n, size - position)) if position < size else b""
+        want = min(n, size - position) if position < size else 0
+        data = read(position, want) if want else b""
+        if len(data) < want:
+            raise FileChanged("the file changed size while it was being sent")
         position += len(data)
         return data
 
@@ -117,7 +142,7 @@ class _Transfer:
         self.received = received
         self.started = time.monotonic()
         self.lock = threading.Lock()
-        self.cancelled = threading.Event()
+        self.stopping = False
         self.evicted = False
         self.core: BlockSender | BlockReceiver | None = None
         self._upload: Upload | None = None
@@ -131,11 +156,24 @@ class _Transfer:
         if service.family == socket.AF_INET6:
             self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         self.sock.bind((service.host, 0))
+        host, port = self.sock.getsockname()[:2]
+        if host in ("0.0.0.0", "::"):
+            host = "::1" if service.family == socket.AF_INET6 else "127.0.0.1"
+        self._own_address = (host, port)
         self.thread = threading.Thread(target=self._main, name=f"tftp {peer}", daemon=True)
 
     @property
     def proven(self) -> bool:
         return self.core is not None and self.core.proven
+
+    def wake_to_stop(self) -> None:
+        """End now (evicted, or the server is closing): the loop sees ``stopping``
+        as finished at its next turn, and an empty datagram to our own port wakes it
+        from its receive at once, so the socket, file and thread go now rather than
+        at the next poll. ``_end`` then tells a proven peer why."""
+        self.stopping = True
+        with contextlib.suppress(OSError):  # it may have closed on its own meanwhile
+            self.sock.sendto(b"", self._own_address)
 
     def request_repeated(self) -> None:
         """Answer a repeated request with our first packet again (if not proven)."""
@@ -155,17 +193,34 @@ class _Transfer:
                 self.sock,
                 core,
                 self._on_event,
-                finished=lambda: core.finished,
+                finished=lambda: core.finished or self.stopping,
                 stop=self._stopped,
                 lock=self.lock,
             )
         except FtransferError as exc:
-            self._send_error(tftp_error_code(exc), str(exc))
+            self._fail(tftp_error_code(exc), exc)
         except Exception:
             logger.exception("tftp %s: internal error", self.who.peer)
-            self._send_error(ErrorCode.NOT_DEFINED, "internal server error")
+            self._fail(ErrorCode.NOT_DEFINED, InternalError("internal server error"))
         finally:
-            self._end()
+            try:
+                self._end()
+            finally:
+                self.service.exited(self)
+
+    def _fail(self, code: int, exc: FtransferError) -> None:
+        """A refusal before the transfer began gets a bounded ERROR; a failure during
+        it (the file shrank, a read error) ends the core, which tells a proven peer."""
+        core = self.core
+        if core is None:
+            self._send_error(code, str(exc))
+            return
+        with self.lock:
+            core.abort(code, str(exc))
+            with contextlib.suppress(OSError):
+                threaded.send_all(DatagramSocket(self.sock), core, time.monotonic())
+        if self._download is not None:
+            self._download.failed(exc)
 
     def _end(self) -> None:
         core = self.core
@@ -184,7 +239,7 @@ class _Transfer:
         self.service.forget(self)
 
     def _stopped(self) -> bool:
-        return self.service.stop.is_set() or self.cancelled.is_set()
+        return self.stopping or self.service.stop.is_set()
 
     def _send_error(self, code: int, message: str) -> None:
         """An ERROR before the peer proved its address: bounded like the listener's."""
@@ -268,6 +323,9 @@ class TftpService:
             max_total=config.tftp_max_sessions,
             max_per_host=config.tftp_max_sessions_per_address,
         )
+        self._running: set[_Transfer] = set()
+        """Every transfer whose thread has not ended, evicted ones included."""
+        self.max_threads = LIVE_THREADS_PER_SLOT * config.tftp_max_sessions
         self._pump = DatagramPump(sock, self._on_datagram, lambda: None, lambda: None)
 
     @property
@@ -318,6 +376,7 @@ class TftpService:
             return
         with self._lock:
             self._table.insert(transfer)
+            self._running.add(transfer)
         transfer.thread.start()
 
     def _check(self, request: Request) -> tuple[int, str] | None:
@@ -331,12 +390,14 @@ class TftpService:
         """Reserve a slot for ``address`` (slots.py: over a cap, the oldest transfer
         whose peer never answered is evicted); False if the request is refused."""
         with self._lock:
+            if len(self._running) >= self.max_threads:  # evicted ones not yet gone
+                return False
             evicted = self._table.admit(address)
         if evicted is None:
             return False
         for victim in evicted:
             victim.evicted = True
-            victim.cancelled.set()  # its thread ends at its next wake-up, silently
+            victim.wake_to_stop()  # its thread ends now, silently
         return True
 
     def _answer(self, code: int, message: str, address: Address, received: int) -> None:
@@ -350,13 +411,23 @@ class TftpService:
             self._table.remove(transfer)
 
     def close(self) -> None:
-        """Stop listening and tell every transfer to end (uploads are aborted)."""
+        """Stop listening and tell every transfer to end now (uploads are aborted)."""
         self.stop.set()
         self._pump.close()
+        with self._lock:
+            running = list(self._running)
+        for transfer in running:
+            transfer.wake_to_stop()
+
+    def exited(self, transfer: _Transfer) -> None:
+        """A transfer's thread is about to return: it no longer counts as running."""
+        with self._lock:
+            self._running.discard(transfer)
 
     def join(self) -> None:
-        """Wait for the transfer threads to end (after ``close``)."""
+        """Wait for every transfer thread to end (after ``close``), evicted and
+        lingering ones included: the store is closed after this."""
         with self._lock:
-            threads = [t.thread for t in self._table.transfers()]
+            threads = [t.thread for t in self._running]
         for thread in threads:
             thread.join(timeout=2 * threaded.STOP_POLL_S + 5)

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from ..checksum import ZERO_DIGEST
 from ..config import ServerConfig
-from ..errors import FtransferError, InternalError, error_from_code
+from ..errors import Busy, FtransferError, InternalError, error_from_code
 from ..io.datagram import CoreDriver
 from ..io.udp import open_udp_socket
 from ..proto.events import Completed, DataReceived, EndReceived, Failed
@@ -60,6 +60,9 @@ SERVER_WINDOW_CHUNKS = 8192
 """Reorder window offered to clients, before the per-session byte bound (endpoint.py)."""
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 """A LIST answer larger than this is refused rather than built in memory."""
+MAX_DEFERRED_ANSWERS = 16
+"""LIST and STAT answers being built at once (each may hash a file or hold up to
+MAX_ANSWER_BYTES); over it a request gets code 41 (busy) at once."""
 
 
 def open_service_socket(host: str, port: int) -> socket.socket:
@@ -80,7 +83,7 @@ class UdpApplication:
     ) -> None:
         self.ops, self.endpoint, self._now, self._defer = ops, endpoint, now, defer
         self._jobs: dict[int, Upload | Download] = {}
-        self._pending: set[tuple[tuple[str, int], int]] = set()
+        self._deferred = 0  # LIST and STAT answers being built
 
     def close(self) -> None:
         """Abort every upload, close every download (server shutdown)."""
@@ -119,6 +122,9 @@ class UdpApplication:
                 self._answer_later(request, who)
         except FtransferError as exc:
             self._refuse(request, exc)
+        except Exception:  # a request is always answered: it holds a slot until then
+            logger.exception("udp %s: internal error", who.peer)
+            self._refuse(request, InternalError("internal server error"))
 
     def _refuse(self, request: RequestReceived, exc: FtransferError) -> None:
         code = exc.code or InternalError.code
@@ -153,12 +159,13 @@ class UdpApplication:
 
     def _answer_later(self, request: RequestReceived, who: Requester) -> None:
         """LIST and STAT read a whole directory or hash a whole file: deferred, so a
-        100 GiB STAT does not stall every other client. A repeated INITIAL while the
-        work runs is ignored (the ACCEPT will answer both)."""
-        key = (request.address, request.initial.nonce)
-        if key in self._pending:
+        100 GiB STAT does not stall every other client (the endpoint ignores a
+        repeated INITIAL while the work runs: the ACCEPT will answer both). At most
+        MAX_DEFERRED_ANSWERS are built at once."""
+        if self._deferred >= MAX_DEFERRED_ANSWERS:
+            self._refuse(request, Busy("too many listings and stats at once, try later"))
             return
-        self._pending.add(key)
+        self._deferred += 1
         stat = request.operation is Operation.STAT
         path = request.initial.path
 
@@ -166,7 +173,7 @@ class UdpApplication:
             return self._stat_answer(who, path) if stat else self._list_answer(who, path)
 
         def then(result: bytes | BaseException) -> None:
-            self._pending.discard(key)
+            self._deferred -= 1
             if isinstance(result, FtransferError):
                 self._refuse(request, result)
             elif isinstance(result, BaseException):

@@ -21,9 +21,18 @@ session id (or a final code). Datagrams are routed by session id *and* source
 address: a forged id, or a right id from another address, is dropped and counted
 without touching the session. A repeated INITIAL (the ACCEPT was lost) gets the
 same ACCEPT again, and a sending session that has had no ack resends its first
-flight at once. The table is bounded by ``max_sessions`` in all and
-``max_per_address`` per client IP; over either, a validated client gets an
-ACCEPT coded 41 (busy) at once.
+flight at once; one repeated while the application is still deciding is
+ignored (the one answer serves both).
+
+Caps: sessions are bounded by ``max_sessions`` in all and ``max_per_address`` per
+client IP, and a request holds its slot from the moment it is handed to the
+application until it is answered (``accept`` turns the slot into the session;
+``refuse`` and ``done`` free it), so neither a batch of INITIALs nor LIST and
+STAT answers still being built can take more than the caps; over either, a
+validated client gets an ACCEPT coded 41 (busy) at once. The ACCEPTs remembered
+for repeats are bounded too (``max_remembered`` in all, a host's share of it per
+IP): when that memory is full, a validated request gets 41 without being
+remembered, so a flood of requests costs the server no memory.
 
 The endpoint is a datagram core (machine.py): sessions' events come out of
 ``next_event`` tagged with their session id, and a session that has ended and
@@ -73,6 +82,9 @@ MIN_WINDOW_CHUNKS = 16
 """The receive window offered is never smaller (see congestion.MIN_WINDOW_PACKETS)."""
 ACCEPT_MEMORY_S = 30.0
 """How long an ACCEPT is remembered, to repeat it for a repeated INITIAL."""
+MAX_REMEMBERED_ACCEPTS = 65536
+"""ACCEPTs remembered at once (~20 MB); over it, and over a host's share of it
+(max_per_address / max_sessions), a validated request gets code 41, unremembered."""
 OPERATIONS = frozenset(int(op) for op in Operation)
 
 
@@ -138,6 +150,19 @@ def request_problem(initial: Initial) -> str | None:
     return None
 
 
+def _final_accept(request: RequestReceived, *, code: int, message: str) -> Accept:
+    """The ACCEPT that ends a request without a session (a refusal, REMOVE's success)."""
+    return Accept(
+        nonce=request.initial.nonce,
+        code=code,
+        chunk_bytes=0,
+        window=0,
+        size=0,
+        mtime_ns=0,
+        message=message,
+    )
+
+
 class ServerEndpoint:
     """The server side of UDP: one socket's worth of sessions (a datagram core)."""
 
@@ -149,14 +174,20 @@ class ServerEndpoint:
         config: SessionConfig,
         max_sessions: int,
         max_per_address: int | None = None,
+        max_remembered: int = MAX_REMEMBERED_ACCEPTS,
     ) -> None:
         self.secret, self.rng, self.config, self.max_sessions = secret, rng, config, max_sessions
         self.max_per_address = max_per_address or max_sessions
+        self.max_remembered = max_remembered
+        self.max_remembered_per_host = max(1, max_remembered * self.max_per_address // max_sessions)
         self.stats = EndpointStats()
         self._sessions: dict[int, tuple[Address, Session]] = {}
         self._events: collections.deque[RequestReceived] = collections.deque()
         self._outbox: list[tuple[bytes, Address]] = []
         self._accepts: dict[tuple[Address, int], tuple[int, bytes, float]] = {}
+        self._remembered: collections.Counter[str] = collections.Counter()  # _accepts by host
+        self._requests: set[tuple[Address, int]] = set()
+        """Requests handed to the application and not yet answered: each holds a slot."""
 
     # ---- the datagram-core API ----------------------------------------------------
 
@@ -226,40 +257,76 @@ class ServerEndpoint:
     # ---- requests -------------------------------------------------------------------
 
     def _on_initial(self, initial: Initial, address: Address, now: float) -> None:
-        while self._accepts:  # insertion order is time order: expire from the front
-            key, (_sid, _datagram, expires) = next(iter(self._accepts.items()))
-            if expires > now:
-                break
-            del self._accepts[key]
-        known = self._accepts.get((address, initial.nonce))
+        self._forget_old_accepts(now)
+        key = (address, initial.nonce)
+        known = self._accepts.get(key)
         if known is not None:
             self._outbox.append((known[1], address))  # our ACCEPT was lost: repeat it
             entry = self._sessions.get(known[0])
             if entry is not None:
                 entry[1].on_request_repeated(now)
             return
+        if key in self._requests:
+            return  # still being decided: its ACCEPT will answer both
         if not cookie_valid(self.secret, initial.cookie, address, initial.nonce, now):
             self.stats.retries += 1
             cookie = make_cookie(self.secret, address, initial.nonce, now)
             self._outbox.append((encode(0, Retry(nonce=initial.nonce, cookie=cookie)), address))
             return
         request = RequestReceived(address=address, initial=initial)
+        host = address[0]
+        if (
+            len(self._accepts) + len(self._requests) >= self.max_remembered
+            or self._remembered[host] >= self.max_remembered_per_host
+        ):
+            self._busy(request, now, remember=False)  # answered, but costs no memory
+            return
         problem = request_problem(initial)
         if problem is not None:
             self.stats.refused += 1
             self.refuse(request, code=RemoteProtocolError.code, message=problem, now=now)
             return
-        same_host = sum(1 for a, _s in self._sessions.values() if a[0] == address[0])
-        if len(self._sessions) >= self.max_sessions or same_host >= self.max_per_address:
-            self.refuse(request, code=Busy.code, message="too many sessions, try later", now=now)
+        if self._slots_in_use(host) >= self.max_per_address or self._slots_in_use(None) >= (
+            self.max_sessions
+        ):
+            self._busy(request, now, remember=True)
             return
+        self._requests.add(key)  # the slot is held until accept, refuse or done
         self._events.append(request)
+
+    def _slots_in_use(self, host: str | None) -> int:
+        """Sessions and undecided requests, of ``host`` or (None) of everyone."""
+        if host is None:
+            return len(self._sessions) + len(self._requests)
+        sessions = sum(1 for a, _s in self._sessions.values() if a[0] == host)
+        return sessions + sum(1 for a, _n in self._requests if a[0] == host)
+
+    def _busy(self, request: RequestReceived, now: float, *, remember: bool) -> None:
+        accept = _final_accept(request, code=Busy.code, message="too many sessions, try later")
+        if remember:
+            self._send_accept(request, 0, accept, now)
+        else:
+            self._outbox.append((encode(0, accept), request.address))
+
+    def _forget_old_accepts(self, now: float) -> None:
+        accepts = self._accepts
+        while accepts:  # insertion order is time order: expire from the front
+            key, (_sid, _datagram, expires) = next(iter(accepts.items()))
+            if expires > now:
+                break
+            del accepts[key]
+            self._remembered[key[0][0]] -= 1
+            if self._remembered[key[0][0]] <= 0:
+                del self._remembered[key[0][0]]
 
     def _send_accept(
         self, request: RequestReceived, session_id: int, accept: Accept, now: float
     ) -> None:
         datagram = encode(session_id, accept)
         key = (request.address, request.initial.nonce)
+        self._requests.discard(key)  # answered: its slot is the session's now, or free
+        if key not in self._accepts:
+            self._remembered[request.address[0]] += 1
         self._accepts[key] = (session_id, datagram, now + ACCEPT_MEMORY_S)
         self._outbox.append((datagram, request.address))
 
@@ -311,29 +378,11 @@ class ServerEndpoint:
 
     def refuse(self, request: RequestReceived, *, code: int, message: str, now: float) -> None:
         """Answer a request with an error: the request is over."""
-        accept = Accept(
-            nonce=request.initial.nonce,
-            code=code,
-            chunk_bytes=0,
-            window=0,
-            size=0,
-            mtime_ns=0,
-            message=message,
-        )
-        self._send_accept(request, 0, accept, now)
+        self._send_accept(request, 0, _final_accept(request, code=code, message=message), now)
 
     def done(self, request: RequestReceived, *, now: float) -> None:
         """Answer a request that needs no transfer (REMOVE) with success."""
-        accept = Accept(
-            nonce=request.initial.nonce,
-            code=0,
-            chunk_bytes=0,
-            window=0,
-            size=0,
-            mtime_ns=0,
-            message="",
-        )
-        self._send_accept(request, 0, accept, now)
+        self._send_accept(request, 0, _final_accept(request, code=0, message=""), now)
 
     # ---- sessions -------------------------------------------------------------------
 

@@ -10,9 +10,14 @@ sender* to the *data receiver*, composing ``Sender`` or ``Receiver``:
 
 The sender reads chunks through ``read_chunk(offset, size)`` and hashes each chunk
 the first time it is read (new chunks are always read in order), so the digest in
-FIN costs no extra pass. The receiver hands in-order bytes to the application as
-``DataReceived`` (everything delivered since the last event, copied once out of
-the adapter's receive buffer); when every chunk and the FIN are in it reports
+FIN costs no extra pass. A read that fails (the store's error, or an ``OSError``)
+or comes back short (the file shrank after its size was announced) ends this
+session alone: CLOSE with code 40 (or the store's code) and ``Failed``, so one
+unreadable file never stops the endpoint's other sessions.
+
+The receiver hands in-order bytes to the application as ``DataReceived``
+(everything delivered since the last event, copied once out of the adapter's
+receive buffer); when every chunk and the FIN are in it reports
 ``EndReceived``, and the application checks the digest, commits (or not), and
 calls ``finish(code, message, digest)``: that RESULT is the verdict both sides
 report, carrying the digest the receiver computed, whatever the verdict.
@@ -38,7 +43,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from ...checksum import new_hasher
-from ...errors import Aborted, RemoteProtocolError, TransferTimeout
+from ...errors import Aborted, FtransferError, RemoteProtocolError, StorageIOError, TransferTimeout
 from ..events import Completed, DataReceived, EndReceived, Failed
 from ..machine import Machine
 from ..rtt import RttEstimator
@@ -351,7 +356,14 @@ class Session:
         assert self.sender is not None
         chunk_bytes, read = self.config.chunk_bytes, self._read_chunk
         for seq, tx, size in self.sender.poll(now):
-            payload = read(seq * chunk_bytes, size)
+            try:
+                payload = read(seq * chunk_bytes, size)
+            except (FtransferError, OSError) as exc:
+                self._read_failed(exc)
+                return
+            if len(payload) != size:  # the file shrank since its size was announced
+                self._read_failed(StorageIOError("the file changed size while it was being sent"))
+                return
             if seq == self._hashed:
                 self._hasher.update(payload)
                 self._hashed += 1
@@ -360,6 +372,14 @@ class Session:
             self._fin = Fin(size=self.size, digest=self._hasher.digest())
             self._outbox.append(encode(self.session_id, self._fin))
             self._deadline = now + self.rtt.rto()
+
+    def _read_failed(self, exc: FtransferError | OSError) -> None:
+        """The file cannot give what was announced: end this session alone with CLOSE
+        (code 40, or the store's own code), as protocol.md U4 lets either side."""
+        if isinstance(exc, FtransferError):
+            self.abort(code=exc.code or StorageIOError.code, message=str(exc))
+        else:
+            self.abort(code=StorageIOError.code, message=f"read error: {exc.strerror or exc}")
 
     def get_timer(self) -> float | None:
         state = self.state
