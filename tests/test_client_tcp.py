@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import errno
 import os
 import resource
 import select
@@ -28,6 +29,7 @@ from conftest import CLI, ServerProcess, run_cli
 from ftransfer.checksum import digest_bytes
 from ftransfer.client import AsyncClient, Client
 from ftransfer.client.drive import drive
+from ftransfer.client.local import LocalFile
 from ftransfer.client.result import Progress, TransferResult
 from ftransfer.client.tcp import ENDING_CODES, Effect, Op, Poll, Read, Sendfile, TcpLogic, Write
 from ftransfer.config import MAX_FRAME_BYTES
@@ -285,6 +287,8 @@ class _InstantServer:
                 self.replies += self.core.send(HELLO_OK)
             elif isinstance(event, ev.FileEnded):
                 self.replies += self.core.send(ev.PutCommitted(digest=event.digest))
+            elif isinstance(event, ev.FileAborted):
+                self.replies += self.core.send(ev.Failed(code=43, message="upload aborted"))
 
 
 class _Recorder(Progress):
@@ -311,6 +315,28 @@ def test_each_pipelined_put_is_reported_when_its_reply_arrives(tmp_path: Path) -
     assert progress.seen.index("done a") < progress.seen.index("start c")
     expected = [f"{what} {name}" for what in ("start", "done") for name in names]
     assert sorted(progress.seen) == sorted(expected)
+
+
+def test_a_local_file_that_fails_to_read_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error reading one file of a batch aborts that file (ABORT at a frame
+    boundary) and keeps the others going, as a file that changed size does."""
+    for name in "abc":
+        (tmp_path / name).write_bytes(name.encode() * 10)
+    real_read = LocalFile.read
+
+    def read(self: LocalFile, offset: int, n: int) -> bytes:
+        if self.path.endswith("/b"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_read(self, offset, n)
+
+    monkeypatch.setattr(LocalFile, "read", read)
+    logic, server = TcpLogic("s", hello_timeout_s=10.0), _InstantServer()
+    items = [(str(tmp_path / name), name) for name in "abc"]
+    a, b, c = drive(logic.put_many(items, exclusive=False, progress=None), server.perform)
+    assert isinstance(a, TransferResult) and isinstance(c, TransferResult)
+    assert isinstance(b, FtransferError) and b.code == 40 and "Input/output error" in str(b)
 
 
 # ---- mv into the root ------------------------------------------------------------------

@@ -51,7 +51,7 @@ from ..errors import (
     UnsupportedVersion,
     error_from_code,
 )
-from ..io.files import FileChanged, SendfileFrame, SinkFailed, file_frames, new_scratch
+from ..io.files import FileUnreadable, SendfileFrame, SinkFailed, file_frames, new_scratch
 from ..io.tcp_sockets import AsyncSocket, BlockingSocket, ReadTimedOut
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import Connection, Role, StreamState
@@ -494,8 +494,8 @@ class TcpLogic:
                 yield from self._collect(pending, outcomes, block=False)
         except StopIteration as stop:
             put.digest = stop.value
-        except FileChanged as exc:  # its frame is whole: abort the file, keep the batch
-            put.failed_here = FileChanged(f"{local_label(put.source.path)}: {exc}")
+        except FileUnreadable as exc:  # its frames are whole: abort the file, keep the batch
+            put.failed_here = type(exc)(f"{local_label(put.source.path)}: {exc}")
         finally:
             if progress is not None:
                 progress.file_done()
