@@ -35,6 +35,7 @@ directory whose only entries are stale temporaries is removable.
 
 from __future__ import annotations
 
+import _thread
 import collections
 import contextlib
 import errno
@@ -76,27 +77,36 @@ def _identity(st: os.stat_result) -> Identity | None:
 
 
 class DigestCache:
-    """A bounded map from file identity to xxh3-128 (least recently used out)."""
+    """A bounded map from file identity to xxh3-128 (least recently used out).
+
+    Shared by the event loop and the worker threads that hash files (STAT) and
+    commit uploads, so every access holds a lock: a lookup's move-to-end must not
+    meet another thread's eviction of the same key."""
 
     def __init__(self, entries: int = DIGEST_CACHE_ENTRIES) -> None:
         self._entries = entries
         self._map: collections.OrderedDict[Identity, bytes] = collections.OrderedDict()
+        self._lock = _thread.allocate_lock()
 
     def get(self, st: os.stat_result) -> bytes | None:
         key = _identity(st)
-        digest = self._map.get(key) if key is not None else None
-        if digest is not None and key is not None:
-            self._map.move_to_end(key)
+        if key is None:
+            return None
+        with self._lock:
+            digest = self._map.get(key)
+            if digest is not None:
+                self._map.move_to_end(key)
         return digest
 
     def put(self, st: os.stat_result, digest: bytes) -> None:
         key = _identity(st)
         if key is None or self._entries <= 0:
             return
-        self._map[key] = digest
-        self._map.move_to_end(key)
-        while len(self._map) > self._entries:
-            self._map.popitem(last=False)
+        with self._lock:
+            self._map[key] = digest
+            self._map.move_to_end(key)
+            while len(self._map) > self._entries:
+                self._map.popitem(last=False)
 
 
 def kind_of(mode: int) -> EntryKind:
