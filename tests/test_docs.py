@@ -110,6 +110,15 @@ def test_the_repository_stands_alone() -> None:
         assert not outside.search(text), f"{path.relative_to(ROOT)} points outside the repo"
 
 
+def test_no_placeholder_is_left_in_the_documents() -> None:
+    """Figures are filled in from benchmark runs; a marker left behind is a hole."""
+    marker = re.compile(r"\b[A-Z]+(?:-[A-Z]+)*-(?:PENDING|README)\b")
+    for path in tracked_files():
+        if path.suffix == ".md" and path.is_file():
+            text = path.read_text(encoding="utf-8")
+            assert not marker.search(text), f"{path.relative_to(ROOT)}: {marker.search(text)}"
+
+
 def test_the_version_has_one_source() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert 'version = { attr = "ftransfer.__version__" }' in pyproject
