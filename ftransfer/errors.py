@@ -35,6 +35,8 @@ class ExitCode(IntEnum):
     TIMEOUT = 7
     PROTOCOL = 8
     LOCAL_IO = 9
+    AUTHENTICATION = 10
+    HOST_KEY = 11
 
 
 class FtransferError(Exception):
@@ -88,6 +90,41 @@ class ConnectionFailed(FtransferError):
 
     code = 0
     exit_code = ExitCode.CONNECTION
+
+
+class TlsRequired(ConnectionFailed):
+    """A plaintext client (``--insecure``) reached a server that requires TLS."""
+
+    code = 3
+
+
+class InsecureServer(ConnectionFailed):
+    """The server does not speak TLS and the client did not say ``--insecure``."""
+
+    code = 0
+
+
+class HostKeyError(FtransferError):
+    """The server's certificate is not the one this client trusts: a changed
+    fingerprint, an unknown server under ``--strict-host-keys``, a pin or a CA
+    that does not match (exit 11, as ssh refuses a changed host key)."""
+
+    code = 0
+    exit_code = ExitCode.HOST_KEY
+
+
+class AuthenticationFailed(FtransferError):
+    """A wrong user name or password (the same error for both), or an address
+    locked out after repeated failures; the server then closes."""
+
+    code = 44
+    exit_code = ExitCode.AUTHENTICATION
+
+
+class LoginRequired(AuthenticationFailed):
+    """The server serves only logged-in users."""
+
+    code = 45
 
 
 class Busy(ConnectionFailed):
@@ -169,6 +206,13 @@ class InvalidMove(Refused):
     """The move cannot be done: a directory into itself, the root, a directory over a file."""
 
     code = 19
+
+
+class NotPermitted(Refused):
+    """This user may not do this (a read-only user's change, a remove without the
+    delete permission)."""
+
+    code = 22
 
 
 class TooLarge(Refused):
