@@ -14,8 +14,9 @@ KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
 
-PROTOCOL_VERSION = 2
-"""The only TCP wire version this build speaks (protocol.md, "Versions")."""
+PROTOCOL_VERSION = 3
+"""The only TCP wire version this build speaks (protocol.md, "Versions"): 3 adds
+LOGIN and runs inside TLS 1.3 unless both sides say --insecure."""
 DEFAULT_PORT = 9021
 """TCP and UDP port when a REMOTE names none."""
 TFTP_PORT = 69
@@ -33,6 +34,8 @@ MAX_PATH_BYTES = 4096
 """Longest path a request may name (PATH_MAX on Linux)."""
 MAX_NAME_BYTES = 255
 """Longest single path component (NAME_MAX on Linux)."""
+MAX_PASSWORD_BYTES = 1024
+"""Longest password LOGIN carries (scrypt hashes any length; this bounds the frame)."""
 MAX_ERROR_MESSAGE_BYTES = 1024
 """An ERROR frame's reason is truncated to this many bytes before sending."""
 LIST_BATCH_BYTES = 32 * KIB

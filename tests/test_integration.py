@@ -167,7 +167,7 @@ def test_20_clients_putting_the_same_name(server: ServerProcess, tmp_path: Path)
 def _start_upload(server: ServerProcess, name: str, size: int) -> RawPeer:
     peer = RawPeer(server.port)
     peer.send(
-        ev.HelloOffered(min_version=2, max_version=2),
+        ev.HelloOffered(min_version=3, max_version=3),
         ev.PutRequested(path=name, size=size, mtime_ns=-1, mode=0o644, exclusive=False),
     )
     peer.send_raw(peer.conn.start_data(1 << 20) + os.urandom(1 << 20))
@@ -215,7 +215,7 @@ def test_garbage_and_huge_length_prefix_do_not_stop_the_server(
     assert reply[:1] == bytes([FrameType.ERROR]) and b"exceeds" in reply
     huge.close()
     after_hello = RawPeer(server.port)
-    after_hello.send(ev.HelloOffered(min_version=2, max_version=2))
+    after_hello.send(ev.HelloOffered(min_version=3, max_version=3))
     after_hello.send_raw(struct.pack(">BI", FrameType.DATA, 0xFFFFFFFF))
     assert after_hello.read_until_closed()  # HELLO_OK, then the connection is closed
     after_hello.close()
@@ -251,7 +251,7 @@ def test_connection_caps_refuse_fast(served: Path, tmp_path: Path) -> None:
     held = []
     for _ in range(2):
         peer = RawPeer(srv.port)
-        peer.send(ev.HelloOffered(min_version=2, max_version=2))
+        peer.send(ev.HelloOffered(min_version=3, max_version=3))
         assert isinstance(peer.events()[0], ev.HelloAccepted)
         held.append(peer)
     refused = run_cli("ls", srv.remote(), timeout=30)
@@ -365,7 +365,7 @@ def _serve_once_with_bad_digest(listener: socket.socket, payload: bytes) -> None
                 assert not isinstance(event, ev.ConnectionClosed)
                 pending.append(event)
         reply = core.send(
-            ev.HelloAccepted(version=2, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
+            ev.HelloAccepted(version=3, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
         )
         reply += core.send(ev.FileStarted(size=len(payload), mtime_ns=-1, mode=0o644))
         reply += core.send(ev.FileData(data=payload))
@@ -408,7 +408,7 @@ def _hello_then_silence(listener: socket.socket) -> None:
         while not isinstance(core.next_event(), ev.NeedData):
             pass  # HELLO and the LIST, which is never answered
         conn.sendall(
-            core.send(ev.HelloAccepted(version=2, max_frame_bytes=1 << 20, read_only=False))
+            core.send(ev.HelloAccepted(version=3, max_frame_bytes=1 << 20, read_only=False))
         )
         conn.recv(65536)  # until the client gives up and closes
 

@@ -51,7 +51,7 @@ def _served(sock: socket.socket, *, stat: bool) -> None:
     """HELLO (and a STAT of a long name), then read until the last reply: the
     server has read everything."""
     conn = Connection(Role.CLIENT)
-    requests: list[ev.Event] = [ev.HelloOffered(min_version=2, max_version=2)]
+    requests: list[ev.Event] = [ev.HelloOffered(min_version=3, max_version=3)]
     if stat:
         requests.append(ev.StatRequested(path=LONG_NAME))
     sock.sendall(b"".join(conn.send(r) for r in requests))

@@ -213,7 +213,7 @@ class TcpLogic:
             not self._ended
             and conn.broken is None
             and conn.pending_requests == 0
-            and conn.request_state is StreamState.IDLE
+            and conn.request_state in (StreamState.IDLE, StreamState.OPENED)
             and conn.reply_state in (StreamState.IDLE, StreamState.HELLO)
         )
 

@@ -57,6 +57,8 @@ class StreamState(Enum):
     """States of one direction of the connection."""
 
     HELLO = "hello"
+    OPENED = "opened"
+    """HELLO sent, no request yet: the one place LOGIN may come."""
     IDLE = "idle"
     UPLOADING = "uploading"
     DOWNLOADING = "downloading"
@@ -67,8 +69,7 @@ class StreamState(Enum):
 S = StreamState
 Transitions = dict[tuple[StreamState, type], StreamState]
 
-REQUEST_TRANSITIONS: Transitions = {
-    (S.HELLO, ev.HelloOffered): S.IDLE,
+_AFTER_HELLO: Transitions = {
     (S.IDLE, ev.PutRequested): S.UPLOADING,
     (S.UPLOADING, ev.FileData): S.UPLOADING,
     (S.UPLOADING, ev.FileEnded): S.IDLE,
@@ -86,6 +87,13 @@ REQUEST_TRANSITIONS: Transitions = {
         )
     },
 }
+REQUEST_TRANSITIONS: Transitions = {
+    (S.HELLO, ev.HelloOffered): S.OPENED,
+    (S.OPENED, ev.LoginRequested): S.IDLE,
+    **_AFTER_HELLO,
+    **{(S.OPENED, kind): after for (state, kind), after in _AFTER_HELLO.items() if state is S.IDLE},
+}
+"""LOGIN only as the first request after HELLO; any other request there is as in IDLE."""
 
 REPLY_TRANSITIONS: Transitions = {
     (S.HELLO, ev.HelloAccepted): S.IDLE,
@@ -112,7 +120,7 @@ ANSWERS: dict[type, tuple[type, ...]] = {
     ev.Listed: (ev.ListRequested,),
     ev.ListEnded: (ev.ListRequested,),
     ev.Stated: (ev.StatRequested,),
-    ev.Done: (ev.RemoveRequested, ev.MkdirRequested, ev.MoveRequested),
+    ev.Done: (ev.LoginRequested, ev.RemoveRequested, ev.MkdirRequested, ev.MoveRequested),
 }
 """Which request the first frame of a reply may answer (ERROR answers any)."""
 
@@ -130,6 +138,7 @@ def negotiate_version(offer: ev.HelloOffered) -> int | None:
 FRAME_NAMES: dict[type, str] = {
     ev.HelloOffered: "HELLO",
     ev.HelloAccepted: "HELLO_OK",
+    ev.LoginRequested: "LOGIN",
     ev.PutRequested: "PUT",
     ev.FileData: "DATA",
     ev.FileEnded: "END",
@@ -153,6 +162,7 @@ FRAME_NAMES: dict[type, str] = {
 
 _WHERE = {
     StreamState.HELLO: "before HELLO",
+    StreamState.OPENED: "between requests",
     StreamState.IDLE: "between requests",
     StreamState.UPLOADING: "inside a file's DATA",
     StreamState.DOWNLOADING: "inside a file's DATA",

@@ -48,6 +48,16 @@ class HelloOffered(Record):
     max_version: int
 
 
+class LoginRequested(Record):
+    """The client logs in as ``user`` (the first request after HELLO, if any)."""
+
+    user: str
+    password: str
+
+    def __repr__(self) -> str:  # the password never reaches a log or a traceback
+        return f"LoginRequested(user={self.user!r}, password=<hidden>)"
+
+
 class PutRequested(Record):
     """An upload begins; DATA frames and END (or ABORT) follow."""
 
@@ -140,6 +150,9 @@ class HelloAccepted(Record):
     version: int
     max_frame_bytes: int
     read_only: bool
+    """Every change will be refused (for a client that has not logged in)."""
+    login_required: bool = False
+    """Nothing is served to a client that does not log in."""
 
 
 class PutCommitted(Record):
@@ -193,6 +206,7 @@ NEED_DATA = NeedData()
 
 Request = (
     HelloOffered
+    | LoginRequested
     | PutRequested
     | FileAborted
     | GetRequested

@@ -21,6 +21,7 @@ from ...config import (
     MAX_CONTROL_BYTES,
     MAX_ERROR_MESSAGE_BYTES,
     MAX_FRAME_BYTES,
+    MAX_PASSWORD_BYTES,
 )
 from ...errors import LocalProtocolError, RemoteProtocolError
 from ..events import Failed
@@ -32,6 +33,7 @@ class FrameType(IntEnum):
 
     HELLO = 0x01
     HELLO_OK = 0x02
+    LOGIN = 0x03
     PUT = 0x10
     DATA = 0x11
     END = 0x12
@@ -132,7 +134,27 @@ def _hello(raw: bytes) -> ev.Event:
 def _hello_ok(raw: bytes) -> ev.Event:
     version, max_frame, flags = _fixed_untrusted(raw, _HELLO_OK, "HELLO_OK")
     assert isinstance(version, int) and isinstance(max_frame, int) and isinstance(flags, int)
-    return ev.HelloAccepted(version=version, max_frame_bytes=max_frame, read_only=bool(flags & 1))
+    return ev.HelloAccepted(
+        version=version,
+        max_frame_bytes=max_frame,
+        read_only=bool(flags & 1),
+        login_required=bool(flags & 2),
+    )
+
+
+def _login(raw: bytes) -> ev.Event:
+    if len(raw) < 1 or len(raw) < 1 + raw[0]:
+        raise RemoteProtocolError("LOGIN frame is truncated")
+    length = raw[0]
+    if length == 0:
+        raise RemoteProtocolError("LOGIN has an empty user name")
+    password = raw[1 + length :]
+    if len(password) > MAX_PASSWORD_BYTES:
+        raise RemoteProtocolError(f"LOGIN password longer than {MAX_PASSWORD_BYTES} bytes")
+    return ev.LoginRequested(
+        user=_text_untrusted(raw[1 : 1 + length], "LOGIN user"),
+        password=_text_untrusted(password, "LOGIN password"),
+    )
 
 
 def _put(raw: bytes) -> ev.Event:
@@ -243,6 +265,7 @@ def _digested(make: Callable[[bytes], ev.Event], what: str) -> Callable[[bytes],
 _DECODERS: dict[FrameType, Callable[[bytes], ev.Event]] = {
     FrameType.HELLO: _hello,
     FrameType.HELLO_OK: _hello_ok,
+    FrameType.LOGIN: _login,
     FrameType.PUT: _put,
     FrameType.END: _digested(lambda d: ev.FileEnded(digest=d), "END"),
     FrameType.ABORT: _empty(ev.FileAborted, "ABORT"),
@@ -311,12 +334,28 @@ def truncate_utf8(text: str, limit: int) -> bytes:
     return data[:cut]
 
 
+def _login_bytes(user: str, password: str) -> bytes:
+    """LOGIN's payload; no message here may show the password."""
+    try:
+        user_bytes, secret = user.encode("utf-8"), password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LocalProtocolError("LOGIN: the user name or password is not valid UTF-8") from None
+    if not 0 < len(user_bytes) < 256 or len(secret) > MAX_PASSWORD_BYTES:
+        raise LocalProtocolError(
+            f"LOGIN: a user name of 1-255 bytes and a password of at most "
+            f"{MAX_PASSWORD_BYTES} bytes"
+        )
+    return bytes([len(user_bytes)]) + user_bytes + secret
+
+
 def _encode_payload(event: ev.Event) -> tuple[FrameType, bytes]:
     match event:
         case ev.HelloOffered(min_version=low, max_version=high):
             return FrameType.HELLO, _HELLO.pack(HELLO_MAGIC, low, high)
-        case ev.HelloAccepted(version=v, max_frame_bytes=m, read_only=ro):
-            return FrameType.HELLO_OK, _HELLO_OK.pack(v, m, int(ro))
+        case ev.HelloAccepted(version=v, max_frame_bytes=m, read_only=ro, login_required=lr):
+            return FrameType.HELLO_OK, _HELLO_OK.pack(v, m, int(ro) | int(lr) << 1)
+        case ev.LoginRequested(user=u, password=pw):
+            return FrameType.LOGIN, _login_bytes(u, pw)
         case ev.PutRequested(path=p, size=s, mtime_ns=t, mode=m, exclusive=x):
             t = max(t, NO_MTIME)  # a time before 1970 cannot be carried: the server's clock
             return FrameType.PUT, _PUT.pack(s, t, int(x), m & MODE_MASK) + _path_bytes(p)
