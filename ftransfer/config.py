@@ -102,6 +102,19 @@ class ServerConfig(Record):
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     read_only: bool = False
+    tls: bool = True
+    """TLS 1.3 on TCP (False: ``--insecure``, the plaintext protocol)."""
+    state_dir: str | None = None
+    """Where the server keeps its key and certificate (None: the XDG state dir)."""
+    cert_file: str | None = None
+    """A CA-issued certificate (with ``key_file``) in place of the self-signed one."""
+    key_file: str | None = None
+    users_file: str | None = None
+    """The users (``ftransfer user add``); set, every client must log in."""
+    anonymous_write: bool = False
+    """Without users, anonymous clients may change files (off: read-only)."""
+    tftp_writable: bool = False
+    """TFTP clients may upload (TFTP has no authentication: RFC 1350)."""
     max_connections: int = 256
     """Connections served at once, all addresses together."""
     max_connections_per_address: int = 64
@@ -136,6 +149,18 @@ class ServerConfig(Record):
 
 class ClientConfig(Record):
     """What a client may tune; the defaults suit most links."""
+
+    insecure: bool = False
+    """Plaintext TCP (the server must run with --insecure too); TLS 1.3 otherwise."""
+    known_hosts: str | None = None
+    """Trusted server fingerprints (None: ~/.config/ftransfer/known_hosts)."""
+    strict_host_keys: bool = False
+    """Refuse a server not in known_hosts (else record it on first use, as ssh's
+    accept-new)."""
+    fingerprint: str | None = None
+    """Trust only the server whose key has this ``SHA256:...`` (a pin)."""
+    ca_file: str | None = None
+    """Trust servers whose certificate this CA signed (the host name is checked)."""
 
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     """Resolving and connecting (TCP) must finish within this."""

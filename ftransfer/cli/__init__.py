@@ -53,6 +53,10 @@ def _run(command: str, args: argparse.Namespace) -> int:
             from .serve import serve
 
             return serve(args)
+        if command == "user":
+            from .users import user
+
+            return user(args)
         if command in ("ping", "relay"):
             from . import tools
 

@@ -100,6 +100,7 @@ def _client(p: argparse.ArgumentParser, *, transfer: bool = False) -> None:
         help=f"UDP and TFTP: fail after this long without progress (default {GIVE_UP_S:g})",
     )
     p.add_argument("--cc", choices=["bbr", "reno"], default=None, help="UDP congestion control")
+    _security(p)
     if transfer:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no summary")
         p.add_argument(
@@ -119,6 +120,32 @@ def _client(p: argparse.ArgumentParser, *, transfer: bool = False) -> None:
         p.add_argument(
             "--netascii", action="store_true", help="tftp:// only: text mode (CR LF lines)"
         )
+
+
+def _security(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("security (TCP is TLS 1.3; the server is checked like ssh)")
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext TCP, unencrypted and unauthenticated (the server must say it too)",
+    )
+    g.add_argument(
+        "--known-hosts",
+        metavar="FILE",
+        help="trusted server fingerprints (default ~/.config/ftransfer/known_hosts)",
+    )
+    g.add_argument(
+        "--strict-host-keys",
+        action="store_true",
+        help="refuse a server not in known_hosts (default: record it on first use)",
+    )
+    g.add_argument("--fingerprint", metavar="SHA256:...", help="trust only this server key (a pin)")
+    g.add_argument("--ca", metavar="FILE", help="trust servers whose certificate FILE signed")
+    g.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="read the password for user@host from FILE (else $FTRANSFER_PASSWORD or a prompt)",
+    )
 
 
 def _remote(p: argparse.ArgumentParser) -> None:
@@ -262,6 +289,29 @@ def _serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse
     )
     p.add_argument("--port", type=port, default=DEFAULT_PORT, help="TCP port; 0 picks a free one")
     p.add_argument("--read-only", action="store_true", help="refuse every change")
+    g = p.add_argument_group("security")
+    g.add_argument(
+        "--users",
+        metavar="FILE",
+        help="require a login; FILE from `ftransfer user add` (re-read on SIGHUP)",
+    )
+    g.add_argument(
+        "--anonymous-write",
+        action="store_true",
+        help="without --users, let anyone change files (default: anonymous is read-only)",
+    )
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext TCP (no TLS) for trusted links and benchmarks",
+    )
+    g.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="the server's key and certificate (default ~/.local/state/ftransfer)",
+    )
+    g.add_argument("--cert", metavar="FILE", help="a CA-issued certificate (PEM), with --key")
+    g.add_argument("--key", metavar="FILE", help="the private key of --cert (PEM)")
     limit = ranged(1, MAX_CONNECTIONS_LIMIT)
     p.add_argument(
         "--max-connections",
@@ -330,7 +380,45 @@ def _serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse
         f"{d.tftp_max_sessions_per_address} per address)",
     )
     _seconds(p, "--tftp-give-up", d.tftp_give_up_s, "end a TFTP transfer without progress")
+    p.add_argument(
+        "--tftp-writable",
+        action="store_true",
+        help="let TFTP clients upload (TFTP has no authentication at all)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _user(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = _command(
+        sub,
+        "user",
+        help="manage the users of `serve --users FILE`",
+        description="Add, remove and list the users of a users file (scrypt password "
+        "hashes, a root and permissions each). A running server re-reads it on SIGHUP.",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="add a user, or change one's password and settings")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument(
+        "--root",
+        metavar="SUBDIR",
+        help="the user's root inside the served root (default: NAME; / for all of it)",
+    )
+    add.add_argument("--read-only", action="store_true", help="read and list only")
+    add.add_argument(
+        "--permissions", metavar="rwd", help="any of r(ead) w(rite) d(elete) (default rwd)"
+    )
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (else prompt twice)",
+    )
+    remove = actions.add_parser("remove", help="remove a user")
+    remove.add_argument("name", metavar="NAME")
+    actions.add_parser("list", help="list the users, their roots and permissions")
+    for action in (add, remove, actions.choices["list"]):
+        action.add_argument("--users", metavar="FILE", required=True, help="the users file")
     return p
 
 
@@ -351,4 +439,5 @@ COMMANDS: dict[str, Adder] = {
     "mv": _mv,
     "ping": _ping,
     "relay": _relay,
+    "user": _user,
 }

@@ -10,18 +10,27 @@ import signal
 import sys
 
 from ..config import ServerConfig
-from ..errors import UsageError
+from ..errors import FtransferError, UsageError
 from ..server import Server
 
 
 def config(args: argparse.Namespace) -> ServerConfig:
     if not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root}: not a directory")
+    if args.users and args.anonymous_write:
+        raise UsageError("--anonymous-write is for a server without --users")
     return ServerConfig(
         root=args.root,
         host=args.host,
         port=args.port,
         read_only=args.read_only,
+        tls=not args.insecure,
+        state_dir=args.state_dir,
+        cert_file=args.cert,
+        key_file=args.key,
+        users_file=args.users,
+        anonymous_write=args.anonymous_write,
+        tftp_writable=args.tftp_writable,
         max_connections=args.max_connections,
         max_connections_per_address=args.max_per_address,
         idle_timeout_s=args.idle_timeout,
@@ -57,9 +66,45 @@ async def _serve(settings: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    mode = " (read-only)" if settings.read_only else ""
+    loop.add_signal_handler(signal.SIGHUP, _reload, server)
     root = getattr(server.store, "root", settings.root)
-    print(f"ftransfer: serving {root}{mode} on {' '.join(server.urls)}", flush=True)
+    print(f"ftransfer: serving {root}{_mode(server)} on {' '.join(_urls(server))}", flush=True)
+    if server.identity_created:
+        log.info("created a key and a self-signed certificate, fingerprint %s", server.fingerprint)
+    if not settings.tls:
+        log.warning("--insecure: TCP is plaintext, unencrypted and unauthenticated")
     await stop.wait()
     await server.close()
-    logging.getLogger("ftransfer.server").info("stopped")
+    log.info("stopped")
+
+
+log = logging.getLogger("ftransfer.server")
+
+
+def _mode(server: Server) -> str:
+    """What the ready line says of access: who may do what."""
+    config = server.config
+    if config.users_file:
+        access = "users from " + config.users_file
+    elif config.anonymous_write:
+        access = "anonymous read-write"
+    else:
+        access = "anonymous read-only"
+    read_only = ", read-only" if config.read_only else ""
+    return f" ({access}{read_only})"
+
+
+def _urls(server: Server) -> list[str]:
+    """The URLs, the TCP one followed by its fingerprint (or "plaintext")."""
+    urls = server.urls
+    urls[0] += f" ({server.fingerprint})" if server.fingerprint else " (plaintext)"
+    return urls
+
+
+def _reload(server: Server) -> None:
+    try:
+        count = server.reload_users()
+    except FtransferError as exc:
+        log.error("SIGHUP: the users file did not load, keeping the old users: %s", exc)
+        return
+    log.info("SIGHUP: %d users loaded from %s", count, server.config.users_file)

@@ -28,7 +28,7 @@ deadline, and a download is committed only if both ends' xxh3-128 agree.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..config import ClientConfig
 from ..errors import FtransferError, UsageError
@@ -42,6 +42,9 @@ from .urls import Url, format_address, parse_url
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import TypeVar
+
+    import _socket
+    import ssl
 
     from ..io.tcp_sockets import AsyncSocket, BlockingSocket
     from .tcp import TcpLogic
@@ -75,10 +78,51 @@ def server_url(url: str | Url) -> Url:
 
 
 class _Base:
-    def __init__(self, url: str | Url, config: ClientConfig | None) -> None:
+    def __init__(
+        self,
+        url: str | Url,
+        config: ClientConfig | None,
+        password: str | None,
+        notice: Callable[[str], None] | None,
+    ) -> None:
         self.url = server_url(url)
         self.config = config or ClientConfig()
         self._calls = Calls(self.url, self.config)
+        self._login = _login(self.url, password)
+        self._notice = notice or _to_stderr
+
+    def _logic(self) -> TcpLogic:
+        from .tcp import TcpLogic
+
+        return TcpLogic(
+            self.url.address, hello_timeout_s=self.config.connect_timeout_s, login=self._login
+        )
+
+    def _trust(self, certificate: bytes) -> None:
+        """Whether the server's certificate is the one this client trusts (ssh's
+        rules, client/known_hosts.py); HostKeyError if not. With a CA the
+        handshake has checked it already."""
+        from ..io.tls import fingerprint, known_hosts_default
+        from .known_hosts import verify_server
+
+        config = self.config
+        if config.ca_file is not None:
+            return
+        verify_server(
+            config.known_hosts or known_hosts_default(),
+            self.url.address,
+            fingerprint(certificate),
+            strict=config.strict_host_keys,
+            pinned=config.fingerprint,
+            notice=self._notice,
+        )
+
+    def _tls_context(self) -> tuple[ssl.SSLContext, str | None]:
+        """The TLS context, and the host name to check (only against a CA)."""
+        from ..io.tls import client_context
+
+        ca = self.config.ca_file
+        return client_context(ca), (self.url.host if ca else None)
 
     @property
     def transport(self) -> str:
@@ -89,8 +133,17 @@ class _Base:
 class Client(_Base):
     """A blocking client of one server (see the module docstring)."""
 
-    def __init__(self, url: str | Url, *, config: ClientConfig | None = None) -> None:
-        super().__init__(url, config)
+    def __init__(
+        self,
+        url: str | Url,
+        *,
+        config: ClientConfig | None = None,
+        password: str | None = None,
+        notice: Callable[[str], None] | None = None,
+    ) -> None:
+        """``password`` for a URL with a user (else $FTRANSFER_PASSWORD); ``notice``
+        is told of a server recorded in known_hosts on first use (default: stderr)."""
+        super().__init__(url, config, password, notice)
         self._tcp: tuple[BlockingSocket, TcpLogic] | None = None
 
     def __enter__(self) -> Client:
@@ -130,19 +183,37 @@ class Client(_Base):
 
     def _connection(self) -> tuple[BlockingSocket, TcpLogic]:
         from ..io.tcp_sockets import BlockingSocket, connect_blocking
-        from .tcp import TcpLogic
 
         if self._tcp is not None and not _reusable(*self._tcp):
             self.close()
         if self._tcp is None:
-            url = self.url
-            config = self.config
+            url, config = self.url, self.config
             raw, _rtt = connect_blocking(url.host, url.port, timeout_s=config.connect_timeout_s)
-            self._tcp = (
-                BlockingSocket(raw, config.idle_timeout_s),
-                TcpLogic(url.address, hello_timeout_s=config.connect_timeout_s),
-            )
+            if config.insecure:
+                self._tcp = (BlockingSocket(raw, config.idle_timeout_s), self._logic())
+            else:
+                self._tcp = (self._secure(raw), self._logic())
         return self._tcp
+
+    def _secure(self, raw: _socket.socket) -> BlockingSocket:
+        from ..io.tcp_sockets import BlockingSocket, start_tls_blocking
+
+        context, hostname = self._tls_context()
+        url, config = self.url, self.config
+        tls, certificate = start_tls_blocking(
+            raw,
+            url.host,
+            url.port,
+            context,
+            server_hostname=hostname,
+            timeout_s=config.connect_timeout_s,
+        )
+        try:
+            self._trust(certificate)
+        except BaseException:
+            tls.close()
+            raise
+        return BlockingSocket(tls, config.idle_timeout_s, tls=True)
 
     # ---- the calls ----------------------------------------------------------------------
 
@@ -209,10 +280,17 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The same calls as ``Client``, to be awaited (see the module docstring)."""
 
-    def __init__(self, url: str | Url, *, config: ClientConfig | None = None) -> None:
+    def __init__(
+        self,
+        url: str | Url,
+        *,
+        config: ClientConfig | None = None,
+        password: str | None = None,
+        notice: Callable[[str], None] | None = None,
+    ) -> None:
         import asyncio
 
-        super().__init__(url, config)
+        super().__init__(url, config, password, notice)
         self._tcp: tuple[AsyncSocket, TcpLogic] | None = None
         self._lock = asyncio.Lock()  # one request at a time on the connection
 
@@ -253,7 +331,6 @@ class AsyncClient(_Base):
 
     async def _connection(self) -> tuple[AsyncSocket, TcpLogic]:
         from ..io.tcp_sockets import AsyncSocket
-        from .tcp import TcpLogic
 
         if self._tcp is not None and not _reusable(*self._tcp):
             await self.aclose()
@@ -265,8 +342,21 @@ class AsyncClient(_Base):
                 timeout_s=config.connect_timeout_s,
                 idle_timeout_s=config.idle_timeout_s,
             )
-            self._tcp = (sock, TcpLogic(url.address, hello_timeout_s=config.connect_timeout_s))
+            if not config.insecure:
+                await self._secure(sock)
+            self._tcp = (sock, self._logic())
         return self._tcp
+
+    async def _secure(self, sock: AsyncSocket) -> None:
+        context, hostname = self._tls_context()
+        try:
+            certificate = await sock.start_tls(
+                context, server_hostname=hostname, timeout_s=self.config.connect_timeout_s
+            )
+            self._trust(certificate)
+        except BaseException:
+            await sock.close()
+            raise
 
     # ---- the calls ----------------------------------------------------------------------
 
@@ -317,6 +407,28 @@ class AsyncClient(_Base):
     ) -> builtins.list[TransferResult | FtransferError]:
         call = self._calls.put_many(locals_, remote, no_clobber=no_clobber, progress=progress)
         return await self._run(call)
+
+
+def _to_stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr)
+
+
+def _login(url: Url, password: str | None) -> tuple[str, str] | None:
+    """The LOGIN to send: for a URL with a user, with ``password`` or else
+    $FTRANSFER_PASSWORD; None for an anonymous client."""
+    if not url.user:
+        return None
+    if password is None:
+        import os
+
+        password = os.environ.get("FTRANSFER_PASSWORD")
+    if password is None:
+        raise UsageError(
+            f"{url.user}@{url.host}: no password (give password=, or set FTRANSFER_PASSWORD)"
+        )
+    return url.user, password
 
 
 def _reusable(sock: BlockingSocket | AsyncSocket, logic: TcpLogic) -> bool:

@@ -66,9 +66,10 @@ if TYPE_CHECKING:
 
     T = TypeVar("T")
 
-ENDING_CODES = frozenset({1, 2, 41, 42, 50})
+ENDING_CODES = frozenset({1, 2, 3, 41, 42, 44, 50})
 """ERROR codes after which the server closes the connection (protocol.md, section 6:
-protocol error, no common version, too many connections, timeout, internal error)."""
+protocol error, no common version, TLS required, too many connections, timeout,
+authentication failed, internal error)."""
 
 
 # ---- the primitives the logic asks for ------------------------------------------------
@@ -194,16 +195,21 @@ class _Outcomes:
 class TcpLogic:
     """One connection's client side, as generators of socket primitives."""
 
-    def __init__(self, server: str, hello_timeout_s: float) -> None:
+    def __init__(
+        self, server: str, hello_timeout_s: float, login: tuple[str, str] | None = None
+    ) -> None:
         self.server = server
         self.conn = Connection(Role.CLIENT)
         self._hello_deadline = hello_timeout_s
         self._hello_answered = False
+        self._login_pending = login is not None
         self._ended = False
         """The server ended the connection (an ERROR that closes it), or it was lost."""
         self._scratch = new_scratch()
         self._queued: list[bytes] = []
         self._send(ev.HelloOffered(min_version=PROTOCOL_VERSION, max_version=PROTOCOL_VERSION))
+        if login is not None:  # pipelined behind HELLO: no round trip of its own
+            self._send(ev.LoginRequested(user=login[0], password=login[1]))
 
     @property
     def usable(self) -> bool:
@@ -279,6 +285,9 @@ class TcpLogic:
             if not self._hello_answered:
                 self._check_hello(event)
                 continue
+            if self._login_pending:
+                self._check_login(event)
+                continue
             return event
 
     def _decode(self, step: Callable[..., T], *args: object) -> T:
@@ -322,6 +331,13 @@ class TcpLogic:
         if event.version != PROTOCOL_VERSION:
             raise UnsupportedVersion(f"{self.server} chose unsupported version {event.version}")
         self._hello_answered = True
+
+    def _check_login(self, event: ev.Event | ev.ConnectionClosed) -> None:
+        if isinstance(event, ev.Failed):
+            raise self._error(event)
+        if not isinstance(event, ev.Done):
+            raise ConnectionFailed(f"{self.server} closed the connection after LOGIN")
+        self._login_pending = False
 
     def _error(self, event: ev.Failed) -> FtransferError:
         if event.code in ENDING_CODES:

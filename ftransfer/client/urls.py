@@ -10,7 +10,9 @@ One parser for every way a user names a server:
 - IPv6 addresses go in brackets when a port follows (``[2001:db8::1]:9021/dir``);
   a bare address without a port is understood too (``::1``, ``::1/dir``): an IPv6
   literal cannot be told from one with a port appended, so a port needs brackets;
-- the default port is 9021 for tcp and udp, 69 for tftp.
+- the default port is 9021 for tcp and udp, 69 for tftp;
+- a user to log in as goes before the host, scp style: ``alice@host:9021/dir``,
+  ``tcp://alice@[::1]/dir`` (only before the first ``/``: a path may hold ``@``).
 
 A malformed one raises ValueError with the reason; ``format_address`` prints a
 host and port back, IPv6 in brackets.
@@ -33,6 +35,8 @@ class Url(Record):
     host: str
     port: int
     path: str = ""
+    user: str = ""
+    """The user to log in as ("" : anonymous)."""
 
     @property
     def address(self) -> str:
@@ -41,7 +45,8 @@ class Url(Record):
 
     def __str__(self) -> str:
         tail = f"/{self.path}" if self.path else ""
-        return f"{self.scheme}://{self.address}{tail}"
+        user = f"{self.user}@" if self.user else ""
+        return f"{self.scheme}://{user}{self.address}{tail}"
 
 
 def format_address(host: str, port: int) -> str:
@@ -78,6 +83,7 @@ def parse_url(text: str, *, default_scheme: str = "tcp", allow_port_zero: bool =
         if given.lower() not in SCHEMES:
             raise ValueError(f"{text!r}: unknown scheme {given!r} (tcp, udp or tftp)")
         scheme, text = given.lower(), rest
+    user, text = _split_user(text)
     host, rest = _split_host(text)
     if not host:
         raise ValueError(f"{text!r}: no host")
@@ -92,4 +98,15 @@ def parse_url(text: str, *, default_scheme: str = "tcp", allow_port_zero: bool =
             port = int(digits)
     if rest and not rest.startswith("/"):
         raise ValueError(f"{text!r}: expected '/' before the path")
-    return Url(scheme=scheme, host=host, port=port, path=rest[1:])
+    return Url(scheme=scheme, host=host, port=port, path=rest[1:], user=user)
+
+
+def _split_user(text: str) -> tuple[str, str]:
+    """(the user before ``@``, the rest); the user "" when there is none."""
+    authority = text.split("/", 1)[0]
+    if "@" not in authority:
+        return "", text
+    user, _at, rest = text.partition("@")
+    if not user:
+        raise ValueError(f"{text!r}: no user name before '@'")
+    return user, rest

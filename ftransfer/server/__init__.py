@@ -11,6 +11,19 @@ connection caps, global and per address: over either, a connection gets ERROR 41
 (``tcp_port``, ``udp_port``, ``tftp_port``), so an embedding program or a test can
 serve on port 0.
 
+TCP is TLS 1.3 unless the config says ``tls=False`` (``--insecure``). The
+server accepts each connection itself and peeks at its first byte before anything
+else: a TLS ClientHello (0x16) goes to the TLS handshake, and a plaintext
+ftransfer HELLO gets ERROR 3 "TLS required" in plaintext, so that a client run
+with ``--insecure`` is told what is wrong instead of reading TLS records as
+frames. Only then does a ``FrameStream`` take the connection, through
+``connect_accepted_socket``. On a plaintext server a TLS client is answered with
+ERROR 1 (its ClientHello is no HELLO), which its TLS layer reports as "not TLS".
+
+With a users file every client must log in (the TCP session's LOGIN, checked by
+``Operations.login``); ``reload_users`` re-reads it (``ftransfer serve`` calls it
+on SIGHUP), and connections already logged in keep their principal.
+
 ``start`` first removes the temporary files that dead writers left in the root
 (storage/atomic.py decides which are dead); ``close`` stops listening, ends every
 session (uploads in progress are aborted and their temporaries removed) and
@@ -21,12 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import socket
 from typing import Any
 
 from ..config import ServerConfig
-from ..errors import Busy, ConnectionFailed
+from ..errors import Busy, ConnectionFailed, TlsRequired, UsageError
 from ..io.buffers import BufferPool
 from ..io.stream import FrameStream
 from ..proto.tcp.connection import Connection, Role
@@ -38,6 +52,17 @@ logger = logging.getLogger("ftransfer.server")
 
 LISTEN_BACKLOG = 512
 """Pending connections the kernel queues for accept (bursts of many clients)."""
+TLS_RECORD_HANDSHAKE = 0x16
+"""The first byte of every TLS ClientHello (a record of type handshake)."""
+ACCEPT_RETRY_S = 0.1
+"""After accept fails for want of descriptors (EMFILE), wait this long before the
+next try rather than spin while sessions end."""
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ssl
+
+    from .users import Authenticator
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
@@ -63,6 +88,18 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _refuse_plaintext(sock: socket.socket) -> None:
+    """ERROR 3 in plaintext, for a client that did not start TLS (best effort: the
+    frame is small and the socket's buffer empty, so one send takes it)."""
+    from ..proto.tcp.events import Failed
+    from ..proto.tcp.frames import encode
+
+    error = TlsRequired("this server requires TLS: connect without --insecure (TLS is the default)")
+    with contextlib.suppress(OSError):
+        sock.recv(65536)  # what the client sent: unread, the close would reset
+        sock.send(encode(Failed(code=error.code, message=str(error))))
+
+
 def format_url(scheme: str, address: tuple[Any, ...]) -> str:
     """``tcp://HOST:PORT`` with IPv6 hosts in brackets."""
     return f"{scheme}://{format_peer(str(address[0]), int(address[1]))}"
@@ -76,10 +113,20 @@ class Server:
         self.store: Store = (
             store if store is not None else LocalStore(config.root, fsync=config.fsync)
         )
-        policy = Policy(read_only=config.read_only, max_file_bytes=config.max_file_bytes)
-        self.operations = Operations(self.store, policy)
+        policy = Policy(
+            read_only=config.read_only,
+            max_file_bytes=config.max_file_bytes,
+            anonymous_write=config.anonymous_write,
+        )
+        self.operations = Operations(self.store, policy, users=self._load_users())
+        self.tls: ssl.SSLContext | None = None
+        self.fingerprint = ""
+        """The certificate's ``SHA256:...`` (after ``start``; "" without TLS)."""
+        self.identity_created = False
+        """``start`` made a new key and certificate (the first start)."""
         self.buffers = BufferPool()
-        self._listeners: list[asyncio.Server] = []
+        self._listener: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         self._per_address: collections.Counter[str] = collections.Counter()
         self.address: tuple[Any, ...] = ()
@@ -110,15 +157,51 @@ class Server:
             urls.append(format_url("tftp", self.tftp.address))
         return urls
 
+    def _load_users(self) -> Authenticator | None:
+        if self.config.users_file is None:
+            return None
+        from .users import Authenticator, load_users
+
+        return Authenticator(load_users(self.config.users_file))
+
+    def reload_users(self) -> int:
+        """Re-read the users file (SIGHUP); returns how many users it has. A file
+        that does not load leaves the users as they were (the error is raised)."""
+        from .users import load_users
+
+        users = self.operations.users
+        if self.config.users_file is None or users is None:
+            return 0
+        table = load_users(self.config.users_file)
+        users.replace_users(table)
+        return len(table)
+
+    def _setup_tls(self) -> None:
+        from ..io import tls
+
+        config = self.config
+        if config.cert_file or config.key_file:
+            if not (config.cert_file and config.key_file):
+                raise UsageError("--cert and --key go together")
+            cert, key = config.cert_file, config.key_file
+        else:
+            state = config.state_dir or tls.state_dir_default()
+            cert, key, self.identity_created = tls.ensure_identity(state)
+        self.tls = tls.server_context(cert, key)
+        self.fingerprint = tls.fingerprint_of_file(cert)
+
     async def start(self) -> None:
         """Remove stale temporary files, bind and start accepting."""
+        if self.config.tls:
+            self._setup_tls()
         swept = self.store.sweep_temporaries()
         if swept:
             logger.info("removed %d temporary files left by writers that are gone", swept)
         sock = bind_tcp(self.config.host, self.config.port)
         self.address = sock.getsockname()
         loop = asyncio.get_running_loop()
-        self._listeners.append(await loop.create_server(self._new_stream, sock=sock))
+        self._listener = sock
+        self._acceptor = loop.create_task(self._accept(sock))
         if self.config.udp:
             from .udp import UdpService, open_service_socket
 
@@ -134,16 +217,71 @@ class Server:
             tftp_sock = open_service_socket(self.config.host, self.config.tftp_port)
             self.tftp = TftpService(self.operations, self.config, tftp_sock)
 
-    def _new_stream(self) -> FrameStream:
+    async def _accept(self, listener: socket.socket) -> None:
+        """Accept connections until closed; each is admitted in a task of its own."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _address = await loop.sock_accept(listener)
+            except OSError as exc:  # out of descriptors: sessions will end and free some
+                logger.warning("accept failed: %s", exc.strerror or exc)
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            task = loop.create_task(self._run(sock))
+            self._sessions.add(task)
+            task.add_done_callback(self._sessions.discard)
+
+    async def _first_byte(self, sock: socket.socket) -> int | None:
+        """The connection's first byte, peeked (left to be read); None if the peer
+        closed first or sent nothing before the HELLO deadline."""
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
+        try:
+            async with asyncio.timeout(self.config.hello_timeout_s):
+                await readable
+        except TimeoutError:
+            return None
+        finally:
+            loop.remove_reader(sock.fileno())
+        try:
+            head = sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return None
+        return head[0] if head else None
+
+    async def _open_stream(self, sock: socket.socket) -> FrameStream | None:
+        """The connection as a FrameStream, through TLS when the server has it;
+        None if it ends before (a refused plaintext client, a failed handshake)."""
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        if self.tls is not None:
+            first = await self._first_byte(sock)
+            if first != TLS_RECORD_HANDSHAKE:
+                if first is not None:
+                    _refuse_plaintext(sock)
+                sock.close()
+                return None
         stream = FrameStream(Connection(Role.SERVER), self.buffers, self.config.idle_timeout_s)
-        task = asyncio.get_running_loop().create_task(self._run(stream))
-        self._sessions.add(task)
-        task.add_done_callback(self._sessions.discard)
+        try:
+            await loop.connect_accepted_socket(
+                lambda: stream,
+                sock,
+                ssl=self.tls,
+                ssl_handshake_timeout=self.config.hello_timeout_s if self.tls else None,
+            )
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            logger.info("TLS handshake failed: %s", exc)
+            sock.close()
+            return None
         return stream
 
-    async def _run(self, stream: FrameStream) -> None:
+    async def _run(self, sock: socket.socket) -> None:
         from .tcp import TcpSession
 
+        stream = await self._open_stream(sock)
+        if stream is None:
+            return
         await stream.wait_connected()
         host = stream.peer[0]
         if (
@@ -155,7 +293,9 @@ class Server:
             return
         self._per_address[host] += 1
         try:
-            who = Requester(peer=format_peer(*stream.peer), transport="tcp")
+            who = Requester(
+                peer=format_peer(*stream.peer), transport="tcp", principal=self.operations.anonymous
+            )
             await TcpSession(self.operations, self.config, stream, who).run()
         finally:
             self._per_address[host] -= 1
@@ -171,8 +311,11 @@ class Server:
 
     async def close(self) -> None:
         """Stop listening, cancel sessions (aborting uploads), release the root."""
-        for listener in self._listeners:
-            listener.close()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            await asyncio.gather(self._acceptor, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.close()
         if self.udp is not None:
             self.udp.close()
         if self.tftp is not None:
@@ -181,7 +324,6 @@ class Server:
         for task in list(self._sessions):
             task.cancel()
         await asyncio.gather(*self._sessions, return_exceptions=True)
-        for listener in self._listeners:
-            await listener.wait_closed()
         self.buffers.clear()
+        self.operations.close()
         self.store.close()

@@ -8,10 +8,14 @@ server decides anything. Here, for every transport alike:
 
 - **names**: the peer's text is parsed once (``storage.names``) and refused with a
   reason before any storage is touched;
+- **who**: every request carries a ``Principal``: a user who logged in (TCP's
+  LOGIN, checked here by ``login``) or the anonymous one. A principal has a root,
+  resolved by ``Store.scoped`` (a user's names start there, and nothing above it
+  can be named) and permissions (read, write, delete);
 - **policy**: refusals come in a fixed order, the same everywhere (protocol.md
-  section 7.1): the name, then permission (read-only; later users and their roots,
-  issue 11), then the size limit, then what only the store can tell (not found,
-  not a directory, a symlink, exists, no space);
+  section 7.1): the name, then permission (the server's read-only switch, login
+  required, the principal's permissions), then the size limit, then what only
+  the store can tell (not found, not a directory, a symlink, exists, no space);
 - **uploads** (``Upload``): written and hashed as bytes arrive, committed only if
   the size and the sender's xxh3-128 match, and always ended exactly once
   (committed, failed or aborted), so no temporary outlives its request;
@@ -22,8 +26,9 @@ server decides anything. Here, for every transport alike:
   what, what, and the outcome: ``127.0.0.1:5000 tcp put a/b: 1048576 bytes in
   0.12 s``, ``... refused: a/b: exists``. Names in it are escaped.
 
-The seam for authentication and quotas is ``_allow``: every request passes through
-it with the requester and the action, before the store is asked anything.
+The seam for permissions and quotas is ``_allow``: every request passes through
+it with the requester and the action ("read", "write", "delete"), before the
+store is asked anything.
 
 Calls here are blocking (a store may hash a file or list a large directory); the
 asyncio services run the slow ones (``stat``, ``listing``, a large commit) in a
@@ -33,18 +38,26 @@ worker thread, the TFTP service calls them from its transfer threads.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Generator
 
 from .._records import Record
 from ..checksum import hex_digest
-from ..errors import FtransferError, ReadOnly, TooLarge
+from ..errors import FtransferError, LoginRequired, NotPermitted, ReadOnly, TooLarge
 from ..storage.base import Entry, EntryKind, Readable, Store, Writer, zero_copy_fd
-from ..storage.names import Name, escape, parse_name
+from ..storage.names import ROOT, Name, escape, parse_name
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .users import Authenticator, Verdict
 
 logger = logging.getLogger("ftransfer.server")
 
 GIB = 1 << 30
+LOGINS_AT_ONCE = 2
+"""Password checks running at once (each scrypt takes 16 MiB and ~50 ms of a core):
+a flood of LOGINs cannot take the server's memory or every worker thread."""
 
 
 class Policy(Record):
@@ -52,13 +65,39 @@ class Policy(Record):
 
     read_only: bool = False
     max_file_bytes: int = 1024 * GIB
+    anonymous_write: bool = False
+    """Without users, anonymous clients may change files (a trusted LAN's opt-in)."""
+
+
+class Principal(Record):
+    """Whose request it is: a user, or anonymous (``user`` ""), with a root and
+    permissions. ``served`` False: nothing at all (a server with users, before a
+    login)."""
+
+    user: str = ""
+    root: Name = ROOT
+    read: bool = True
+    write: bool = False
+    delete: bool = False
+    served: bool = True
+
+
+NOBODY = Principal(read=False, served=False)
 
 
 class Requester(Record):
-    """Who asks: the peer's printable address and the transport it came over."""
+    """Who asks: the peer's printable address, the transport it came over and the
+    principal it speaks for."""
 
     peer: str
     transport: str
+    principal: Principal = Principal()
+
+    @property
+    def label(self) -> str:
+        """``alice@127.0.0.1:5000`` or the address alone (the log's who)."""
+        user = self.principal.user
+        return f"{user}@{self.peer}" if user else self.peer
 
 
 def format_peer(host: str, port: int) -> str:
@@ -78,7 +117,7 @@ class _Request:
         if not self.ended:
             self.ended = True
             who = self._who
-            self._log.log(level, "%s %s %s: %s", who.peer, who.transport, self._what, outcome)
+            self._log.log(level, "%s %s %s: %s", who.label, who.transport, self._what, outcome)
 
     def refused(self, exc: FtransferError) -> None:
         self.end(f"refused: {exc}")
@@ -185,8 +224,74 @@ class Download:
 class Operations:
     """Requests from any transport, against one Store, under one Policy."""
 
-    def __init__(self, store: Store, policy: Policy, *, log: logging.Logger = logger) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        *,
+        users: Authenticator | None = None,
+        log: logging.Logger = logger,
+    ) -> None:
         self.store, self.policy, self.log = store, policy, log
+        self.users = users
+        self._scoped: dict[tuple[str, ...], Store] = {}
+        self._scoped_lock = threading.Lock()
+        self._logins = threading.BoundedSemaphore(LOGINS_AT_ONCE)
+
+    # ---- who: logins and principals ----------------------------------------------
+
+    @property
+    def anonymous(self) -> Principal:
+        """The principal of a request that did not log in."""
+        if self.users is not None:
+            return NOBODY
+        can_change = self.policy.anonymous_write
+        return Principal(write=can_change, delete=can_change)
+
+    def login(self, peer: str, host: str, user: str, password: str, now: float) -> Verdict:
+        """Check a LOGIN (blocking: one scrypt); logs a failure with the peer's
+        address and never the password. ``host`` is the address a lockout counts."""
+        from .users import FAILED_MESSAGE, Verdict
+
+        if self.users is None:
+            self.log.warning("%s: LOGIN as %s, but this server has no users", peer, escape(user))
+            return Verdict(user=None, answer_at=now, reason=FAILED_MESSAGE)
+        with self._logins:
+            verdict = self.users.check(user, password, host, now)
+        if verdict.user is None:
+            self.log.warning("%s: login failed for %s: %s", peer, escape(user), verdict.reason)
+        else:
+            self.log.info("%s: logged in as %s", peer, escape(user))
+        return verdict
+
+    @staticmethod
+    def principal_of(verdict: Verdict) -> Principal:
+        """The principal a successful login speaks for."""
+        user = verdict.user
+        assert user is not None
+        root = parse_name(user.root, allow_root=True) if user.root else ROOT
+        perms = user.permissions
+        return Principal(
+            user=user.name, root=root, read=perms.read, write=perms.write, delete=perms.delete
+        )
+
+    def _store(self, who: Requester) -> Store:
+        """The store a principal's names resolve in: its root."""
+        root = who.principal.root
+        if not root.parts:
+            return self.store
+        with self._scoped_lock:
+            store = self._scoped.get(root.parts)
+            if store is None:
+                store = self._scoped[root.parts] = self.store.scoped(root)
+            return store
+
+    def close(self) -> None:
+        """Release the users' stores (the main one is the server's to close)."""
+        with self._scoped_lock:
+            for store in self._scoped.values():
+                store.close()
+            self._scoped.clear()
 
     # ---- the seam: names, permissions, limits -------------------------------------
 
@@ -194,10 +299,19 @@ class Operations:
         return _Request(self.log, who, f"{what} {escape(path) or '/'}")
 
     def _allow(self, who: Requester, action: str, name: Name) -> None:
-        """Whether ``who`` may do ``action`` ("read", "write") to ``name``: the hook
-        for users, roots and quotas (issue 11); today only the read-only switch."""
-        if action == "write" and self.policy.read_only:
+        """Whether ``who`` may do ``action`` ("read", "write", "delete") to ``name``:
+        the one permission check of every transport and operation."""
+        principal = who.principal
+        if not principal.served:
+            raise LoginRequired("this server requires a login: user@host")
+        if action != "read" and self.policy.read_only:
             raise ReadOnly("the server is read-only")
+        if getattr(principal, action):
+            return
+        if not principal.user:
+            raise ReadOnly("anonymous access is read-only")
+        verb = {"read": "read", "write": "change", "delete": "remove"}[action]
+        raise NotPermitted(f"{principal.user} may not {verb} files here")
 
     def _checked(
         self,
@@ -236,7 +350,7 @@ class Operations:
         try:
             if size is not None and size > limit:
                 raise TooLarge(f"{name}: {size} bytes exceeds the limit of {limit}")
-            writer = self.store.open_write(
+            writer = self._store(who).open_write(
                 name, size=size, mtime_ns=mtime_ns, mode=mode, exclusive=exclusive, limit=limit
             )
         except FtransferError as exc:
@@ -250,7 +364,7 @@ class Operations:
         request = self._begin(who, "get", path)
         name = self._checked(request, who, path, "read")
         try:
-            readable = self.store.open_read(name)
+            readable = self._store(who).open_read(name)
         except FtransferError as exc:
             request.refused(exc)
             raise
@@ -264,8 +378,9 @@ class Operations:
         request = self._begin(who, "stat", path)
         name = self._checked(request, who, path, "read", allow_root=True)
         try:
-            entry = self.store.stat(name)
-            digest = self.store.digest(name) if entry.kind is EntryKind.FILE else None
+            store = self._store(who)
+            entry = store.stat(name)
+            digest = store.digest(name) if entry.kind is EntryKind.FILE else None
         except FtransferError as exc:
             request.refused(exc)
             raise
@@ -278,7 +393,7 @@ class Operations:
         name = self._checked(request, who, path, "read", allow_root=True)
         count = 0
         try:
-            for entry in self.store.list(name):
+            for entry in self._store(who).list(name):
                 count += 1
                 yield entry
         except FtransferError as exc:
@@ -289,18 +404,18 @@ class Operations:
 
     def remove(self, who: Requester, path: str) -> None:
         request = self._begin(who, "rm", path)
-        name = self._checked(request, who, path, "write")
-        self._run(request, lambda: self.store.remove(name))
+        name = self._checked(request, who, path, "delete")
+        self._run(request, lambda: self._store(who).remove(name))
 
     def mkdir(self, who: Requester, path: str, *, parents: bool) -> None:
         request = self._begin(who, "mkdir -p" if parents else "mkdir", path)
         name = self._checked(request, who, path, "write")
-        self._run(request, lambda: self.store.mkdir(name, parents=parents))
+        self._run(request, lambda: self._store(who).mkdir(name, parents=parents))
 
     def move(self, who: Requester, source: str, target: str, *, exclusive: bool) -> None:
         request = self._begin(who, "mv", f"{source} -> {target}")
         names = [self._checked(request, who, text, "write") for text in (source, target)]
-        self._run(request, lambda: self.store.move(names[0], names[1], exclusive=exclusive))
+        self._run(request, lambda: self._store(who).move(names[0], names[1], exclusive=exclusive))
 
     @staticmethod
     def _run(request: _Request, action: Callable[[], object]) -> None:

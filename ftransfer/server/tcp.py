@@ -18,6 +18,13 @@ the log line); this module only maps frames to those calls and results to frames
     REMOVE/MKDIR/MOVE -> the operation, in a worker thread (directory fsyncs) -> OK
     any refusal -> ERROR with the error's code and reason
 
+LOGIN, when it comes, is the first request after HELLO (the core allows it
+nowhere else): ``Operations.login`` checks it in a worker thread (one scrypt),
+and the session then speaks for that user (``Requester.principal``). A failure is
+answered no earlier than the verdict says (the same delay for a wrong password
+and an unknown user) with ERROR 44, and the connection is closed. Without LOGIN
+the session is anonymous: read-only, or nothing at all on a server with users.
+
 Every wait on the peer has a deadline: an absolute one for the HELLO (slow-header
 defence) and the stream's idle watchdog after that. The connection ends with an
 ERROR frame whenever it can (no frame half written): code 1 and the reason for a
@@ -45,6 +52,7 @@ from ..config import (
 )
 from ..errors import (
     Aborted,
+    AuthenticationFailed,
     ConnectionFailed,
     FtransferError,
     InternalError,
@@ -60,6 +68,10 @@ from ..proto.tcp.connection import negotiate_version
 from ..proto.tcp.frames import entry_bytes
 from ..storage.entry import Entry
 from .operations import Operations, Requester, Upload
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .users import Verdict
 
 logger = logging.getLogger("ftransfer.server")
 T = TypeVar("T")
@@ -129,6 +141,20 @@ def version_problem(offer: ev.HelloOffered) -> str:
     )
 
 
+class _LoginFailed(Exception):
+    """LOGIN was refused: the ERROR is sent, the session ends."""
+
+
+def verdict_message(verdict: Verdict) -> str:
+    """What a refused client is told: the same for a wrong password and an
+    unknown user; a lockout says so (it is about the address, not the account)."""
+    from .users import FAILED_MESSAGE
+
+    if verdict.locked_s > 0:
+        return f"too many failed logins from this address: try again in {verdict.locked_s:.0f} s"
+    return FAILED_MESSAGE
+
+
 class TcpSession:
     """One client connection: reads requests, answers each in order."""
 
@@ -147,6 +173,7 @@ class TcpSession:
             ev.MkdirRequested: self._mkdir,
             ev.MoveRequested: self._move,
             ev.DownloadVerified: self._verified,
+            ev.LoginRequested: self._login,
         }
 
     async def run(self) -> None:
@@ -163,6 +190,8 @@ class TcpSession:
             self.stream.close_with_error(RemoteProtocolError(f"protocol error: {exc}"))
         except ConnectionFailed as exc:
             logger.info("%s: %s", peer, exc)
+        except _LoginFailed:
+            pass  # answered and logged; the connection ends
         except Exception as exc:
             logger.exception("%s: internal error, closing the connection", peer)
             self.stream.close_with_error(
@@ -180,12 +209,37 @@ class TcpSession:
         if version is None:
             self._fail(UnsupportedVersion(version_problem(event)))
             return False
+        anonymous = self.who.principal
         self.stream.send(
             ev.HelloAccepted(
-                version=version, max_frame_bytes=MAX_FRAME_BYTES, read_only=self.config.read_only
+                version=version,
+                max_frame_bytes=MAX_FRAME_BYTES,
+                read_only=self.config.read_only or not anonymous.write,
+                login_required=not anonymous.served,
             )
         )
         return True
+
+    async def _login(self, request: ev.LoginRequested) -> None:
+        loop = asyncio.get_running_loop()
+        verdict = await in_thread(
+            self.ops.login,
+            self.who.peer,
+            self.stream.peer[0],
+            request.user,
+            request.password,
+            loop.time(),
+        )
+        if verdict.user is None:
+            await asyncio.sleep(max(0.0, verdict.answer_at - loop.time()))
+            self.stream.close_with_error(AuthenticationFailed(verdict_message(verdict)))
+            raise _LoginFailed
+        self.who = Requester(
+            peer=self.who.peer,
+            transport=self.who.transport,
+            principal=self.ops.principal_of(verdict),
+        )
+        self.stream.send(ev.Done())
 
     async def _serve_requests(self) -> None:
         while True:

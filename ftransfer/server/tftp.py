@@ -79,7 +79,7 @@ from ..proto.tftp.packets import (
 from ..proto.tftp.receiver import BlockReceiver
 from ..proto.tftp.sender import BlockSender
 from ..proto.tftp.transfer import DEFAULT_TIMEOUT_S, Address
-from .operations import Download, Operations, Requester, Upload, format_peer
+from .operations import Download, Operations, Principal, Requester, Upload, format_peer
 from .slots import TransferTable
 
 logger = logging.getLogger("ftransfer.tftp")
@@ -148,7 +148,7 @@ class _Transfer:
         self._upload: Upload | None = None
         self._download: Download | None = None
         self._decoder = netascii.Decoder() if request.mode == "netascii" else None
-        self.who = Requester(peer=format_peer(*peer), transport="tftp")
+        self.who = Requester(peer=format_peer(*peer), transport="tftp", principal=service.principal)
         self.sock = socket.socket(service.family, socket.SOCK_DGRAM)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
@@ -330,7 +330,13 @@ class TftpService:
 
     @property
     def read_only(self) -> bool:
-        return self.ops.policy.read_only
+        return self.ops.policy.read_only or not self.principal.write
+
+    @property
+    def principal(self) -> Principal:
+        """TFTP cannot log in: it reads the served root, and writes there only with
+        ``--tftp-writable``; it never removes anything."""
+        return Principal(write=self.config.tftp_writable)
 
     @property
     def active(self) -> int:
@@ -383,7 +389,8 @@ class TftpService:
         if request.mode not in MODES:
             return ErrorCode.ILLEGAL_OPERATION, f"mode {request.mode!r} is not supported"
         if request.write and self.read_only:
-            return ErrorCode.ACCESS_VIOLATION, "the server is read-only"
+            reason = "the server is read-only" if self.ops.policy.read_only else "TFTP is read-only"
+            return ErrorCode.ACCESS_VIOLATION, f"{reason} (the operator may serve --tftp-writable)"
         return None
 
     def _admit(self, address: Address) -> bool:

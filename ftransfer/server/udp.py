@@ -108,7 +108,9 @@ class UdpApplication:
     # ---- requests -------------------------------------------------------------------
 
     def _decide(self, request: RequestReceived) -> None:
-        who = Requester(peer=format_peer(*request.address), transport="udp")
+        who = Requester(
+            peer=format_peer(*request.address), transport="udp", principal=self.ops.anonymous
+        )
         operation = request.operation
         try:
             if operation is Operation.PUT:

@@ -166,6 +166,12 @@ class Store(Protocol):
         """Remove temporary files whose writer is no longer alive; returns how many."""
         ...
 
+    def scoped(self, name: Name) -> Store:
+        """A store whose root is the directory ``name`` (made, with its parents, if
+        missing): a user's root. Nothing above it can be named through it, and its
+        messages name paths as seen from it. Closing it leaves this store open."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -188,6 +188,20 @@ class LocalStore:
         except OSError as exc:
             raise os_error(exc, str(root)) from None
 
+    def scoped(self, name: Name) -> LocalStore:
+        """See ``Store.scoped``: the new store holds its own descriptor of the
+        directory, opened through the jail (no symlink on the way)."""
+        self.mkdir(name, parents=True)
+        fd = self._open_dir(name.parts, name)
+        store = object.__new__(LocalStore)
+        store.root, store.fsync, store.umask = (
+            self.root.joinpath(*name.parts),
+            self.fsync,
+            self.umask,
+        )
+        store.digests, store._root_fd = self.digests, fd
+        return store
+
     def close(self) -> None:
         if self._root_fd >= 0:
             os.close(self._root_fd)

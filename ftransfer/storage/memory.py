@@ -167,6 +167,13 @@ class MemoryStore:
         self.root = _Dir(clock_ns())
         self.fault: FtransferError | None = None
 
+    def scoped(self, name: Name) -> MemoryStore:
+        """See ``Store.scoped``: a view of the same tree from ``name`` down."""
+        self.mkdir(name, parents=True)
+        view = MemoryStore(clock_ns=self._clock_ns)
+        view.root = self.directory(name)
+        return view
+
     # ---- for tests -------------------------------------------------------------------
 
     def fail_writes(self, error: FtransferError | None) -> None:
