@@ -146,7 +146,7 @@ class _RecordMeta(type):
         fields = list(namespace.get("__annotations__", {}))
         defaults = {field: namespace.pop(field) for field in fields if field in namespace}
         namespace["__match_args__"] = tuple(fields)
-        namespace["__repr__"] = _repr
+        namespace.setdefault("__repr__", _repr)  # a record may hide a field (a password)
         if frozen:
             # A tuple underneath: built in one C call (a frozen dataclass sets each
             # field through object.__setattr__, ~1 us more per record, and some are
