@@ -45,6 +45,9 @@ HEAVY = {
     "tqdm",  # only when stderr is a terminal
 }
 NOT_FOR_VERSION = HEAVY | {"argparse", "re", "xxhash", "ftransfer.client", "ftransfer.config"}
+TLS = {"ssl", "socket", "selectors"}
+"""What a TLS connection needs (ssl imports socket, which imports selectors):
+about 12 ms, paid by every default (encrypted) TCP command, not by --insecure."""
 NOT_FOR_TCP_GET = HEAVY | {
     "datetime",  # only listings and stat print times
     "random",
@@ -86,5 +89,17 @@ def test_a_tcp_get_imports_only_the_tcp_client(server: ServerProcess, tmp_path: 
     (server.root / "f").write_bytes(b"x" * 100_000)
     loaded = modules_after("get", server.remote("f"), cwd=tmp_path)
     assert (tmp_path / "f").read_bytes() == b"x" * 100_000
-    assert "ftransfer.client.tcp" in loaded and "xxhash" in loaded
+    assert "ftransfer.client.tcp" in loaded and "xxhash" in loaded and "ssl" in loaded
+    assert sorted(loaded & (NOT_FOR_TCP_GET - TLS)) == []
+
+
+def test_an_insecure_tcp_get_imports_no_tls(served: Path, tmp_path: Path) -> None:
+    (served / "f").write_bytes(b"x" * 100_000)
+    server = ServerProcess(served, "--insecure", "--no-udp", log=tmp_path / "log")
+    try:
+        loaded = modules_after("get", "--insecure", server.remote("f"), cwd=tmp_path)
+    finally:
+        assert server.stop() == 0
+    assert (tmp_path / "f").read_bytes() == b"x" * 100_000
+    assert "ftransfer.client.tcp" in loaded
     assert sorted(loaded & NOT_FOR_TCP_GET) == []

@@ -380,7 +380,7 @@ def test_client_refuses_a_download_whose_digest_does_not_match(tmp_path: Path) -
     thread.start()
     port = listener.getsockname()[1]
     (tmp_path / "target").write_bytes(b"previous")
-    result = run_cli("get", f"127.0.0.1:{port}/file", str(tmp_path / "target"))
+    result = run_cli("get", "--insecure", f"127.0.0.1:{port}/file", str(tmp_path / "target"))
     thread.join(timeout=30)
     listener.close()
     assert result.returncode == ExitCode.INTEGRITY, result.stderr
@@ -394,7 +394,7 @@ def test_a_silent_tcp_service_is_told_apart_after_the_connect_timeout(tmp_path: 
     port = listener.getsockname()[1]
     # Silence is waited for as long as a connect (10 s, or --timeout if lower), then
     # it is a protocol error, not the idle timeout of a minute.
-    result = run_cli("ls", "--timeout", "1.5", f"127.0.0.1:{port}/")
+    result = run_cli("ls", "--insecure", "--timeout", "1.5", f"127.0.0.1:{port}/")
     listener.close()
     assert result.returncode == ExitCode.PROTOCOL
     assert b"did not answer HELLO within 1.5 s" in result.stderr
@@ -417,7 +417,9 @@ def test_a_server_that_stops_answering_times_out(tmp_path: Path) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     thread = threading.Thread(target=_hello_then_silence, args=(listener,))
     thread.start()
-    result = run_cli("ls", "--timeout", "0.7", f"127.0.0.1:{listener.getsockname()[1]}/")
+    result = run_cli(
+        "ls", "--insecure", "--timeout", "0.7", f"127.0.0.1:{listener.getsockname()[1]}/"
+    )
     thread.join(timeout=30)
     listener.close()
     assert result.returncode == ExitCode.TIMEOUT, result.stderr

@@ -106,12 +106,16 @@ def file_frames(
     scratch: bytearray,
     progress: Progress | None = None,
     cancelled: Callable[[], bool] = lambda: False,
+    *,
+    sendfile: bool = True,
 ) -> Generator[FileOp, int | None, bytes | None]:
     """The frames of ``source``; returns its digest, or None if ``cancelled()``
-    became true between frames (the caller then sends ABORT or ERROR)."""
+    became true between frames (the caller then sends ABORT or ERROR).
+    ``sendfile=False`` (a TLS connection: the kernel cannot encrypt) reads every
+    frame instead, READ_CHUNK_BYTES at a time."""
     size, known = source.size, source.digest
     hasher = None if known is not None else new_hasher()
-    fd = source.fileno()
+    fd = source.fileno() if sendfile else None
     zero_copy = fd is not None and size > SMALL_FILE_BYTES
     offset = 0
     while offset < size:

@@ -69,6 +69,8 @@ Progress = Callable[[int], None]
 """Called with the number of bytes just sent or received."""
 LINGER_RESET = struct.pack("ii", 1, 0)
 """SO_LINGER on, 0 s: close() resets the connection and drops the send queue."""
+TLS_WRITE_HIGH_WATER_BYTES, TLS_WRITE_LOW_WATER_BYTES = 1 << 20, 256 << 10
+"""Backpressure marks over TLS: a DATA frame read for TLS is 1 MiB (files.py)."""
 CLOSE_GRACE_S = 2.0
 """A close whose queued bytes the peer does not read within this becomes an abort."""
 
@@ -95,8 +97,15 @@ def _sent_before(file: FileIO, offset: int, count: int) -> int:
 class FrameStream(asyncio.BufferedProtocol):
     """One TCP connection: a sans-IO ``Connection`` plus a transport."""
 
-    def __init__(self, conn: Connection, pool: BufferPool, idle_timeout_s: float) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        pool: BufferPool,
+        idle_timeout_s: float,
+        on_lost: Callable[[], object] | None = None,
+    ) -> None:
         self.conn, self._pool = conn, pool
+        self._on_lost = on_lost
         self._idle_s = idle_timeout_s
         self._active_at = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
@@ -113,6 +122,8 @@ class FrameStream(asyncio.BufferedProtocol):
         self._large: MappedBuffer | None = None
         self._view = memoryview(b"")
         self._transport: asyncio.Transport | None = None
+        self._grace: asyncio.TimerHandle | None = None
+        self._tls = False
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -120,6 +131,9 @@ class FrameStream(asyncio.BufferedProtocol):
         self._lost: Exception | None = None
         self._closed = False
         self._eof_fed = False
+        self._undrained = False
+        """Bytes were handed to the core that it has not all turned into events."""
+        self._eof_waiting = False
         self.peer: tuple[str, int] = ("", 0)
 
     # ---- asyncio callbacks --------------------------------------------------------
@@ -127,7 +141,11 @@ class FrameStream(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
+        self._tls = transport.get_extra_info("sslcontext") is not None
+        if self._tls:  # each plaintext byte queued is also held once encrypted
+            transport.set_write_buffer_limits(TLS_WRITE_HIGH_WATER_BYTES, TLS_WRITE_LOW_WATER_BYTES)
+        else:
+            transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -200,26 +218,39 @@ class FrameStream(asyncio.BufferedProtocol):
                 self._stash = None
                 return  # the sink took everything: keep reading, nobody to wake
         self._transport.pause_reading()
+        self._undrained = True
         self._readable.set()
 
     def eof_received(self) -> bool:
         self._touch()
-        self._eof_fed = True
-        self.conn.receive_data(b"")
+        if self._undrained:  # (TLS hands over its end while reading is paused)
+            self._eof_waiting = True  # fed once the core has taken the bytes before it
+        else:
+            self._eof_fed = True
+            self.conn.receive_data(b"")
         self._readable.set()
-        return True
+        # Keep the write side open (replies still owed), which TLS cannot do: a TLS
+        # peer's end of stream closes the connection (asyncio's SSL transport).
+        return not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._lost = exc
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._grace is not None:
+            self._grace.cancel()
+        # Let go of the transport: asyncio's SSL protocol keeps bound methods of this
+        # stream, a cycle that would hold its buffers until a full collection.
+        self._transport = None
         self._return_large()
         if self._small is not None:
             self._small.release()  # unmapped: its pages go back to the system now
             self._small = None
         self._readable.set()
         self._writable.set()
+        if self._on_lost is not None:  # once the transport has let go of its buffers
+            self._loop.call_soon(self._on_lost)
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -235,8 +266,15 @@ class FrameStream(asyncio.BufferedProtocol):
         await self._connected.wait()
 
     @property
+    def tls(self) -> bool:
+        """Whether the connection runs over TLS (then no sendfile: the kernel
+        cannot encrypt)."""
+        return self._tls
+
+    @property
     def transport(self) -> asyncio.Transport:
-        assert self._transport is not None
+        if self._transport is None:
+            raise self._gone()
         return self._transport
 
     @property
@@ -271,7 +309,12 @@ class FrameStream(asyncio.BufferedProtocol):
         if isinstance(stashed, FtransferError):
             raise stashed
         event = stashed if stashed is not None else self._poll()
+        if isinstance(event, ev.NeedData) and self._eof_waiting and not self._eof_fed:
+            self._eof_fed = True
+            self.conn.receive_data(b"")
+            event = self._poll()
         if isinstance(event, ev.NeedData):
+            self._undrained = False
             if self._transport is not None and not self._closed:
                 self._readable.clear()
                 self._transport.resume_reading()
@@ -346,7 +389,9 @@ class FrameStream(asyncio.BufferedProtocol):
         if the source is shorter than its size."""
         if self._scratch is None:
             self._scratch = new_scratch()
-        frames = file_frames(self.conn, source, self._scratch, progress, cancelled)
+        frames = file_frames(
+            self.conn, source, self._scratch, progress, cancelled, sendfile=not self.tls
+        )
         answer: int | None = None
         try:
             while True:
@@ -415,7 +460,7 @@ class FrameStream(asyncio.BufferedProtocol):
                 with contextlib.suppress(FtransferError):
                     self.flush()
             self._transport.close()
-            self._loop.call_later(CLOSE_GRACE_S, self._transport.abort)
+            self._grace = self._loop.call_later(CLOSE_GRACE_S, self.abort)
 
     def abort(self) -> None:
         """Close at once with a reset, discarding what is queued, in the transport

@@ -63,6 +63,10 @@ TLS_READ_BYTES = 1 << 20
 """A file range sent over TLS is read and written in pieces of this size."""
 
 
+TLS_RECORD_BYTES = 16 * 1024
+"""Largest TLS plaintext record (RFC 8446, 5.1)."""
+
+
 class ReadTimedOut(TransferTimeout):
     """A read with its own ``timeout`` got nothing in time."""
 
@@ -178,6 +182,12 @@ def _wants_read(exc: OSError) -> bool:
     return isinstance(exc, ssl.SSLWantReadError)
 
 
+def _tls_pending(sock: _socket.socket | ssl.SSLSocket) -> bool:
+    """Plaintext the TLS layer holds already (read from the socket, not taken)."""
+    pending = getattr(sock, "pending", None)
+    return bool(pending()) if pending is not None else False
+
+
 def _readable_now(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
@@ -286,6 +296,8 @@ class BlockingSocket:
             if timeout is not None:
                 self.sock.settimeout(timeout)
             n = self.sock.recv_into(view)
+            if self.tls and n:
+                n += self._more_records(view[n:])
         except TimeoutError:
             if timeout is not None:
                 raise ReadTimedOut(f"nothing within {timeout:g} s") from None
@@ -297,10 +309,27 @@ class BlockingSocket:
                 self.sock.settimeout(self.idle_timeout_s)
         return view[:n]
 
+    def _more_records(self, view: memoryview) -> int:
+        """Over TLS a read returns one record (16 KiB): take the records already
+        here as well, so a large read costs one decoding step, not one per record."""
+        got = 0
+        self.sock.setblocking(False)
+        try:
+            while len(view) - got >= TLS_RECORD_BYTES:
+                n = self.sock.recv_into(view[got:])
+                if not n:
+                    break  # the end of the stream: the next read sees it
+                got += n
+        except OSError:
+            pass  # nothing more yet (SSLWantReadError), or an error the next read meets
+        finally:
+            self.sock.settimeout(self.idle_timeout_s)
+        return got
+
     def poll(self, large: bool) -> memoryview | None:
         self.flush()
         view = self._buffers.get(large)
-        if self.tls and not self.sock.pending() and not _readable_now(self.sock.fileno()):
+        if self.tls and not _tls_pending(self.sock) and not _readable_now(self.sock.fileno()):
             return None  # (a TLS socket raises SSLWantReadError, not BlockingIOError)
         self.sock.setblocking(False)  # a socket with a timeout would wait for it
         try:
@@ -558,7 +587,8 @@ class _AsyncTls:
         """Plaintext already received into ``view``: a count (0 at the end of the
         stream), or None when more records are needed."""
         try:
-            return self._obj.read(len(view), view)
+            n: int = self._obj.read(len(view), view)  # type: ignore[assignment]
+            return n
         except self._want_read:
             return None
         except self._zero:

@@ -27,6 +27,13 @@ Both contexts require TLS 1.3. ``client_context(None)`` verifies nothing itself
 (the caller checks the fingerprint after the handshake, as ssh does);
 ``client_context(ca)`` verifies the chain and the host name against that CA.
 
+Memory: asyncio's SSL transport reads the socket into a per-connection buffer of
+``SSLProtocol.max_size`` (256 KiB, zero-filled, so resident) kept for the
+connection's whole life. ``limit_asyncio_tls_buffer`` lowers that class attribute
+(the stdlib's one knob for it) to ASYNCIO_TLS_READ_BYTES for the server process:
+250 idle TLS connections then hold 57 MiB instead of 105 MiB (the churn test), and
+a 512 MiB upload took the same time (median of 9: 1.09 s against 1.04 s).
+
 ``ssl`` is imported inside the functions that need it: the directory defaults and
 the fingerprint arithmetic are used by commands that never open a TLS connection.
 """
@@ -241,6 +248,18 @@ def fingerprint_of_file(cert_path: str) -> str:
 # -- contexts -------------------------------------------------------------------
 
 
+ASYNCIO_TLS_READ_BYTES = 64 * 1024
+"""What asyncio's SSL transport reads from the socket at once (four TLS records)."""
+
+
+def limit_asyncio_tls_buffer() -> None:
+    """Give every asyncio SSL connection made from now on a read buffer of
+    ASYNCIO_TLS_READ_BYTES instead of 256 KiB (module docstring: memory)."""
+    from asyncio import sslproto
+
+    sslproto.SSLProtocol.max_size = ASYNCIO_TLS_READ_BYTES
+
+
 def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
     """A TLS 1.3 server context with the server's certificate and key; UsageError
     naming the file that cannot be used."""
@@ -250,6 +269,10 @@ def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
     _check_pem(key_path, "PRIVATE KEY-----", "private key")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
+    # No session tickets: nothing is resumed (each connection is a full handshake,
+    # a millisecond), and an idle client then has nothing to read until the
+    # server closes, which is how it tells a connection is still good.
+    context.num_tickets = 0
     try:
         context.load_cert_chain(cert_path, key_path)
     except (OSError, ssl.SSLError) as exc:

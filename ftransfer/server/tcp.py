@@ -164,17 +164,6 @@ class TcpSession:
         self.ops, self.config, self.stream, self.who = ops, config, stream, who
         self._sent_digests: collections.deque[bytes] = collections.deque(maxlen=SENT_DIGESTS_KEPT)
         self._hello_deadline = asyncio.get_running_loop().time() + config.hello_timeout_s
-        self._handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
-            ev.PutRequested: self._put,
-            ev.GetRequested: self._get,
-            ev.ListRequested: self._list,
-            ev.StatRequested: self._stat,
-            ev.RemoveRequested: self._remove,
-            ev.MkdirRequested: self._mkdir,
-            ev.MoveRequested: self._move,
-            ev.DownloadVerified: self._verified,
-            ev.LoginRequested: self._login,
-        }
 
     async def run(self) -> None:
         peer = self.who.peer
@@ -246,7 +235,7 @@ class TcpSession:
             event = await self.stream.next_event()
             if isinstance(event, ev.ConnectionClosed):
                 return
-            await self._handlers[type(event)](event)
+            await HANDLERS[type(event)](self, event)
             await self.stream.drain()
 
     def _fail(self, error: FtransferError) -> None:
@@ -363,3 +352,19 @@ class TcpSession:
                 self.who, request.source, request.target, exclusive=request.exclusive
             )
         )
+
+
+HANDLERS: dict[type, Callable[[TcpSession, Any], Awaitable[None]]] = {
+    ev.PutRequested: TcpSession._put,
+    ev.GetRequested: TcpSession._get,
+    ev.ListRequested: TcpSession._list,
+    ev.StatRequested: TcpSession._stat,
+    ev.RemoveRequested: TcpSession._remove,
+    ev.MkdirRequested: TcpSession._mkdir,
+    ev.MoveRequested: TcpSession._move,
+    ev.DownloadVerified: TcpSession._verified,
+    ev.LoginRequested: TcpSession._login,
+}
+"""What each request runs: functions, not bound methods, so that a session holds
+no reference cycle (one would keep its connection's TLS memory until the GC's
+next full pass)."""
