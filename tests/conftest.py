@@ -7,6 +7,7 @@ import pty
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -19,15 +20,45 @@ from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.connection import Connection, Role
 
 READY = re.compile(r"tcp://(\[[^\]]+\]|[^\s:]+):(\d+)")
+FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]+")
+
+
+def known_hosts() -> Path:
+    """This test's known_hosts (isolated_home points XDG_CONFIG_HOME at tmp)."""
+    return Path(os.environ["XDG_CONFIG_HOME"]) / "ftransfer" / "known_hosts"
+
+
+def trust(port: int, fingerprint: str) -> None:
+    """Record a server's key as its operator would hand it out, so that clients
+    connect without the first-use notice (tests of that notice start clean)."""
+    path = known_hosts()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="ascii") as file:
+        for host in ("127.0.0.1", "[::1]", "localhost"):
+            file.write(f"{host}:{port} {fingerprint}\n")
+
+
 CLI = [sys.executable, "-m", "ftransfer"]
 
 
 class ServerProcess:
     """``ftransfer serve`` on port 0; knows its real port from the ready line."""
 
-    def __init__(self, root: Path, *args: str, log: Path, pipe_log: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *args: str,
+        log: Path,
+        pipe_log: bool = False,
+        writable: bool = True,
+    ) -> None:
+        """``writable``: anonymous clients may change files (``--anonymous-write``,
+        and ``--tftp-writable``), as most tests need; False for the defaults."""
         self.root = root
-        command = [*CLI, "serve", "--root", str(root), "--port", "0", *args]
+        grants = ["--anonymous-write", "--tftp-writable"] if writable else []
+        if "--users" in args:
+            grants = ["--tftp-writable"] if writable else []
+        command = [*CLI, "serve", "--root", str(root), "--port", "0", *grants, *args]
         self._log_file = None if pipe_log else open(log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             command,
@@ -41,6 +72,10 @@ class ServerProcess:
         assert match, f"no ready line, got {self.ready_line!r}"
         self.host = match.group(1).strip("[]")
         self.port = int(match.group(2))
+        found = FINGERPRINT.search(self.ready_line)
+        self.fingerprint = found.group(0) if found else ""
+        if self.fingerprint:
+            trust(self.port, self.fingerprint)
 
     @property
     def log(self) -> IO[str]:
@@ -74,6 +109,24 @@ class ServerProcess:
         for stream in (self.proc.stdout, self.proc.stderr, self._log_file):
             if stream is not None:
                 stream.close()
+
+
+@pytest.fixture(scope="session")
+def server_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One server key for the whole run (making one costs a server's start-up)."""
+    return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(
+    tmp_path: Path, server_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Every test, and every process it starts, has its own known_hosts and the
+    run's server key: nothing is read from or written to the user's home."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(server_state))
+    monkeypatch.delenv("FTRANSFER_PASSWORD", raising=False)
+    yield
 
 
 @pytest.fixture
@@ -128,15 +181,32 @@ def temporaries(root: Path) -> list[str]:
 
 
 class RawPeer:
-    """A client speaking the protocol by hand over a blocking socket."""
+    """A client speaking the protocol by hand over a blocking socket (inside TLS,
+    unless ``tls`` is False, for a server run with --insecure)."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", receive_buffer: int = 0) -> None:
-        """``receive_buffer``: SO_RCVBUF set before connecting (0: the system's)."""
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        self.sock.settimeout(30)
+    def __init__(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        receive_buffer: int = 0,
+        *,
+        tls: bool = True,
+        source: str | None = None,
+    ) -> None:
+        """``receive_buffer``: SO_RCVBUF set before connecting (0: the system's);
+        ``source``: the local address to connect from (another loopback address)."""
+        plain = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        plain.settimeout(30)
+        if source is not None:
+            plain.bind((source, 0))
         if receive_buffer:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        self.sock.connect((host, port))
+            plain.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        plain.connect((host, port))
+        self.sock: socket.socket = plain
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            self.sock = context.wrap_socket(plain, suppress_ragged_eofs=False)
         self.conn = Connection(Role.CLIENT)
 
     def send(self, *events: ev.Event) -> None:

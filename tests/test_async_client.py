@@ -26,7 +26,9 @@ SAFETY_S = 30.0
 
 
 def _config(root: Path) -> ftransfer.ServerConfig:
-    return ftransfer.ServerConfig(root=str(root), port=0, tftp_port=0, fsync=False)
+    return ftransfer.ServerConfig(
+        root=str(root), port=0, tftp_port=0, fsync=False, anonymous_write=True, tftp_writable=True
+    )
 
 
 def _url(server: ftransfer.Server, scheme: str) -> str:

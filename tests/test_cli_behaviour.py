@@ -177,11 +177,34 @@ def test_a_tcp_service_that_is_not_ftransfer_is_a_protocol_error_at_once(
     impostor: int, tmp_path: Path, command: str
 ) -> None:
     # PATIENT: an idle timeout of 600 s, so only recognising the impostor ends it in time
-    result = run_cli(command, f"127.0.0.1:{impostor}/f", *PATIENT, cwd=tmp_path)
+    # --insecure: the plaintext protocol's own check (with TLS the handshake fails first)
+    result = run_cli(command, f"127.0.0.1:{impostor}/f", "--insecure", *PATIENT, cwd=tmp_path)
     assert result.returncode == ExitCode.PROTOCOL, result.stderr
     [line] = err_lines(result)
     assert line.startswith(f"ftransfer: error: 127.0.0.1:{impostor} ")
     assert "does not speak ftransfer" in line
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("impostor", "reason"),
+    [
+        (_garbage, "does not speak TLS"),
+        (_http, "does not speak TLS"),
+        (_ssh_banner, "does not speak TLS"),
+        (_hang_up, "closed the connection during the TLS handshake"),
+        (_read_and_hang_up, "closed the connection during the TLS handshake"),
+    ],
+    ids=["garbage", "http", "ssh-banner", "hang-up", "read-and-hang-up"],
+    indirect=["impostor"],
+)
+def test_a_tcp_service_without_tls_is_a_connection_error_at_once(
+    impostor: int, reason: str, tmp_path: Path
+) -> None:
+    result = run_cli("get", f"127.0.0.1:{impostor}/f", *PATIENT, cwd=tmp_path)
+    assert result.returncode == ExitCode.CONNECTION, result.stderr
+    [line] = err_lines(result)
+    assert line.startswith(f"ftransfer: error: 127.0.0.1:{impostor} {reason}")
     assert os.listdir(tmp_path) == []
 
 

@@ -108,6 +108,7 @@ class StalledServer:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def url(self, path: str) -> str:
+        """(A plaintext server: its clients run with --insecure.)"""
         return f"127.0.0.1:{self.port}/{path}"
 
     def _accept(self) -> None:
@@ -164,7 +165,7 @@ def test_a_signal_mid_download_removes_the_temporary(
 ) -> None:
     target = tmp_path / "big.bin"
     target.write_bytes(b"old")
-    proc = start_cli("get", stalled.url("big.bin"), str(target))
+    proc = start_cli("get", "--insecure", stalled.url("big.bin"), str(target))
     wait_until(lambda: temporaries(tmp_path) != [], "the download's temporary file")
     returncode, err = stop(proc, sig)
     assert returncode == code, err
@@ -179,8 +180,8 @@ def test_after_kill_9_the_next_run_removes_only_dead_clients_temporaries(
     (server.root / "small").write_bytes(b"fresh")
     down = tmp_path / "down"
     down.mkdir()
-    killed = start_cli("get", stalled.url("a.bin"), cwd=down)
-    alive = start_cli("get", stalled.url("b.bin"), cwd=down)
+    killed = start_cli("get", "--insecure", stalled.url("a.bin"), cwd=down)
+    alive = start_cli("get", "--insecure", stalled.url("b.bin"), cwd=down)
     wait_until(lambda: len(temporaries(down)) == 2, "both downloads' temporary files")
     killed.kill()  # SIGKILL: no chance to clean up
     killed.communicate(timeout=DEADLINE_S)

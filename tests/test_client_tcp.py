@@ -32,7 +32,7 @@ from ftransfer.client.drive import drive
 from ftransfer.client.local import LocalFile
 from ftransfer.client.result import Progress, TransferResult
 from ftransfer.client.tcp import ENDING_CODES, Effect, Op, Poll, Read, Sendfile, TcpLogic, Write
-from ftransfer.config import MAX_FRAME_BYTES
+from ftransfer.config import MAX_FRAME_BYTES, ClientConfig
 from ftransfer.errors import ExitCode, FtransferError, NotFound
 from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.connection import Connection, Role
@@ -85,10 +85,13 @@ def _with_fake_server(client_side: Callable[[int], None]) -> list[ev.Event | ev.
 
 # ---- the last VERIFIED ---------------------------------------------------------------
 
+PLAINTEXT = ClientConfig(insecure=True)
+"""For the hand-written server below, which speaks the protocol without TLS."""
+
 
 def test_a_single_get_sends_its_verified_before_the_close(tmp_path: Path) -> None:
     def get(port: int) -> None:
-        with Client(f"127.0.0.1:{port}") as client:
+        with Client(f"127.0.0.1:{port}", config=PLAINTEXT) as client:
             client.get("f", tmp_path / "f")
 
     seen = _with_fake_server(get)
@@ -98,7 +101,7 @@ def test_a_single_get_sends_its_verified_before_the_close(tmp_path: Path) -> Non
 
 def test_the_async_client_sends_the_last_verified_too(tmp_path: Path) -> None:
     async def main(port: int) -> None:
-        async with AsyncClient(f"127.0.0.1:{port}") as client:
+        async with AsyncClient(f"127.0.0.1:{port}", config=PLAINTEXT) as client:
             await client.get("f", tmp_path / "f")
 
     seen = _with_fake_server(lambda port: asyncio.run(main(port)))

@@ -25,13 +25,15 @@ from ftransfer.errors import (
 )
 from ftransfer.proto.events import Failed
 from ftransfer.proto.tcp.frames import encode
-from ftransfer.server.operations import Operations, Policy, Requester
+from ftransfer.server.operations import Operations, Policy, Principal, Requester
 from ftransfer.storage.base import Store
 from ftransfer.storage.entry import EntryKind
 from ftransfer.storage.local import LocalStore
 from ftransfer.storage.memory import MemoryStore
 
-WHO = Requester(peer="192.0.2.7:4000", transport="tcp")
+WHO = Requester(
+    peer="192.0.2.7:4000", transport="tcp", principal=Principal(write=True, delete=True)
+)
 
 
 def make(
@@ -40,7 +42,7 @@ def make(
     store = MemoryStore()
     store.put_file("old.txt", b"old content")
     store.put_file("sub/inner.txt", b"inner")
-    policy = Policy(read_only=read_only, max_file_bytes=max_file_bytes)
+    policy = Policy(read_only=read_only, max_file_bytes=max_file_bytes, anonymous_write=True)
     return Operations(store, policy), store
 
 

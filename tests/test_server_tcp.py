@@ -140,7 +140,7 @@ def test_a_read_error_mid_get_is_error_40_and_the_connection_goes_on(
     store.put_file("good", b"fine")
     assert SMALL_FILE_BYTES < 3 << 20  # so that a descriptor means sendfile
     try:
-        with serving(ServerConfig(port=0, udp=False), store) as server:
+        with serving(ServerConfig(port=0, udp=False, anonymous_write=True), store) as server:
             peer = RawPeer(server.tcp_port)
             peer.send(HELLO, ev.GetRequested(path="bad"))
             hello, started, refusal = _replies(peer, 3)
@@ -206,7 +206,7 @@ def test_a_change_on_a_slow_disk_does_not_stop_other_connections(change: str) ->
     answer (its socket's 10 s timeout is only a safety net)."""
     store = _SlowDiskStore()
     store.put_file("f", b"file")
-    with serving(ServerConfig(port=0, udp=False), store) as server:
+    with serving(ServerConfig(port=0, udp=False, anonymous_write=True), store) as server:
         try:
             slow = RawPeer(server.tcp_port)
             slow.send(HELLO, *CHANGES[change])

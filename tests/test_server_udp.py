@@ -40,7 +40,7 @@ def _setup(
     )
     deferred: list[tuple[Callable[[], object], Callable[[object], None]]] = []
     app = UdpApplication(
-        Operations(store, Policy()),
+        Operations(store, Policy(anonymous_write=True)),
         endpoint,
         now=lambda: 0.0,
         defer=lambda w, t: deferred.append((w, t)),

@@ -54,11 +54,40 @@ def _config(args: argparse.Namespace) -> ClientConfig:
         tftp_windowsize=getattr(args, "windowsize", None) or defaults.tftp_windowsize,
         tftp_netascii=getattr(args, "netascii", False),
         tftp_give_up_s=min(give_up or defaults.tftp_give_up_s, args.timeout),
+        insecure=args.insecure,
+        known_hosts=args.known_hosts,
+        strict_host_keys=args.strict_host_keys,
+        fingerprint=args.fingerprint,
+        ca_file=args.ca,
     )
 
 
 def _client(args: argparse.Namespace, url: Url) -> Client:
-    return Client(Url(scheme=url.scheme, host=url.host, port=url.port), config=_config(args))
+    server = Url(scheme=url.scheme, host=url.host, port=url.port, user=url.user)
+    return Client(server, config=_config(args), password=_password(args, url))
+
+
+def _password(args: argparse.Namespace, url: Url) -> str | None:
+    """For user@host: --password-file, else $FTRANSFER_PASSWORD, else a prompt on
+    the terminal (never an argument: the process list shows those to everyone)."""
+    if not url.user:
+        return None
+    if args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as file:
+                return file.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"--password-file {args.password_file}: {exc.strerror}") from None
+    password = os.environ.get("FTRANSFER_PASSWORD")
+    if password is not None:
+        return password
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"{url.user}@{url.host}: no password: use --password-file or FTRANSFER_PASSWORD"
+        )
+    import getpass
+
+    return getpass.getpass(f"{url.user}@{url.host}'s password: ")
 
 
 def _bars(

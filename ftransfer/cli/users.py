@@ -11,8 +11,15 @@ import argparse
 import sys
 
 from ..errors import UsageError
-from ..server.users import Permissions, User, check_user_name, hash_password, load_users, save_users
-from ..storage.names import parse_name
+from ..server.users import (
+    Permissions,
+    User,
+    check_root,
+    check_user_name,
+    hash_password,
+    load_users,
+    save_users,
+)
 
 MIN_PASSWORD_CHARS = 8
 """Shorter passwords are refused: scrypt slows a guesser, it cannot save a short one."""
@@ -41,11 +48,9 @@ def _password(from_stdin: bool) -> str:
 
 def _root(args: argparse.Namespace) -> str:
     root = args.name if args.root is None else args.root.strip("/")
-    if not root:
-        return ""
     try:
-        return parse_name(root).text
-    except Exception as exc:
+        return check_root(root)
+    except ValueError as exc:
         raise UsageError(f"--root {args.root}: {exc}") from None
 
 

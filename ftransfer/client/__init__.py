@@ -41,10 +41,9 @@ from .urls import Url, format_address, parse_url
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import TypeVar
-
     import _socket
     import ssl
+    from typing import TypeVar
 
     from ..io.tcp_sockets import AsyncSocket, BlockingSocket
     from .tcp import TcpLogic

@@ -42,6 +42,7 @@ from typing import Any
 from ..config import ServerConfig
 from ..errors import Busy, ConnectionFailed, TlsRequired, UsageError
 from ..io.buffers import BufferPool
+from ..io.heap import Trimmer
 from ..io.stream import FrameStream
 from ..proto.tcp.connection import Connection, Role
 from ..storage.base import Store
@@ -125,6 +126,7 @@ class Server:
         self.identity_created = False
         """``start`` made a new key and certificate (the first start)."""
         self.buffers = BufferPool()
+        self.trimmer = Trimmer()
         self._listener: socket.socket | None = None
         self._acceptor: asyncio.Task[None] | None = None
         self._sessions: set[asyncio.Task[None]] = set()
@@ -160,9 +162,9 @@ class Server:
     def _load_users(self) -> Authenticator | None:
         if self.config.users_file is None:
             return None
-        from .users import Authenticator, load_users
+        from .users import Authenticator, Lockout, load_users
 
-        return Authenticator(load_users(self.config.users_file))
+        return Authenticator(load_users(self.config.users_file), lockout=Lockout())
 
     def reload_users(self) -> int:
         """Re-read the users file (SIGHUP); returns how many users it has. A file
@@ -188,6 +190,7 @@ class Server:
             state = config.state_dir or tls.state_dir_default()
             cert, key, self.identity_created = tls.ensure_identity(state)
         self.tls = tls.server_context(cert, key)
+        tls.limit_asyncio_tls_buffer()
         self.fingerprint = tls.fingerprint_of_file(cert)
 
     async def start(self) -> None:
@@ -235,8 +238,13 @@ class Server:
         """The connection's first byte, peeked (left to be read); None if the peer
         closed first or sent nothing before the HELLO deadline."""
         loop = asyncio.get_running_loop()
-        readable = loop.create_future()
-        loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(sock.fileno(), ready)
         try:
             async with asyncio.timeout(self.config.hello_timeout_s):
                 await readable
@@ -261,8 +269,14 @@ class Server:
                 if first is not None:
                     _refuse_plaintext(sock)
                 sock.close()
+                self.trimmer.connection_ended()
                 return None
-        stream = FrameStream(Connection(Role.SERVER), self.buffers, self.config.idle_timeout_s)
+        stream = FrameStream(
+            Connection(Role.SERVER),
+            self.buffers,
+            self.config.idle_timeout_s,
+            on_lost=self.trimmer.connection_ended,  # freed heap back to the system: io/heap.py
+        )
         try:
             await loop.connect_accepted_socket(
                 lambda: stream,
@@ -273,15 +287,19 @@ class Server:
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             logger.info("TLS handshake failed: %s", exc)
             sock.close()
+            self.trimmer.connection_ended()
             return None
         return stream
 
     async def _run(self, sock: socket.socket) -> None:
+        self.trimmer.connection_started()
+        stream = await self._open_stream(sock)
+        if stream is not None:
+            await self._serve(stream)
+
+    async def _serve(self, stream: FrameStream) -> None:
         from .tcp import TcpSession
 
-        stream = await self._open_stream(sock)
-        if stream is None:
-            return
         await stream.wait_connected()
         host = stream.peer[0]
         if (

@@ -248,6 +248,15 @@ def dummy_hash() -> str:
 # -- the users file ----------------------------------------------------------------
 
 
+def check_root(root: str) -> str:
+    """A user's root in canonical form ("" for the whole served root); ValueError
+    with the reason if no request could name it."""
+    problem = _root_problem(root)
+    if problem is not None:
+        raise ValueError(problem)
+    return parse_name(root).text if root else ""
+
+
 def _root_problem(root: str) -> str | None:
     if not root:
         return None

@@ -191,7 +191,10 @@ class Simulation:
             secret=b"test-secret", rng=rng, config=self.config, max_sessions=8
         )
         self.app = UdpApplication(
-            Operations(self.store, Policy()), self.endpoint, now=lambda: self.now, defer=_at_once
+            Operations(self.store, Policy(anonymous_write=True)),
+            self.endpoint,
+            now=lambda: self.now,
+            defer=_at_once,
         )
         self.rng = rng
 
