@@ -47,7 +47,7 @@ HEAVY = {
 NOT_FOR_VERSION = HEAVY | {"argparse", "re", "xxhash", "ftransfer.client", "ftransfer.config"}
 TLS = {"ssl", "socket", "selectors"}
 """What a TLS connection needs (ssl imports socket, which imports selectors):
-about 12 ms, paid by every default (encrypted) TCP command, not by --insecure."""
+about 10 ms, paid by every default (encrypted) TCP command, not by --insecure."""
 NOT_FOR_TCP_GET = HEAVY | {
     "datetime",  # only listings and stat print times
     "random",
