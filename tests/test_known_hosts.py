@@ -210,6 +210,15 @@ def test_importing_the_module_pulls_in_no_network_modules() -> None:
         "import sys, ftransfer.client.known_hosts;"
         "print(sorted({'socket', 'ssl', 'asyncio', 'cryptography'} & set(sys.modules)))"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    import sysconfig
+
+    # -S: site hooks (the editable install's finder, coverage's subprocess hook
+    # under CI) import modules of their own; the package and its dependencies
+    # come from PYTHONPATH instead.
+    paths = [str(Path(__file__).resolve().parent.parent)]
+    paths += {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env
+    )
     assert out.stdout.strip() == "[]", out.stderr
