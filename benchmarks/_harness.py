@@ -25,6 +25,7 @@ ports, as in tests/conftest.py. Its memory and CPU are read from ``/proc``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -58,6 +59,15 @@ STOP_S = 30.0
 """How long a server may take to stop after SIGTERM before it is killed."""
 
 
+# The servers' keys and the clients' known_hosts live in a directory of the run's
+# own, never in the user's ~/.config and ~/.local/state (a benchmark starts many
+# servers on new ports: each would add a known_hosts line).
+_HOME = tempfile.mkdtemp(prefix="ftbench-home-")
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_HOME, "config")
+os.environ["XDG_STATE_HOME"] = os.path.join(_HOME, "state")
+atexit.register(shutil.rmtree, _HOME, True)
+
+
 # ---- what is measured ---------------------------------------------------------------
 
 
@@ -74,6 +84,12 @@ class Install:
         ).stdout.strip()
         self.version = version.rsplit(" ", 1)[-1]
         self.label = f"ftransfer {self.version}" + (f" ({role})" if role else "")
+        serve_help = subprocess.run(
+            [*self.cli, "serve", "--help"], capture_output=True, text=True, check=False
+        ).stdout
+        self.secure = "--anonymous-write" in serve_help
+        """TLS by default and anonymous read-only (0.2 on): servers here are started
+        with --anonymous-write and --tftp-writable, clients may add --insecure."""
 
     def python_output(self, code: str, *args: str) -> str:
         """Standard output of ``python -c code args`` for this install, run from ``/``
@@ -146,6 +162,8 @@ class ServerProcess:
     ) -> None:
         self.root = root
         command = [*prefix, *install.cli, "serve", "--root", str(root), "--port", "0"]
+        if install.secure:  # benchmarks measure transfers, anonymous ones
+            command += ["--anonymous-write", "--tftp-writable"]
         command += ["--log-level", "warning", *args]
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
@@ -392,23 +410,31 @@ def bulk_cases(
     pair: RawPair,
     stack: contextlib.ExitStack,
     *server_args: str,
+    insecure_too: bool = False,
 ) -> tuple[BulkCases, dict[str, ServerProcess]]:
     """The raw pair sending ``source``, and for each install a whole-CLI put of it and
     get of a hard link of it (the same pages: no second copy in memory), against a
-    server of that install; each run writes a new file and removes it."""
+    server of that install; each run writes a new file and removes it. With
+    ``insecure_too``, the same with --insecure on both sides (label "... --insecure")
+    for each install that has TLS."""
     cases: BulkCases = {("", RAW): _raw_run(pair, source, work / "raw.out")}
     servers = {}
-    for number, install in enumerate(found):
+    variants = [(install, False) for install in found]
+    if insecure_too:
+        variants += [(install, True) for install in found if install.secure]
+    for number, (install, insecure) in enumerate(variants):
         root = work / f"root-{number}"
         root.mkdir()
         os.link(source, root / "file.bin")
-        server = stack.enter_context(ServerProcess(install, root, *server_args))
-        servers[install.label] = server
+        flag = ["--insecure"] if insecure else []
+        label = install.label + (" --insecure" if insecure else "")
+        server = stack.enter_context(ServerProcess(install, root, *server_args, *flag))
+        servers[label] = server
         got = work / f"got-{number}.bin"
-        put = [*install.cli, "put", "-q", "--json", str(source), server.remote("up.bin")]
-        get = [*install.cli, "get", "-q", "--json", server.remote("file.bin"), str(got)]
-        cases[install.label, "put"] = _cli_run(server, put, root / "up.bin")
-        cases[install.label, "get"] = _cli_run(server, get, got)
+        put = [*install.cli, "put", "-q", "--json", *flag, str(source), server.remote("up.bin")]
+        get = [*install.cli, "get", "-q", "--json", *flag, server.remote("file.bin"), str(got)]
+        cases[label, "put"] = _cli_run(server, put, root / "up.bin")
+        cases[label, "get"] = _cli_run(server, get, got)
     return cases, servers
 
 

@@ -9,7 +9,9 @@ interpreter start, verification (xxh3-128 on both ends), fsync and rename includ
 against the best Python pair measured here: ``sendfile`` from this process into a
 receiver process that does ``recv_into`` a 1 MiB buffer and ``os.write`` to a new
 file, without verification (docs/perf-notes.md: 2.0 GB/s into tmpfs). The target is
-at least 0.9x the raw pair, both ways.
+at least 0.9x the raw pair, both ways. Each install with TLS (0.2 on: the
+default) also runs with ``--insecure`` on both sides, in the same rounds: the last
+column is TLS against that plaintext run (target 0.8x).
 
 One round runs each case once (the order rotating), and before each case ~3 GiB of
 memory is touched and freed (docs/perf-notes.md, "Warm the memory"); every run
@@ -30,6 +32,8 @@ import _harness as h
 
 TARGET = 0.9
 """Whole-CLI put and get against the raw pair (issue 9)."""
+TLS_TARGET = 0.8
+"""TLS (the default) against --insecure, the same build, put and get (issue 11)."""
 
 
 def main() -> None:
@@ -49,7 +53,7 @@ def main() -> None:
         h.make_file(source, size)
         with contextlib.ExitStack() as stack:
             pair = stack.enter_context(h.RawPair())
-            cases, _servers = h.bulk_cases(found, work, source, pair, stack)
+            cases, _servers = h.bulk_cases(found, work, source, pair, stack, insecure_too=True)
             results = h.interleaved(cases, args.runs, before=lambda: h.settle(settle_bytes))
         fs = h.filesystem(work)
     report(results, size, fs, args)
@@ -67,6 +71,11 @@ def report(
     for (label, what), samples in results.items():
         walls = [s.wall for s in samples]
         ratios = h.per_round(raw, walls)
+        plain = results.get((label + " --insecure", what))
+        versus = ""
+        if plain is not None:
+            tls = h.per_round([s.wall for s in plain], walls)
+            versus = f"{h.ratio(tls)} {'met' if h.median(tls) >= TLS_TARGET else 'missed'}"
         transfers = [s.transfer for s in samples if s.transfer is not None]
         met = "" if not label else f"{'met' if h.median(ratios) >= TARGET else 'missed'}"
         rows.append(
@@ -79,6 +88,7 @@ def report(
                 f"{h.median(transfers):.3f}" if transfers else "",
                 f"{h.median([s.client_cpu for s in samples]):.2f}",
                 f"{h.median([s.server_cpu for s in samples]):.2f}",
+                versus,
             ]
         )
     h.print_table(
@@ -94,6 +104,7 @@ def report(
             "transfer s (--json)",
             "client CPU s",
             "server CPU s",
+            f"TLS vs --insecure (>= {TLS_TARGET}x)",
         ],
         rows,
     )
