@@ -172,6 +172,9 @@ class ClientConfig(Record):
     """A UDP transfer with no progress for this long fails."""
     udp_cc: str = "bbr"
     """UDP congestion control: "bbr" or "reno"."""
+    tcp_port: int | None = None
+    """udp://: the server's TCP port, where the TLS connection that brings each UDP
+    request's keys goes (None: the UDP port, as a server binds both by default)."""
     tftp_blksize: int = TFTP_BLKSIZE
     tftp_windowsize: int = TFTP_WINDOWSIZE
     tftp_netascii: bool = False

@@ -31,8 +31,10 @@ CORE_STDLIB = {
     "hmac",
     "struct",
     "typing",
+    "cryptography",
 }
-"""Pure computation only (typing only under TYPE_CHECKING: see _records.py)."""
+"""Pure computation only (typing only under TYPE_CHECKING: see _records.py);
+cryptography for the AEAD that seals UDP datagrams (proto/udp/sealed.py)."""
 CORE_FORBIDDEN = {"asyncio", "socket", "selectors", "time", "os", "pathlib", "tqdm", "random"}
 CORE_ALLOWED = ("ftransfer.proto", "ftransfer.errors", "ftransfer.config", "ftransfer.checksum")
 CORE_ALLOWED_EXACT = {

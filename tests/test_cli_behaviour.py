@@ -100,10 +100,10 @@ def closed_udp_port() -> int:
 @pytest.mark.parametrize(
     "command",
     [
-        ["get", "--udp", "127.0.0.1:{port}/f", "{dir}/"],
-        ["get", "udp://127.0.0.1:{port}/f", "{dir}/"],
-        ["put", "--udp", "{file}", "127.0.0.1:{port}/f"],
-        ["ls", "--udp", "127.0.0.1:{port}/"],
+        ["get", "--udp", "--insecure", "127.0.0.1:{port}/f", "{dir}/"],
+        ["get", "--insecure", "udp://127.0.0.1:{port}/f", "{dir}/"],
+        ["put", "--udp", "--insecure", "{file}", "127.0.0.1:{port}/f"],
+        ["ls", "--udp", "--insecure", "127.0.0.1:{port}/"],
         ["get", "tftp://127.0.0.1:{port}/f", "{dir}/"],
         ["put", "{file}", "tftp://127.0.0.1:{port}/f"],
     ],
@@ -116,6 +116,15 @@ def test_a_closed_udp_port_fails_at_once(tmp_path: Path, command: list[str]) -> 
     result = run_cli(*args, *PATIENT)  # only ICMP can end it within run_cli's timeout
     assert result.returncode == ExitCode.CONNECTION, result.stderr
     assert "port unreachable" in err_lines(result)[-1]  # the ICMP path's own message
+
+
+def test_sealed_udp_to_a_closed_port_fails_at_once(tmp_path: Path) -> None:
+    """Without --insecure a UDP request first fetches its keys over TLS: nothing
+    listening there is a refused TCP connection, not a wait for UDP answers."""
+    port = closed_udp_port()
+    result = run_cli("get", "--udp", f"127.0.0.1:{port}/f", f"{tmp_path}/", *PATIENT)
+    assert result.returncode == ExitCode.CONNECTION, result.stderr
+    assert "cannot connect" in err_lines(result)[-1]
 
 
 def test_ping_to_a_closed_port_fails_at_once() -> None:
@@ -320,7 +329,13 @@ def test_a_udp_upload_bar_moves_while_the_file_is_sent(
     (tmp_path / "up.bin").write_bytes(os.urandom(3_000_000))
     relay = RelayProcess(server.port, "--rate", "8")
     try:
-        shown = on_a_terminal("put", str(tmp_path / "up.bin"), f"udp://127.0.0.1:{relay.port}/")
+        shown = on_a_terminal(
+            "put",
+            "--tcp-port",
+            str(server.port),  # the relay carries UDP; the keys come over TLS directly
+            str(tmp_path / "up.bin"),
+            f"udp://127.0.0.1:{relay.port}/",
+        )
     finally:
         assert relay.stop() == 0
     percents = {int(p) for p in re.findall(r"up\.bin: +(\d+)%", shown)}
@@ -363,7 +378,7 @@ def test_ipv6_addresses_are_written_and_shown_in_brackets(served: Path, tmp_path
         refused = run_cli("ls", f"[::1]:{port}/")
         assert refused.returncode == ExitCode.CONNECTION
         assert f"cannot connect to [::1]:{port}: " in err_lines(refused)[-1]
-        refused = run_cli("ls", "--udp", f"[::1]:{port}/")
+        refused = run_cli("ls", "--udp", "--insecure", f"[::1]:{port}/")
         assert refused.returncode == ExitCode.CONNECTION
         assert f"udp [::1]:{port}: port unreachable" in err_lines(refused)[-1]
 

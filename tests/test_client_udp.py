@@ -36,7 +36,7 @@ def test_an_accept_announcing_more_than_the_cap_is_refused() -> None:
     call.on_event(Accepted(size=MAX_ANSWER_BYTES + 1, chunk_bytes=1200, session=7))
     call.on_event(DataReceived(data=b"x" * 1000, session=7))
     assert call.over and isinstance(call.error, RemoteProtocolError)
-    assert call.core.state is HandshakeState.DONE  # the request is closed
+    assert call.request.state is HandshakeState.DONE  # the request is closed
     assert isinstance(call.sink, MemorySink) and call.sink.data == b""
     with pytest.raises(RemoteProtocolError, match="announced"):
         call.answer()
@@ -56,4 +56,4 @@ def test_more_data_than_announced_is_refused_and_not_kept() -> None:
     call.on_event(DataReceived(data=b"!", session=7))
     assert isinstance(call.error, RemoteProtocolError) and "more than the 10" in str(call.error)
     assert isinstance(call.sink, MemorySink) and call.sink.data == b"0123456789"
-    assert call.core.state is HandshakeState.DONE
+    assert call.request.state is HandshakeState.DONE

@@ -55,6 +55,7 @@ def _config(args: argparse.Namespace) -> ClientConfig:
         tftp_netascii=getattr(args, "netascii", False),
         tftp_give_up_s=min(give_up or defaults.tftp_give_up_s, args.timeout),
         insecure=args.insecure,
+        tcp_port=args.tcp_port,
         known_hosts=args.known_hosts,
         strict_host_keys=args.strict_host_keys,
         fingerprint=args.fingerprint,

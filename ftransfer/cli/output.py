@@ -60,6 +60,8 @@ def transfer_record(result: TransferResult) -> dict[str, Any]:
             ("retransmitted", result.stats.retransmitted),
             ("duplicates", result.stats.duplicates),
             ("corrupt_dropped", result.stats.corrupt_dropped),
+            ("rejected", result.stats.rejected if result.transport == "udp" else None),
+            ("sealed", result.stats.sealed if result.transport == "udp" else None),
             ("timeouts", result.stats.timeouts),
             ("srtt_ms", result.stats.srtt_ms),
             ("loss_estimate", result.stats.loss_estimate),
@@ -98,9 +100,14 @@ def summary(result: TransferResult) -> str | None:
         traffic = (
             f"{stats.datagrams_received:,} data datagrams received, {stats.duplicates:,} duplicates"
         )
+    sealing = (
+        f"sealed, {stats.rejected:,} rejected (failed authentication or replayed)"
+        if stats.sealed
+        else "plaintext (--insecure)"
+    )
     return (
-        f"{head}, {traffic}, {stats.corrupt_dropped:,} corrupt dropped, srtt {srtt}, "
-        f"loss estimate {loss:.1%}"
+        f"{head}, {traffic}, {stats.corrupt_dropped:,} corrupt dropped, {sealing}, "
+        f"srtt {srtt}, loss estimate {loss:.1%}"
     )
 
 

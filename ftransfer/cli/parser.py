@@ -123,11 +123,20 @@ def _client(p: argparse.ArgumentParser, *, transfer: bool = False) -> None:
 
 
 def _security(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("security (TCP is TLS 1.3; the server is checked like ssh)")
+    g = p.add_argument_group(
+        "security (TCP is TLS 1.3, UDP is sealed with keys from it; the server is checked like ssh)"
+    )
     g.add_argument(
         "--insecure",
         action="store_true",
-        help="plaintext TCP, unencrypted and unauthenticated (the server must say it too)",
+        help="plaintext TCP and UDP, unencrypted and unauthenticated (the server must say it too)",
+    )
+    g.add_argument(
+        "--tcp-port",
+        type=port,
+        metavar="PORT",
+        help="udp:// only: the server's TCP port, for the TLS connection that brings the "
+        "keys (default: the UDP port)",
     )
     g.add_argument(
         "--known-hosts",

@@ -87,6 +87,13 @@ class _Base:
         self.url = server_url(url)
         self.config = config or ClientConfig()
         self._calls = Calls(self.url, self.config)
+        self.control = self.url
+        """Where TCP goes: the server, or for udp:// the TLS connection of its keys."""
+        if self.url.scheme == "udp" and self.config.tcp_port is not None:
+            url = self.url
+            self.control = Url(
+                scheme="tcp", host=url.host, port=self.config.tcp_port, user=url.user
+            )
         self._login = _login(self.url, password)
         self._notice = notice or _to_stderr
 
@@ -94,7 +101,7 @@ class _Base:
         from .tcp import TcpLogic
 
         return TcpLogic(
-            self.url.address, hello_timeout_s=self.config.connect_timeout_s, login=self._login
+            self.control.address, hello_timeout_s=self.config.connect_timeout_s, login=self._login
         )
 
     def _trust(self, certificate: bytes) -> None:
@@ -109,7 +116,7 @@ class _Base:
             return
         verify_server(
             config.known_hosts or known_hosts_default(),
-            self.url.address,
+            self.control.address,
             fingerprint(certificate),
             strict=config.strict_host_keys,
             pinned=config.fingerprint,
@@ -121,7 +128,7 @@ class _Base:
         from ..io.tls import client_context
 
         ca = self.config.ca_file
-        return client_context(ca), (self.url.host if ca else None)
+        return client_context(ca), (self.control.host if ca else None)
 
     @property
     def transport(self) -> str:
@@ -186,7 +193,7 @@ class Client(_Base):
         if self._tcp is not None and not _reusable(*self._tcp):
             self.close()
         if self._tcp is None:
-            url, config = self.url, self.config
+            url, config = self.control, self.config
             raw, _rtt = connect_blocking(url.host, url.port, timeout_s=config.connect_timeout_s)
             if config.insecure:
                 self._tcp = (BlockingSocket(raw, config.idle_timeout_s), self._logic())
@@ -198,7 +205,7 @@ class Client(_Base):
         from ..io.tcp_sockets import BlockingSocket, start_tls_blocking
 
         context, hostname = self._tls_context()
-        url, config = self.url, self.config
+        url, config = self.control, self.config
         tls, certificate = start_tls_blocking(
             raw,
             url.host,
@@ -334,7 +341,7 @@ class AsyncClient(_Base):
         if self._tcp is not None and not _reusable(*self._tcp):
             await self.aclose()
         if self._tcp is None:
-            url, config = self.url, self.config
+            url, config = self.control, self.config
             sock, _rtt = await AsyncSocket.connect(
                 url.host,
                 url.port,

@@ -99,10 +99,22 @@ class Calls:
         make_sink: MakeSink | None = None,
         progress: Progress | None = None,
         exclusive: bool = False,
-    ) -> UdpCall:
+    ) -> Call[UdpCall]:
+        """One UDP request, sealed with a ticket fetched over the TLS connection
+        first (one round trip on a connection already open); plaintext only with
+        ``--insecure``."""
         from ..proto.udp.packets import Operation
         from .udp import UdpCall
 
+        ticket = None
+        if not self.config.insecure:
+            from ..proto.udp.sealed import Ticket
+
+            issued = yield from _tcp(lambda logic: logic.ticket())
+            assert isinstance(issued, ev.TicketIssued)
+            ticket = Ticket(
+                ticket=issued.ticket, secret=issued.secret, lifetime_s=issued.lifetime_s
+            )
         return UdpCall(
             self.url,
             self.config,
@@ -113,6 +125,7 @@ class Calls:
             make_sink=make_sink,
             progress=progress,
             exclusive=exclusive,
+            ticket=ticket,
         )
 
     def _tftp(
@@ -136,7 +149,7 @@ class Calls:
         )
 
     def _udp_answer(self, operation: int, path: str) -> Call[bytes]:
-        call = self._udp(operation, path, make_sink=lambda accepted: MemorySink())
+        call = yield from self._udp(operation, path, make_sink=lambda accepted: MemorySink())
         yield RunUdp(call=call)
         return call.answer()
 
@@ -177,7 +190,7 @@ class Calls:
         elif self.url.scheme == "tftp":
             raise _not_supported(self.url, "remove")
         else:
-            call = self._udp(REMOVE, path)
+            call = yield from self._udp(REMOVE, path)
             yield RunUdp(call=call)
             call.outcome("")
 
@@ -237,7 +250,7 @@ class Calls:
             tftp = self._tftp(remote, sink=plan.sink(None, -1, None), progress=progress)
             yield RunTftp(call=tftp)
             return tftp.outcome(plan.local)
-        udp = self._udp(
+        udp = yield from self._udp(
             GET,
             remote,
             make_sink=lambda accepted: plan.sink(accepted.size, accepted.mtime_ns, accepted.mode),
@@ -306,7 +319,9 @@ class Calls:
             tftp = self._tftp(target, source=source, progress=progress)
             yield RunTftp(call=tftp)
             return tftp.outcome(source.path)
-        udp = self._udp(PUT, target, source=source, progress=progress, exclusive=no_clobber)
+        udp = yield from self._udp(
+            PUT, target, source=source, progress=progress, exclusive=no_clobber
+        )
         yield RunUdp(call=udp)
         return udp.outcome(source.path)
 

@@ -26,6 +26,11 @@ class TransferStats(Record):
     retransmitted: int = 0
     duplicates: int = 0
     corrupt_dropped: int = 0
+    rejected: int = 0
+    """Sealed UDP: datagrams dropped unopened (failed authentication, replayed, or
+    not under this request's ticket)."""
+    sealed: bool = False
+    """UDP: every datagram was encrypted and authenticated (not --insecure)."""
     timeouts: int = 0
     srtt_ms: float | None = None
     """Smoothed round-trip time."""

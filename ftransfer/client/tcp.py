@@ -380,6 +380,11 @@ class TcpLogic:
             assert isinstance(event, ev.Listed)  # the core allows nothing else
             entries.extend(wire_to_entry(e) for e in event.entries)
 
+    def ticket(self) -> Op[ev.TicketIssued]:
+        """The keys for one sealed UDP request (TICKET, protocol.md 4.2)."""
+        self._send(ev.TicketRequested())
+        return (yield from self._expect(ev.TicketIssued))
+
     def simple(self, request: ev.Event) -> Op[None]:
         """REMOVE, MKDIR or MOVE: OK or ERROR."""
         self._send(request)

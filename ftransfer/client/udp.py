@@ -58,6 +58,11 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 (server/udp.py), past which it refuses a listing and says to use TCP."""
 MakeSink = Callable[[Accepted], Sink]
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..proto.machine import DatagramCore
+    from ..proto.udp.sealed import ClientSeal, Ticket
+
 
 LINGER_RTOS = 4.0
 """After a download's RESULT the client stays (its session lingers) until the
@@ -83,7 +88,10 @@ class UdpCall:
         make_sink: MakeSink | None = None,
         progress: Progress | None = None,
         exclusive: bool = False,
+        ticket: Ticket | None = None,
     ) -> None:
+        """``ticket``: the keys (over TLS) that seal every datagram; None: plaintext
+        (``--insecure``)."""
         self.url, self.path, self.progress = url, path, progress
         self._make_sink = make_sink
         self.sink: Sink | None = None
@@ -99,7 +107,7 @@ class UdpCall:
             cc=config.udp_cc,
             linger_rtos=LINGER_RTOS,
         )
-        self.core = ClientRequest(
+        self.request = ClientRequest(
             operation=operation,
             path=path,
             size=source.size if source is not None else 0,
@@ -112,6 +120,13 @@ class UdpCall:
             server=(url.host, url.port),
             read_chunk=BlockReader(self._reading(source)) if source is not None else None,
         )
+        self.seal: ClientSeal | None = None
+        self.core: DatagramCore = self.request
+        if ticket is not None:
+            from ..proto.udp.sealed import ClientSeal
+
+            self.seal = ClientSeal(self.request, ticket)
+            self.core = self.seal
         self._announced = False
         if source is not None and progress is not None:  # before the first datagram
             progress.file_started(path, source.size)
@@ -123,7 +138,7 @@ class UdpCall:
 
     def unreachable(self) -> None:
         """ICMP port unreachable: fatal only before the server ever answered."""
-        if not self.core.heard and self.error is None:
+        if not self.request.heard and self.error is None:
             self.error = ConnectionFailed(
                 f"udp {self.url.address}: port unreachable (no ftransfer UDP service there)"
             )
@@ -186,7 +201,7 @@ class UdpCall:
             f"udp {self.url.address}: {what} (a LIST or STAT answer is at most "
             f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB)"
         )
-        self.core.abort(code=RemoteProtocolError.code, message=str(self.error))
+        self.request.abort(code=RemoteProtocolError.code, message=str(self.error))
 
     def _verify(self, event: EndReceived) -> None:
         """The verdict for the RESULT: the sink checks the FIN's digest on commit
@@ -197,19 +212,19 @@ class UdpCall:
             digest = self.sink.commit(event.digest)
         except FtransferError as exc:
             self.error = exc
-            self.core.finish(code=exc.code, message=str(exc), digest=self.sink.digest, now=now)
+            self.request.finish(code=exc.code, message=str(exc), digest=self.sink.digest, now=now)
             return
-        self.core.finish(code=0, message="", digest=digest, now=now)
+        self.request.finish(code=0, message="", digest=digest, now=now)
 
     def _report_sent(self) -> None:
-        session = self.core.session
+        session = self.request.session
         if self.progress is not None and session is not None and session.sender is not None:
             self._advance_to(session.hashed_bytes)
 
     def interrupted(self) -> None:
         """Tell the server the request is abandoned (CLOSE), if it is running."""
         if not self.over:
-            self.core.abort(code=Aborted.code, message="interrupted by the client")
+            self.request.abort(code=Aborted.code, message="interrupted by the client")
 
     def finish(self) -> None:
         """Release the sink (after a commit this only closes) and the progress bar."""
@@ -226,7 +241,7 @@ class UdpCall:
         assert result is not None
         if isinstance(result, Failed):
             raise error_from_code(result.code, f"{self.url.address}: {result.message}")
-        session = self.core.session
+        session = self.request.session
         return TransferResult(
             path=self.path,
             local=local,
@@ -243,9 +258,12 @@ class UdpCall:
         return bytes(self.sink.data) if isinstance(self.sink, MemorySink) else b""
 
     def stats(self) -> TransferStats:
-        core, session = self.core, self.core.session
+        core, session = self.request, self.request.session
+        rejected = self.seal.stats.dropped if self.seal is not None else 0
         if session is None:
-            return TransferStats(corrupt_dropped=core.corrupt)
+            return TransferStats(
+                corrupt_dropped=core.corrupt, rejected=rejected, sealed=self.seal is not None
+            )
         srtt = session.rtt.srtt
         srtt_ms = None if srtt is None else srtt * 1000
         chunk = session.config.chunk_bytes
@@ -256,6 +274,8 @@ class UdpCall:
                 datagrams_sent=sent,
                 retransmitted=again,
                 corrupt_dropped=core.corrupt,
+                rejected=rejected,
+                sealed=self.seal is not None,
                 srtt_ms=srtt_ms,
                 loss_estimate=again / sent if sent else 0.0,
                 chunk_bytes=chunk,
@@ -267,6 +287,8 @@ class UdpCall:
             datagrams_received=receiver.stats.received + duplicates,
             duplicates=duplicates,
             corrupt_dropped=core.corrupt,
+            rejected=rejected,
+            sealed=self.seal is not None,
             srtt_ms=srtt_ms,
             loss_estimate=receiver.loss_estimate(),
             chunk_bytes=chunk,
@@ -312,7 +334,7 @@ def run_sync(call: UdpCall) -> None:
             sock,
             call.core,
             call.on_event,
-            finished=lambda: call.over and call.core.finished,
+            finished=lambda: call.over and call.request.finished,
             batch=True,
             on_unreachable=call.unreachable,
             stop=lambda: call.error is not None,

@@ -314,7 +314,8 @@ class Server:
             who = Requester(
                 peer=format_peer(*stream.peer), transport="tcp", principal=self.operations.anonymous
             )
-            await TcpSession(self.operations, self.config, stream, who).run()
+            issue = self.udp.issue_ticket if self.udp and self.udp.sealed else None
+            await TcpSession(self.operations, self.config, stream, who, issue).run()
         finally:
             self._per_address[host] -= 1
             if not self._per_address[host]:

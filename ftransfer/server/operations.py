@@ -298,12 +298,17 @@ class Operations:
     def _begin(self, who: Requester, what: str, path: str) -> _Request:
         return _Request(self.log, who, f"{what} {escape(path) or '/'}")
 
+    def check_served(self, who: Requester) -> None:
+        """LoginRequired unless ``who`` is served at all (TICKET: what the UDP
+        request may do is checked when it comes, by ``_allow``)."""
+        if not who.principal.served:
+            raise LoginRequired("this server requires a login: user@host")
+
     def _allow(self, who: Requester, action: str, name: Name) -> None:
         """Whether ``who`` may do ``action`` ("read", "write", "delete") to ``name``:
         the one permission check of every transport and operation."""
+        self.check_served(who)
         principal = who.principal
-        if not principal.served:
-            raise LoginRequired("this server requires a login: user@host")
         if action != "read" and self.policy.read_only:
             raise ReadOnly("the server is read-only")
         if getattr(principal, action):

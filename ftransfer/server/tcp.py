@@ -56,6 +56,7 @@ from ..errors import (
     ConnectionFailed,
     FtransferError,
     InternalError,
+    NotSupported,
     ProtocolError,
     RemoteProtocolError,
     TransferTimeout,
@@ -67,11 +68,15 @@ from ..proto.tcp import events as ev
 from ..proto.tcp.connection import negotiate_version
 from ..proto.tcp.frames import entry_bytes
 from ..storage.entry import Entry
-from .operations import Operations, Requester, Upload
+from .operations import Operations, Principal, Requester, Upload
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ..proto.udp.sealed import Ticket
     from .users import Verdict
+
+IssueTicket = Callable[[Principal, str], "Ticket"]
+"""The UDP service's ``issue_ticket(principal, host)``."""
 
 logger = logging.getLogger("ftransfer.server")
 T = TypeVar("T")
@@ -159,9 +164,16 @@ class TcpSession:
     """One client connection: reads requests, answers each in order."""
 
     def __init__(
-        self, ops: Operations, config: ServerConfig, stream: FrameStream, who: Requester
+        self,
+        ops: Operations,
+        config: ServerConfig,
+        stream: FrameStream,
+        who: Requester,
+        issue_ticket: IssueTicket | None = None,
     ) -> None:
+        """``issue_ticket``: the UDP service's (a TLS server with UDP), for TICKET."""
         self.ops, self.config, self.stream, self.who = ops, config, stream, who
+        self.issue_ticket = issue_ticket
         self._sent_digests: collections.deque[bytes] = collections.deque(maxlen=SENT_DIGESTS_KEPT)
         self._hello_deadline = asyncio.get_running_loop().time() + config.hello_timeout_s
 
@@ -340,6 +352,22 @@ class TcpSession:
             return
         self.stream.send(ev.Done())
 
+    async def _ticket(self, _request: ev.TicketRequested) -> None:
+        """The keys for one sealed UDP request of this connection's principal."""
+        if self.issue_ticket is None:
+            self._fail(NotSupported("no UDP tickets here: this server has no encrypted UDP"))
+            return
+        try:
+            self.ops.check_served(self.who)
+            ticket = self.issue_ticket(self.who.principal, self.stream.peer[0])
+        except FtransferError as exc:
+            self._fail(exc)
+            return
+        lifetime = int(ticket.lifetime_s)
+        self.stream.send(
+            ev.TicketIssued(ticket=ticket.ticket, lifetime_s=lifetime, secret=ticket.secret)
+        )
+
     async def _remove(self, request: ev.RemoveRequested) -> None:
         await self._simple(lambda: self.ops.remove(self.who, request.path))
 
@@ -364,6 +392,7 @@ HANDLERS: dict[type, Callable[[TcpSession, Any], Awaitable[None]]] = {
     ev.MoveRequested: TcpSession._move,
     ev.DownloadVerified: TcpSession._verified,
     ev.LoginRequested: TcpSession._login,
+    ev.TicketRequested: TcpSession._ticket,
 }
 """What each request runs: functions, not bound methods, so that a session holds
 no reference cycle (one would keep its connection's TLS memory until the GC's

@@ -38,15 +38,16 @@ from typing import Any, TypeVar
 
 from ..checksum import ZERO_DIGEST
 from ..config import ServerConfig
-from ..errors import Busy, FtransferError, InternalError, error_from_code
+from ..errors import Busy, FtransferError, InternalError, TlsRequired, error_from_code
 from ..io.datagram import CoreDriver
 from ..io.udp import open_udp_socket
 from ..proto.events import Completed, DataReceived, EndReceived, Failed
 from ..proto.tcp.frames import encode_entry
 from ..proto.udp.endpoint import RequestReceived, ServerEndpoint
 from ..proto.udp.packets import MAX_CHUNK_BYTES, Operation
+from ..proto.udp.sealed import SealedEndpoint, Ticket, TicketBusy
 from ..proto.udp.session import BlockReader, SessionConfig
-from .operations import Download, Operations, Requester, Upload, format_peer
+from .operations import Download, Operations, Principal, Requester, Upload, format_peer
 from .tcp import INLINE_COMMIT_BYTES, wire_entry
 
 logger = logging.getLogger("ftransfer.server")
@@ -65,6 +66,9 @@ MAX_DEFERRED_ANSWERS = 16
 MAX_ANSWER_BYTES); over it a request gets code 41 (busy) at once."""
 
 
+PLAINTEXT_REFUSED = "this server encrypts UDP (its keys come over TLS): connect without --insecure"
+
+
 def open_service_socket(host: str, port: int) -> socket.socket:
     """A bound UDP socket for a service (UDP mode, TFTP)."""
     return open_udp_socket(host, port, connect=False)
@@ -80,8 +84,12 @@ class UdpApplication:
         *,
         now: Callable[[], float],
         defer: Defer,
+        plaintext: bool = True,
     ) -> None:
+        """``plaintext`` False: only sealed requests are served (a TLS server: the
+        keys come over TLS), a plaintext one is refused with code 3."""
         self.ops, self.endpoint, self._now, self._defer = ops, endpoint, now, defer
+        self.plaintext = plaintext
         self._jobs: dict[int, Upload | Download] = {}
         self._deferred = 0  # LIST and STAT answers being built
 
@@ -108,8 +116,14 @@ class UdpApplication:
     # ---- requests -------------------------------------------------------------------
 
     def _decide(self, request: RequestReceived) -> None:
+        principal = request.principal
+        if principal is None and not self.plaintext:
+            self._refuse(request, TlsRequired(PLAINTEXT_REFUSED))
+            return
         who = Requester(
-            peer=format_peer(*request.address), transport="udp", principal=self.ops.anonymous
+            peer=format_peer(*request.address),
+            transport="udp",
+            principal=principal if isinstance(principal, Principal) else self.ops.anonymous,
         )
         operation = request.operation
         try:
@@ -281,9 +295,24 @@ class UdpService:
         )
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Future[Any]] = set()
-        self.app = UdpApplication(ops, self.endpoint, now=self._loop.time, defer=self._defer)
-        self.driver = CoreDriver(self.endpoint, sock, self.app.handle)
+        self.sealed: SealedEndpoint | None = None
+        if config.tls:
+            self.sealed = SealedEndpoint(self.endpoint, random_bytes=secrets.token_bytes)
+        self.app = UdpApplication(
+            ops, self.endpoint, now=self._loop.time, defer=self._defer, plaintext=not config.tls
+        )
+        core = self.sealed if self.sealed is not None else self.endpoint
+        self.driver = CoreDriver(core, sock, self.app.handle)
         self.address = sock.getsockname()
+
+    def issue_ticket(self, principal: Principal, host: str) -> Ticket:
+        """A ticket that seals one UDP request of ``principal`` (asked for over TLS
+        from ``host``); Busy over the caps."""
+        assert self.sealed is not None  # only a TLS server issues tickets
+        try:
+            return self.sealed.issue(principal, host, self._loop.time())
+        except TicketBusy as exc:
+            raise Busy(str(exc)) from None
 
     def _defer(self, work: Callable[[], Any], then: Callable[[Any], None]) -> None:
         future = self._loop.run_in_executor(None, work)

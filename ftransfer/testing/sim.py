@@ -40,8 +40,9 @@ from ..proto.events import Accepted, Completed, DataReceived, EndReceived, Faile
 from ..proto.udp.endpoint import ServerEndpoint
 from ..proto.udp.handshake import ClientRequest
 from ..proto.udp.packets import DEFAULT_CHUNK_BYTES, Operation
+from ..proto.udp.sealed import ClientSeal, SealedEndpoint
 from ..proto.udp.session import SessionConfig
-from ..server.operations import Operations, Policy
+from ..server.operations import Operations, Policy, Principal
 from ..server.udp import UdpApplication
 from ..storage.memory import MemoryStore
 from .netem import ImpairedPath, Impairment
@@ -173,7 +174,12 @@ class Simulation:
         give_up_s: float = 10.0,
         cc: str = "bbr",
         client_timer_slack_s: float = 0.0,
+        sealed: bool = False,
+        epoch_bits: int | None = None,
     ) -> None:
+        """``sealed``: every datagram sealed (proto/udp/sealed.py), with a ticket
+        issued for a principal who may write, as a TLS connection would fetch it;
+        ``epoch_bits`` below the default makes the keys change within a test."""
         rng = random.Random(seed)
         self.now = 0.0
         self._timer_slack = client_timer_slack_s
@@ -191,12 +197,22 @@ class Simulation:
             secret=b"test-secret", rng=rng, config=self.config, max_sessions=8
         )
         self.app = UdpApplication(
-            Operations(self.store, Policy(anonymous_write=True)),
+            Operations(self.store, Policy(anonymous_write=not sealed)),
             self.endpoint,
             now=lambda: self.now,
             defer=_at_once,
+            plaintext=not sealed,
         )
         self.rng = rng
+        self.sealed: SealedEndpoint | None = None
+        self.seal: ClientSeal | None = None
+        """The last request's sealing layer (its SealStats)."""
+        self._server: ServerEndpoint | SealedEndpoint = self.endpoint
+        if sealed:
+            kwargs = {} if epoch_bits is None else {"epoch_bits": epoch_bits}
+            self.sealed = SealedEndpoint(self.endpoint, random_bytes=rng.randbytes, **kwargs)
+            self._server = self.sealed
+        self._wire: ClientRequest | ClientSeal | None = None
 
     @property
     def files(self) -> dict[str, bytes]:
@@ -232,6 +248,12 @@ class Simulation:
             server=SERVER,
             read_chunk=read,
         )
+        self._wire = client
+        if self.sealed is not None:
+            writer = Principal(user="sim", write=True, delete=True)
+            ticket = self.sealed.issue(writer, CLIENT[0], self.now)
+            self.seal = ClientSeal(client, ticket, epoch_bits=self.sealed.epoch_bits)
+            self._wire = self.seal
         outcome = Outcome()
         received = bytearray()
         steps = 0
@@ -255,13 +277,14 @@ class Simulation:
 
     def _exchange(self, client: ClientRequest) -> None:
         now, stalled = self.now, self._client_stalled
+        wire, server = self._wire or client, self._server
         if client.finished:  # the real client has closed its socket: nothing reaches it
             self.down.due(now)
         elif not stalled:
             for datagram in self.down.due(now):
-                client.receive_datagram(datagram, SERVER, now)
+                wire.receive_datagram(datagram, SERVER, now)
         for datagram in self.up.due(now):
-            self.endpoint.receive_datagram(datagram, CLIENT, now)
+            server.receive_datagram(datagram, CLIENT, now)
         timer = client.get_timer()
         if timer is not None and timer <= now and not stalled:
             client.handle_timer(now)
@@ -270,11 +293,11 @@ class Simulation:
             self.endpoint.handle_timer(now)
         self._server_step()
         if not stalled:
-            datagrams = client.datagrams_to_send(now)
+            datagrams = wire.datagrams_to_send(now)
             leave = max(now, self._client_free_at)  # after a read that stalled
             for datagram, _address in datagrams:
                 self.up.send(datagram, leave)
-        for datagram, _address in self.endpoint.datagrams_to_send(now):
+        for datagram, _address in server.datagrams_to_send(now):
             self.down.send(datagram, now)
         if client.finished and self.client_finished_at is None:
             self.client_finished_at = now

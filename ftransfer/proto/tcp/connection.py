@@ -84,6 +84,7 @@ _AFTER_HELLO: Transitions = {
             ev.RemoveRequested,
             ev.MkdirRequested,
             ev.MoveRequested,
+            ev.TicketRequested,
         )
     },
 }
@@ -101,6 +102,7 @@ REPLY_TRANSITIONS: Transitions = {
     (S.IDLE, ev.PutCommitted): S.IDLE,
     (S.IDLE, ev.Stated): S.IDLE,
     (S.IDLE, ev.Done): S.IDLE,
+    (S.IDLE, ev.TicketIssued): S.IDLE,
     (S.IDLE, ev.Failed): S.IDLE,
     (S.IDLE, ev.FileStarted): S.DOWNLOADING,
     (S.DOWNLOADING, ev.FileData): S.DOWNLOADING,
@@ -121,6 +123,7 @@ ANSWERS: dict[type, tuple[type, ...]] = {
     ev.ListEnded: (ev.ListRequested,),
     ev.Stated: (ev.StatRequested,),
     ev.Done: (ev.LoginRequested, ev.RemoveRequested, ev.MkdirRequested, ev.MoveRequested),
+    ev.TicketIssued: (ev.TicketRequested,),
 }
 """Which request the first frame of a reply may answer (ERROR answers any)."""
 
@@ -156,6 +159,8 @@ FRAME_NAMES: dict[type, str] = {
     ev.MkdirRequested: "MKDIR",
     ev.MoveRequested: "MOVE",
     ev.Done: "OK",
+    ev.TicketRequested: "TICKET",
+    ev.TicketIssued: "TICKET_OK",
     ev.Failed: "ERROR",
 }
 """The wire name of each event's frame, for the messages a peer reads."""

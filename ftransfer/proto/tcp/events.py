@@ -141,6 +141,10 @@ class FileEnded(Record):
     digest: bytes
 
 
+class TicketRequested(Record):
+    """The keys for a sealed UDP request (TLS connections only, protocol.md 4.2)."""
+
+
 # ---- server -> client -----------------------------------------------------------
 
 
@@ -191,6 +195,18 @@ class Done(Record):
     """Success of REMOVE, MKDIR or MOVE."""
 
 
+class TicketIssued(Record):
+    """Answer to TICKET: the ticket id and secret that seal one UDP request of
+    this connection's principal (proto/udp/sealed.py); the secret is never shown."""
+
+    ticket: int
+    lifetime_s: int
+    secret: bytes
+
+    def __repr__(self) -> str:
+        return f"TicketIssued(ticket={self.ticket:#018x}, lifetime_s={self.lifetime_s})"
+
+
 # ---- pseudo-events (never on the wire) --------------------------------------------
 
 
@@ -216,6 +232,17 @@ Request = (
     | RemoveRequested
     | MkdirRequested
     | MoveRequested
+    | TicketRequested
 )
-Reply = HelloAccepted | PutCommitted | FileStarted | Listed | ListEnded | Stated | Done | Failed
+Reply = (
+    HelloAccepted
+    | PutCommitted
+    | FileStarted
+    | Listed
+    | ListEnded
+    | Stated
+    | Done
+    | TicketIssued
+    | Failed
+)
 Event = Request | Reply | FileData | FileEnded

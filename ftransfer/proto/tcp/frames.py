@@ -51,6 +51,8 @@ class FrameType(IntEnum):
     MKDIR = 0x51
     MOVE = 0x52
     OK = 0x60
+    TICKET = 0x70
+    TICKET_OK = 0x71
     ERROR = 0x7F
 
 
@@ -62,6 +64,7 @@ _FILE = struct.Struct(">QqH")
 _ENTRY = struct.Struct(">BQqHH")
 _MOVE = struct.Struct(">BH")
 _U16 = struct.Struct(">H")
+_TICKET_OK = struct.Struct(">QI32s")
 MODE_MASK = 0o777
 """Only permission bits cross the wire: never setuid, setgid or sticky."""
 _MAX_SIZE = 2**63 - 1
@@ -239,6 +242,13 @@ def _move(raw: bytes) -> ev.Event:
     )
 
 
+def _ticket_ok(raw: bytes) -> ev.Event:
+    if len(raw) != _TICKET_OK.size:
+        raise RemoteProtocolError(f"TICKET_OK must be {_TICKET_OK.size} bytes")
+    ticket, lifetime_s, secret = _TICKET_OK.unpack(raw)
+    return ev.TicketIssued(ticket=ticket, lifetime_s=lifetime_s, secret=secret)
+
+
 def _error(raw: bytes) -> ev.Event:
     (code,) = _fixed_untrusted(raw, _U16, "ERROR")
     assert isinstance(code, int)
@@ -282,6 +292,8 @@ _DECODERS: dict[FrameType, Callable[[bytes], ev.Event]] = {
     FrameType.MKDIR: _mkdir,
     FrameType.MOVE: _move,
     FrameType.OK: _empty(ev.Done, "OK"),
+    FrameType.TICKET: _empty(ev.TicketRequested, "TICKET"),
+    FrameType.TICKET_OK: _ticket_ok,
     FrameType.ERROR: _error,
 }
 
@@ -392,6 +404,10 @@ def _encode_payload(event: ev.Event) -> tuple[FrameType, bytes]:
             return FrameType.MOVE, _MOVE.pack(int(x), len(src)) + src + _path_bytes(t)
         case ev.Done():
             return FrameType.OK, b""
+        case ev.TicketRequested():
+            return FrameType.TICKET, b""
+        case ev.TicketIssued(ticket=t, lifetime_s=life, secret=secret):
+            return FrameType.TICKET_OK, _TICKET_OK.pack(t, life, secret)
         case Failed(code=code, message=message):
             return FrameType.ERROR, _U16.pack(code) + truncate_utf8(
                 message, MAX_ERROR_MESSAGE_BYTES

@@ -10,6 +10,8 @@ COOKIE_BUCKET_S buckets, creates a session. An INITIAL must be padded to 1,200
 bytes (a shorter one is dropped) and a RETRY is under 100, so until validation the
 server sends well under 3x what it received, and a spoofed source gets one small
 RETRY per datagram it was sent.
+A sealed INITIAL (sealed.py) is validated by its ticket instead: it opened under
+keys only a logged-in TLS client holds, so no cookie round trip is needed.
 
 Requests: a validated INITIAL is checked (a known operation, a window of at least
 one chunk, a chunk size from 512 to 65,000, an mtime_ns of -1 or more: otherwise
@@ -117,6 +119,9 @@ class RequestReceived(Record):
 
     address: Address
     initial: Initial
+    principal: object = None
+    """Whom a sealed request speaks for (its ticket's principal, sealed.py); None
+    for a plaintext request."""
 
     @property
     def operation(self) -> Operation:
@@ -191,8 +196,12 @@ class ServerEndpoint:
 
     # ---- the datagram-core API ----------------------------------------------------
 
-    def receive_datagram(self, data: bytes | memoryview, addr: Address, now: float) -> None:
-        """One datagram from ``addr``: decode, validate, route."""
+    def receive_datagram(
+        self, data: bytes | memoryview, addr: Address, now: float, *, principal: object = None
+    ) -> None:
+        """One datagram from ``addr``: decode, validate, route. ``principal``: the
+        datagram was sealed under a ticket of this principal (sealed.py), which
+        validates the address as a cookie would."""
         fields = decode_data(data)
         if fields is not None:
             entry = self._sessions.get(fields[0])
@@ -210,7 +219,7 @@ class ServerEndpoint:
             if len(data) < MIN_INITIAL_BYTES:
                 self.stats.short_initials += 1  # not padded: answering could amplify
             else:
-                self._on_initial(body, addr, now)
+                self._on_initial(body, addr, now, principal)
         elif isinstance(body, Ping):
             self.stats.pings += 1
             pong = Pong(seq=body.seq, timestamp_ns=body.timestamp_ns, padding=body.padding)
@@ -256,7 +265,9 @@ class ServerEndpoint:
 
     # ---- requests -------------------------------------------------------------------
 
-    def _on_initial(self, initial: Initial, address: Address, now: float) -> None:
+    def _on_initial(
+        self, initial: Initial, address: Address, now: float, principal: object = None
+    ) -> None:
         self._forget_old_accepts(now)
         key = (address, initial.nonce)
         known = self._accepts.get(key)
@@ -268,12 +279,14 @@ class ServerEndpoint:
             return
         if key in self._requests:
             return  # still being decided: its ACCEPT will answer both
-        if not cookie_valid(self.secret, initial.cookie, address, initial.nonce, now):
+        if principal is None and not cookie_valid(
+            self.secret, initial.cookie, address, initial.nonce, now
+        ):
             self.stats.retries += 1
             cookie = make_cookie(self.secret, address, initial.nonce, now)
             self._outbox.append((encode(0, Retry(nonce=initial.nonce, cookie=cookie)), address))
             return
-        request = RequestReceived(address=address, initial=initial)
+        request = RequestReceived(address=address, initial=initial, principal=principal)
         host = address[0]
         if (
             len(self._accepts) + len(self._requests) >= self.max_remembered
