@@ -346,3 +346,110 @@ def test_a_wiretap_sees_no_file_and_no_password(
     assert len(seen) > len(local.read_bytes())  # the file went through the relay twice
     assert (PATTERN in seen) is insecure
     assert (ALICE_PASSWORD.encode() in seen) is insecure
+
+
+# ---- sealed UDP, through the real server and CLI --------------------------------
+
+
+@pytest.mark.parametrize("flag", [["--udp"], []], ids=["--udp", "udp-url"])
+def test_udp_requests_speak_for_the_logged_in_user(
+    login_server: ServerProcess, tmp_path: Path, flag: list[str]
+) -> None:
+    local = tmp_path / "u.bin"
+    local.write_bytes(PATTERN * 3000)
+    scheme = "" if flag else "udp://"
+    url = scheme + _url(login_server, "alice", "u.bin")
+    put = _as(ALICE_PASSWORD, "put", *flag, "--json", str(local), url)
+    assert put.returncode == 0, put.stderr
+    record = json.loads(put.stdout)
+    assert record["transport"] == "udp" and record["sealed"] is True
+    assert (login_server.root / "alice" / "u.bin").read_bytes() == local.read_bytes()
+    got = _as(ALICE_PASSWORD, "get", *flag, url, str(tmp_path / "back.bin"))
+    assert got.returncode == 0 and (tmp_path / "back.bin").read_bytes() == local.read_bytes()
+    carol = _as(
+        "carol-secret-3",
+        "put",
+        *flag,
+        str(local),
+        f"{scheme}carol@127.0.0.1:{login_server.port}/alice/c.bin",
+    )  # read-only over UDP too
+    assert carol.returncode == ExitCode.REFUSED and b"carol may not" in carol.stderr
+    wrong = _as("wrong-password", "get", *flag, url, str(tmp_path / "no.bin"))
+    assert wrong.returncode == ExitCode.AUTHENTICATION and not (tmp_path / "no.bin").exists()
+
+
+def test_a_plaintext_udp_client_is_refused_by_a_tls_server(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    (server.root / "f").write_bytes(b"x")
+    got = run_cli("get", "--udp", "--insecure", server.remote("f"), str(tmp_path / "f"))
+    assert got.returncode == ExitCode.CONNECTION
+    assert b"this server encrypts UDP" in got.stderr and not (tmp_path / "f").exists()
+
+
+class _UdpTap:
+    """A UDP relay in a thread that keeps a copy of every datagram, both ways."""
+
+    def __init__(self, server_port: int) -> None:
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind(("127.0.0.1", 0))
+        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back.connect(("127.0.0.1", server_port))
+        self.port = self.front.getsockname()[1]
+        self.seen: list[bytes] = []
+        self._client: tuple[str, int] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import selectors
+
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.front, selectors.EVENT_READ)
+            sel.register(self.back, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                for key, _mask in sel.select(timeout=0.05):
+                    if key.fileobj is self.front:
+                        data, self._client = self.front.recvfrom(65536)
+                        self.seen.append(data)
+                        self.back.send(data)
+                    else:
+                        with contextlib.suppress(ConnectionRefusedError):
+                            data = self.back.recv(65536)
+                            self.seen.append(data)
+                            if self._client is not None:
+                                self.front.sendto(data, self._client)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.front.close()
+        self.back.close()
+
+
+@pytest.mark.parametrize("insecure", [False, True], ids=["sealed", "insecure-control"])
+def test_a_udp_wiretap_sees_no_file_and_no_name(
+    served: Path, tmp_path: Path, insecure: bool
+) -> None:
+    """Every datagram both ways is recorded: sealed, neither the file's pattern
+    nor its name appears; with --insecure on both sides (the control) both do."""
+    local = tmp_path / "secret-name.bin"
+    local.write_bytes(PATTERN * 2000)
+    extra = ("--insecure",) if insecure else ()
+    server = ServerProcess(served, *extra, log=tmp_path / "server.log")
+    tap = _UdpTap(server.port)
+    try:
+        keys = () if insecure else ("--tcp-port", str(server.port))
+        put = run_cli(
+            "put", "--udp", *extra, *keys, str(local), f"127.0.0.1:{tap.port}/secret-name.bin"
+        )
+        assert put.returncode == 0, put.stderr
+    finally:
+        tap.close()
+        assert server.stop() == 0
+    assert (served / "secret-name.bin").read_bytes() == local.read_bytes()
+    seen = b"".join(tap.seen)
+    assert len(seen) > len(local.read_bytes())  # the whole upload went through it
+    leaked = PATTERN in seen or b"secret-name" in seen
+    assert leaked is insecure

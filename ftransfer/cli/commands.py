@@ -31,7 +31,7 @@ def _url(args: argparse.Namespace, text: str) -> Url:
     if getattr(args, "udp", False):
         if url.scheme == "tftp":
             raise UsageError("--udp does not apply to tftp:// (TFTP is always UDP)")
-        url = Url(scheme="udp", host=url.host, port=url.port, path=url.path)
+        url = Url(scheme="udp", host=url.host, port=url.port, path=url.path, user=url.user)
     tftp_only = [f for f in ("blksize", "windowsize") if getattr(args, f, None) is not None]
     if getattr(args, "netascii", False):
         tftp_only.append("netascii")

@@ -56,9 +56,9 @@ from ..errors import (
     ConnectionFailed,
     FtransferError,
     InternalError,
-    NotSupported,
     ProtocolError,
     RemoteProtocolError,
+    TlsRequired,
     TransferTimeout,
     UnsupportedVersion,
 )
@@ -355,7 +355,7 @@ class TcpSession:
     async def _ticket(self, _request: ev.TicketRequested) -> None:
         """The keys for one sealed UDP request of this connection's principal."""
         if self.issue_ticket is None:
-            self._fail(NotSupported("no UDP tickets here: this server has no encrypted UDP"))
+            self._fail(TlsRequired("no UDP tickets here: this server has no encrypted UDP"))
             return
         try:
             self.ops.check_served(self.who)
