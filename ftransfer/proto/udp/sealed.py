@@ -84,7 +84,8 @@ MAX_TICKETS_PER_HOST = 64
 SALT = b"ftransfer udp v1"
 CLIENT_TO_SERVER = b"c2s"
 SERVER_TO_CLIENT = b"s2c"
-_NONCE_PAD = b"\x00\x00\x00\x00"
+_AD = HEADER.size
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 
 
 def derive(secret: bytes, direction: bytes, epoch: int) -> tuple[bytes, bytes]:
@@ -149,7 +150,7 @@ class Sealer:
         assert self._aead is not None
         header = HEADER.pack(SEALED_MAGIC, self.ticket, pn)
         nonce = (self._iv ^ pn).to_bytes(12, "big")
-        return header + self._aead.encrypt(nonce, bytes(inner), header)
+        return header + self._aead.encrypt(nonce, inner, header)
 
 
 class Opener:
@@ -188,11 +189,9 @@ class Opener:
             self.stats.forged += 1
             return None
         aead, iv = keys
-        raw = bytes(data)
+        view = memoryview(data)  # no copy: the AEAD reads the buffer in place
         try:
-            inner = aead.decrypt(
-                (iv ^ pn).to_bytes(12, "big"), raw[HEADER.size :], raw[: HEADER.size]
-            )
+            inner = aead.decrypt((iv ^ pn).to_bytes(12, "big"), view[_AD:], view[:_AD])
         except Exception:  # cryptography's InvalidTag: any bit of it was wrong
             self.stats.forged += 1
             return None
@@ -209,7 +208,8 @@ class Opener:
     def _mark(self, pn: int) -> None:
         if pn > self.largest:
             shift = pn - self.largest
-            self._seen = ((self._seen << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            seen = (self._seen << shift) | 1
+            self._seen = seen & _WINDOW_MASK if seen >> REPLAY_WINDOW else seen
             self.largest = pn
         else:
             self._seen |= 1 << (self.largest - pn)
