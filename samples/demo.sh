@@ -30,6 +30,8 @@ ftransfer mkdir "$remote/nested"
 ftransfer put "$here/nested/readme.md" "$remote/nested/"
 ftransfer ls "$remote"
 ftransfer get "$remote/data.bin" "$work/data.bin"
+ftransfer get --udp "$remote/data.bin" "$work/data-udp.bin"  # sealed UDP, keys over TLS
+cmp "$here/data.bin" "$work/data-udp.bin"
 cmp "$here/data.bin" "$work/data.bin"
 ftransfer stat "$remote/data.bin"
 ftransfer get "$remote/hello.txt" -
