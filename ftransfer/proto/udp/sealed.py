@@ -327,6 +327,7 @@ class SealedEndpoint:
         self._channels: dict[int, _Channel] = {}
         self._by_address: dict[Address, _Channel] = {}
         self._next_sweep = 0.0
+        _aead(bytes(16))  # import the AEAD now, not while a first INITIAL waits (~30 ms)
 
     # ---- tickets ----------------------------------------------------------------------
 
