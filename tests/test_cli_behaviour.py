@@ -309,16 +309,17 @@ def test_a_multi_file_udp_put_prints_summaries_above_the_bars(
     )
     # The overall bar knows the total (26.0 MB, decimal like the summaries' MB/s)
     # and so shows an ETA ([elapsed<remaining]); the file bars use the same units.
-    overall = [s for s in segments if s.startswith("3 files:")]
+    overall = [s for s in segments if re.match(r"[0-3]/3 files:", s)]
     assert overall and all("/26.0M [" in s for s in overall), overall
     assert any(re.search(r"\[\d\d:\d\d<(\d\d:\d\d|\?)", s) for s in overall), overall
     assert any("/20.0M [" in s for s in segments if s.startswith("b.bin:"))  # 19.1M if binary
+    assert any(s.startswith("0/3 files:") for s in overall)  # it counts files done
     # Each summary is printed as its file ends, above the bars that go on: a.bin's
     # before b.bin's bar starts, and the overall bar is drawn again below the last.
     first = next(i for i, s in enumerate(raw) if s.startswith("udp: "))
     assert first < next(i for i, s in enumerate(segments) if s.startswith("b.bin:"))
     last = max(i for i, s in enumerate(raw) if s.startswith("udp: "))
-    assert last < max(i for i, s in enumerate(segments) if s.startswith("3 files:"))
+    assert last < max(i for i, s in enumerate(segments) if s.startswith("3/3 files:"))
 
 
 def test_a_udp_upload_bar_moves_while_the_file_is_sent(

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 from ..client import Client, ClientConfig, TransferResult, Url
+from ..client.tree import has_magic
 from ..errors import FtransferError, UsageError
 from .argtypes import remote as parse_remote
 from .output import print_listing, print_stat, record_line, summary, transfer_record
@@ -120,38 +121,97 @@ def _local_total(paths: list[str]) -> int | None:
     return total
 
 
+def _batch_bars(
+    args: argparse.Namespace,
+    failures: list[FtransferError],
+    files: int,
+    sources: list[str] | None,
+) -> Bars:
+    """Bars for a batch, told each file's outcome as soon as it is known: a line
+    for every failure (kept, for the exit code of the first), a record or summary
+    for the others, all above the bars. ``sources``: local files whose sizes make
+    the total (else the transfer tells it, once planned)."""
+
+    def report(outcome: TransferResult | FtransferError) -> None:
+        if isinstance(outcome, FtransferError):
+            failures.append(outcome)
+            bars.write(f"ftransfer: error: {outcome}")
+        else:
+            _report(args, outcome, bars)
+
+    total = None if sources is None else _local_total(sources)
+    bars = _bars(args, files, total, on_outcome=report)
+    return bars
+
+
 def put(args: argparse.Namespace) -> int:
     if len(args.paths) < 2:
         raise UsageError("put needs LOCAL... REMOTE")
     url = _url(args, args.paths[-1])
     sources = list(args.paths[:-1])
     failures: list[FtransferError] = []
-
-    def report(outcome: TransferResult | FtransferError) -> None:
-        """Each file's outcome as soon as it is known, above the bars."""
-        if isinstance(outcome, FtransferError):
-            failures.append(outcome)
-            bars.write(f"ftransfer: error: {outcome}")  # a line for every failure
-        else:
-            _report(args, outcome, bars)
-
-    bars = _bars(args, len(sources), _local_total(sources), on_outcome=report)
+    bars = _batch_bars(args, failures, len(sources), None if args.recursive else sources)
     with _client(args, url) as client:
         try:
-            client.put_many(sources, url.path, no_clobber=args.no_clobber, progress=bars)
+            client.put_many(
+                sources,
+                url.path,
+                recursive=args.recursive,
+                no_clobber=args.no_clobber,
+                progress=bars,
+            )
         finally:
             bars.close()
     return int(failures[0].exit_code) if failures else 0  # the first failure's code
 
 
 def get(args: argparse.Namespace) -> int:
-    url = _url(args, args.remote)
-    if not url.path:
-        raise UsageError("get needs a remote file path: HOST[:PORT]/PATH")
+    remotes, local = _get_operands(args)
+    url = remotes[0]
+    single = len(remotes) == 1 and not has_magic(url.path)
+    if single and (not args.recursive or local == "-"):
+        return _get_one(args, url, local)
+    failures: list[FtransferError] = []
+    bars = _batch_bars(args, failures, 0, None)
+    with _client(args, url) as client:
+        try:
+            client.get_many(
+                [remote.path for remote in remotes],
+                local,
+                recursive=args.recursive,
+                no_clobber=args.no_clobber,
+                progress=bars,
+            )
+        finally:
+            bars.close()
+    return int(failures[0].exit_code) if failures else 0
+
+
+def _get_operands(args: argparse.Namespace) -> tuple[list[Url], str | None]:
+    """get's REMOTE... [LOCAL]: one operand is a REMOTE; more, and the last is LOCAL
+    (scp's grammar). Every REMOTE names the same server."""
+    texts = list(args.paths)
+    local = texts.pop() if len(texts) > 1 else None
+    remotes = [_url(args, text) for text in texts]
+    first = remotes[0]
+    for remote in remotes:
+        if (remote.scheme, remote.host, remote.port, remote.user) != (
+            first.scheme,
+            first.host,
+            first.port,
+            first.user,
+        ):
+            raise UsageError("get: every REMOTE must name the same server")
+        if not remote.path:
+            raise UsageError("get needs a remote file path: HOST[:PORT]/PATH")
+    return remotes, local
+
+
+def _get_one(args: argparse.Namespace, url: Url, local: str | None) -> int:
     bars = _bars(args, 1, None)
     with _client(args, url) as client:
         try:
-            result = client.get(url.path, args.local, no_clobber=args.no_clobber, progress=bars)
+            result = client.get(url.path, local, no_clobber=args.no_clobber, progress=bars)
         finally:
             bars.close()
     _report(args, result, bars)

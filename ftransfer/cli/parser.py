@@ -170,10 +170,16 @@ def _put(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.A
         "put",
         help="upload files",
         usage="ftransfer put [options] LOCAL... REMOTE",
-        description="Upload LOCAL files to REMOTE: into it if it is a directory, ends in "
-        "'/' or several files are given; otherwise to that name.",
+        description="Upload LOCAL files (with -r, directories) to REMOTE: into it if it is "
+        "a directory, ends in '/' or several are given; otherwise to that name.",
     )
     p.add_argument("paths", nargs="+", metavar="LOCAL... REMOTE", help=argparse.SUPPRESS)
+    p.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="upload directories and everything in them (symlinks are skipped)",
+    )
     p.add_argument("--no-clobber", action="store_true", help="refuse to replace existing files")
     _client(p, transfer=True)
     return p
@@ -183,12 +189,19 @@ def _get(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.A
     p = _command(
         sub,
         "get",
-        help="download a file",
+        help="download files",
+        usage="ftransfer get [options] REMOTE... [LOCAL]",
         description="Download REMOTE to LOCAL (default: here, same name; a directory keeps "
-        "the name; '-' is standard output).",
+        "the name; '-' is standard output). Several REMOTEs (of one server) or a pattern "
+        "(quoted: 'host/logs/*.gz') go into the directory LOCAL; -r fetches directories.",
     )
-    _remote(p)
-    p.add_argument("local", nargs="?", metavar="LOCAL")
+    p.add_argument("paths", nargs="+", metavar="REMOTE... [LOCAL]", help=argparse.SUPPRESS)
+    p.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="download directories and everything in them (symlinks are skipped)",
+    )
     p.add_argument("--no-clobber", action="store_true", help="refuse to replace a local file")
     _client(p, transfer=True)
     return p

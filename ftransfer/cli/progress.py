@@ -35,8 +35,23 @@ class Bars(Progress):
         self._on_outcome = on_outcome
         self._bar: Any = None
         self._overall: Any = None
+        self._files, self._done = files, 0
         if enabled and files > 1:
-            self._overall = self._new(f"{files} files", total_bytes, leave=True)
+            self._overall = self._new(self._label(), total_bytes, leave=True)
+
+    def _label(self) -> str:
+        return f"{self._done}/{self._files} files"
+
+    def batch_started(self, files: int, total_bytes: int) -> None:
+        """A tree is planned: the overall bar (files done, bytes, rate, ETA)."""
+        self._files = files
+        if self._enabled and files > 1:
+            if self._overall is not None:
+                self._overall.close()
+            self._overall = self._new(self._label(), total_bytes, leave=True)
+
+    def skipped(self, message: str) -> None:
+        self.write(f"ftransfer: warning: {message}")
 
     @staticmethod
     def _new(name: str, total: int | None, *, leave: bool) -> Any:
@@ -75,6 +90,9 @@ class Bars(Progress):
             self._bar = None
 
     def file_outcome(self, outcome: TransferResult | FtransferError) -> None:
+        self._done += 1
+        if self._overall is not None:
+            self._overall.set_description(self._label(), refresh=False)
         if self._on_outcome is not None:
             self._on_outcome(outcome)
 

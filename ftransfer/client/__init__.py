@@ -9,6 +9,8 @@ awaits, and both offer the same calls over any transport::
         c.put("a.bin", "incoming/a.bin")                        # -> TransferResult
         c.get("incoming/a.bin", "copy.bin"); c.list("incoming"); c.stat("incoming/a.bin")
         c.mkdir("x"); c.move("incoming/a.bin", "x/"); c.remove("x/a.bin")
+        c.put_many(["photos"], "backup/", recursive=True)       # a whole tree
+        c.get_many(["logs/*.gz"], "here/")                      # a pattern, into here/
 
 Each call is written once (calls.py, over the transports' logic in tcp.py, udp.py
 and tftp.py); a flavour only carries out the requests a call yields: on blocking
@@ -257,6 +259,27 @@ class Client(_Base):
         (streamed as it arrives)."""
         return self._run(self._calls.get(remote, local, no_clobber=no_clobber, progress=progress))
 
+    def get_many(
+        self,
+        remotes: Sequence[str],
+        local: PathLike | None = None,
+        *,
+        recursive: bool = False,
+        no_clobber: bool = False,
+        progress: Progress | None = None,
+    ) -> builtins.list[TransferResult | FtransferError]:
+        """Download files, patterns (``logs/*.gz``) and, ``recursive``, whole
+        directories into the local directory ``local`` (created if missing; None:
+        the current directory), scp -r's rules: one source that is no pattern is
+        copied *as* ``local`` when ``local`` is not a directory. Pipelined over
+        TCP; one outcome per file (and per failed directory), in order: a failure
+        does not stop the others. Trees keep their empty directories, mtimes and
+        permission bits; symlinks are skipped (``progress.skipped``)."""
+        call = self._calls.get_many(
+            remotes, local, recursive=recursive, no_clobber=no_clobber, progress=progress
+        )
+        return self._run(call)
+
     def put(
         self,
         local: PathLike,
@@ -273,13 +296,18 @@ class Client(_Base):
         locals_: Sequence[PathLike],
         remote: str = "",
         *,
+        recursive: bool = False,
         no_clobber: bool = False,
         progress: Progress | None = None,
     ) -> builtins.list[TransferResult | FtransferError]:
-        """Upload files into the directory ``remote`` (or one file to that name),
-        pipelined over TCP; one outcome per file, in order: a failure does not stop
-        the others."""
-        call = self._calls.put_many(locals_, remote, no_clobber=no_clobber, progress=progress)
+        """Upload files (and, ``recursive``, whole directories) into the directory
+        ``remote`` (or one source to that name), pipelined over TCP; one outcome
+        per file (and per failed directory), in order: a failure does not stop the
+        others. Trees keep their empty directories, mtimes and permission bits;
+        symlinks and special files are skipped (``progress.skipped``)."""
+        call = self._calls.put_many(
+            locals_, remote, recursive=recursive, no_clobber=no_clobber, progress=progress
+        )
         return self._run(call)
 
 
@@ -392,6 +420,20 @@ class AsyncClient(_Base):
         call = self._calls.get(remote, local, no_clobber=no_clobber, progress=progress)
         return await self._run(call)
 
+    async def get_many(
+        self,
+        remotes: Sequence[str],
+        local: PathLike | None = None,
+        *,
+        recursive: bool = False,
+        no_clobber: bool = False,
+        progress: Progress | None = None,
+    ) -> builtins.list[TransferResult | FtransferError]:
+        call = self._calls.get_many(
+            remotes, local, recursive=recursive, no_clobber=no_clobber, progress=progress
+        )
+        return await self._run(call)
+
     async def put(
         self,
         local: PathLike,
@@ -408,10 +450,13 @@ class AsyncClient(_Base):
         locals_: Sequence[PathLike],
         remote: str = "",
         *,
+        recursive: bool = False,
         no_clobber: bool = False,
         progress: Progress | None = None,
     ) -> builtins.list[TransferResult | FtransferError]:
-        call = self._calls.put_many(locals_, remote, no_clobber=no_clobber, progress=progress)
+        call = self._calls.put_many(
+            locals_, remote, recursive=recursive, no_clobber=no_clobber, progress=progress
+        )
         return await self._run(call)
 
 

@@ -13,7 +13,7 @@ a download) and yields one of three requests to run a transport's logic:
 ``Client`` carries them out on blocking sockets, ``AsyncClient`` on the asyncio
 loop; their methods are one line each. A transport asked for what it cannot do
 raises ``NotSupported`` (TFTP: no listing, STAT, MKDIR, MOVE, REMOVE; UDP: no
-MKDIR or MOVE).
+MOVE).
 """
 
 from __future__ import annotations
@@ -22,29 +22,41 @@ import os
 import time
 from collections.abc import Callable, Generator, Sequence
 
-from .._records import Record
+from .._records import Record, evolve
 from ..config import ClientConfig
 from ..errors import (
+    ConnectionFailed,
     Exists,
     FtransferError,
     IsADirectory,
     NotADirectory,
     NotFound,
     NotSupported,
+    ProtocolError,
     UsageError,
 )
 from ..proto.tcp import events as ev
-from ..storage.entry import Entry
+from ..storage.entry import Entry, EntryKind
+from ..storage.names import escape
 from .local import FileSink, LocalFile, MemorySink, Sink, StreamSink, local_label
 from .plan import get_target, put_needs_stat, put_targets, remote_basename
 from .result import Progress, Stat, TransferResult
+from .tree import (
+    Tree,
+    expand,
+    has_magic,
+    local_tree,
+    make_local_directory,
+    remote_tree,
+    set_directory_times,
+)
 from .urls import Url
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import TypeVar
 
-    from .tcp import Op, TcpLogic
+    from .tcp import DownloadJob, Op, TcpLogic
     from .tftp import TftpCall
     from .udp import MakeSink, UdpCall
 
@@ -52,7 +64,7 @@ if TYPE_CHECKING:
 
 # UDP operations (proto/udp/packets.Operation), named here so that a TCP command
 # does not import the UDP core.
-PUT, GET, LIST, STAT, REMOVE = 1, 2, 3, 4, 5
+PUT, GET, LIST, STAT, REMOVE, MKDIR = 1, 2, 3, 4, 5, 6
 
 PathLike = str | os.PathLike[str]
 STDOUT = "-"
@@ -99,6 +111,7 @@ class Calls:
         make_sink: MakeSink | None = None,
         progress: Progress | None = None,
         exclusive: bool = False,
+        parents: bool = False,
     ) -> Call[UdpCall]:
         """One UDP request, sealed with a ticket fetched over the TLS connection
         first (one round trip on a connection already open); plaintext only with
@@ -125,6 +138,7 @@ class Calls:
             make_sink=make_sink,
             progress=progress,
             exclusive=exclusive,
+            parents=parents,
             ticket=ticket,
         )
 
@@ -195,9 +209,15 @@ class Calls:
             call.outcome("")
 
     def mkdir(self, path: str, *, parents: bool) -> Call[None]:
-        if self.url.scheme != "tcp":
+        if self.url.scheme == "tcp":
+            request = ev.MkdirRequested(path=path, parents=parents)
+            yield from _tcp(lambda logic: logic.simple(request))
+        elif self.url.scheme == "tftp":
             raise _not_supported(self.url, "create directories")
-        yield from _tcp(lambda logic: logic.simple(ev.MkdirRequested(path=path, parents=parents)))
+        else:
+            call = yield from self._udp(MKDIR, path, parents=parents)
+            yield RunUdp(call=call)
+            call.outcome("")
 
     def move(self, source: str, target: str, *, no_clobber: bool) -> Call[None]:
         if self.url.scheme != "tcp":
@@ -237,15 +257,10 @@ class Calls:
             yield from self._refuse_directory(remote)
         plan = Download(remote, local, no_clobber)
         if self.url.scheme == "tcp":
-
-            def make_sink(header: ev.FileStarted) -> Sink:
-                return plan.sink(header.size, header.mtime_ns, header.mode)
-
-            result = yield from _tcp(
-                lambda logic: logic.get(remote, make_sink, plan.local, progress)
-            )
-            assert isinstance(result, TransferResult)
-            return result
+            [outcome] = yield from self._tcp_downloads([plan.job()], progress)
+            if isinstance(outcome, FtransferError):
+                raise outcome
+            return outcome
         if self.url.scheme == "tftp":
             tftp = self._tftp(remote, sink=plan.sink(None, -1, None), progress=progress)
             yield RunTftp(call=tftp)
@@ -258,6 +273,139 @@ class Calls:
         )
         yield RunUdp(call=udp)
         return udp.outcome(plan.local)
+
+    def _tcp_downloads(
+        self, jobs: list[DownloadJob], progress: Progress | None
+    ) -> Call[list[TransferResult | FtransferError]]:
+        result = yield from _tcp(lambda logic: logic.get_many(jobs, progress))
+        assert isinstance(result, list)
+        return result
+
+    def get_many(
+        self,
+        remotes: Sequence[str],
+        local: PathLike | None,
+        *,
+        recursive: bool,
+        no_clobber: bool,
+        progress: Progress | None,
+    ) -> Call[list[TransferResult | FtransferError]]:
+        """Download remote files, patterns and (``recursive``) directories into the
+        local directory ``local`` (or, for one source that is no pattern, as
+        ``local``), as scp -r does; see client/tree.py for the rules."""
+        if not remotes:
+            raise UsageError("get needs at least one remote name")
+        if self.url.scheme == "tftp":
+            raise _not_supported(self.url, "list directories (for -r or a pattern)")
+        outcomes: list[TransferResult | FtransferError] = []
+        sources = yield from self._sources(remotes, outcomes, progress)
+        target = None if local is None else os.fspath(local)
+        into = into_directory(remotes, target)
+        trees = self._download_trees(sources, target, into, recursive, outcomes, progress)
+        plan = yield from trees
+        if into and target and (failure := make_local_root(target)) is not None:
+            _report_failure(outcomes, progress, failure)  # (nowhere to put anything)
+            return outcomes
+        yield from self._fetch(plan, no_clobber, outcomes, progress)
+        return outcomes
+
+    def _sources(
+        self,
+        remotes: Sequence[str],
+        outcomes: list[TransferResult | FtransferError],
+        progress: Progress | None,
+    ) -> Call[list[Entry]]:
+        """Each remote name as an entry named by its path; patterns expanded. A name
+        that is not there is a failure of its own, and the others go on."""
+        found: list[Entry] = []
+        for remote in remotes:
+            try:
+                if has_magic(remote):
+                    found.extend((yield from expand(self.listing, self.url.address, remote)))
+                    continue
+                entry = (yield from self.stat(remote)).entry
+            except FtransferError as exc:
+                if isinstance(exc, ConnectionFailed | ProtocolError):
+                    raise
+                _report_failure(outcomes, progress, exc)
+                continue
+            found.append(evolve(entry, name=remote.rstrip("/")))
+        return found
+
+    def _download_trees(
+        self,
+        sources: list[Entry],
+        target: str | None,
+        into: bool,
+        recursive: bool,
+        outcomes: list[TransferResult | FtransferError],
+        progress: Progress | None,
+    ) -> Call[Tree]:
+        """One plan for every source: files as they are, directories walked."""
+        directories: list[tuple[str, int]] = []
+        files: list[tuple[str, str, int]] = []
+        for entry in sources:
+            name = remote_basename(entry.name)
+            local = os.path.join(target or "", name) if into else (target or name)
+            if entry.kind is EntryKind.FILE:
+                files.append((entry.name, local, entry.size))
+            elif entry.kind is not EntryKind.DIRECTORY:
+                _skip(progress, f"{self.url.address}: {escape(entry.name)}: not a regular file")
+            elif not recursive:
+                message = f"{self.url.address}: {escape(entry.name)}: is a directory (use -r)"
+                _report_failure(outcomes, progress, IsADirectory(message))
+            else:
+                tree = yield from remote_tree(
+                    self.listing, self.url.address, entry.name, local, entry.mtime_ns
+                )
+                for line in tree.skipped:
+                    _skip(progress, line)
+                for failure in tree.failures:
+                    _report_failure(outcomes, progress, failure)
+                directories.extend(tree.directories)
+                files.extend(tree.files)
+        return Tree(directories=tuple(directories), files=tuple(files), skipped=(), failures=())
+
+    def _fetch(
+        self,
+        plan: Tree,
+        no_clobber: bool,
+        outcomes: list[TransferResult | FtransferError],
+        progress: Progress | None,
+    ) -> Call[None]:
+        """Make the plan's directories, download its files, then date the directories."""
+        if progress is not None:
+            progress.batch_started(len(plan.files), plan.total_bytes)
+        failed: list[str] = []
+        for directory, _ in plan.directories:
+            if _below(directory, failed):
+                continue
+            failure = make_local_directory(directory)
+            if failure is not None:
+                failed.append(directory)
+                _report_failure(outcomes, progress, failure)
+        downloads = [
+            Download(remote, local, False, exact=True)
+            for remote, local, _ in plan.files
+            if not _below(local, failed)  # (never through what is there instead)
+        ]
+        if self.url.scheme == "tcp":
+            jobs = [download.job(no_clobber) for download in downloads]
+            outcomes.extend((yield from self._tcp_downloads(jobs, progress)))
+        else:
+            for download in downloads:
+                try:
+                    outcome: TransferResult | FtransferError = yield from self.get(
+                        download.remote, download.local, no_clobber=no_clobber, progress=progress
+                    )
+                except FtransferError as exc:
+                    if isinstance(exc, ConnectionFailed | ProtocolError):
+                        raise
+                    outcome = exc
+                outcomes.append(outcome)
+                if progress is not None:
+                    progress.file_outcome(outcome)
+        set_directory_times(plan.directories)
 
     def _refuse_directory(self, remote: str) -> Call[None]:
         """A name ending in '/' names a directory, which get cannot fetch: ask the
@@ -276,6 +424,7 @@ class Calls:
         locals_: Sequence[PathLike],
         remote: str,
         *,
+        recursive: bool = False,
         no_clobber: bool,
         progress: Progress | None,
     ) -> Call[list[TransferResult | FtransferError]]:
@@ -290,6 +439,15 @@ class Calls:
                 remote_is_dir = False  # not there: the name will be created
         targets = put_targets(sources, remote, remote_is_dir=remote_is_dir)
         items = list(zip(sources, targets, strict=True))
+        outcomes: list[TransferResult | FtransferError] = []
+        if recursive:
+            items = yield from self._put_trees(items, outcomes, progress)
+        outcomes.extend((yield from self._uploads(items, no_clobber, progress)))
+        return outcomes
+
+    def _uploads(
+        self, items: list[tuple[str, str]], no_clobber: bool, progress: Progress | None
+    ) -> Call[list[TransferResult | FtransferError]]:
         if self.url.scheme == "tcp":  # (which reports each outcome as its reply arrives)
             result = yield from _tcp(
                 lambda logic: logic.put_many(items, exclusive=no_clobber, progress=progress)
@@ -304,11 +462,70 @@ class Calls:
                         source, target, no_clobber, progress
                     )
             except FtransferError as exc:
+                if isinstance(exc, ConnectionFailed | ProtocolError):
+                    raise
                 outcome = exc
             outcomes.append(outcome)
             if progress is not None:
                 progress.file_outcome(outcome)
         return outcomes
+
+    def _put_trees(
+        self,
+        items: list[tuple[str, str]],
+        outcomes: list[TransferResult | FtransferError],
+        progress: Progress | None,
+    ) -> Call[list[tuple[str, str]]]:
+        """``put -r``: every directory among the sources walked (client/tree.py), the
+        remote directories made, and the files to upload, in order."""
+        if self.url.scheme == "tftp":
+            raise _not_supported(self.url, "create directories (for -r)")
+        files: list[tuple[str, str, int]] = []
+        directories: list[str] = []
+        for source, target in items:
+            if not os.path.isdir(source):
+                files.append((source, target, _local_size(source)))
+                continue
+            tree = local_tree(source, target)
+            for line in tree.skipped:
+                _skip(progress, line)
+            for failure in tree.failures:
+                _report_failure(outcomes, progress, failure)
+            directories.extend(directory for directory, _ in tree.directories)
+            files.extend(tree.files)
+        if progress is not None:
+            progress.batch_started(len(files), sum(size for _, _, size in files))
+        failed = yield from self._remote_directories(directories, outcomes, progress)
+        return [(path, target) for path, target, _ in files if not _below(target, failed, "/")]
+
+    def _remote_directories(
+        self,
+        directories: list[str],
+        outcomes: list[TransferResult | FtransferError],
+        progress: Progress | None,
+    ) -> Call[list[str]]:
+        """MKDIR -p each (pipelined over TCP); the ones that failed."""
+        requests = [ev.MkdirRequested(path=path, parents=True) for path in directories]
+        answers: list[FtransferError | None] = []
+        if self.url.scheme == "tcp":
+            result = yield from _tcp(lambda logic: logic.simple_many(requests))
+            assert isinstance(result, list)
+            answers = result
+        else:
+            for path in directories:
+                try:
+                    yield from self.mkdir(path, parents=True)
+                    answers.append(None)
+                except FtransferError as exc:
+                    if isinstance(exc, ConnectionFailed | ProtocolError | NotSupported):
+                        raise
+                    answers.append(exc)
+        failed = []
+        for path, answer in zip(directories, answers, strict=True):
+            if answer is not None:
+                failed.append(path)
+                _report_failure(outcomes, progress, answer)
+        return failed
 
     def _put_one(
         self, source: LocalFile, target: str, no_clobber: bool, progress: Progress | None
@@ -329,7 +546,10 @@ class Calls:
 class Download:
     """Where one download goes, decided before it starts."""
 
-    def __init__(self, remote: str, local: PathLike | int | None, no_clobber: bool) -> None:
+    def __init__(
+        self, remote: str, local: PathLike | int | None, no_clobber: bool, *, exact: bool = False
+    ) -> None:
+        """``exact``: ``local`` is the file's path, already decided (a batch)."""
         if not remote.rstrip("/"):
             raise UsageError("get needs a remote file, not the root directory")
         self.remote, self.no_clobber = remote, no_clobber
@@ -338,17 +558,77 @@ class Download:
         if isinstance(local, int):
             self.fd = local
         else:
-            self.target = get_target(remote, None if local is None else os.fspath(local))
+            chosen = None if local is None else os.fspath(local)
+            self.target = chosen if exact else get_target(remote, chosen)
             if self.target is None:
                 self.fd = 1  # "-": standard output
         self.local = self.target if self.target is not None else STDOUT
         if self.target is not None and no_clobber and os.path.lexists(self.target):
             raise Exists(f"{local_label(self.target)}: exists, not replaced (no-clobber)")
 
-    def sink(self, size: int | None, mtime_ns: int, mode: int | None) -> Sink:
+    def job(self, no_clobber: bool | None = None) -> DownloadJob:
+        """This download as one job of a TCP batch (``no_clobber``: checked when its
+        file arrives, for a batch planned before any file was written)."""
+        from .tcp import DownloadJob
+
+        exclusive = self.no_clobber if no_clobber is None else no_clobber
+
+        def make_sink(header: ev.FileStarted) -> Sink:
+            return self.sink(header.size, header.mtime_ns, header.mode, exclusive=exclusive)
+
+        return DownloadJob(remote=self.remote, make_sink=make_sink, local=self.local)
+
+    def sink(
+        self, size: int | None, mtime_ns: int, mode: int | None, *, exclusive: bool | None = None
+    ) -> Sink:
         if self.target is None:
             assert self.fd is not None
             return StreamSink(self.fd)
-        return FileSink(
-            self.target, size=size, mtime_ns=mtime_ns, mode=mode, exclusive=self.no_clobber
-        )
+        exclusive = self.no_clobber if exclusive is None else exclusive
+        return FileSink(self.target, size=size, mtime_ns=mtime_ns, mode=mode, exclusive=exclusive)
+
+
+def into_directory(remotes: Sequence[str], local: str | None) -> bool:
+    """Whether downloads go into the directory ``local`` under their own names (scp's
+    rule): several sources or a pattern, no local name, a name ending in '/', or an
+    existing directory; otherwise the one source becomes ``local``."""
+    if len(remotes) > 1 or any(has_magic(remote) for remote in remotes):
+        return True
+    return not local or local.endswith(("/", os.sep)) or os.path.isdir(local)
+
+
+def make_local_root(target: str) -> FtransferError | None:
+    """The local directory downloads go into: created if missing (one level, as
+    rsync does); a failure to report, or None."""
+    if os.path.isdir(target):
+        return None
+    return make_local_directory(target.rstrip("/" + os.sep) or target)
+
+
+def _report_failure(
+    outcomes: list[TransferResult | FtransferError],
+    progress: Progress | None,
+    failure: FtransferError | None,
+) -> None:
+    if failure is None:
+        return
+    outcomes.append(failure)
+    if progress is not None:
+        progress.file_outcome(failure)
+
+
+def _below(path: str, directories: list[str], sep: str = os.sep) -> bool:
+    """Whether ``path`` lies in (or is) one of ``directories``."""
+    return any(path == d or path.startswith(d.rstrip(sep) + sep) for d in directories)
+
+
+def _local_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0  # (its upload reports why)
+
+
+def _skip(progress: Progress | None, line: str) -> None:
+    if progress is not None:
+        progress.skipped(line)

@@ -78,8 +78,9 @@ class LocalFile:
             raise os_error(exc, label) from None
         if not stat.S_ISREG(st.st_mode):
             os.close(self._fd)
-            cls = IsADirectory if stat.S_ISDIR(st.st_mode) else NotRegularFile
-            raise cls(f"{label}: not a regular file")
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectory(f"{label}: is a directory (-r uploads directories)")
+            raise NotRegularFile(f"{label}: not a regular file")
         self.size, self.mtime_ns, self.mode = st.st_size, st.st_mtime_ns, st.st_mode & 0o777
         self.digest: bytes | None = None
 
@@ -129,12 +130,17 @@ def discard_own_temporaries() -> int:
     return removed
 
 
-def _register(directory: str) -> None:
+def _register(directory: str) -> bool:
+    """Note a directory that will hold our temporaries; whether it is new to us."""
     if not _SINK_DIRECTORIES:
         import atexit
 
         atexit.register(discard_own_temporaries)
-    _SINK_DIRECTORIES.add(os.path.abspath(directory or "."))
+    path = os.path.abspath(directory or ".")
+    if path in _SINK_DIRECTORIES:
+        return False
+    _SINK_DIRECTORIES.add(path)
+    return True
 
 
 class FileSink:
@@ -146,11 +152,13 @@ class FileSink:
         self.target = target
         label = local_label(target)
         parent, leaf = os.path.split(target)
-        _register(parent)
+        first = _register(parent)
         directory = Directory(parent)
         try:
-            sweep(directory)  # what killed clients left here
+            if first:  # what killed clients left here (once per directory: get -r)
+                sweep(directory)
         except OSError as exc:
+            directory.close()
             raise os_error(exc, local_label(parent or ".")) from None
         if exclusive and os.path.lexists(target):
             raise Exists(f"{label}: exists, not replaced (no-clobber)")

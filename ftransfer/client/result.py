@@ -99,6 +99,12 @@ class Progress:
     """Receives transfer progress; override what you need (the CLI draws bars with
     tqdm). The default does nothing."""
 
+    def batch_started(self, files: int, total_bytes: int) -> None:
+        """A recursive or many-file transfer is planned: this many files, bytes."""
+
+    def skipped(self, message: str) -> None:
+        """A recursive transfer left an entry out (a symlink, a special file)."""
+
     def file_started(self, name: str, size: int | None) -> None:
         """A file's transfer starts (``size`` None: not known)."""
 
@@ -109,7 +115,7 @@ class Progress:
         """The file's transfer ended (well or not)."""
 
     def file_outcome(self, outcome: TransferResult | FtransferError) -> None:
-        """``put_many``: one file's outcome, once per file, as soon as it is known:
+        """``put_many`` and ``get_many``: one file's outcome, once per file, as soon as it is known:
         over UDP and TFTP when its request ends, over TCP when its reply is read
         (between the frames of later files, or after the last); in the files'
         order. A failure is passed here, not raised."""

@@ -42,12 +42,15 @@ import time
 from collections.abc import Callable, Generator, Sequence
 
 from .._records import Record
+from ..checksum import new_hasher
 from ..config import PROTOCOL_VERSION
 from ..errors import (
     ConnectionFailed,
     FtransferError,
     IntegrityError,
+    ProtocolError,
     RemoteProtocolError,
+    TransferTimeout,
     UnsupportedVersion,
     error_from_code,
 )
@@ -152,6 +155,19 @@ def wire_to_entry(wire: ev.Entry) -> Entry:
         mtime_ns=wire.mtime_ns,
         mode=wire.mode,
     )
+
+
+GET_WINDOW = 64
+"""GETs a batch keeps ahead of the download being read: enough to hide a round trip
+behind small files, few enough that the server's replies never wait on our writes."""
+
+
+class DownloadJob(Record):
+    """One download of a batch: what, where its bytes go, the local name to report."""
+
+    remote: str
+    make_sink: Callable[[ev.FileStarted], Sink]
+    local: str
 
 
 class _Put:
@@ -390,19 +406,57 @@ class TcpLogic:
         self._send(request)
         yield from self._expect(ev.Done)
 
-    def get(
-        self,
-        remote: str,
-        make_sink: Callable[[ev.FileStarted], Sink],
-        local: str,
-        progress: Progress | None,
-    ) -> Op[TransferResult]:
+    def simple_many(self, requests: Sequence[ev.Event]) -> Op[list[FtransferError | None]]:
+        """REMOVE, MKDIR or MOVE requests, pipelined (GET_WINDOW ahead): for each,
+        None (OK) or the server's refusal, in order."""
+        answers: list[FtransferError | None] = []
+        sent = 0
+        for index in range(len(requests)):
+            while sent < len(requests) and sent - index < GET_WINDOW:
+                self._send(requests[sent])
+                sent += 1
+            event = yield from self._reply()
+            if isinstance(event, ev.Failed):
+                answers.append(self._error(event))
+            elif isinstance(event, ev.Done):
+                answers.append(None)
+            else:
+                raise RemoteProtocolError(f"expected OK, got {type(event).__name__}")
+        return answers
+
+    def get_many(
+        self, jobs: Sequence[DownloadJob], progress: Progress | None
+    ) -> Op[list[TransferResult | FtransferError]]:
+        """Download (remote, make_sink, local) jobs, pipelined: up to GET_WINDOW
+        GETs ahead of the file being read, so N small files cost about one round
+        trip. One outcome each, in order, also handed to ``progress``; a refusal or
+        a local failure is that file's outcome and the others go on."""
+        outcomes = _Outcomes(len(jobs), progress)
+        sent = 0
+        for index, job in enumerate(jobs):
+            while sent < len(jobs) and sent - index < GET_WINDOW:
+                self._send(ev.GetRequested(path=jobs[sent].remote))
+                sent += 1
+            outcomes.set(index, (yield from self._download(job, progress)))
+        return outcomes.done()
+
+    def _download(
+        self, job: DownloadJob, progress: Progress | None
+    ) -> Generator[Effect, object, TransferResult | FtransferError]:
+        """One download whose GET is sent: its outcome, with the stream in step."""
         started = time.perf_counter()
-        self._send(ev.GetRequested(path=remote))
-        header = yield from self._expect(ev.FileStarted)
-        sink = make_sink(header)
+        header = yield from self._reply()
+        if isinstance(header, ev.Failed):
+            return self._error(header)
+        if not isinstance(header, ev.FileStarted):
+            raise RemoteProtocolError(f"expected FILE, got {type(header).__name__}")
+        try:
+            sink = job.make_sink(header)
+        except FtransferError as exc:  # (a local refusal: no-clobber, a directory there)
+            yield from self._drop_file()
+            return exc
         if progress is not None:
-            progress.file_started(remote, header.size)
+            progress.file_started(job.remote, header.size)
 
         def consume(data: bytes | memoryview) -> None:
             sink.write(data)
@@ -413,18 +467,33 @@ class TcpLogic:
             end = yield from self._receive_file(consume)
             self._send(ev.DownloadVerified(digest=sink.digest))
             digest = sink.commit(end.digest)
+        except FtransferError as exc:
+            if isinstance(exc, ConnectionFailed | ProtocolError | TransferTimeout):
+                raise  # (the connection is out of step: the batch cannot go on)
+            return exc
         finally:
             sink.abort()
             if progress is not None:
                 progress.file_done()
         return TransferResult(
-            path=remote,
-            local=local,
+            path=job.remote,
+            local=job.local,
             bytes=header.size,
             seconds=time.perf_counter() - started,
             digest=digest,
             transport="tcp",
         )
+
+    def _drop_file(self) -> Generator[Effect, object, None]:
+        """Read and hash a download no sink takes; VERIFIED with what arrived."""
+        hasher = new_hasher()
+        while True:
+            event = yield from self._reply(hasher.update)
+            if isinstance(event, ev.FileEnded):
+                self._send(ev.DownloadVerified(digest=hasher.digest()))
+                return
+            if isinstance(event, ev.Failed):  # (ERROR 40 in place of END: no VERIFIED)
+                return
 
     def _receive_file(
         self, consume: Callable[[bytes | memoryview], None]

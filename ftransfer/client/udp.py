@@ -88,6 +88,7 @@ class UdpCall:
         make_sink: MakeSink | None = None,
         progress: Progress | None = None,
         exclusive: bool = False,
+        parents: bool = False,
         ticket: Ticket | None = None,
     ) -> None:
         """``ticket``: the keys (over TLS) that seal every datagram; None: plaintext
@@ -110,7 +111,7 @@ class UdpCall:
         self.request = ClientRequest(
             operation=operation,
             path=path,
-            size=source.size if source is not None else 0,
+            size=source.size if source is not None else int(parents),
             mtime_ns=source.mtime_ns if source is not None else -1,
             mode=source.mode if source is not None else None,
             exclusive=exclusive,

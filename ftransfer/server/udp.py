@@ -134,6 +134,10 @@ class UdpApplication:
             elif operation is Operation.REMOVE:
                 self.ops.remove(who, request.initial.path)
                 self.endpoint.done(request, now=self._now())
+            elif operation is Operation.MKDIR:
+                parents = request.initial.size == 1
+                self.ops.mkdir(who, request.initial.path, parents=parents)
+                self.endpoint.done(request, now=self._now())
             else:
                 self._answer_later(request, who)
         except FtransferError as exc:

@@ -145,6 +145,8 @@ def request_problem(initial: Initial) -> str | None:
         return "the receive window must be at least 1 chunk"
     if not MIN_CHUNK_BYTES <= initial.chunk_bytes <= MAX_CHUNK_BYTES:
         return f"chunk size must be from {MIN_CHUNK_BYTES} to {MAX_CHUNK_BYTES} bytes"
+    if initial.operation == Operation.MKDIR and initial.size > 1:
+        return "MKDIR's size must be 0 (one directory) or 1 (with its parents)"
     if initial.mtime_ns < -1:
         return f"mtime_ns {initial.mtime_ns} is below -1 (-1: the server's clock)"
     if not initial.path.isascii():
@@ -156,7 +158,8 @@ def request_problem(initial: Initial) -> str | None:
 
 
 def _final_accept(request: RequestReceived, *, code: int, message: str) -> Accept:
-    """The ACCEPT that ends a request without a session (a refusal, REMOVE's success)."""
+    """The ACCEPT that ends a request without a session (a refusal, the success of
+    REMOVE or MKDIR)."""
     return Accept(
         nonce=request.initial.nonce,
         code=code,

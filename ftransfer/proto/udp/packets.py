@@ -75,6 +75,8 @@ class Operation(IntEnum):
     LIST = 3
     STAT = 4
     REMOVE = 5
+    MKDIR = 6
+    """No data; INITIAL's ``size`` is 1 to create missing parents (``mkdir -p``)."""
 
 
 EXT_MODE = 0x01
