@@ -569,6 +569,7 @@ def _endpoint() -> ServerEndpoint:
         ({"window": 0}, "window must be at least 1"),
         ({"chunk_bytes": 100}, "chunk size must be from 512 to 65000"),
         ({"chunk_bytes": 65001}, "chunk size must be from 512 to 65000"),
+        ({"operation": 6, "size": 2}, "MKDIR's size must be 0 (one directory) or 1"),
     ],
 )
 def test_a_request_that_cannot_be_served_is_refused_at_once_with_the_reason(

@@ -520,11 +520,12 @@ class Calls:
                     if isinstance(exc, ConnectionFailed | ProtocolError | NotSupported):
                         raise
                     answers.append(exc)
-        failed = []
+        failed: list[str] = []
         for path, answer in zip(directories, answers, strict=True):
             if answer is not None:
+                if not _below(path, failed, "/"):  # (one line for a subtree)
+                    _report_failure(outcomes, progress, answer)
                 failed.append(path)
-                _report_failure(outcomes, progress, answer)
         return failed
 
     def _put_one(

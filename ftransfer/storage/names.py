@@ -133,6 +133,8 @@ def component_problem(part: str) -> str | None:
     """Why ``part`` cannot be a component, or None if it can."""
     if part in ("", ".", ".."):
         return "empty, '.' and '..' components are not allowed"
+    if "/" in part:  # (a listing's entry is one component: "a/b" or "../x" is hostile)
+        return "a component cannot hold '/'"
     if part.isascii():
         if any(char in _CONTROL for char in part):
             return "control characters are not allowed"
