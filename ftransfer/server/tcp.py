@@ -8,8 +8,9 @@ pipelines thousands of requests costs the server one request's worth of state.
 What each request *does* is decided by ``Operations`` (names, policy, storage,
 the log line); this module only maps frames to those calls and results to frames:
 
-    PUT        -> operations.upload; DATA streams into it; END -> commit (in a
-                  worker thread when it fsyncs) -> PUT_OK
+    PUT        -> operations.upload; DATA streams into it; END -> commit (with
+                  fsync: in a worker thread, grouped with the uploads that end
+                  while it runs, server/commits.py) -> PUT_OK
     GET        -> operations.download -> FILE, DATA (send_file), END; a file that
                   shrinks or fails to read mid-way (FileUnreadable) -> its frame
                   completed, ERROR 40 in place of END, the connection goes on
@@ -68,6 +69,7 @@ from ..proto.tcp import events as ev
 from ..proto.tcp.connection import negotiate_version
 from ..proto.tcp.frames import entry_bytes
 from ..storage.entry import Entry
+from .commits import GroupCommit
 from .operations import Operations, Principal, Requester, Upload
 
 TYPE_CHECKING = False
@@ -175,6 +177,7 @@ class TcpSession:
         self.ops, self.config, self.stream, self.who = ops, config, stream, who
         self.issue_ticket = issue_ticket
         self._sent_digests: collections.deque[bytes] = collections.deque(maxlen=SENT_DIGESTS_KEPT)
+        self._commits = GroupCommit(stream.send, in_thread)
         self._hello_deadline = asyncio.get_running_loop().time() + config.hello_timeout_s
 
     async def run(self) -> None:
@@ -199,6 +202,7 @@ class TcpSession:
                 InternalError(f"internal server error: {type(exc).__name__}")
             )
         finally:
+            await self._commits.close()
             self.stream.close()
 
     async def _hello(self) -> bool:
@@ -246,7 +250,10 @@ class TcpSession:
         while True:
             event = await self.stream.next_event()
             if isinstance(event, ev.ConnectionClosed):
+                await self._commits.settle()
                 return
+            if not isinstance(event, ev.PutRequested) or self._commits.full:
+                await self._commits.settle()  # (replies go in request order)
             await HANDLERS[type(event)](self, event)
             await self.stream.drain()
 
@@ -266,33 +273,42 @@ class TcpSession:
                 exclusive=request.exclusive,
             )
         except FtransferError as exc:
+            await self._commits.settle()
             self._fail(exc)  # early refusal: the core discards the rest of the upload
             return
-        with upload:
+        with contextlib.ExitStack() as owned:
+            owned.enter_context(upload)  # (until the commit takes it over)
             self.stream.set_data_sink(upload.write)
             try:
                 event = await self.stream.next_event()
             except SinkFailed as exc:
+                await self._commits.settle()
                 self._fail(exc.cause)
                 return
             finally:
                 self.stream.set_data_sink(None)
             if isinstance(event, ev.FileAborted):
                 upload.abort("the client sent ABORT")
+                await self._commits.settle()
                 self._fail(Aborted("upload aborted by the client; nothing was written"))
                 return
             assert isinstance(event, ev.FileEnded)  # the core allows nothing else mid-file
-            await self._commit(upload, request, event.digest)
+            owned.pop_all()
+            self._commit(upload, request, event.digest)
 
-    async def _commit(self, upload: Upload, request: ev.PutRequested, digest: bytes) -> None:
-        try:
-            if request.size <= INLINE_COMMIT_BYTES and not self.config.fsync:
-                stored = upload.commit(digest)
-            else:
-                stored = await in_thread(upload.commit, digest)
-        except FtransferError as exc:
-            self._fail(exc)
+    def _commit(self, upload: Upload, request: ev.PutRequested, digest: bytes) -> None:
+        """Commit at once when that costs no fsync and nothing waits before it;
+        else hand the upload to the group commit (server/commits.py)."""
+        inline = request.size <= INLINE_COMMIT_BYTES and not self.config.fsync
+        if not (inline and self._commits.pending == 0):
+            self._commits.add(upload, digest)
             return
+        with upload:
+            try:
+                stored = upload.commit(digest)
+            except FtransferError as exc:
+                self._fail(exc)
+                return
         self.stream.send(ev.PutCommitted(digest=stored))
 
     async def _get(self, request: ev.GetRequested) -> None:
