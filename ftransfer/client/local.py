@@ -143,6 +143,16 @@ def _register(directory: str) -> bool:
     return True
 
 
+_UMASK: list[int] = []
+"""This process's umask, read once (a read of /proc costs more than a small file)."""
+
+
+def _umask() -> int:
+    if not _UMASK:
+        _UMASK.append(current_umask())
+    return _UMASK[0]
+
+
 class FileSink:
     """A download written atomically to a local path."""
 
@@ -169,7 +179,7 @@ class FileSink:
             leaf,
             size=size,
             mtime_ns=mtime_ns,
-            mode=None if mode is None else mode & ~current_umask(),
+            mode=None if mode is None else mode & ~_umask(),
             exclusive=exclusive,
             fsync=True,
             label=label,
