@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -154,3 +155,54 @@ def test_every_remote_names_one_server(server: ServerProcess, tmp_path: Path) ->
     other = f"127.0.0.2:{server.port}/x"
     got = run_cli("get", server.remote("a"), other, str(tmp_path))
     assert got.returncode == ExitCode.USAGE and b"the same server" in got.stderr
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_a_second_put_of_an_unchanged_tree_sends_no_file(
+    server: ServerProcess, tmp_path: Path, transport: str
+) -> None:
+    files = make_tree(tmp_path / "src")
+    via = ["--udp"] if transport == "udp" else []
+    src, remote = str(tmp_path / "src"), server.remote("up/")  # into up/: up/src each time
+    served = server.root / "up" / "src"
+    assert run_cli("put", "-r", "-q", *via, src, remote).returncode == 0
+    inodes = {name: (served / name).stat().st_ino for name in files}
+    again = run_cli("put", "-r", "--update", "--json", *via, src, remote)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == b""  # no transfer record: nothing was sent
+    assert f"{len(files)} already there (same size and mtime)".encode() in again.stderr
+    assert {n: (served / n).stat().st_ino for n in files} == inodes
+    # a changed file (new size) and one with a new mtime are sent; --checksum looks
+    # past the mtime to the bytes, so only the changed one goes then
+    (tmp_path / "src" / "top.bin").write_bytes(b"changed")
+    os.utime(tmp_path / "src" / "a" / "x.txt")
+    update = run_cli("put", "-r", "--update", "--json", *via, src, remote)
+    assert sorted(sent(update.stdout)) == ["up/src/a/x.txt", "up/src/top.bin"]
+    (tmp_path / "src" / "top.bin").write_bytes(b"again!!")  # same size, new bytes
+    os.utime(tmp_path / "src" / "a" / "b" / "run.sh")
+    checksum = run_cli("put", "-r", "--checksum", "--json", *via, src, remote)
+    assert sent(checksum.stdout) == ["up/src/top.bin"]
+    assert (served / "top.bin").read_bytes() == b"again!!"
+
+
+def sent(out: bytes) -> list[str]:
+    """The remote paths of the --json transfer records."""
+    return [str(json.loads(line)["path"]) for line in out.splitlines()]
+
+
+def test_get_skips_what_is_already_here(server: ServerProcess, tmp_path: Path) -> None:
+    files = make_tree(tmp_path / "src")
+    assert run_cli("put", "-r", "-q", str(tmp_path / "src"), server.remote("up")).returncode == 0
+    here = tmp_path / "here"
+    here.mkdir()  # (an existing directory: the tree goes into it as here/up each time)
+    assert run_cli("get", "-r", "-q", server.remote("up"), str(here)).returncode == 0
+    again = run_cli("get", "-r", "--update", "--json", server.remote("up"), str(here))
+    assert again.returncode == 0 and again.stdout == b"", again.stderr
+    copy = here / "up"
+    (copy / "a" / "x.txt").write_bytes(b"local edit")  # another size: fetched again
+    os.utime(copy / "top.bin")  # only the time differs: --checksum leaves it
+    got = run_cli("get", "-r", "--checksum", "--json", server.remote("up"), str(here))
+    assert got.returncode == 0, got.stderr
+    assert sent(got.stdout) == ["up/a/x.txt"]
+    assert (copy / "a" / "x.txt").read_bytes() == files["a/x.txt"]
+    assert b"3 already there (same xxh3-128)" in got.stderr

@@ -141,6 +141,7 @@ def _batch_bars(
 
     total = None if sources is None else _local_total(sources)
     bars = _bars(args, files, total, on_outcome=report)
+    bars.quiet = args.quiet
     return bars
 
 
@@ -159,6 +160,7 @@ def put(args: argparse.Namespace) -> int:
                 recursive=args.recursive,
                 no_clobber=args.no_clobber,
                 progress=bars,
+                skip=args.skip,
             )
         finally:
             bars.close()
@@ -169,7 +171,7 @@ def get(args: argparse.Namespace) -> int:
     remotes, local = _get_operands(args)
     url = remotes[0]
     single = len(remotes) == 1 and not has_magic(url.path)
-    if single and (not args.recursive or local == "-"):
+    if single and ((not args.recursive and args.skip is None) or local == "-"):
         return _get_one(args, url, local)
     failures: list[FtransferError] = []
     bars = _batch_bars(args, failures, 0, None)
@@ -181,6 +183,7 @@ def get(args: argparse.Namespace) -> int:
                 recursive=args.recursive,
                 no_clobber=args.no_clobber,
                 progress=bars,
+                skip=args.skip,
             )
         finally:
             bars.close()

@@ -181,6 +181,21 @@ def _put(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.A
         help="upload directories and everything in them (symlinks are skipped)",
     )
     p.add_argument("--no-clobber", action="store_true", help="refuse to replace existing files")
+    skip = p.add_mutually_exclusive_group()
+    skip.add_argument(
+        "--update",
+        dest="skip",
+        action="store_const",
+        const="update",
+        help="skip files the server has with the same size and modification time",
+    )
+    skip.add_argument(
+        "--checksum",
+        dest="skip",
+        action="store_const",
+        const="checksum",
+        help="skip files the server has with the same size and xxh3-128",
+    )
     _client(p, transfer=True)
     return p
 
@@ -203,6 +218,21 @@ def _get(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.A
         help="download directories and everything in them (symlinks are skipped)",
     )
     p.add_argument("--no-clobber", action="store_true", help="refuse to replace a local file")
+    skip = p.add_mutually_exclusive_group()
+    skip.add_argument(
+        "--update",
+        dest="skip",
+        action="store_const",
+        const="update",
+        help="skip files already here with the same size and modification time",
+    )
+    skip.add_argument(
+        "--checksum",
+        dest="skip",
+        action="store_const",
+        const="checksum",
+        help="skip files already here with the same size and xxh3-128",
+    )
     _client(p, transfer=True)
     return p
 

@@ -36,6 +36,8 @@ class Bars(Progress):
         self._bar: Any = None
         self._overall: Any = None
         self._files, self._done = files, 0
+        self.quiet = False
+        """No notes (``unchanged``); warnings and errors are always written."""
         if enabled and files > 1:
             self._overall = self._new(self._label(), total_bytes, leave=True)
 
@@ -52,6 +54,11 @@ class Bars(Progress):
 
     def skipped(self, message: str) -> None:
         self.write(f"ftransfer: warning: {message}")
+
+    def unchanged(self, files: int, skip: str) -> None:
+        if not self.quiet:
+            what = "size and mtime" if skip == "update" else "xxh3-128"
+            self.write(f"ftransfer: {files:,} already there (same {what}), not sent")
 
     @staticmethod
     def _new(name: str, total: int | None, *, leave: bool) -> Any:

@@ -267,6 +267,7 @@ class Client(_Base):
         recursive: bool = False,
         no_clobber: bool = False,
         progress: Progress | None = None,
+        skip: str | None = None,
     ) -> builtins.list[TransferResult | FtransferError]:
         """Download files, patterns (``logs/*.gz``) and, ``recursive``, whole
         directories into the local directory ``local`` (created if missing; None:
@@ -274,9 +275,16 @@ class Client(_Base):
         copied *as* ``local`` when ``local`` is not a directory. Pipelined over
         TCP; one outcome per file (and per failed directory), in order: a failure
         does not stop the others. Trees keep their empty directories, mtimes and
-        permission bits; symlinks are skipped (``progress.skipped``)."""
+        permission bits; symlinks are skipped (``progress.skipped``). ``skip``:
+        "update" leaves out files here with the same size and mtime, "checksum"
+        those with the same xxh3-128 (``progress.unchanged``)."""
         call = self._calls.get_many(
-            remotes, local, recursive=recursive, no_clobber=no_clobber, progress=progress
+            remotes,
+            local,
+            recursive=recursive,
+            no_clobber=no_clobber,
+            progress=progress,
+            skip=skip,
         )
         return self._run(call)
 
@@ -299,14 +307,22 @@ class Client(_Base):
         recursive: bool = False,
         no_clobber: bool = False,
         progress: Progress | None = None,
+        skip: str | None = None,
     ) -> builtins.list[TransferResult | FtransferError]:
         """Upload files (and, ``recursive``, whole directories) into the directory
         ``remote`` (or one source to that name), pipelined over TCP; one outcome
         per file (and per failed directory), in order: a failure does not stop the
         others. Trees keep their empty directories, mtimes and permission bits;
-        symlinks and special files are skipped (``progress.skipped``)."""
+        symlinks and special files are skipped (``progress.skipped``). ``skip``:
+        "update" leaves out files the server has with the same size and mtime,
+        "checksum" those with the same xxh3-128 (``progress.unchanged``)."""
         call = self._calls.put_many(
-            locals_, remote, recursive=recursive, no_clobber=no_clobber, progress=progress
+            locals_,
+            remote,
+            recursive=recursive,
+            no_clobber=no_clobber,
+            progress=progress,
+            skip=skip,
         )
         return self._run(call)
 
@@ -428,9 +444,15 @@ class AsyncClient(_Base):
         recursive: bool = False,
         no_clobber: bool = False,
         progress: Progress | None = None,
+        skip: str | None = None,
     ) -> builtins.list[TransferResult | FtransferError]:
         call = self._calls.get_many(
-            remotes, local, recursive=recursive, no_clobber=no_clobber, progress=progress
+            remotes,
+            local,
+            recursive=recursive,
+            no_clobber=no_clobber,
+            progress=progress,
+            skip=skip,
         )
         return await self._run(call)
 
@@ -453,9 +475,15 @@ class AsyncClient(_Base):
         recursive: bool = False,
         no_clobber: bool = False,
         progress: Progress | None = None,
+        skip: str | None = None,
     ) -> builtins.list[TransferResult | FtransferError]:
         call = self._calls.put_many(
-            locals_, remote, recursive=recursive, no_clobber=no_clobber, progress=progress
+            locals_,
+            remote,
+            recursive=recursive,
+            no_clobber=no_clobber,
+            progress=progress,
+            skip=skip,
         )
         return await self._run(call)
 

@@ -39,10 +39,12 @@ from ..proto.tcp import events as ev
 from ..storage.entry import Entry, EntryKind
 from ..storage.names import escape
 from .local import FileSink, LocalFile, MemorySink, Sink, StreamSink, local_label
-from .plan import get_target, put_needs_stat, put_targets, remote_basename
+from .plan import get_target, join_remote, put_needs_stat, put_targets, remote_basename
 from .result import Progress, Stat, TransferResult
+from .skip import check_mode, local_digest, local_stat, same_quick
 from .tree import (
     Tree,
+    TreeFile,
     expand,
     has_magic,
     local_tree,
@@ -289,10 +291,13 @@ class Calls:
         recursive: bool,
         no_clobber: bool,
         progress: Progress | None,
+        skip: str | None = None,
     ) -> Call[list[TransferResult | FtransferError]]:
         """Download remote files, patterns and (``recursive``) directories into the
         local directory ``local`` (or, for one source that is no pattern, as
-        ``local``), as scp -r does; see client/tree.py for the rules."""
+        ``local``), as scp -r does; see client/tree.py for the rules. ``skip``:
+        leave out files already here (client/skip.py)."""
+        check_mode(skip)
         if not remotes:
             raise UsageError("get needs at least one remote name")
         if self.url.scheme == "tftp":
@@ -306,7 +311,7 @@ class Calls:
         if into and target and (failure := make_local_root(target)) is not None:
             _report_failure(outcomes, progress, failure)  # (nowhere to put anything)
             return outcomes
-        yield from self._fetch(plan, no_clobber, outcomes, progress)
+        yield from self._fetch(plan, no_clobber, skip, outcomes, progress)
         return outcomes
 
     def _sources(
@@ -343,12 +348,16 @@ class Calls:
     ) -> Call[Tree]:
         """One plan for every source: files as they are, directories walked."""
         directories: list[tuple[str, int]] = []
-        files: list[tuple[str, str, int]] = []
+        files: list[TreeFile] = []
         for entry in sources:
             name = remote_basename(entry.name)
             local = os.path.join(target or "", name) if into else (target or name)
             if entry.kind is EntryKind.FILE:
-                files.append((entry.name, local, entry.size))
+                files.append(
+                    TreeFile(
+                        source=entry.name, target=local, size=entry.size, mtime_ns=entry.mtime_ns
+                    )
+                )
             elif entry.kind is not EntryKind.DIRECTORY:
                 _skip(progress, f"{self.url.address}: {escape(entry.name)}: not a regular file")
             elif not recursive:
@@ -370,12 +379,17 @@ class Calls:
         self,
         plan: Tree,
         no_clobber: bool,
+        skip: str | None,
         outcomes: list[TransferResult | FtransferError],
         progress: Progress | None,
     ) -> Call[None]:
-        """Make the plan's directories, download its files, then date the directories."""
+        """Make the plan's directories, download its files (those not already here,
+        with ``skip``), then date the directories."""
+        files = list(plan.files)
+        if skip is not None:
+            files = yield from self._downloads_needed(files, skip, progress)
         if progress is not None:
-            progress.batch_started(len(plan.files), plan.total_bytes)
+            progress.batch_started(len(files), sum(file.size for file in files))
         failed: list[str] = []
         for directory, _ in plan.directories:
             if _below(directory, failed):
@@ -385,9 +399,9 @@ class Calls:
                 failed.append(directory)
                 _report_failure(outcomes, progress, failure)
         downloads = [
-            Download(remote, local, False, exact=True)
-            for remote, local, _ in plan.files
-            if not _below(local, failed)  # (never through what is there instead)
+            Download(file.source, file.target, False, exact=True)
+            for file in files
+            if not _below(file.target, failed)  # (never through what is there instead)
         ]
         if self.url.scheme == "tcp":
             jobs = [download.job(no_clobber) for download in downloads]
@@ -406,6 +420,90 @@ class Calls:
                 if progress is not None:
                     progress.file_outcome(outcome)
         set_directory_times(plan.directories)
+
+    # ---- skip what is already there (client/skip.py) -----------------------------
+
+    def _remote_digests(self, paths: list[str]) -> Call[list[bytes | None]]:
+        """The server's xxh3-128 of each path (None: not a file there); pipelined
+        STATs over TCP."""
+        answers: list[Stat | FtransferError] = []
+        if self.url.scheme == "tcp":
+            result = yield from _tcp(lambda logic: logic.stat_many(paths))
+            assert isinstance(result, list)
+            answers = result
+        else:
+            for path in paths:
+                try:
+                    answers.append((yield from self.stat(path)))
+                except FtransferError as exc:
+                    if isinstance(exc, ConnectionFailed | ProtocolError):
+                        raise
+                    answers.append(exc)
+        return [answer.digest if isinstance(answer, Stat) else None for answer in answers]
+
+    def _remote_files(self, targets: list[str]) -> Call[dict[str, Entry]]:
+        """What the server has at these names: one LIST per parent directory."""
+        found: dict[str, Entry] = {}
+        for directory in sorted({target.rpartition("/")[0] for target in targets}):
+            try:
+                entries = yield from self.listing(directory)
+            except FtransferError as exc:
+                if isinstance(exc, ConnectionFailed | ProtocolError):
+                    raise
+                continue  # not there (yet): every file in it is sent
+            for entry in entries:
+                if entry.kind is EntryKind.FILE:
+                    found[join_remote(directory, entry.name)] = entry
+        return found
+
+    def _uploads_needed(
+        self, items: list[tuple[str, str]], skip: str, progress: Progress | None
+    ) -> Call[list[tuple[str, str]]]:
+        """The uploads whose file the server does not have already, in order."""
+        remote = yield from self._remote_files([target for _, target in items])
+        same: set[int] = set()
+        candidates: list[tuple[int, str, os.stat_result]] = []
+        for index, (path, target) in enumerate(items):
+            st, entry = local_stat(path), remote.get(target)
+            if st is None or entry is None or entry.size != st.st_size:
+                continue
+            if skip == "update":
+                if same_quick(entry.size, entry.mtime_ns, st):
+                    same.add(index)
+            else:
+                candidates.append((index, path, st))
+        if candidates:
+            digests = yield from self._remote_digests([items[i][1] for i, _, _ in candidates])
+            for (index, path, st), digest in zip(candidates, digests, strict=True):
+                if digest is not None and digest == local_digest(path, st):
+                    same.add(index)
+        if same and progress is not None:
+            progress.unchanged(len(same), skip)
+        return [item for index, item in enumerate(items) if index not in same]
+
+    def _downloads_needed(
+        self, files: list[TreeFile], skip: str, progress: Progress | None
+    ) -> Call[list[TreeFile]]:
+        """The downloads whose file is not here already, in order."""
+        same: set[int] = set()
+        candidates: list[tuple[int, os.stat_result]] = []
+        for index, file in enumerate(files):
+            st = local_stat(file.target)
+            if st is None or st.st_size != file.size:
+                continue
+            if skip == "update":
+                if same_quick(file.size, file.mtime_ns, st):
+                    same.add(index)
+            else:
+                candidates.append((index, st))
+        if candidates:
+            digests = yield from self._remote_digests([files[i].source for i, _ in candidates])
+            for (index, st), digest in zip(candidates, digests, strict=True):
+                if digest is not None and digest == local_digest(files[index].target, st):
+                    same.add(index)
+        if same and progress is not None:
+            progress.unchanged(len(same), skip)
+        return [file for index, file in enumerate(files) if index not in same]
 
     def _refuse_directory(self, remote: str) -> Call[None]:
         """A name ending in '/' names a directory, which get cannot fetch: ask the
@@ -427,7 +525,9 @@ class Calls:
         recursive: bool = False,
         no_clobber: bool,
         progress: Progress | None,
+        skip: str | None = None,
     ) -> Call[list[TransferResult | FtransferError]]:
+        check_mode(skip)
         sources = [os.fspath(path) for path in locals_]
         if not sources:
             raise UsageError("put needs at least one local file")
@@ -442,6 +542,8 @@ class Calls:
         outcomes: list[TransferResult | FtransferError] = []
         if recursive:
             items = yield from self._put_trees(items, outcomes, progress)
+        if skip is not None and self.url.scheme != "tftp":
+            items = yield from self._uploads_needed(items, skip, progress)
         outcomes.extend((yield from self._uploads(items, no_clobber, progress)))
         return outcomes
 
@@ -480,11 +582,11 @@ class Calls:
         remote directories made, and the files to upload, in order."""
         if self.url.scheme == "tftp":
             raise _not_supported(self.url, "create directories (for -r)")
-        files: list[tuple[str, str, int]] = []
+        files: list[TreeFile] = []
         directories: list[str] = []
         for source, target in items:
             if not os.path.isdir(source):
-                files.append((source, target, _local_size(source)))
+                files.append(TreeFile(source=source, target=target, size=_local_size(source)))
                 continue
             tree = local_tree(source, target)
             for line in tree.skipped:
@@ -494,9 +596,9 @@ class Calls:
             directories.extend(directory for directory, _ in tree.directories)
             files.extend(tree.files)
         if progress is not None:
-            progress.batch_started(len(files), sum(size for _, _, size in files))
+            progress.batch_started(len(files), sum(file.size for file in files))
         failed = yield from self._remote_directories(directories, outcomes, progress)
-        return [(path, target) for path, target, _ in files if not _below(target, failed, "/")]
+        return [(f.source, f.target) for f in files if not _below(f.target, failed, "/")]
 
     def _remote_directories(
         self,

@@ -105,6 +105,9 @@ class Progress:
     def skipped(self, message: str) -> None:
         """A recursive transfer left an entry out (a symlink, a special file)."""
 
+    def unchanged(self, files: int, skip: str) -> None:
+        """``files`` were already there (``skip``: "update" or "checksum"): not sent."""
+
     def file_started(self, name: str, size: int | None) -> None:
         """A file's transfer starts (``size`` None: not known)."""
 

@@ -407,9 +407,31 @@ class TcpLogic:
         yield from self._expect(ev.Done)
 
     def simple_many(self, requests: Sequence[ev.Event]) -> Op[list[FtransferError | None]]:
-        """REMOVE, MKDIR or MOVE requests, pipelined (GET_WINDOW ahead): for each,
-        None (OK) or the server's refusal, in order."""
-        answers: list[FtransferError | None] = []
+        """REMOVE, MKDIR or MOVE requests, pipelined: for each, None (OK) or the
+        server's refusal, in order."""
+        answers = yield from self._pipelined(requests, ev.Done)
+        return [answer if isinstance(answer, FtransferError) else None for answer in answers]
+
+    def stat_many(self, paths: Sequence[str]) -> Op[list[Stat | FtransferError]]:
+        """STAT each path, pipelined: its Stat or the server's refusal, in order."""
+        requests = [ev.StatRequested(path=path) for path in paths]
+        answers = yield from self._pipelined(requests, ev.Stated)
+        stats: list[Stat | FtransferError] = []
+        for answer in answers:
+            if isinstance(answer, ev.Stated):
+                digest = answer.digest if answer.entry.kind is ev.EntryKind.FILE else None
+                stats.append(Stat(entry=wire_to_entry(answer.entry), digest=digest))
+            else:
+                assert isinstance(answer, FtransferError)
+                stats.append(answer)
+        return stats
+
+    def _pipelined(
+        self, requests: Sequence[ev.Event], kind: type[ev.Event]
+    ) -> Op[list[ev.Event | FtransferError]]:
+        """Requests with one-frame replies, GET_WINDOW ahead of the reply read:
+        each reply of ``kind``, or the server's refusal, in order."""
+        answers: list[ev.Event | FtransferError] = []
         sent = 0
         for index in range(len(requests)):
             while sent < len(requests) and sent - index < GET_WINDOW:
@@ -418,10 +440,10 @@ class TcpLogic:
             event = yield from self._reply()
             if isinstance(event, ev.Failed):
                 answers.append(self._error(event))
-            elif isinstance(event, ev.Done):
-                answers.append(None)
+            elif isinstance(event, kind):
+                answers.append(event)
             else:
-                raise RemoteProtocolError(f"expected OK, got {type(event).__name__}")
+                raise RemoteProtocolError(f"expected {kind.__name__}, got {type(event).__name__}")
         return answers
 
     def get_many(

@@ -41,14 +41,24 @@ MAX_TREE_ENTRIES = 1_000_000
 """A plan holds at most this many entries (files, directories and skips)."""
 
 
+class TreeFile(Record):
+    """One regular file of a plan."""
+
+    source: str
+    target: str
+    size: int
+    mtime_ns: int = -1
+    """The source's modification time (-1: not known)."""
+
+
 class Tree(Record):
     """One recursive transfer's plan."""
 
     directories: tuple[tuple[str, int], ...]
     """Target directories to create, parents first, with the source's mtime_ns
     (-1: unknown)."""
-    files: tuple[tuple[str, str, int], ...]
-    """(source, target, size) of every regular file, in name order."""
+    files: tuple[TreeFile, ...]
+    """Every regular file, in name order."""
     skipped: tuple[str, ...]
     """One warning line per entry left out (symlinks, special files, too deep)."""
     failures: tuple[FtransferError, ...]
@@ -56,13 +66,13 @@ class Tree(Record):
 
     @property
     def total_bytes(self) -> int:
-        return sum(size for _, _, size in self.files)
+        return sum(file.size for file in self.files)
 
 
 class _Planner:
     def __init__(self) -> None:
         self.directories: list[tuple[str, int]] = []
-        self.files: list[tuple[str, str, int]] = []
+        self.files: list[TreeFile] = []
         self.skipped: list[str] = []
         self.failures: list[FtransferError] = []
         self._entries = 0
@@ -116,7 +126,9 @@ def _walk_local(planner: _Planner, path: str, remote: str, depth: int) -> None:
             planner.directories.append((child, -1))
             _walk_local(planner, entry.path, child, depth + 1)
         elif stat.S_ISREG(mode):
-            planner.files.append((entry.path, child, st.st_size))
+            planner.files.append(
+                TreeFile(source=entry.path, target=child, size=st.st_size, mtime_ns=st.st_mtime_ns)
+            )
         else:
             planner.skipped.append(f"{label}: {_kind_of(mode)}, skipped")
 
@@ -179,7 +191,9 @@ def _plan_remote(
         planner.directories.append((local, entry.mtime_ns))
         found.append((remote, local, depth + 1))
     elif entry.kind is EntryKind.FILE:
-        planner.files.append((remote, local, entry.size))
+        planner.files.append(
+            TreeFile(source=remote, target=local, size=entry.size, mtime_ns=entry.mtime_ns)
+        )
     else:
         what = "a symbolic link" if entry.kind is EntryKind.SYMLINK else "not a regular file"
         planner.skipped.append(f"{server}: {shown(remote)}: {what}, skipped")

@@ -1,0 +1,54 @@
+"""client/skip.py: the quick check, and local digests read once per process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ftransfer.checksum import digest_bytes
+from ftransfer.client import skip
+from ftransfer.errors import UsageError
+
+
+def test_a_local_digest_is_read_once_while_the_file_does_not_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"one")
+    reads: list[int] = []
+    from ftransfer.checksum import file_digest as real
+
+    def counted(fd: int, scratch: bytearray | None = None) -> bytes:
+        reads.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(skip, "file_digest", counted)
+    st = os.stat(path)
+    assert skip.local_digest(str(path), st) == digest_bytes(b"one")
+    assert skip.local_digest(str(path), st) == digest_bytes(b"one")
+    assert len(reads) == 1
+    path.write_bytes(b"two")  # a new mtime and ctime: read again
+    os.utime(path, ns=(st.st_mtime_ns + 1, st.st_mtime_ns + 1))
+    assert skip.local_digest(str(path), os.stat(path)) == digest_bytes(b"two")
+    assert len(reads) == 2
+
+
+def test_the_quick_check_wants_size_and_mtime(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    os.utime(path, ns=(5, 5))
+    st = skip.local_stat(str(path))
+    assert st is not None
+    assert skip.same_quick(3, 5, st) and not skip.same_quick(3, 6, st)
+    assert not skip.same_quick(4, 5, st)
+    assert skip.local_stat(str(tmp_path)) is None  # a directory is no file to compare
+    assert skip.local_stat(str(tmp_path / "missing")) is None
+
+
+def test_an_unknown_mode_is_a_usage_error() -> None:
+    skip.check_mode(None)
+    skip.check_mode("update")
+    with pytest.raises(UsageError, match="update, checksum"):
+        skip.check_mode("sizes")
