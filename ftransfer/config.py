@@ -125,6 +125,10 @@ class ServerConfig(Record):
     """Absolute deadline from accept to a complete HELLO (slow-header defence)."""
     max_file_bytes: int = 1024 * GIB
     """Largest upload accepted."""
+    max_rate: int | None = None
+    """Bytes per second each TCP connection or UDP session may move each way."""
+    max_total_rate: int | None = None
+    """Bytes per second the whole server may move each way (TCP and UDP together)."""
     fsync: bool = True
     """fsync each file and its directory before reporting success."""
     udp: bool = True
@@ -150,6 +154,9 @@ class ServerConfig(Record):
 class ClientConfig(Record):
     """What a client may tune; the defaults suit most links."""
 
+    limit_rate: int | None = None
+    """Bytes per second this client moves at most, each transfer (curl's
+    --limit-rate); on UDP the server is told it for a download."""
     insecure: bool = False
     """Plaintext TCP (the server must run with --insecure too); TLS 1.3 otherwise."""
     known_hosts: str | None = None

@@ -115,6 +115,7 @@ class UdpCall:
             mtime_ns=source.mtime_ns if source is not None else -1,
             mode=source.mode if source is not None else None,
             exclusive=exclusive,
+            max_rate=config.limit_rate,
             config=session,
             rng=random.SystemRandom(),
             now=now,

@@ -118,6 +118,8 @@ class Server:
             read_only=config.read_only,
             max_file_bytes=config.max_file_bytes,
             anonymous_write=config.anonymous_write,
+            max_rate=config.max_rate,
+            max_total_rate=config.max_total_rate,
         )
         self.operations = Operations(self.store, policy, users=self._load_users())
         self.tls: ssl.SSLContext | None = None

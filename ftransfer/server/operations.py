@@ -45,6 +45,7 @@ from collections.abc import Callable, Generator
 from .._records import Record
 from ..checksum import hex_digest
 from ..errors import FtransferError, LoginRequired, NotPermitted, ReadOnly, TooLarge
+from ..proto.ratelimit import Limits, TokenBucket, bucket, limits
 from ..storage.base import Entry, EntryKind, Readable, Store, Writer, zero_copy_fd
 from ..storage.names import ROOT, Name, escape, parse_name
 
@@ -67,6 +68,10 @@ class Policy(Record):
     max_file_bytes: int = 1024 * GIB
     anonymous_write: bool = False
     """Without users, anonymous clients may change files (a trusted LAN's opt-in)."""
+    max_rate: int | None = None
+    """Bytes per second each connection (TCP) or session (UDP) may move each way."""
+    max_total_rate: int | None = None
+    """Bytes per second the whole server may move each way, over every transport."""
 
 
 class Principal(Record):
@@ -237,6 +242,36 @@ class Operations:
         self._scoped: dict[tuple[str, ...], Store] = {}
         self._scoped_lock = threading.Lock()
         self._logins = threading.BoundedSemaphore(LOGINS_AT_ONCE)
+        self._totals: tuple[TokenBucket | None, TokenBucket | None] | None = None
+        """The server's total buckets (out, in), made on the first request's clock
+        (the services' clock: the loop's, or a simulator's)."""
+
+    # ---- rates: the server's limits (proto/ratelimit.py) -----------------------------
+
+    def send_limits(self, now: float, asked: int | None = None) -> Limits | None:
+        """What one connection's (or UDP session's) sending keeps to: its own bucket
+        at the server's per-connection rate or the client's ``asked`` rate,
+        whichever is less, and the server's total."""
+        rate = min((r for r in (self.policy.max_rate, asked) if r), default=None)
+        return limits(bucket(rate, now), self._total(now)[0])
+
+    def receive_limits(self, now: float) -> Limits | None:
+        """What one connection's receiving keeps to (TCP: the server reads no
+        faster): its own bucket and the server's total."""
+        return limits(bucket(self.policy.max_rate, now), self._total(now)[1])
+
+    def _total(self, now: float) -> tuple[TokenBucket | None, TokenBucket | None]:
+        if self._totals is None:
+            rate = self.policy.max_total_rate
+            self._totals = (bucket(rate, now), bucket(rate, now))
+        return self._totals
+
+    def receive_rate(self) -> int | None:
+        """The rate a UDP uploader is told to keep to (it paces itself): the
+        tighter of the two limits, as a sender cannot share a bucket it does not
+        hold."""
+        rates = [r for r in (self.policy.max_rate, self.policy.max_total_rate) if r]
+        return min(rates) if rates else None
 
     # ---- who: logins and principals ----------------------------------------------
 

@@ -161,19 +161,26 @@ class UdpApplication:
             exclusive=initial.exclusive,
         )
         session = self.endpoint.accept(
-            request, size=0, mtime_ns=-1, now=self._now(), read_chunk=None
+            request,
+            size=0,
+            mtime_ns=-1,
+            now=self._now(),
+            read_chunk=None,
+            max_rate=self.ops.receive_rate(),
         )
         self._jobs[session] = upload
 
     def _get(self, request: RequestReceived, who: Requester) -> None:
         download = self.ops.download(who, request.initial.path)
+        now = self._now()
         session = self.endpoint.accept(
             request,
             size=download.size,
             mtime_ns=download.mtime_ns,
             mode=download.mode,
-            now=self._now(),
+            now=now,
             read_chunk=BlockReader(download.read),
+            limits=self.ops.send_limits(now, asked=request.initial.max_rate),
         )
         self._jobs[session] = download
 

@@ -176,6 +176,7 @@ class Simulation:
         client_timer_slack_s: float = 0.0,
         sealed: bool = False,
         epoch_bits: int | None = None,
+        policy: Policy | None = None,
     ) -> None:
         """``sealed``: every datagram sealed (proto/udp/sealed.py), with a ticket
         issued for a principal who may write, as a TLS connection would fetch it;
@@ -197,7 +198,7 @@ class Simulation:
             secret=b"test-secret", rng=rng, config=self.config, max_sessions=8
         )
         self.app = UdpApplication(
-            Operations(self.store, Policy(anonymous_write=not sealed)),
+            Operations(self.store, policy or Policy(anonymous_write=not sealed)),
             self.endpoint,
             now=lambda: self.now,
             defer=_at_once,
@@ -225,10 +226,12 @@ class Simulation:
         data: bytes = b"",
         limit_s: float = 600.0,
         stalls: dict[int, float] | None = None,
+        limit_rate: int | None = None,
     ) -> Outcome:
         """One request from start to end; then in-flight datagrams play out.
         ``stalls``: reading the upload's chunk at this byte offset blocks the client
-        for this many seconds (the first time only)."""
+        for this many seconds (the first time only). ``limit_rate``: the client's
+        rate limit (bytes per second)."""
         pending_stalls = dict(stalls or {})
 
         def read(offset: int, n: int) -> bytes:
@@ -247,6 +250,7 @@ class Simulation:
             now=self.now,
             server=SERVER,
             read_chunk=read,
+            max_rate=limit_rate,
         )
         self._wire = client
         if self.sealed is not None:

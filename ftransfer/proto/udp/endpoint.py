@@ -53,6 +53,7 @@ import struct
 
 from ..._records import Record
 from ...errors import Busy, RemoteProtocolError
+from ..ratelimit import Limits
 from ..rtt import RttEstimator
 from .handshake import Address
 from .packets import (
@@ -355,10 +356,14 @@ class ServerEndpoint:
         now: float,
         read_chunk: ReadChunk | None,
         mode: int | None = None,
+        limits: Limits | None = None,
+        max_rate: int | None = None,
     ) -> int:
         """Start the session; returns its id. The server sends ``size`` bytes read
         with ``read_chunk`` if one is given, else receives the client's
-        ``initial.size`` bytes."""
+        ``initial.size`` bytes. ``limits``: what a sending session's pacer keeps
+        to; ``max_rate``: the most bytes per second the client may send, told in
+        ACCEPT (an upload under the server's rate limit)."""
         initial = request.initial
         chunk = min(initial.chunk_bytes, self.config.chunk_bytes)
         session_id = self.rng.getrandbits(64) or 1
@@ -369,6 +374,7 @@ class ServerEndpoint:
             window=initial.window if sending else window,
             give_up_s=self.config.give_up_s,
             cc=self.config.cc,
+            limits=limits if sending else None,
         )
         session = Session(
             session_id=session_id,
@@ -388,6 +394,7 @@ class ServerEndpoint:
             mtime_ns=mtime_ns,
             message="",
             mode=mode,
+            max_rate=None if sending else max_rate,
         )
         self._send_accept(request, session_id, accept, now)
         return session_id

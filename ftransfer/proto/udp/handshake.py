@@ -31,6 +31,7 @@ from enum import Enum
 from ...errors import Aborted, TransferTimeout
 from ..events import Accepted, Completed, Failed
 from ..machine import Machine
+from ..ratelimit import bucket, limits
 from .packets import (
     Accept,
     Initial,
@@ -121,10 +122,14 @@ class ClientRequest:
         read_chunk: ReadChunk | None = None,
         mode: int | None = None,
         exclusive: bool = False,
+        max_rate: int | None = None,
     ) -> None:
+        """``max_rate``: the client's rate limit, in bytes per second: told to the
+        server for a download (INITIAL), kept by our pacer for an upload (with the
+        server's, from ACCEPT)."""
         self.operation, self.path, self.config, self.server = operation, path, config, server
         self.size, self.mtime_ns, self._read_chunk = size, mtime_ns, read_chunk
-        self.mode, self.exclusive = mode, exclusive
+        self.mode, self.exclusive, self.max_rate = mode, exclusive, max_rate
         self.nonce = rng.getrandbits(64)
         self.cookie = b""
         self.session: Session | None = None
@@ -168,6 +173,7 @@ class ClientRequest:
                 path=self.path,
                 mode=self.mode,
                 exclusive=self.exclusive,
+                max_rate=self.max_rate if self.operation is not Operation.PUT else None,
             ),
         )
 
@@ -291,6 +297,9 @@ class ClientRequest:
             give_up_s=self.config.give_up_s,
             cc=self.config.cc,
             linger_rtos=self.config.linger_rtos,
+            limits=limits(bucket(self.max_rate, now), bucket(accept.max_rate, now))
+            if sending
+            else None,
         )
         self.machine.go(HT.ACCEPTED)
         self.session = Session(

@@ -17,8 +17,10 @@ times what the client sent.
 
 Extensions: the bytes after INITIAL's path are padding to old peers; an
 ``extensions`` byte there (0 in padding) says what follows (bit 0: the permission
-bits ``mode u16``; bit 1: exclusive, no-clobber). A code-0 ACCEPT carries no
-message, so its tail holds the same kind of byte (bit 0: ``mode u16`` follows).
+bits ``mode u16``; bit 1: exclusive, no-clobber; bit 2: ``max_rate u64``, the
+most bytes per second the server may send). A code-0 ACCEPT carries no message,
+so its tail holds the same kind of byte (bit 0: ``mode u16`` follows; bit 2:
+``max_rate u64``, the most the client may send).
 Peers that do not know them ignore both, in either direction.
 
 Hot path: DATA is decoded into plain tuples (``decode_data``) and encoded without
@@ -83,6 +85,13 @@ EXT_MODE = 0x01
 """Extensions byte: ``mode u16`` follows."""
 EXT_EXCLUSIVE = 0x02
 """Extensions byte (INITIAL): refuse to replace an existing file."""
+EXT_RATE = 0x04
+"""Extensions byte: ``max_rate u64`` follows (after ``mode`` if both): the most
+bytes per second the peer may send in this session (INITIAL: the server, for a
+client's rate limit on a download; ACCEPT: the client, for the server's limit on
+an upload)."""
+_RATE = struct.Struct("!Q")
+MAX_RATE = 2**63 - 1
 
 
 class Initial(Record):
@@ -98,6 +107,8 @@ class Initial(Record):
     mode: int | None = None
     """Permission bits of the file a PUT sends, when the client says."""
     exclusive: bool = False
+    max_rate: int | None = None
+    """Bytes per second the server may send (the client's rate limit), if any."""
 
 
 class Retry(Record):
@@ -116,6 +127,8 @@ class Accept(Record):
     message: str
     mode: int | None = None
     """Permission bits of the file the server sends (code 0 only)."""
+    max_rate: int | None = None
+    """Bytes per second the client may send (the server's rate limit; code 0 only)."""
 
 
 class Data(Record):
@@ -225,7 +238,9 @@ def encode(session: int, body: Body) -> bytes:
             head = _ACCEPT.pack(
                 body.nonce, body.code, body.chunk_bytes, body.window, body.size, body.mtime_ns
             )
-            tail = _text(body.message) if body.code else _extensions(body.mode, False)
+            tail = (
+                _text(body.message) if body.code else _extensions(body.mode, False, body.max_rate)
+            )
             return _seal(PacketType.ACCEPT, session, head + tail)
         case Fin(size=size, digest=digest):
             return _seal(PacketType.FIN, session, _U64.pack(size) + digest)
@@ -240,25 +255,38 @@ def encode(session: int, body: Body) -> bytes:
     raise TypeError(f"cannot encode {body!r}")
 
 
-def _extensions(mode: int | None, exclusive: bool) -> bytes:
-    flags = (EXT_MODE if mode is not None else 0) | (EXT_EXCLUSIVE if exclusive else 0)
+def _extensions(mode: int | None, exclusive: bool, max_rate: int | None = None) -> bytes:
+    flags = (
+        (EXT_MODE if mode is not None else 0)
+        | (EXT_EXCLUSIVE if exclusive else 0)
+        | (EXT_RATE if max_rate else 0)
+    )
     if not flags:
         return b""
-    return bytes([flags]) + (_CODE.pack(mode & 0o777) if mode is not None else b"")
+    out = bytes([flags]) + (_CODE.pack(mode & 0o777) if mode is not None else b"")
+    return out + (_RATE.pack(min(max_rate, MAX_RATE)) if max_rate else b"")
 
 
-def _parse_extensions(raw: memoryview | bytes) -> tuple[int | None, bool]:
-    """(mode, exclusive) from an extensions byte and what follows (padding: none)."""
+def _parse_extensions(raw: memoryview | bytes) -> tuple[int | None, bool, int | None]:
+    """(mode, exclusive, max_rate) from an extensions byte and what follows
+    (padding: none)."""
     if not raw or not raw[0]:
-        return None, False
+        return None, False, None
     flags = raw[0]
-    mode = None
+    mode = max_rate = None
+    offset = 1
     if flags & EXT_MODE:
-        if len(raw) < 3:
+        if len(raw) < offset + _CODE.size:
             raise PacketError("extensions are truncated")
-        (mode,) = _CODE.unpack_from(raw, 1)
+        (mode,) = _CODE.unpack_from(raw, offset)
         mode &= 0o777
-    return mode, bool(flags & EXT_EXCLUSIVE)
+        offset += _CODE.size
+    if flags & EXT_RATE:
+        if len(raw) < offset + _RATE.size:
+            raise PacketError("extensions are truncated")
+        (max_rate,) = _RATE.unpack_from(raw, offset)
+        max_rate = max_rate or None
+    return mode, bool(flags & EXT_EXCLUSIVE), max_rate
 
 
 def _initial_body(body: Initial) -> bytes:
@@ -268,7 +296,7 @@ def _initial_body(body: Initial) -> bytes:
         + body.cookie
         + _INITIAL_TAIL.pack(body.size, max(body.mtime_ns, -1), len(path))  # -1: before 1970
         + path
-        + _extensions(body.mode, body.exclusive)
+        + _extensions(body.mode, body.exclusive, body.max_rate)
     )
     padding = MIN_INITIAL_BYTES - OVERHEAD_BYTES - len(raw)
     return raw + bytes(max(padding, 0))
@@ -326,7 +354,7 @@ def _initial(raw: memoryview) -> Body:
         raise PacketError("INITIAL is truncated")
     if size >= 2**63:
         raise PacketError("size out of range")
-    mode, exclusive = _parse_extensions(raw[offset + path_len :])
+    mode, exclusive, max_rate = _parse_extensions(raw[offset + path_len :])
     return Initial(
         nonce=nonce,
         operation=op,
@@ -340,6 +368,7 @@ def _initial(raw: memoryview) -> Body:
         path=bytes(raw[offset : offset + path_len]).decode("utf-8", "surrogateescape"),
         mode=mode,
         exclusive=exclusive,
+        max_rate=max_rate,
     )
 
 
@@ -354,7 +383,7 @@ def _retry(raw: memoryview) -> Body:
 def _accept(raw: memoryview) -> Body:
     nonce, code, chunk, window, size, mtime_ns = _ACCEPT.unpack_from(raw)
     tail = raw[_ACCEPT.size :]
-    mode = None if code else _parse_extensions(tail)[0]
+    mode, _, max_rate = (None, False, None) if code else _parse_extensions(tail)
     return Accept(
         nonce=nonce,
         code=code,
@@ -364,6 +393,7 @@ def _accept(raw: memoryview) -> Body:
         mtime_ns=mtime_ns,
         message=bytes(tail).decode("utf-8", "replace") if code else "",
         mode=mode,
+        max_rate=max_rate,
     )
 
 

@@ -48,7 +48,10 @@ last chunk costs about two RTTs, not an RTO. With no progress for ``give_up_s`` 
 sender fails with a timeout. Sending is paced at the congestion controller's rate
 in bursts of BURST_PACKETS datagrams, or of BURST_S worth of the pacing rate when
 that is more (as Linux sizes TSO bursts), at most MAX_BURST_PACKETS: at 100 Mbit/s
-a burst is 16 datagrams, on loopback 44, which one GSO call carries.
+a burst is 16 datagrams, on loopback 44, which one GSO call carries. A rate limit
+(``limits``: the client's, the server's per session, the server's total) caps the
+pacing rate and charges every burst to its buckets; a bucket in debt holds the
+next burst back until the debt is repaid.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from __future__ import annotations
 import heapq
 
 from ..._records import Record
+from ..ratelimit import Limits
 from ..rtt import RttEstimator
 from .congestion import CongestionControl, RateSample
 from .packets import Ack
@@ -125,8 +129,12 @@ class Sender:
         rtt: RttEstimator,
         now: float,
         give_up_s: float,
+        limits: Limits | None = None,
     ) -> None:
+        """``limits``: rate limits (proto/ratelimit.py) the pacer keeps to, besides
+        congestion control's rate."""
         self.size, self.chunk_bytes = size, chunk_bytes
+        self.limits = limits
         self.chunks = -(-size // chunk_bytes)
         self.peer_window = window
         self.cc, self.rtt, self.give_up_s = cc, rtt, give_up_s
@@ -176,6 +184,10 @@ class Sender:
         out: list[tuple[int, int, int]] = []
         if now < self._next_send_at or self.failed:
             return out
+        limits = self.limits
+        if limits is not None and (wait := limits.wait(now)) > 0:
+            self._next_send_at = now + wait  # (a rate limit's debt, shared or ours)
+            return out
         burst_bytes = 0
         probe, self._probe = self._probe, None
         if probe is not None and probe in self._inflight:  # not held back by the window
@@ -184,6 +196,11 @@ class Sender:
             out.append((probe, self._tx, size))
             self._record(probe, size, now, True)
         cwnd, rate = self.cc.cwnd(), max(self.cc.pacing_rate(), 1.0)
+        if limits is not None:
+            # Under a rate limit, pace at the limit while the path's estimated
+            # bandwidth allows it: BBR's gain cycle (0.75 between probes) would
+            # otherwise keep a limited sender some 6 % under its limit.
+            rate = min(max(rate, getattr(self.cc, "btl_bw", 0.0)), limits.rate)
         burst = min(max(BURST_PACKETS, int(rate * BURST_S / self.chunk_bytes)), MAX_BURST_PACKETS)
         chunk_bytes, total = self.chunk_bytes, self.size
         while len(out) < burst and self._bytes_in_flight + chunk_bytes <= cwnd:
@@ -197,6 +214,9 @@ class Sender:
         if out:
             start = max(self._next_send_at, now - 0.001)
             self._next_send_at = start + burst_bytes / rate
+            if limits is not None:
+                sent = burst_bytes + (out[0][2] if probe is not None else 0)
+                self._next_send_at = max(self._next_send_at, now + limits.take(sent, now))
         return out
 
     def _next_chunk(self) -> tuple[int | None, bool]:

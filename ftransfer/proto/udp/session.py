@@ -46,6 +46,7 @@ from ...checksum import new_hasher
 from ...errors import Aborted, FtransferError, RemoteProtocolError, StorageIOError, TransferTimeout
 from ..events import Completed, DataReceived, EndReceived, Failed
 from ..machine import Machine
+from ..ratelimit import Limits
 from ..rtt import RttEstimator
 from . import congestion
 from .packets import Ack, Body, Close, Data, Fin, Result, encode, encode_data
@@ -124,7 +125,7 @@ class BlockReader:
 class SessionConfig:
     """What both ends agreed in the handshake (a plain class: made once per session)."""
 
-    __slots__ = ("cc", "chunk_bytes", "give_up_s", "linger_rtos", "window")
+    __slots__ = ("cc", "chunk_bytes", "give_up_s", "limits", "linger_rtos", "window")
 
     def __init__(
         self,
@@ -134,8 +135,11 @@ class SessionConfig:
         give_up_s: float,
         cc: str = "bbr",
         linger_rtos: float | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.chunk_bytes, self.window, self.give_up_s, self.cc = chunk_bytes, window, give_up_s, cc
+        self.limits = limits
+        """Rate limits a sending session's pacer keeps to (proto/ratelimit.py)."""
         self.linger_rtos = linger_rtos
         """How long a receiver lingers after its RESULT, in retransmission timeouts
         (a client, which has a user waiting: long enough for the sender's repeated
@@ -186,6 +190,7 @@ class Session:
                 rtt=self.rtt,
                 now=now,
                 give_up_s=config.give_up_s,
+                limits=config.limits,
             )
             self._read_chunk = read_chunk
             self._hasher = new_hasher()
