@@ -64,6 +64,15 @@ def size_bytes(text: str) -> int:
     return value
 
 
+def rate(text: str) -> int:
+    """A rate in bytes per second with an optional K/M/G suffix (binary, as curl's
+    --limit-rate): 20M, 500K; more than zero."""
+    value = size_bytes(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a rate must be more than 0 bytes per second")
+    return value
+
+
 def remote(text: str, *, allow_port_zero: bool = False) -> Url:
     """A REMOTE argument (``[SCHEME://]HOST[:PORT][/PATH]``); a malformed one is a
     usage error (exit 2)."""

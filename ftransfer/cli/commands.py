@@ -61,6 +61,7 @@ def _config(args: argparse.Namespace) -> ClientConfig:
         strict_host_keys=args.strict_host_keys,
         fingerprint=args.fingerprint,
         ca_file=args.ca,
+        limit_rate=getattr(args, "limit_rate", None),
     )
 
 

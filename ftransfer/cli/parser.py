@@ -28,7 +28,7 @@ from ..config import (
     UDP_MIN_CHUNK_BYTES,
     ServerConfig,
 )
-from .argtypes import non_negative, port, positive, probability, ranged, size_bytes
+from .argtypes import non_negative, port, positive, probability, ranged, rate, size_bytes
 
 DESCRIPTION = (
     "Fast, verified file transfer. REMOTE is [tcp://|udp://|tftp://]HOST[:PORT][/PATH] "
@@ -103,6 +103,13 @@ def _client(p: argparse.ArgumentParser, *, transfer: bool = False) -> None:
     _security(p)
     if transfer:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no summary")
+        p.add_argument(
+            "--limit-rate",
+            type=rate,
+            default=None,
+            metavar="RATE",
+            help="move at most RATE bytes per second, e.g. 20M (binary K/M/G, as curl)",
+        )
         p.add_argument(
             "--blksize",
             type=ranged(TFTP_MIN_BLKSIZE, TFTP_MAX_BLKSIZE),
@@ -387,6 +394,21 @@ def _serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse
         default=d.max_file_bytes,
         metavar="BYTES",
         help="largest upload, e.g. 10G (default 1T)",
+    )
+    p.add_argument(
+        "--max-rate",
+        type=rate,
+        default=None,
+        metavar="RATE",
+        help="bytes per second each connection (UDP: session) may move each way, "
+        "e.g. 20M (binary K/M/G, as curl)",
+    )
+    p.add_argument(
+        "--max-total-rate",
+        type=rate,
+        default=None,
+        metavar="RATE",
+        help="bytes per second the whole server may move each way, TCP and UDP together",
     )
     p.add_argument(
         "--no-fsync",

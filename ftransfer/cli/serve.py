@@ -36,6 +36,8 @@ def config(args: argparse.Namespace) -> ServerConfig:
         idle_timeout_s=args.idle_timeout,
         hello_timeout_s=args.hello_timeout,
         max_file_bytes=args.max_file_size,
+        max_rate=args.max_rate,
+        max_total_rate=args.max_total_rate,
         fsync=not args.no_fsync,
         udp=not args.no_udp,
         udp_port=args.udp_port,

@@ -103,7 +103,10 @@ class _Base:
         from .tcp import TcpLogic
 
         return TcpLogic(
-            self.control.address, hello_timeout_s=self.config.connect_timeout_s, login=self._login
+            self.control.address,
+            hello_timeout_s=self.config.connect_timeout_s,
+            login=self._login,
+            limit_rate=self.config.limit_rate,
         )
 
     def _trust(self, certificate: bytes) -> None:

@@ -56,6 +56,7 @@ from ..errors import (
 )
 from ..io.files import FileUnreadable, SendfileFrame, SinkFailed, file_frames, new_scratch
 from ..io.tcp_sockets import AsyncSocket, BlockingSocket, ReadTimedOut
+from ..proto.ratelimit import bucket
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import Connection, Role, StreamState
 from ..storage.entry import Entry, EntryKind
@@ -101,7 +102,13 @@ class Poll(Record):
     large: bool
 
 
-Effect = Write | Flush | Sendfile | Read | Poll
+class Sleep(Record):
+    """Wait (a rate limit's debt), after what is written has gone out."""
+
+    seconds: float
+
+
+Effect = Write | Flush | Sendfile | Read | Poll | Sleep
 Op = Generator[Effect, object, "T"]
 
 
@@ -121,6 +128,8 @@ def _perform_sync(sock: BlockingSocket, effect: Effect) -> object:
     if isinstance(effect, Sendfile):
         return sock.sendfile(effect.fd, effect.offset, effect.count)
     sock.flush()
+    if isinstance(effect, Sleep):
+        time.sleep(effect.seconds)
     return None
 
 
@@ -140,6 +149,10 @@ async def _perform_async(sock: AsyncSocket, effect: Effect) -> object:
     if isinstance(effect, Sendfile):
         return await sock.sendfile(effect.fd, effect.offset, effect.count)
     await sock.flush()
+    if isinstance(effect, Sleep):
+        import asyncio
+
+        await asyncio.sleep(effect.seconds)
     return None
 
 
@@ -212,9 +225,17 @@ class TcpLogic:
     """One connection's client side, as generators of socket primitives."""
 
     def __init__(
-        self, server: str, hello_timeout_s: float, login: tuple[str, str] | None = None
+        self,
+        server: str,
+        hello_timeout_s: float,
+        login: tuple[str, str] | None = None,
+        limit_rate: int | None = None,
     ) -> None:
+        """``limit_rate``: bytes per second this connection moves at most, each way
+        (one bucket for every file of a batch)."""
         self.server = server
+        now = time.monotonic()
+        self._limits = {"out": bucket(limit_rate, now), "in": bucket(limit_rate, now)}
         self.conn = Connection(Role.CLIENT)
         self._hello_deadline = hello_timeout_s
         self._hello_answered = False
@@ -291,6 +312,7 @@ class TcpLogic:
                     data = yield from self._read(large)
                 assert isinstance(data, memoryview)
                 self._decode(self.conn.receive_data, data)
+                yield from self._keep_to("in", len(data))
                 continue
             if isinstance(event, ev.FileData) and sink is not None:
                 try:
@@ -305,6 +327,12 @@ class TcpLogic:
                 self._check_login(event)
                 continue
             return event
+
+    def _keep_to(self, way: str, nbytes: int) -> Generator[Effect, object, None]:
+        """Charge ``nbytes`` to the rate limit of that way; in debt, wait."""
+        limit = self._limits[way]
+        if limit is not None and (wait := limit.take(nbytes, time.monotonic())) > 0:
+            yield Sleep(seconds=wait)
 
     def _decode(self, step: Callable[..., T], *args: object) -> T:
         """One step of the core (bytes in, or the next event out). Before the answer
@@ -600,9 +628,11 @@ class TcpLogic:
                     sent = yield Sendfile(fd=op.fd, offset=op.offset, count=op.count)
                     assert isinstance(sent, int)
                     answer = sent
+                    yield from self._keep_to("out", op.count)
                 else:
                     yield Write(data=op.data)
                     answer = None
+                    yield from self._keep_to("out", len(op.data))
                 yield from self._collect(pending, outcomes, block=False)
         except StopIteration as stop:
             put.digest = stop.value

@@ -54,6 +54,7 @@ from collections.abc import Callable
 
 from ..config import CORK_BYTES, WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES
 from ..errors import ConnectionFailed, FtransferError, TransferTimeout
+from ..proto.ratelimit import Limits
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import Connection
 from .buffers import SMALL_BUFFER_BYTES, BufferPool, MappedBuffer
@@ -133,6 +134,12 @@ class FrameStream(asyncio.BufferedProtocol):
         self._eof_fed = False
         self._undrained = False
         """Bytes were handed to the core that it has not all turned into events."""
+        self.send_limits: Limits | None = None
+        """Rate limits ``send_file`` keeps to (proto/ratelimit.py)."""
+        self.receive_limits: Limits | None = None
+        """Rate limits reading keeps to: over them, reading pauses until the debt
+        is repaid, and TCP's flow control slows the peer."""
+        self._throttle: asyncio.TimerHandle | None = None
         self._eof_waiting = False
         self.peer: tuple[str, int] = ("", 0)
 
@@ -209,6 +216,8 @@ class FrameStream(asyncio.BufferedProtocol):
         assert self._transport is not None
         self._touch()
         self.conn.receive_data(self._view[:nbytes])
+        if self.receive_limits is not None:
+            self._limit_reading(nbytes)
         if self._sink is not None:
             try:
                 self._stash = self._poll()
@@ -220,6 +229,19 @@ class FrameStream(asyncio.BufferedProtocol):
         self._transport.pause_reading()
         self._undrained = True
         self._readable.set()
+
+    def _limit_reading(self, nbytes: int) -> None:
+        """Charge what was read; in debt, stop reading until it is repaid."""
+        assert self.receive_limits is not None and self._transport is not None
+        wait = self.receive_limits.take(nbytes, self._loop.time())
+        if wait > 0 and self._throttle is None:
+            self._transport.pause_reading()
+            self._throttle = self._loop.call_later(wait, self._read_again)
+
+    def _read_again(self) -> None:
+        self._throttle = None
+        if self._transport is not None and not self._closed and not self._undrained:
+            self._transport.resume_reading()
 
     def eof_received(self) -> bool:
         self._touch()
@@ -238,6 +260,9 @@ class FrameStream(asyncio.BufferedProtocol):
         self._lost = exc
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._throttle is not None:
+            self._throttle.cancel()
+            self._throttle = None
         if self._grace is not None:
             self._grace.cancel()
         # Let go of the transport: asyncio's SSL protocol keeps bound methods of this
@@ -317,7 +342,8 @@ class FrameStream(asyncio.BufferedProtocol):
             self._undrained = False
             if self._transport is not None and not self._closed:
                 self._readable.clear()
-                self._transport.resume_reading()
+                if self._throttle is None:  # (else the throttle's end resumes it)
+                    self._transport.resume_reading()
             return None
         return event
 
@@ -398,14 +424,26 @@ class FrameStream(asyncio.BufferedProtocol):
                 op = frames.send(answer)
                 if isinstance(op, SendfileFrame):
                     answer = await self._sendfile_frame(op.fd, op.offset, op.count)
+                    sent = op.count
                 else:
                     self._write(op.data)
                     await self.drain()
-                    answer = None
+                    answer, sent = None, len(op.data)
+                if self.send_limits is not None:
+                    await self._keep_to_limits(sent)
         except StopIteration as stop:
             digest: bytes | None = stop.value
         await self.drain()
         return digest
+
+    async def _keep_to_limits(self, sent: int) -> None:
+        """Charge a frame sent; in debt, wait (what is corked goes out first)."""
+        assert self.send_limits is not None
+        wait = self.send_limits.take(sent, self._loop.time())
+        if wait > 0:
+            self.flush()
+            await asyncio.sleep(wait)
+            self._touch()  # (a wait of ours is not the peer's silence)
 
     async def _sendfile_frame(self, fd: int, offset: int, count: int) -> int:
         """One DATA frame by sendfile; returns the bytes the file had (fewer if it

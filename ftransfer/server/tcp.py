@@ -178,6 +178,9 @@ class TcpSession:
         self.issue_ticket = issue_ticket
         self._sent_digests: collections.deque[bytes] = collections.deque(maxlen=SENT_DIGESTS_KEPT)
         self._commits = GroupCommit(stream.send, in_thread)
+        now = asyncio.get_running_loop().time()
+        stream.send_limits = ops.send_limits(now)
+        stream.receive_limits = ops.receive_limits(now)
         self._hello_deadline = asyncio.get_running_loop().time() + config.hello_timeout_s
 
     async def run(self) -> None:
@@ -293,8 +296,18 @@ class TcpSession:
                 self._fail(Aborted("upload aborted by the client; nothing was written"))
                 return
             assert isinstance(event, ev.FileEnded)  # the core allows nothing else mid-file
+            await self._keep_to_receive_limits()
             owned.pop_all()
             self._commit(upload, request, event.digest)
+
+    async def _keep_to_receive_limits(self) -> None:
+        """An upload whose bytes came faster than the limit (they were in the
+        socket's buffers) is answered when the limit says it could have come."""
+        limits = self.stream.receive_limits
+        if limits is not None:
+            wait = limits.wait(asyncio.get_running_loop().time())
+            if wait > 0:
+                await asyncio.sleep(wait)
 
     def _commit(self, upload: Upload, request: ev.PutRequested, digest: bytes) -> None:
         """Commit at once when that costs no fsync and nothing waits before it;

@@ -216,7 +216,12 @@ class Sender:
             self._next_send_at = start + burst_bytes / rate
             if limits is not None:
                 sent = burst_bytes + (out[0][2] if probe is not None else 0)
-                self._next_send_at = max(self._next_send_at, now + limits.take(sent, now))
+                wait = limits.take(sent, now)
+                if rate >= limits.rate:  # the limit binds: its bucket paces, which
+                    # makes up for a late wake-up (the credit it earned meanwhile)
+                    self._next_send_at = now + wait
+                else:
+                    self._next_send_at = max(self._next_send_at, now + wait)
         return out
 
     def _next_chunk(self) -> tuple[int | None, bool]:

@@ -1,0 +1,74 @@
+"""Rate limits through the real CLI and the real server. Only lower bounds on time
+are asserted (a limited transfer cannot be faster than its limit; a busy machine
+only makes it slower): the rates themselves are checked on virtual time in
+test_ratelimit.py and measured by benchmarks/bench_rate.py."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import ServerProcess, run_cli
+
+from ftransfer.errors import ExitCode
+
+SIZE = 600_000
+RATE = "400K"  # 409,600 B/s: 600 kB take at least 1.2 s
+
+
+def least_seconds() -> float:
+    """The bucket's credit (1/20 s) may go at once, and one write or burst of
+    datagrams before it is charged (64 KiB at most): the rest is at the rate."""
+    rate = 400 * 1024
+    return (SIZE - rate * 0.05 - 64 * 1024) / rate
+
+
+def transfer_seconds(out: bytes) -> float:
+    [record] = [json.loads(line) for line in out.splitlines()]
+    return float(record["seconds"])
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_a_clients_limit_slows_put_and_get(
+    server: ServerProcess, tmp_path: Path, transport: str
+) -> None:
+    data = os.urandom(SIZE)
+    (tmp_path / "a.bin").write_bytes(data)
+    via = ["--udp"] if transport == "udp" else []
+    put = run_cli(
+        "put", "--json", *via, "--limit-rate", RATE, str(tmp_path / "a.bin"), server.remote("a.bin")
+    )
+    assert put.returncode == 0, put.stderr
+    assert transfer_seconds(put.stdout) >= least_seconds()
+    got = run_cli(
+        "get", "--json", *via, "--limit-rate", RATE, server.remote("a.bin"), str(tmp_path / "b.bin")
+    )
+    assert got.returncode == 0, got.stderr
+    assert transfer_seconds(got.stdout) >= least_seconds()
+    assert (tmp_path / "b.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_a_servers_limit_slows_every_client(served: Path, tmp_path: Path, transport: str) -> None:
+    data = os.urandom(SIZE)
+    (served / "a.bin").write_bytes(data)
+    proc = ServerProcess(served, "--max-rate", RATE, log=tmp_path / "server.log")
+    try:
+        via = ["--udp"] if transport == "udp" else []
+        got = run_cli("get", "--json", *via, proc.remote("a.bin"), str(tmp_path / "b.bin"))
+        assert got.returncode == 0, got.stderr
+        assert transfer_seconds(got.stdout) >= least_seconds()
+        assert (tmp_path / "b.bin").read_bytes() == data
+        put = run_cli("put", "--json", *via, str(tmp_path / "b.bin"), proc.remote("c.bin"))
+        assert put.returncode == 0, put.stderr
+        assert transfer_seconds(put.stdout) >= least_seconds()
+    finally:
+        assert proc.stop() == 0
+
+
+@pytest.mark.parametrize("bad", ["0", "-5M", "fast"])
+def test_a_rate_must_be_a_positive_size(server: ServerProcess, tmp_path: Path, bad: str) -> None:
+    got = run_cli("get", "--limit-rate", bad, server.remote("x"), str(tmp_path / "x"))
+    assert got.returncode == ExitCode.USAGE and b"--limit-rate" in got.stderr
