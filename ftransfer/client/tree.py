@@ -141,7 +141,7 @@ def _kind_of(mode: int) -> str:
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .calls import Request
+    from .requests import Request
 
 Listing = Callable[[str], Generator["Request", object, list[Entry]]]
 
