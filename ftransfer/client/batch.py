@@ -24,7 +24,7 @@ or broken connection ends the batch.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .._records import evolve
 from ..errors import (
@@ -235,19 +235,13 @@ class Batches:
     def _remote_digests(self, paths: list[str]) -> Call[list[bytes | None]]:
         """The server's xxh3-128 of each path (None: not a file there); pipelined
         STATs over TCP."""
-        answers: list[Stat | FtransferError] = []
+        answers: list[object]
         if self.url.scheme == "tcp":
             result = yield from tcp(lambda logic: logic.stat_many(paths))
             assert isinstance(result, list)
             answers = result
         else:
-            for path in paths:
-                try:
-                    answers.append((yield from self.stat(path)))
-                except FtransferError as exc:
-                    if isinstance(exc, ConnectionFailed | ProtocolError):
-                        raise
-                    answers.append(exc)
+            answers = yield from _one_by_one(paths, self.stat)
         return [answer.digest if isinstance(answer, Stat) else None for answer in answers]
 
     def _remote_files(self, targets: list[str]) -> Call[dict[str, Entry]]:
@@ -350,27 +344,34 @@ class Batches:
     ) -> Call[list[str]]:
         """MKDIR -p each (pipelined over TCP); the ones that failed."""
         requests = [ev.MkdirRequested(path=path, parents=True) for path in directories]
-        answers: list[FtransferError | None] = []
+        answers: list[object]
         if self.url.scheme == "tcp":
             result = yield from tcp(lambda logic: logic.simple_many(requests))
             assert isinstance(result, list)
             answers = result
         else:
-            for path in directories:
-                try:
-                    yield from self.mkdir(path, parents=True)
-                    answers.append(None)
-                except FtransferError as exc:
-                    if isinstance(exc, ConnectionFailed | ProtocolError | NotSupported):
-                        raise
-                    answers.append(exc)
+            answers = yield from _one_by_one(directories, lambda p: self.mkdir(p, parents=True))
         failed: list[str] = []
         for path, answer in zip(directories, answers, strict=True):
-            if answer is not None:
+            if isinstance(answer, FtransferError):
                 if not _below(path, failed, "/"):  # (one line for a subtree)
                     _report_failure(outcomes, progress, answer)
                 failed.append(path)
         return failed
+
+
+def _one_by_one(items: list[str], one: Callable[[str], Call[object]]) -> Call[list[object]]:
+    """``one(item)`` for each, in order (UDP: a request each): its result, or the
+    error that refused it; a lost connection or an unsupported call ends them."""
+    answers: list[object] = []
+    for item in items:
+        try:
+            answers.append((yield from one(item)))
+        except FtransferError as exc:
+            if isinstance(exc, ConnectionFailed | ProtocolError | NotSupported):
+                raise
+            answers.append(exc)
+    return answers
 
 
 def _report_failure(
