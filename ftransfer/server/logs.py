@@ -22,12 +22,20 @@ carries it to every handler unchanged, and each formatter renders it its way:
 - ``JsonFormatter`` writes one object per line (``--log-format json``): the
   record's fields, and for the server's other messages (start-up, a protocol
   error) ``time``, ``level``, ``logger`` and ``message``;
-- ``Rfc5424Formatter`` makes a syslog message (``--syslog``): PRI from the
-  facility and the level, VERSION 1, an RFC 3339 timestamp with its offset,
-  HOSTNAME, APP-NAME ``ftransfer``, PROCID the pid, MSGID the operation, no
-  structured data, and as MSG the record's JSON after rsyslog's ``@cee:`` cookie
-  (ASCII only, so no BOM is needed: mmjsonparse takes it as it is). Other
-  messages have MSGID ``-`` and their text as MSG. ``io/syslog.py`` sends them.
+- ``Rfc5424Formatter`` makes a syslog message (``--syslog HOST:PORT``): PRI
+  from the facility and the level, VERSION 1, an RFC 3339 timestamp with its
+  offset, HOSTNAME, APP-NAME ``ftransfer``, PROCID the pid, MSGID the operation,
+  no structured data, and as MSG the record's JSON after rsyslog's ``@cee:``
+  cookie (ASCII only, so no BOM is needed: mmjsonparse takes it as it is). Other
+  messages have MSGID ``-`` and their text as MSG (after a BOM if not ASCII);
+- ``LocalFormatter`` is for the local socket (``--syslog unix``): the same PRI
+  and MSG behind the header syslog(3) and logger(1) write there,
+  ``<30>May  1 12:00:00 ftransfer[4242]: ``. Whatever listens on /dev/log
+  (journald, rsyslog's imuxsock with its default special parser) expects that
+  header and mangles an RFC 5424 one (rsyslog takes the VERSION "1" for the
+  tag), which is why logger(1) too keeps RFC 5424 for remote receivers.
+
+``io/syslog.py`` sends them.
 
 ``configure`` puts these together for ``ftransfer serve``.
 """
@@ -39,6 +47,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 from .._records import Record
 from ..config import SYSLOG_FACILITIES, SYSLOG_FACILITY
@@ -55,6 +64,8 @@ SEVERITIES = {
 }
 """Logging levels as RFC 5424 severities (critical, error, warning, info, debug)."""
 MAX_MSGID = 32
+BOM = "\ufeff"
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 RESULTS = ("ok", "refused", "failed", "aborted")
@@ -171,50 +182,73 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(fields, ensure_ascii=False)
 
 
-class Rfc5424Formatter(logging.Formatter):
-    """A log message as one RFC 5424 syslog message (see the module docstring)."""
+class _SyslogFormatter(logging.Formatter):
+    """What both syslog formats share: PRI, the time, MSGID and MSG."""
 
-    def __init__(self, *, facility: int, hostname: str, pid: int | None = None) -> None:
+    def __init__(self, *, facility: int, pid: int | None = None) -> None:
         super().__init__()
         self.facility = facility
-        self.hostname = printable_ascii(hostname, 255)
         self.procid = str(os.getpid() if pid is None else pid)
 
-    def format(self, record: logging.LogRecord) -> str:
+    def pri(self, record: logging.LogRecord) -> int:
         severity = SEVERITIES.get(record.levelno, _nearest_severity(record.levelno))
-        request = record_of(record)
-        if request is None:
-            msgid, message = "-", _utf8_message(self._text(record))
-            moment = record.created
-        else:
-            msgid = printable_ascii(request.operation, MAX_MSGID)
-            message = CEE_COOKIE + json.dumps(request.fields(), ensure_ascii=True)
-            moment = request.time  # (the header's time is the record's)
-        header = (
-            f"<{self.facility * 8 + severity}>1 {rfc3339(moment)} {self.hostname}"
-            f" {APP_NAME} {self.procid} {msgid} -"
-        )
-        return f"{header} {message}"
+        return self.facility * 8 + severity
 
-    def _text(self, record: logging.LogRecord) -> str:
+    @staticmethod
+    def parts(record: logging.LogRecord) -> tuple[float, str, str]:
+        """When (a record's own time), MSGID (its operation, or ``-``) and MSG
+        (a record as ``@cee:`` and ASCII JSON; other messages as their text)."""
+        request = record_of(record)
+        if request is not None:
+            message = CEE_COOKIE + json.dumps(request.fields(), ensure_ascii=True)
+            return request.time, printable_ascii(request.operation, MAX_MSGID), message
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
             text += f": {type(error).__name__}: {error}"
-        return text
+        return record.created, "-", text.replace("\n", " ")
+
+
+class Rfc5424Formatter(_SyslogFormatter):
+    """A log message as one RFC 5424 syslog message (see the module docstring)."""
+
+    def __init__(self, *, facility: int, hostname: str, pid: int | None = None) -> None:
+        super().__init__(facility=facility, pid=pid)
+        self.hostname = printable_ascii(hostname, 255)
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment, msgid, message = self.parts(record)
+        if not message.isascii():
+            message = BOM + message  # MSG-UTF8 (RFC 5424 section 6.4)
+        return (
+            f"<{self.pri(record)}>1 {rfc3339(moment)} {self.hostname}"
+            f" {APP_NAME} {self.procid} {msgid} - {message}"
+        )
+
+
+class LocalFormatter(_SyslogFormatter):
+    """A log message as syslog(3) writes it to ``/dev/log`` (see the module
+    docstring): ``<30>May  1 12:00:00 ftransfer[4242]: MSG``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment, _msgid, message = self.parts(record)
+        return f"<{self.pri(record)}>{rfc3164(moment)} {APP_NAME}[{self.procid}]: {message}"
+
+
+def rfc3164(seconds: float) -> str:
+    """``May  1 12:00:00``: local time, the month in English whatever the locale,
+    the day padded with a space (syslog(3)'s ``%h %e %T``)."""
+    moment = time.localtime(seconds)
+    month = MONTHS[moment.tm_mon - 1]
+    return (
+        f"{month} {moment.tm_mday:2d} {moment.tm_hour:02d}:{moment.tm_min:02d}:{moment.tm_sec:02d}"
+    )
 
 
 def _nearest_severity(levelno: int) -> int:
     """The severity of the nearest standard level at or below ``levelno``."""
     below = [level for level in SEVERITIES if level <= levelno]
     return SEVERITIES[max(below)] if below else SEVERITIES[logging.DEBUG]
-
-
-def _utf8_message(text: str) -> str:
-    """MSG: ASCII as it is; anything else is UTF-8 and starts with a BOM, as RFC
-    5424 section 6.4 asks (the handler encodes the message in UTF-8)."""
-    text = text.replace("\n", " ")
-    return text if text.isascii() else "\ufeff" + text
 
 
 def printable_ascii(text: str, limit: int) -> str:
@@ -240,9 +274,13 @@ def configure(
     stderr.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     handlers: list[logging.Handler] = [stderr]
     if syslog is not None:
-        handler = sender.SyslogHandler(sender.parse_target(syslog))
+        target = sender.parse_target(syslog)
+        code = SYSLOG_FACILITIES[facility]
+        handler = sender.SyslogHandler(target)
         handler.setFormatter(
-            Rfc5424Formatter(facility=SYSLOG_FACILITIES[facility], hostname=sender.hostname())
+            LocalFormatter(facility=code)
+            if target.path is not None
+            else Rfc5424Formatter(facility=code, hostname=sender.hostname())
         )
         handlers.append(handler)
     logging.basicConfig(level=level.upper(), handlers=handlers, force=True)
