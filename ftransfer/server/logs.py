@@ -68,8 +68,6 @@ BOM = "\ufeff"
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-RESULTS = ("ok", "refused", "failed", "aborted")
-
 
 class RequestRecord(Record):
     """One request as it ended (see the module docstring)."""
