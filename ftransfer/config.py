@@ -21,6 +21,26 @@ DEFAULT_PORT = 9021
 """TCP and UDP port when a REMOTE names none."""
 TFTP_PORT = 69
 """TFTP's well-known port (RFC 1350), for tftp:// URLs that name none."""
+SYSLOG_PORT = 514
+"""syslog's UDP port (RFC 5426), for a ``--syslog HOST`` that names none."""
+SYSLOG_FACILITIES = {
+    "kern": 0,
+    "user": 1,
+    "mail": 2,
+    "daemon": 3,
+    "auth": 4,
+    "syslog": 5,
+    "lpr": 6,
+    "news": 7,
+    "uucp": 8,
+    "cron": 9,
+    "authpriv": 10,
+    "ftp": 11,
+    **{f"local{n}": 16 + n for n in range(8)},
+}
+"""RFC 5424 section 6.2.1's facility codes, by the names syslog.conf uses."""
+SYSLOG_FACILITY = "daemon"
+"""The facility of the server's messages unless ``--syslog-facility`` says."""
 HELLO_MAGIC = b"FTRN"
 """First four payload bytes of HELLO: rejects stray traffic at once."""
 

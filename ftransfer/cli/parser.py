@@ -18,6 +18,9 @@ from ..config import (
     DEFAULT_PORT,
     GIVE_UP_S,
     MAX_CONNECTIONS_LIMIT,
+    SYSLOG_FACILITIES,
+    SYSLOG_FACILITY,
+    SYSLOG_PORT,
     TFTP_BLKSIZE,
     TFTP_MAX_BLKSIZE,
     TFTP_MAX_WINDOWSIZE,
@@ -459,8 +462,39 @@ def _serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse
         action="store_true",
         help="let TFTP clients upload (TFTP has no authentication at all)",
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _logs(p)
     return p
+
+
+def _logs(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "logs (one record per request: peer, user, operation, path, bytes, result...)"
+    )
+    g.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the least severe message written (default info; debug adds each TICKET)",
+    )
+    g.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="stderr: one readable line per message (text, the default) or one JSON object",
+    )
+    g.add_argument(
+        "--syslog",
+        metavar="HOST:PORT|unix",
+        help="also send every message as RFC 5424 syslog: over UDP to HOST:PORT (port "
+        f"{SYSLOG_PORT} if none), or to the local socket (unix: /dev/log; unix:PATH)",
+    )
+    g.add_argument(
+        "--syslog-facility",
+        default=SYSLOG_FACILITY,
+        choices=list(SYSLOG_FACILITIES),
+        metavar="NAME",
+        help=f"the syslog facility (default {SYSLOG_FACILITY}; local0 to local7, ftp, ...)",
+    )
 
 
 def _user(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:

@@ -7,11 +7,10 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 
 from ..config import ServerConfig
 from ..errors import FtransferError, UsageError
-from ..server import Server
+from ..server import Server, logs
 
 
 def config(args: argparse.Namespace) -> ServerConfig:
@@ -51,12 +50,13 @@ def config(args: argparse.Namespace) -> ServerConfig:
 
 
 def serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     settings = config(args)
+    logs.configure(
+        level=args.log_level,
+        log_format=args.log_format,
+        syslog=args.syslog,
+        facility=args.syslog_facility,
+    )
     asyncio.run(_serve(settings))
     return 0
 

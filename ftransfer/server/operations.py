@@ -22,9 +22,14 @@ server decides anything. Here, for every transport alike:
 - **downloads** (``Download``): the size, mtime and permission bits as opened, the
   digest when the store knows it (then the sender need not hash), and the
   zero-copy descriptor when the store has one;
-- **the log**: one line per request, written when it ends, with who asked, over
-  what, what, and the outcome: ``127.0.0.1:5000 tcp put a/b: 1048576 bytes in
-  0.12 s``, ``... refused: a/b: exists``. Names in it are escaped.
+- **the log**: one record per request (``logs.RequestRecord``), written when it
+  ends, with who asked, over what, what, and the outcome: bytes, seconds, digest,
+  result and error code. Its text is one line, ``127.0.0.1:5000 tcp put a/b:
+  1048576 bytes in 0.120 s (8.7 MB/s), xxh3-128 ...``, ``... get a/b: refused:
+  a/b: no such file``; the same record goes out as JSON or syslog (logs.py).
+  Names in it are escaped; LOGINs are records too (the name tried, never the
+  password), and so are TICKETs (never their secret; at debug level when issued,
+  since each sealed UDP request has one and is logged itself).
 
 The seam for permissions and quotas is ``_allow``: every request passes through
 it with the requester and the action ("read", "write", "delete"), before the
@@ -44,14 +49,27 @@ from collections.abc import Callable, Generator
 
 from .._records import Record
 from ..checksum import hex_digest
-from ..errors import FtransferError, LoginRequired, NotPermitted, ReadOnly, TooLarge
+from ..errors import (
+    AuthenticationFailed,
+    FtransferError,
+    InternalError,
+    LoginRequired,
+    NotPermitted,
+    ReadOnly,
+    TooLarge,
+)
 from ..proto.ratelimit import Limits, TokenBucket, bucket, limits
 from ..storage.base import Entry, EntryKind, Readable, Store, Writer, zero_copy_fd
 from ..storage.names import ROOT, Name, escape, parse_name
+from .logs import RequestRecord
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import TypeVar
+
     from .users import Authenticator, Verdict
+
+    T = TypeVar("T")
 
 logger = logging.getLogger("ftransfer.server")
 
@@ -98,12 +116,6 @@ class Requester(Record):
     transport: str
     principal: Principal = Principal()
 
-    @property
-    def label(self) -> str:
-        """``alice@127.0.0.1:5000`` or the address alone (the log's who)."""
-        user = self.principal.user
-        return f"{user}@{self.peer}" if user else self.peer
-
 
 def format_peer(host: str, port: int) -> str:
     """``host:port``, IPv6 hosts in brackets."""
@@ -111,21 +123,74 @@ def format_peer(host: str, port: int) -> str:
 
 
 class _Request:
-    """One request's log line, written once when the request ends."""
+    """One request's record (``logs.RequestRecord``), logged once when it ends."""
 
-    def __init__(self, log: logging.Logger, who: Requester, what: str) -> None:
-        self._log, self._who, self._what = log, who, what
+    def __init__(
+        self,
+        log: logging.Logger,
+        who: Requester,
+        operation: str,
+        path: str | None,
+        target: str | None = None,
+        *,
+        user: str | None = None,
+    ) -> None:
+        """``path`` and ``target`` as the peer sent them; ``user``: the name a
+        LOGIN tried (else the principal's)."""
+        self._log, self._who, self._operation = log, who, operation
+        self._path = None if path is None else escape(path) or "/"
+        self._target = None if target is None else escape(target) or "/"
+        self._user = escape(who.principal.user if user is None else user)
         self.started = time.monotonic()
         self.ended = False
 
-    def end(self, outcome: str, *, level: int = logging.INFO) -> None:
-        if not self.ended:
-            self.ended = True
-            who = self._who
-            self._log.log(level, "%s %s %s: %s", who.label, who.transport, self._what, outcome)
+    def end(
+        self,
+        result: str = "ok",
+        *,
+        level: int = logging.INFO,
+        error: FtransferError | None = None,
+        reason: str = "",
+        size: int | None = None,
+        entries: int | None = None,
+        digest: bytes | None = None,
+    ) -> None:
+        """Log the record, the first time only: ``result`` with the ``error`` or
+        ``reason`` why, or the ``size`` (bytes) and ``digest`` of a transfer."""
+        if self.ended:
+            return
+        self.ended = True
+        self._log.log(level, self._record(result, error, reason, size, entries, digest))
 
-    def refused(self, exc: FtransferError) -> None:
-        self.end(f"refused: {exc}")
+    def _record(
+        self,
+        result: str,
+        error: FtransferError | None,
+        reason: str,
+        size: int | None,
+        entries: int | None,
+        digest: bytes | None,
+    ) -> RequestRecord:
+        who = self._who
+        return RequestRecord(
+            time=time.time(),
+            peer=who.peer,
+            user=self._user,
+            transport=who.transport,
+            operation=self._operation,
+            path=self._path,
+            target=self._target,
+            bytes=size,
+            entries=entries,
+            seconds=self.seconds(),
+            digest=None if digest is None else hex_digest(digest),
+            result=result,
+            code=None if error is None else error.code or InternalError.code,
+            reason=escape(str(error) if error is not None else reason),
+        )
+
+    def refused(self, exc: FtransferError, *, level: int = logging.INFO) -> None:
+        self.end("refused", error=exc, level=level)
 
     def seconds(self) -> float:
         return time.monotonic() - self.started
@@ -173,23 +238,21 @@ class Upload:
         except FtransferError as exc:
             self.fail(exc)
             raise
-        seconds = self._request.seconds()
-        self._request.end(
-            f"{self._writer.written} bytes in {seconds:.3f} s, xxh3-128 {hex_digest(digest)}"
-        )
+        self._request.end(size=self._writer.written, digest=digest)
         return digest
 
     def abort(self, reason: str) -> None:
         """Discard the upload (nothing is committed); the reason goes to the log."""
         self._writer.abort()  # (waits for a commit running in another thread)
-        if not self._writer.committed:  # else the commit writes the line
-            self._request.end(f"aborted: {reason}")
+        if not self._writer.committed:  # else the commit writes the record
+            self._request.end("aborted", reason=reason, size=self._writer.written)
 
     def fail(self, exc: FtransferError) -> None:
         """The transfer failed (a timeout, the peer's error): nothing is committed."""
         self._writer.abort()
         if not self._writer.committed:
-            self._request.end(f"failed: {exc}", level=logging.WARNING)
+            written = self._writer.written
+            self._request.end("failed", error=exc, size=written, level=logging.WARNING)
 
 
 class Download:
@@ -206,7 +269,7 @@ class Download:
 
     def __exit__(self, *exc_info: object) -> None:
         if not self._request.ended:
-            self._request.end("aborted: ended before the last byte")
+            self._request.end("aborted", reason="ended before the last byte")
         self._readable.close()
 
     def fileno(self) -> int | None:
@@ -220,10 +283,10 @@ class Download:
         """Every byte went out (with this digest, remembered if it was computed)."""
         if self.digest is None and digest:
             self._readable.remember_digest(digest)
-        self._request.end(f"{self.size} bytes in {self._request.seconds():.3f} s")
+        self._request.end(size=self.size, digest=self.digest or digest or None)
 
     def failed(self, exc: FtransferError) -> None:
-        self._request.end(f"failed: {exc}", level=logging.WARNING)
+        self._request.end("failed", error=exc, level=logging.WARNING)
 
 
 class Operations:
@@ -283,21 +346,36 @@ class Operations:
         can_change = self.policy.anonymous_write
         return Principal(write=can_change, delete=can_change)
 
-    def login(self, peer: str, host: str, user: str, password: str, now: float) -> Verdict:
-        """Check a LOGIN (blocking: one scrypt); logs a failure with the peer's
-        address and never the password. ``host`` is the address a lockout counts."""
+    def login(self, who: Requester, host: str, user: str, password: str, now: float) -> Verdict:
+        """Check a LOGIN (blocking: one scrypt); its record has the name tried and
+        never the password. ``host`` is the address a lockout counts."""
         from .users import FAILED_MESSAGE, Verdict
 
+        request = _Request(self.log, who, "login", None, user=user)
         if self.users is None:
-            self.log.warning("%s: LOGIN as %s, but this server has no users", peer, escape(user))
+            request.refused(AuthenticationFailed("this server has no users"), level=logging.WARNING)
             return Verdict(user=None, answer_at=now, reason=FAILED_MESSAGE)
         with self._logins:
             verdict = self.users.check(user, password, host, now)
         if verdict.user is None:
-            self.log.warning("%s: login failed for %s: %s", peer, escape(user), verdict.reason)
+            request.refused(AuthenticationFailed(verdict.reason), level=logging.WARNING)
         else:
-            self.log.info("%s: logged in as %s", peer, escape(user))
+            request.end()
         return verdict
+
+    def ticket(self, who: Requester, issue: Callable[[], T]) -> T:
+        """A TICKET: ``issue()`` makes the keys of one sealed UDP request, if
+        ``who`` is served at all (what that request may do is checked when it
+        comes, by ``_allow``). Its record never has the secret."""
+        request = _Request(self.log, who, "ticket", None)
+        try:
+            self.check_served(who)
+            ticket = issue()
+        except FtransferError as exc:
+            request.refused(exc)
+            raise
+        request.end(level=logging.DEBUG)  # the UDP request it is for is logged too
+        return ticket
 
     @staticmethod
     def principal_of(verdict: Verdict) -> Principal:
@@ -330,8 +408,10 @@ class Operations:
 
     # ---- the seam: names, permissions, limits -------------------------------------
 
-    def _begin(self, who: Requester, what: str, path: str) -> _Request:
-        return _Request(self.log, who, f"{what} {escape(path) or '/'}")
+    def _begin(
+        self, who: Requester, operation: str, path: str, target: str | None = None
+    ) -> _Request:
+        return _Request(self.log, who, operation, path, target)
 
     def check_served(self, who: Requester) -> None:
         """LoginRequired unless ``who`` is served at all (TICKET: what the UDP
@@ -424,7 +504,7 @@ class Operations:
         except FtransferError as exc:
             request.refused(exc)
             raise
-        request.end("ok")
+        request.end()
         return entry, digest
 
     def listing(self, who: Requester, path: str) -> Generator[Entry, None, None]:
@@ -440,7 +520,7 @@ class Operations:
             request.refused(exc)
             raise
         finally:
-            request.end(f"{count} entries")
+            request.end(entries=count)
 
     def remove(self, who: Requester, path: str) -> None:
         request = self._begin(who, "rm", path)
@@ -448,12 +528,12 @@ class Operations:
         self._run(request, lambda: self._store(who).remove(name))
 
     def mkdir(self, who: Requester, path: str, *, parents: bool) -> None:
-        request = self._begin(who, "mkdir -p" if parents else "mkdir", path)
+        request = self._begin(who, "mkdir", path)
         name = self._checked(request, who, path, "write")
         self._run(request, lambda: self._store(who).mkdir(name, parents=parents))
 
     def move(self, who: Requester, source: str, target: str, *, exclusive: bool) -> None:
-        request = self._begin(who, "mv", f"{source} -> {target}")
+        request = self._begin(who, "mv", source, target)
         names = [self._checked(request, who, text, "write") for text in (source, target)]
         self._run(request, lambda: self._store(who).move(names[0], names[1], exclusive=exclusive))
 
@@ -464,4 +544,4 @@ class Operations:
         except FtransferError as exc:
             request.refused(exc)
             raise
-        request.end("ok")
+        request.end()

@@ -232,7 +232,7 @@ class TcpSession:
         loop = asyncio.get_running_loop()
         verdict = await in_thread(
             self.ops.login,
-            self.who.peer,
+            self.who,
             self.stream.peer[0],
             request.user,
             request.password,
@@ -386,9 +386,9 @@ class TcpSession:
         if self.issue_ticket is None:
             self._fail(TlsRequired("no UDP tickets here: this server has no encrypted UDP"))
             return
+        issue, principal, host = self.issue_ticket, self.who.principal, self.stream.peer[0]
         try:
-            self.ops.check_served(self.who)
-            ticket = self.issue_ticket(self.who.principal, self.stream.peer[0])
+            ticket = self.ops.ticket(self.who, lambda: issue(principal, host))
         except FtransferError as exc:
             self._fail(exc)
             return
