@@ -156,7 +156,10 @@ class BioTls:
         while True:
             try:
                 while got < len(buf):
-                    got += self.obj.read(len(buf) - got, buf[got:])  # type: ignore[operator]
+                    n: int = self.obj.read(len(buf) - got, buf[got:])  # type: ignore[assignment]
+                    if not n:  # close_notify
+                        return got
+                    got += n
                 return got
             except ssl.SSLWantReadError:
                 if got:

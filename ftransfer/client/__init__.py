@@ -101,7 +101,10 @@ class _Base:
         from .tcp import TcpLogic
 
         return TcpLogic(
-            self.control.address, hello_timeout_s=self.config.connect_timeout_s, login=self._login
+            self.control.address,
+            hello_timeout_s=self.config.connect_timeout_s,
+            login=self._login,
+            copy_files=not self.config.insecure,  # TLS: no sendfile
         )
 
     def _trust(self, certificate: bytes) -> None:
