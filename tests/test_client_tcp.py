@@ -34,6 +34,7 @@ from ftransfer.client.result import Progress, TransferResult
 from ftransfer.client.tcp import ENDING_CODES, Effect, Op, Poll, Read, Sendfile, TcpLogic, Write
 from ftransfer.config import MAX_FRAME_BYTES, ClientConfig
 from ftransfer.errors import ExitCode, FtransferError, NotFound
+from ftransfer.io.tcp_sockets import TlsChannel
 from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.connection import Connection, Role
 
@@ -158,9 +159,9 @@ def test_an_error_that_refuses_a_request_keeps_the_connection() -> None:
     assert logic.usable
 
 
-def _wait_readable(sock: _socket.socket) -> None:
+def _wait_readable(sock: _socket.socket | TlsChannel) -> None:
     """Until the server's close reaches the client (a generous safety net)."""
-    assert select.select([sock], [], [], 30)[0], "the server's close never arrived"
+    assert select.select([sock.fileno()], [], [], 30)[0], "the server's close never arrived"
 
 
 def test_a_client_reconnects_after_the_server_closed_its_idle_connection(

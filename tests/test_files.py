@@ -14,6 +14,7 @@ from ftransfer.checksum import digest_bytes
 from ftransfer.config import MAX_FRAME_BYTES, SMALL_FILE_BYTES
 from ftransfer.errors import StorageIOError
 from ftransfer.io.files import (
+    CopyFrame,
     FileChanged,
     FileOp,
     FileUnreadable,
@@ -62,7 +63,7 @@ def _run(
         while True:
             op = frames.send(answer)
             if isinstance(op, WriteFrame):
-                wire, answer = wire + op.data, None
+                wire, answer = wire + op.data + op.body, None
             else:
                 assert isinstance(op, SendfileFrame)
                 got = fd_bytes[op.offset : op.offset + op.count]
@@ -105,6 +106,31 @@ def test_a_file_that_shrank_ends_in_error_after_a_whole_frame(tmp_path: Path, si
     assert data == now + bytes(frame_end - len(now))  # completed with zeros
     assert events[-1] == ev.Failed(code=40, message=str(result))
     assert client.pending_requests == 0  # the GET is answered: the connection goes on
+
+
+def test_a_stream_that_copies_is_asked_to_read_and_hash_each_frame(tmp_path: Path) -> None:
+    whole = os.urandom(MAX_FRAME_BYTES + 1000)
+    path = tmp_path / "f"
+    path.write_bytes(whole)
+    _client, server, _wire = _downloading(len(whole))
+    ops: list[CopyFrame] = []
+    with open(path, "rb") as file:
+        source = Source(whole, len(whole), fd=file.fileno())
+        frames = file_frames(server, source, bytearray(9), sendfile=False, copy=True)
+        answer = None
+        try:
+            while True:
+                op = frames.send(answer)
+                assert isinstance(op, CopyFrame)  # no sendfile, no read here
+                assert op.hasher is not None
+                ops.append(op)
+                server.start_data(op.count)  # (what the stream does, with the header)
+                op.hasher.update(whole[op.offset : op.offset + op.count])
+                answer = op.count
+        except StopIteration as stop:
+            digest = stop.value
+    assert [(op.offset, op.count) for op in ops] == [(0, MAX_FRAME_BYTES), (MAX_FRAME_BYTES, 1000)]
+    assert digest == digest_bytes(whole)  # the stream's hashing is the digest: one read
 
 
 def test_a_file_without_a_descriptor_is_read_and_hashed_and_padded_if_short() -> None:

@@ -107,6 +107,7 @@ class _Base:
             hello_timeout_s=self.config.connect_timeout_s,
             login=self._login,
             limit_rate=self.config.limit_rate,
+            copy_files=not self.config.insecure,  # TLS: no sendfile
         )
 
     def _trust(self, certificate: bytes) -> None:

@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 ``TcpLogic`` owns the connection's sans-IO ``Connection`` and expresses every
-request (put, get, ls, stat, rm, mkdir, mv) as a *generator* that yields the five
+request (put, get, ls, stat, rm, mkdir, mv) as a *generator* that yields the six
 socket primitives of io/tcp_sockets.py (``Write``, ``Flush``, ``Sendfile``,
-``Read``, ``Poll``) and is sent their answers. ``run_sync`` carries them out on a
+``Copy``, ``Read``, ``Poll``) and is sent their answers (``Copy`` in place of
+``Sendfile`` over TLS, ``copy_files``). ``run_sync`` carries them out on a
 ``BlockingSocket`` (``Client``), ``run_async`` on an ``AsyncSocket``
 (``AsyncClient``): the protocol logic exists once, and each flavour is a loop of a
 few lines, as httpx's two clients share httpcore's logic through a backend port.
@@ -54,7 +55,14 @@ from ..errors import (
     UnsupportedVersion,
     error_from_code,
 )
-from ..io.files import FileUnreadable, SendfileFrame, SinkFailed, file_frames, new_scratch
+from ..io.files import (
+    CopyFrame,
+    FileUnreadable,
+    SendfileFrame,
+    SinkFailed,
+    file_frames,
+    new_scratch,
+)
 from ..io.tcp_sockets import AsyncSocket, BlockingSocket, ReadTimedOut
 from ..proto.ratelimit import bucket
 from ..proto.tcp import events as ev
@@ -67,6 +75,8 @@ from .result import Progress, Stat, TransferResult
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import TypeVar
+
+    from ..checksum import Hasher
 
     T = TypeVar("T")
 
@@ -93,6 +103,15 @@ class Sendfile(Record):
     count: int
 
 
+class Copy(Record):
+    """A file range read, hashed and written by the socket (TLS: files.CopyFrame)."""
+
+    fd: int
+    offset: int
+    count: int
+    hasher: Hasher | None
+
+
 class Read(Record):
     large: bool
     timeout: float | None = None
@@ -108,7 +127,7 @@ class Sleep(Record):
     seconds: float
 
 
-Effect = Write | Flush | Sendfile | Read | Poll | Sleep
+Effect = Write | Flush | Sendfile | Copy | Read | Poll | Sleep
 Op = Generator[Effect, object, "T"]
 
 
@@ -127,6 +146,8 @@ def _perform_sync(sock: BlockingSocket, effect: Effect) -> object:
         return sock.poll(effect.large)
     if isinstance(effect, Sendfile):
         return sock.sendfile(effect.fd, effect.offset, effect.count)
+    if isinstance(effect, Copy):
+        return sock.copy_range(effect.fd, effect.offset, effect.count, effect.hasher)
     sock.flush()
     if isinstance(effect, Sleep):
         time.sleep(effect.seconds)
@@ -148,6 +169,8 @@ async def _perform_async(sock: AsyncSocket, effect: Effect) -> object:
         return await sock.poll(effect.large)
     if isinstance(effect, Sendfile):
         return await sock.sendfile(effect.fd, effect.offset, effect.count)
+    if isinstance(effect, Copy):
+        return await sock.copy_range(effect.fd, effect.offset, effect.count, effect.hasher)
     await sock.flush()
     if isinstance(effect, Sleep):
         import asyncio
@@ -230,10 +253,15 @@ class TcpLogic:
         hello_timeout_s: float,
         login: tuple[str, str] | None = None,
         limit_rate: int | None = None,
+        *,
+        copy_files: bool = False,
     ) -> None:
         """``limit_rate``: bytes per second this connection moves at most, each way
-        (one bucket for every file of a batch)."""
+        (one bucket for every file of a batch). ``copy_files``: the socket encrypts
+        (TLS), so file bodies are read and hashed by it (``Copy``), not sent with
+        sendfile and read again for the digest."""
         self.server = server
+        self._copy_files = copy_files
         now = time.monotonic()
         self._limits = {"out": bucket(limit_rate, now), "in": bucket(limit_rate, now)}
         self.conn = Connection(Role.CLIENT)
@@ -617,6 +645,8 @@ class TcpLogic:
             self._scratch,
             progress.advance if progress is not None else None,
             cancelled=lambda: put.refused,
+            sendfile=not self._copy_files,
+            copy=self._copy_files,
         )
         answer: int | None = None
         try:
@@ -629,10 +659,20 @@ class TcpLogic:
                     assert isinstance(sent, int)
                     answer = sent
                     yield from self._keep_to("out", op.count)
+                elif isinstance(op, CopyFrame):
+                    yield Write(data=self.conn.start_data(op.count))
+                    copied = yield Copy(
+                        fd=op.fd, offset=op.offset, count=op.count, hasher=op.hasher
+                    )
+                    assert isinstance(copied, int)
+                    answer = copied
+                    yield from self._keep_to("out", op.count)
                 else:
                     yield Write(data=op.data)
+                    if op.body:
+                        yield Write(data=op.body)
                     answer = None
-                    yield from self._keep_to("out", len(op.data))
+                    yield from self._keep_to("out", len(op.data) + len(op.body))
                 yield from self._collect(pending, outcomes, block=False)
         except StopIteration as stop:
             put.digest = stop.value

@@ -4,17 +4,22 @@ Theory of operation
 -------------------
 ``file_frames`` is the logic of sending ``source.size`` bytes as DATA frames, for
 the asyncio stream (stream.py) and the blocking one (socket_stream.py) alike, as a
-generator of two kinds of request that each stream carries out its own way:
+generator of three kinds of request that each stream carries out its own way:
 
-    SendfileFrame(fd, offset, count) -> bytes the file had   (zero copy)
-    WriteFrame(frame bytes)          -> None                 (then drain)
+    SendfileFrame(fd, offset, count)       -> bytes the file had   (zero copy)
+    CopyFrame(fd, offset, count, hasher)   -> bytes the file had   (read, hash, send)
+    WriteFrame(frame bytes)                -> None                 (then drain)
 
 A source with a descriptor is sent with sendfile in frames of up to
 MAX_FRAME_BYTES (small files, up to SMALL_FILE_BYTES, in one read and one write:
-cheaper than a sendfile round through the kernel); one without (memory, an object
-store) in frames of READ_CHUNK_BYTES read from it. The digest is computed from the
-same range with pread into a reused scratch buffer, unless the source knows it
-already. A source shorter than its size has the current frame completed with
+cheaper than a sendfile round through the kernel), and the digest is computed
+from the same range with pread into a reused scratch buffer, unless the source
+knows it already. A stream that encrypts (TLS: no sendfile) and can read a range
+itself (``copy``, the client's) is asked for CopyFrame instead: it reads the range
+through a buffer of its own, hands each piece to the hasher and sends it, so the
+file is read once. Otherwise (a source without a descriptor: memory, an object
+store; or a stream that does neither) frames of READ_CHUNK_BYTES are read from
+the source and written. A source shorter than its size has the current frame completed with
 zeros and raises ``FileChanged``; one that fails to read (the source's error, or
 an OSError while hashing what sendfile sent) raises ``FileUnreadable`` (its base)
 where no frame is half written. The caller sends ERROR 40 in place of END, so the
@@ -26,10 +31,9 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 
 from .._records import Record
-from ..checksum import hash_range, new_hasher
+from ..checksum import Hasher, hash_range, new_hasher
 from ..config import HASH_SCRATCH_BYTES, MAX_FRAME_BYTES, SMALL_FILE_BYTES
 from ..errors import FtransferError, StorageIOError
-from ..proto.tcp import events as ev
 from ..proto.tcp.connection import Connection
 
 TYPE_CHECKING = False
@@ -91,13 +95,29 @@ class SendfileFrame(Record):
     count: int
 
 
+class CopyFrame(Record):
+    """Send a DATA frame of ``count`` bytes of ``fd`` at ``offset`` (header first)
+    by reading them, giving each piece read to ``hasher`` (None: the digest is
+    known) before it is sent; the answer is how many bytes the file had (the rest is
+    sent as zeros). A read that fails raises ``unreadable(exc)`` once the frame is
+    complete (zeros for the rest)."""
+
+    fd: int
+    offset: int
+    count: int
+    hasher: Hasher | None
+
+
 class WriteFrame(Record):
-    """Write (queue) a whole frame, then wait while the peer is behind."""
+    """Write (queue) a whole frame, ``data`` then ``body`` (a DATA frame's header
+    and its bytes, not joined here: a TLS stream encrypts them where they are), then
+    wait while the peer is behind."""
 
     data: bytes
+    body: bytes = b""
 
 
-FileOp = SendfileFrame | WriteFrame
+FileOp = SendfileFrame | CopyFrame | WriteFrame
 
 
 def file_frames(
@@ -108,20 +128,28 @@ def file_frames(
     cancelled: Callable[[], bool] = lambda: False,
     *,
     sendfile: bool = True,
+    copy: bool = False,
 ) -> Generator[FileOp, int | None, bytes | None]:
     """The frames of ``source``; returns its digest, or None if ``cancelled()``
     became true between frames (the caller then sends ABORT or ERROR).
-    ``sendfile=False`` (a TLS connection: the kernel cannot encrypt) reads every
-    frame instead, READ_CHUNK_BYTES at a time."""
+    ``sendfile=False`` (a TLS connection: the kernel cannot encrypt) asks for
+    CopyFrame if ``copy`` (the stream reads ranges itself), else reads every frame,
+    READ_CHUNK_BYTES at a time."""
     size, known = source.size, source.digest
     hasher = None if known is not None else new_hasher()
-    fd = source.fileno() if sendfile else None
+    fd = source.fileno() if sendfile or copy else None
     zero_copy = fd is not None and size > SMALL_FILE_BYTES
+    copying = zero_copy and not sendfile
     offset = 0
     while offset < size:
         if cancelled():
             return None
-        if zero_copy:
+        if copying:
+            assert fd is not None
+            count = min(MAX_FRAME_BYTES, size - offset)
+            got = yield CopyFrame(fd=fd, offset=offset, count=count, hasher=hasher)
+            assert got is not None
+        elif zero_copy:
             assert fd is not None
             count = min(MAX_FRAME_BYTES, size - offset)
             got = yield SendfileFrame(fd=fd, offset=offset, count=count)
@@ -138,7 +166,8 @@ def file_frames(
             except (OSError, FtransferError) as exc:  # before the frame: at a boundary
                 raise unreadable(exc) from None
             got = len(data)
-            yield WriteFrame(data=conn.send(ev.FileData(data=data.ljust(count, b"\0"))))
+            header = conn.start_data(count)  # (what conn.send(FileData) does, less a copy)
+            yield WriteFrame(data=header, body=data.ljust(count, b"\0"))
             if hasher is not None:
                 hasher.update(data)
         if got != count:

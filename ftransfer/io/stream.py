@@ -58,7 +58,16 @@ from ..proto.ratelimit import Limits
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import Connection
 from .buffers import SMALL_BUFFER_BYTES, BufferPool, MappedBuffer
-from .files import DataSink, SendfileFrame, SinkFailed, file_frames, new_scratch, unreadable
+from .files import (
+    DataSink,
+    SendfileFrame,
+    SinkFailed,
+    WriteFrame,
+    file_frames,
+    new_scratch,
+    unreadable,
+)
+from .tls import ASYNCIO_TLS_FILE_READ_BYTES, ASYNCIO_TLS_READ_BYTES, set_read_bytes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -93,6 +102,26 @@ def _sent_before(file: FileIO, offset: int, count: int) -> int:
         return min(max(file.tell() - offset, 0), count)
     except OSError:
         return 0
+
+
+def coalesced(parts: list[bytes]) -> list[bytes]:
+    """``parts`` as few writes: neighbours shorter than CORK_BYTES joined, longer ones
+    (a DATA frame's bytes) as they are. Over TLS each write is a record or more,
+    encrypted straight from it: a join would copy 1 MiB frames first, and writing
+    small frames one by one would make a record of each."""
+    out: list[bytes] = []
+    small: list[bytes] = []
+    for part in parts:
+        if len(part) < CORK_BYTES:
+            small.append(part)
+            continue
+        if small:
+            out.append(b"".join(small) if len(small) > 1 else small[0])
+            small = []
+        out.append(part)
+    if small:
+        out.append(b"".join(small) if len(small) > 1 else small[0])
+    return out
 
 
 class FrameStream(asyncio.BufferedProtocol):
@@ -199,8 +228,12 @@ class FrameStream(asyncio.BufferedProtocol):
         if self.conn.in_file:
             if self._large is None:
                 self._large = self._pool.take()
+                if self._tls:  # larger socket reads too (io/tls.py: set_read_bytes)
+                    set_read_bytes(self._transport, ASYNCIO_TLS_FILE_READ_BYTES)
             self._view = self._large.view
         else:
+            if self._large is not None and self._tls:
+                set_read_bytes(self._transport, ASYNCIO_TLS_READ_BYTES)
             self._return_large()
             if self._small is None:  # on the first read: a socket that sends nothing costs none
                 self._small = MappedBuffer(SMALL_BUFFER_BYTES)
@@ -387,11 +420,15 @@ class FrameStream(asyncio.BufferedProtocol):
             return
         if self._closed:
             raise self._gone()
-        data = b"".join(self._cork) if len(self._cork) > 1 else self._cork[0]
-        self._cork.clear()
+        corked, self._cork = self._cork, []
         self._corked = 0
         self._touch()
-        self.transport.write(data)
+        if len(corked) == 1:
+            self.transport.write(corked[0])
+        elif self._tls:  # encrypted where they are: no copy of a DATA frame's bytes first
+            self.transport.writelines(coalesced(corked))
+        else:
+            self.transport.write(b"".join(corked))
 
     async def drain(self) -> None:
         """Flush if enough is queued, then wait until the transport is below its
@@ -426,9 +463,12 @@ class FrameStream(asyncio.BufferedProtocol):
                     answer = await self._sendfile_frame(op.fd, op.offset, op.count)
                     sent = op.count
                 else:
+                    assert isinstance(op, WriteFrame)  # (no CopyFrame: not asked for)
                     self._write(op.data)
+                    if op.body:
+                        self._write(op.body)
                     await self.drain()
-                    answer, sent = None, len(op.data)
+                    answer, sent = None, len(op.data) + len(op.body)
                 if self.send_limits is not None:
                     await self._keep_to_limits(sent)
         except StopIteration as stop:

@@ -1,9 +1,9 @@
-"""The client's TCP sockets: the same five primitives, blocking or on asyncio.
+"""The client's TCP sockets: the same six primitives, blocking or on asyncio.
 
 Theory of operation
 -------------------
 The client's half of the TCP protocol is sans-IO logic (client/tcp.py) that owns
-its ``Connection`` and asks for bytes to be moved with five primitives; the two
+its ``Connection`` and asks for bytes to be moved with six primitives; the two
 classes here carry them out, one for the synchronous ``Client`` (a blocking socket:
 nothing of asyncio is imported, which keeps a command's start-up short) and one
 for ``AsyncClient`` (a non-blocking socket on the running loop)::
@@ -13,6 +13,10 @@ for ``AsyncClient`` (a non-blocking socket on the running loop)::
     sendfile(fd, offset, count) send a file range without copying (os.sendfile);
                                 returns how many bytes the file had, and sends
                                 zeros for the rest (the frame stays whole)
+    copy_range(fd, offset,      the same by reading the range through a reused
+               count, hasher)   buffer, each piece hashed, then written (TLS);
+                                a failed read raises FileUnreadable after the
+                                zeros that complete the frame
     read(large, timeout)        one read into a reused buffer (a 1 MiB one while a
                                 file streams in), as a view valid until the next
                                 read; b"" at the end of the stream; ``timeout``
@@ -25,15 +29,18 @@ the server (or has its last ERROR waiting), so that the client opens a new one.
 A read that waits longer than the idle timeout raises ``TransferTimeout``; OS errors
 become ``ConnectionFailed`` here, once.
 
-TLS (the default): ``start_tls_blocking`` wraps the connected socket in the
-standard library's ``SSLSocket`` (its reads and writes are C calls, as fast as
-Python gets TLS); ``AsyncSocket.start_tls`` runs an ``SSLObject`` over two memory
-BIOs on the raw non-blocking socket, because asyncio's ``sock_*`` calls do not
-take an SSLSocket. Both hand back the server's certificate (DER) for the caller
-to check (client/known_hosts.py). Over TLS ``sendfile`` reads the range and
-writes it through TLS (no zero copy without kTLS), and ``peer_closed`` asks
-whether the socket is readable at all: the server sends no session tickets, so
-an idle TLS connection has nothing to read until it closes.
+TLS (the default): both sides run an ``SSLObject`` between two memory BIOs on
+the raw socket. ``start_tls_blocking`` makes a ``TlsChannel`` (the socket calls
+the blocking side makes, over TLS: many records per system call, where an
+``SSLSocket`` makes one send, or two recvs, per 16 KiB record);
+``AsyncSocket.start_tls`` an ``_AsyncTls``, because asyncio's ``sock_*`` calls do
+not take an SSLSocket. Both hand back the server's certificate (DER) for the
+caller to check (client/known_hosts.py). Over TLS a file range is read through a
+reused buffer, hashed there and written through TLS (``copy_range``: no zero copy
+without kTLS, and one read of the file, where sendfile needs a second one for the
+digest), and ``peer_closed`` asks whether the socket is readable at all: the
+server sends no session tickets, so an idle TLS connection has nothing to read
+until it closes.
 
 The blocking side uses ``_socket``, the C module under ``socket``, directly:
 ``socket.py`` turns hundreds of constants into enums when imported, 4-6 ms of a
@@ -51,6 +58,7 @@ import time
 
 from ..errors import ConnectionFailed, FtransferError, HostKeyError, InsecureServer, TransferTimeout
 from .buffers import LARGE_BUFFER_BYTES, SMALL_BUFFER_BYTES, MappedBuffer
+from .files import unreadable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,8 +67,16 @@ if TYPE_CHECKING:
     import ssl
     from collections.abc import Coroutine
 
+    from ..checksum import Hasher
+
 TLS_READ_BYTES = 1 << 20
-"""A file range sent over TLS is read and written in pieces of this size."""
+"""A file range sent over TLS is read and written in pieces of this size (also by
+``copy_range``: the pieces are hashed while they are in the cache)."""
+TLS_WRITE_BYTES = 1 << 20
+"""``TlsChannel.sendall`` encrypts up to this much, then sends the records at once."""
+TLS_CIPHERTEXT_BYTES = LARGE_BUFFER_BYTES + 64 * 1024
+"""``TlsChannel`` reads up to this much ciphertext at once: a large buffer's worth
+of plaintext and its records' overhead (22 bytes per 16 KiB)."""
 
 
 TLS_RECORD_BYTES = 16 * 1024
@@ -157,22 +173,139 @@ def start_tls_blocking(
     *,
     server_hostname: str | None,
     timeout_s: float,
-) -> tuple[ssl.SSLSocket, bytes]:
-    """TLS over a connected socket (the handshake within ``timeout_s``): the TLS
-    socket and the server's certificate."""
-    import socket
-
-    plain = socket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
-    plain.settimeout(timeout_s)
+) -> tuple[TlsChannel, bytes]:
+    """TLS over a connected socket (the handshake within ``timeout_s``, per read):
+    the TLS channel and the server's certificate."""
+    raw.settimeout(timeout_s)
     try:
-        tls = context.wrap_socket(plain, server_hostname=server_hostname)
+        tls = TlsChannel(raw, context, server_hostname)
+        tls.handshake()
     except TimeoutError:
-        plain.close()
+        raw.close()
         raise TransferTimeout(f"TLS handshake with {_address(host, port)} timed out") from None
     except OSError as exc:
-        plain.close()
+        raw.close()
         raise tls_error(host, port, exc) from None
-    return tls, tls.getpeercert(binary_form=True) or b""
+    return tls, tls.getpeercert()
+
+
+class TlsChannel:
+    """TLS on a connected blocking socket, as an ``SSLObject`` between two memory
+    BIOs, with the calls ``BlockingSocket`` makes on a socket (``sendall``,
+    ``recv_into``, timeouts, ``pending``).
+
+    Why not an ``SSLSocket``: its socket BIO makes OpenSSL write every 16 KiB record
+    with a ``send`` of its own and read every record with two ``recv`` calls (the
+    5-byte header, then the body): 64 sends or 128 recvs per MiB, each one also a
+    trip through the interpreter on the receiving side (measured: 16,453 writes for
+    a 256 MiB put, 34,491 reads for a get). Here the records of up to
+    TLS_WRITE_BYTES of plaintext leave in one ``sendall``, one ``recv_into`` takes
+    up to TLS_CIPHERTEXT_BYTES of records, and the plaintext of all the records
+    received is taken into the caller's buffer in one call (benchmarks/bench_tls.py
+    measures both). Errors are what the socket and ``ssl`` raise (OSErrors), for
+    the caller to map; an end of stream without TLS's close_notify is an end of
+    stream (as an SSLSocket's ``suppress_ragged_eofs``)."""
+
+    def __init__(
+        self, sock: _socket.socket, context: ssl.SSLContext, server_hostname: str | None
+    ) -> None:
+        import ssl
+
+        self.sock = sock
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._obj = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
+        )
+        self._want_read: type[Exception] = ssl.SSLWantReadError
+        self._ended: tuple[type[Exception], ...] = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
+        self._raw: MappedBuffer | None = None
+
+    def handshake(self) -> None:
+        while True:
+            try:
+                self._obj.do_handshake()
+            except self._want_read:
+                self._flush()
+                self._feed()
+                continue
+            self._flush()
+            return
+
+    def getpeercert(self) -> bytes:
+        """The server's certificate (DER)."""
+        return self._obj.getpeercert(binary_form=True) or b""
+
+    def cipher(self) -> str:
+        """The negotiated cipher suite (``TLS_AES_256_GCM_SHA384``)."""
+        negotiated = self._obj.cipher()
+        return negotiated[0] if negotiated else ""
+
+    def _flush(self) -> None:
+        if self._outgoing.pending:
+            self.sock.sendall(self._outgoing.read())
+
+    def _feed(self) -> None:
+        """One read of records from the socket (raises what the read raises)."""
+        if self._raw is None:  # mapped: only the pages the reads touch are resident
+            self._raw = MappedBuffer(TLS_CIPHERTEXT_BYTES)
+        view = self._raw.view
+        n = self.sock.recv_into(view)
+        if n:
+            self._incoming.write(view[:n])
+        else:
+            self._incoming.write_eof()
+
+    def sendall(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), TLS_WRITE_BYTES):
+            self._obj.write(view[start : start + TLS_WRITE_BYTES])
+            self._flush()
+
+    def recv_into(self, view: memoryview) -> int:
+        """Plaintext into ``view``: what the records received hold, reading the
+        socket (once per try) until there is some; 0 at the end of the stream."""
+        while (n := self._take(view)) is None:
+            self._feed()
+        return n
+
+    def _take(self, view: memoryview) -> int | None:
+        """The plaintext of the records already received, up to ``len(view)``; None
+        if none is complete yet."""
+        got, size = 0, len(view)
+        try:
+            while got < size:
+                n: int = self._obj.read(size - got, view[got:])  # type: ignore[assignment]
+                if not n:  # close_notify (ssl returns 0, not SSLZeroReturnError)
+                    break
+                got += n
+        except self._want_read:
+            return got or None
+        except self._ended:
+            return got
+        return got
+
+    def pending(self) -> int:
+        """Bytes received and not taken yet (plaintext of a record being read, and
+        records not decrypted)."""
+        return self._obj.pending() + self._incoming.pending
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    def setblocking(self, flag: bool) -> None:
+        self.sock.setblocking(flag)
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self.sock.setsockopt(level, option, value)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+        if self._raw is not None:
+            self._raw.release()
+            self._raw = None
 
 
 def _wants_read(exc: OSError) -> bool:
@@ -182,7 +315,7 @@ def _wants_read(exc: OSError) -> bool:
     return isinstance(exc, ssl.SSLWantReadError)
 
 
-def _tls_pending(sock: _socket.socket | ssl.SSLSocket) -> bool:
+def _tls_pending(sock: _socket.socket | TlsChannel) -> bool:
     """Plaintext the TLS layer holds already (read from the socket, not taken)."""
     pending = getattr(sock, "pending", None)
     return bool(pending()) if pending is not None else False
@@ -200,6 +333,7 @@ class _Buffers:
     def __init__(self) -> None:
         self._small = memoryview(bytearray(SMALL_BUFFER_BYTES))
         self._large: MappedBuffer | None = None
+        self._copy: MappedBuffer | None = None
 
     def get(self, large: bool) -> memoryview:
         if not large:
@@ -208,17 +342,25 @@ class _Buffers:
             self._large = MappedBuffer(LARGE_BUFFER_BYTES)
         return self._large.view
 
+    def for_copy(self) -> memoryview:
+        """The buffer file ranges are read into to be sent (``copy_range``): not the
+        receive buffer, whose last view the caller may still hold."""
+        if self._copy is None:
+            self._copy = MappedBuffer(TLS_READ_BYTES)
+        return self._copy.view
+
     def release(self) -> None:
-        if self._large is not None:
-            self._large.release()
-            self._large = None
+        for buffer in (self._large, self._copy):
+            if buffer is not None:
+                buffer.release()
+        self._large = self._copy = None
 
 
 class BlockingSocket:
     """The primitives on a blocking socket (the synchronous client)."""
 
     def __init__(
-        self, sock: _socket.socket | ssl.SSLSocket, idle_timeout_s: float, *, tls: bool = False
+        self, sock: _socket.socket | TlsChannel, idle_timeout_s: float, *, tls: bool = False
     ) -> None:
         self.sock, self.idle_timeout_s, self.tls = sock, idle_timeout_s, tls
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
@@ -281,6 +423,37 @@ class BlockingSocket:
             raise self._stalled() from None
         except OSError as exc:
             raise _lost(exc) from None
+        return sent
+
+    def copy_range(self, fd: int, offset: int, count: int, hasher: Hasher | None) -> int:
+        """A file range read through a reused buffer and written, each piece given to
+        ``hasher`` first (files.CopyFrame): what TLS does instead of sendfile. Returns
+        how many bytes the file had; the rest of the frame is sent as zeros, and a
+        read that failed raises ``unreadable`` after them."""
+        self.flush()
+        view = self._buffers.for_copy()
+        sent, failed = 0, None
+        try:
+            while sent < count:
+                try:
+                    n = os.preadv(fd, [view[: min(len(view), count - sent)]], offset + sent)
+                except OSError as exc:
+                    failed = exc
+                    break
+                if n == 0:
+                    break
+                if hasher is not None:
+                    hasher.update(view[:n])
+                self.sock.sendall(view[:n])
+                sent += n
+            if sent < count:
+                self.sock.sendall(bytes(count - sent))
+        except TimeoutError:
+            raise self._stalled() from None
+        except OSError as exc:
+            raise _lost(exc) from None
+        if failed is not None:
+            raise unreadable(failed)
         return sent
 
     def _wait_writable(self) -> None:
@@ -350,13 +523,14 @@ class BlockingSocket:
 
     def peer_closed(self) -> bool:
         """See ``_peer_closed``."""
-        if self.tls:
-            return _readable_now(self.sock.fileno())
-        self.sock.setblocking(False)
+        sock = self.sock
+        if isinstance(sock, TlsChannel):
+            return sock.pending() > 0 or _readable_now(sock.fileno())
+        sock.setblocking(False)
         try:
-            return _peer_closed(self.sock)
+            return _peer_closed(sock)
         finally:
-            self.sock.settimeout(self.idle_timeout_s)
+            sock.settimeout(self.idle_timeout_s)
 
     def close(self) -> None:
         try:
@@ -430,7 +604,7 @@ class AsyncSocket:
     def write(self, data: bytes) -> None:
         self._cork.append(data)
 
-    async def _send(self, data: bytes) -> None:
+    async def _send(self, data: bytes | memoryview) -> None:
         if self._tls is not None:
             data = self._tls.seal(data)
         await self._loop.sock_sendall(self.sock, data)
@@ -487,6 +661,35 @@ class AsyncSocket:
             sent += len(data)
         if sent < count:
             await self._send(bytes(count - sent))
+        return sent
+
+    async def copy_range(self, fd: int, offset: int, count: int, hasher: Hasher | None) -> int:
+        """See ``BlockingSocket.copy_range``."""
+        await self.flush()
+        view = self._buffers.for_copy()
+        failed: list[OSError] = []
+
+        async def send() -> int:
+            sent = 0
+            while sent < count:
+                try:
+                    n = os.preadv(fd, [view[: min(len(view), count - sent)]], offset + sent)
+                except OSError as exc:
+                    failed.append(exc)
+                    break
+                if n == 0:
+                    break
+                if hasher is not None:
+                    hasher.update(view[:n])
+                await self._send(view[:n])
+                sent += n
+            if sent < count:
+                await self._send(bytes(count - sent))
+            return sent
+
+        sent = await self._timed(send(), self.idle_timeout_s)
+        if failed:
+            raise unreadable(failed[0])
         return sent
 
     async def read(self, large: bool, timeout: float | None = None) -> memoryview:
@@ -579,7 +782,7 @@ class _AsyncTls:
         else:
             self._incoming.write_eof()
 
-    def seal(self, data: bytes) -> bytes:
+    def seal(self, data: bytes | memoryview) -> bytes:
         self._obj.write(data)
         return self._outgoing.read()
 

@@ -31,8 +31,15 @@ Memory: asyncio's SSL transport reads the socket into a per-connection buffer of
 ``SSLProtocol.max_size`` (256 KiB, zero-filled, so resident) kept for the
 connection's whole life. ``limit_asyncio_tls_buffer`` lowers that class attribute
 (the stdlib's one knob for it) to ASYNCIO_TLS_READ_BYTES for the server process:
-250 idle TLS connections then hold 57 MiB instead of 105 MiB (the churn test), and
-a 512 MiB upload took the same time (median of 9: 1.09 s against 1.04 s).
+250 idle TLS connections then hold 57 MiB instead of 105 MiB (the churn test).
+But 64 KiB reads cost an upload one trip round the event loop (and a 64 KiB file
+write) per four records: once the client sent its records in large writes
+(io/tcp_sockets.py), a 256 MiB upload took 0.41-0.88 s with them and 0.34-0.47 s
+with 256 KiB. So ``set_read_bytes`` gives one connection ASYNCIO_TLS_FILE_READ_BYTES
+while a file streams in, and its small buffer back after: what asyncio has no
+public knob for (the connection's SSLProtocol is the transport's
+``_ssl_protocol``, its buffer ``_ssl_buffer``), so it does nothing where those
+are not what 3.11-3.13 have (``tests/test_tls.py`` would say so).
 
 ``ssl`` is imported inside the functions that need it: the directory defaults and
 the fingerprint arithmetic are used by commands that never open a TLS connection.
@@ -250,6 +257,8 @@ def fingerprint_of_file(cert_path: str) -> str:
 
 ASYNCIO_TLS_READ_BYTES = 64 * 1024
 """What asyncio's SSL transport reads from the socket at once (four TLS records)."""
+ASYNCIO_TLS_FILE_READ_BYTES = 256 * 1024
+"""... and on a connection while a file streams in (``set_read_bytes``)."""
 
 
 def limit_asyncio_tls_buffer() -> None:
@@ -258,6 +267,25 @@ def limit_asyncio_tls_buffer() -> None:
     from asyncio import sslproto
 
     sslproto.SSLProtocol.max_size = ASYNCIO_TLS_READ_BYTES
+
+
+def set_read_bytes(transport: object, nbytes: int) -> bool:
+    """Make one asyncio SSL connection read up to ``nbytes`` from its socket at once
+    (a larger buffer is made by asyncio at its next read; a smaller one replaces
+    the larger at once, so that its memory goes back). False if ``transport`` is
+    no asyncio SSL transport of the shape this knows (nothing is changed)."""
+    protocol = getattr(transport, "_ssl_protocol", None)
+    buffer = getattr(protocol, "_ssl_buffer", None)
+    if not isinstance(buffer, bytearray) or not isinstance(
+        getattr(protocol, "max_size", None), int
+    ):
+        return False
+    setattr(protocol, "max_size", nbytes)  # noqa: B010 (the instance's: the class keeps its own)
+    if len(buffer) > nbytes:  # (asyncio copies what it read out of it before we run)
+        smaller = bytearray(nbytes)
+        setattr(protocol, "_ssl_buffer", smaller)  # noqa: B010 (a private attribute)
+        setattr(protocol, "_ssl_buffer_view", memoryview(smaller))  # noqa: B010
+    return True
 
 
 def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
