@@ -74,6 +74,36 @@ def _run(command: str, args: argparse.Namespace) -> int:
         return report_error(exc)
 
 
+def _with_config(
+    parser: argparse.ArgumentParser,
+    commands: dict[str, argparse.ArgumentParser],
+    arguments: list[str],
+    args: argparse.Namespace,
+) -> argparse.Namespace:
+    """The arguments again, over the config file's defaults (cli/config_file.py),
+    if there is a file and a section for this command."""
+    from . import config_file
+
+    command = args.command
+    if command not in config_file.CLIENT_COMMANDS and command not in ("serve", "ping"):
+        return args
+    config = config_file.load()
+    if config is None:
+        return args
+    if command == "ping":  # (a host's address only)
+        args.config = config
+        return args
+    sections = ["serve"] if command == "serve" else ["defaults"]
+    remote = config_file.remote_text(command, args)
+    alias = None if remote is None else config_file.alias_of(remote, config)
+    if alias is not None:
+        sections.append(f"hosts.{alias}")
+    config_file.apply_defaults(commands[command], config, sections)
+    args = parser.parse_args(arguments)
+    args.config = config
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments == ["--version"]:  # nothing to import for this one
@@ -86,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(arguments)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        args = _with_config(parser, commands, arguments, args)
         return _run(args.command, args)
     except UsageError as exc:
         commands[args.command].error(str(exc))  # the command's usage, exit 2

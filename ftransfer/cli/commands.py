@@ -17,6 +17,7 @@ from ..client import Client, ClientConfig, TransferResult, Url
 from ..client.tree import has_magic
 from ..errors import FtransferError, UsageError
 from .argtypes import remote as parse_remote
+from .config_file import aliased
 from .output import print_listing, print_stat, record_line, summary, transfer_record
 from .progress import Bars
 
@@ -28,7 +29,7 @@ def report_error(exc: FtransferError) -> int:
 
 
 def _url(args: argparse.Namespace, text: str) -> Url:
-    url = parse_remote(text)
+    url = parse_remote(aliased(text, getattr(args, "config", None)))
     if getattr(args, "udp", False):
         if url.scheme == "tftp":
             raise UsageError("--udp does not apply to tftp:// (TFTP is always UDP)")

@@ -10,11 +10,12 @@ from ..client import Url, format_address
 from ..client.ping import ping as send_pings
 from ..errors import ExitCode
 from .argtypes import remote as parse_remote
+from .config_file import aliased
 
 
 def ping(args: argparse.Namespace) -> int:
     """Timestamped echoes; prints each RTT, then min/avg/max/jitter and loss."""
-    url = parse_remote(args.remote)
+    url = parse_remote(aliased(args.remote, getattr(args, "config", None)))
     where = format_address(url.host, url.port)
 
     def report(seq: int, rtt: float | None) -> None:

@@ -101,6 +101,17 @@ def parse_url(text: str, *, default_scheme: str = "tcp", allow_port_zero: bool =
     return Url(scheme=scheme, host=host, port=port, path=rest[1:], user=user)
 
 
+def explicit_port(text: str) -> bool:
+    """Whether a REMOTE names its port (else the scheme's default applies)."""
+    _given, sep, rest = text.partition("://")
+    _user, rest = _split_user(rest if sep else text)
+    try:
+        _host, after = _split_host(rest)
+    except ValueError:
+        return False
+    return after.startswith(":") and after[1:2].isdigit()
+
+
 def _split_user(text: str) -> tuple[str, str]:
     """(the user before ``@``, the rest); the user "" when there is none."""
     authority = text.split("/", 1)[0]
