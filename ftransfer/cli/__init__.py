@@ -57,6 +57,10 @@ def _run(command: str, args: argparse.Namespace) -> int:
             from .users import user
 
             return user(args)
+        if command in ("completion", "manpage"):
+            from . import generated
+
+            return generated.completion(args) if command == "completion" else generated.man(args)
         if command in ("ping", "relay"):
             from . import tools
 

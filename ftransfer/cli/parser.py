@@ -536,6 +536,29 @@ def _seconds(p: argparse.ArgumentParser, flag: str, default: float, text: str) -
     )
 
 
+def _completion(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    p = _command(
+        sub,
+        "completion",
+        help="print a shell completion script",
+        description="Print the completion script for bash (source <(ftransfer completion "
+        "bash)) or zsh (save it as _ftransfer in a directory of $fpath).",
+    )
+    p.add_argument("shell", choices=["bash", "zsh"])
+    return p
+
+
+def _manpage(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    return _command(
+        sub,
+        "manpage",
+        help="print the man page (roff)",
+        description="Print ftransfer(1) as roff: ftransfer manpage | man -l -",
+    )
+
+
 COMMANDS: dict[str, Adder] = {
     "serve": _serve,
     "put": _put,
@@ -548,4 +571,6 @@ COMMANDS: dict[str, Adder] = {
     "ping": _ping,
     "relay": _relay,
     "user": _user,
+    "completion": _completion,
+    "manpage": _manpage,
 }
