@@ -453,3 +453,23 @@ def test_a_udp_wiretap_sees_no_file_and_no_name(
     assert len(seen) > len(local.read_bytes())  # the whole upload went through it
     leaked = PATTERN in seen or b"secret-name" in seen
     assert leaked is insecure
+
+
+def test_verbose_traces_the_session_and_never_a_secret(
+    login_server: ServerProcess, tmp_path: Path
+) -> None:
+    (tmp_path / "a.txt").write_bytes(b"hello")
+    for via in ([], ["--udp"]):
+        done = _as(
+            ALICE_PASSWORD, "put", "-v", *via, str(tmp_path / "a.txt"), _url(login_server, "alice")
+        )
+        assert done.returncode == 0, done.stderr
+        trace = done.stderr.decode()
+        assert "tcp: connected to 127.0.0.1:" in trace and "tls: TLSv1.3 " in trace
+        assert f"server {login_server.fingerprint}, trusted by known_hosts" in trace
+        assert "tcp: -> LoginRequested user alice" in trace
+        assert ("udp: -> PUT a.txt" if via else "tcp: -> PutRequested path a.txt") in trace
+        assert ALICE_PASSWORD not in trace
+        if via:  # the ticket's id, never its secret
+            assert "TicketIssued 0x" in trace and "sealed, ticket 0x" in trace
+            assert "udp: <- completed" in trace

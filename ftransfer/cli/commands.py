@@ -67,6 +67,10 @@ def _config(args: argparse.Namespace) -> ClientConfig:
 
 
 def _client(args: argparse.Namespace, url: Url) -> Client:
+    if args.verbose:
+        from ..client import trace
+
+        trace.enable(trace.to_stderr)
     server = Url(scheme=url.scheme, host=url.host, port=url.port, user=url.user)
     return Client(server, config=_config(args), password=_password(args, url))
 

@@ -50,7 +50,7 @@ CLIENT_OPTIONS = frozenset(
         *("blksize", "ca", "cc", "checksum", "chunk", "fingerprint", "give-up", "insecure"),
         *("json", "known-hosts", "limit-rate", "netascii", "no-clobber", "parents"),
         *("password-file", "quiet", "recursive", "strict-host-keys", "tcp-port", "timeout"),
-        *("udp", "update", "windowsize"),
+        *("udp", "update", "verbose", "windowsize"),
     }
 )
 """Every long option of the client commands (a test keeps it true): one of them

@@ -86,6 +86,12 @@ def _client(p: argparse.ArgumentParser, *, transfer: bool = False) -> None:
         help=f"give up when a TCP server is silent this long (default {CLIENT_TIMEOUT_S:g})",
     )
     p.add_argument("--json", action="store_true", help="print JSON, one object per line")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="trace connections, TLS, requests and replies on stderr (secrets never shown)",
+    )
     p.add_argument("--udp", action="store_true", help="use the UDP mode (same as udp://)")
     p.add_argument(
         "--chunk",

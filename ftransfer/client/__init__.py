@@ -36,6 +36,7 @@ from ..config import ClientConfig
 from ..errors import FtransferError, UsageError
 from ..storage.entry import Entry, EntryKind
 from ..storage.names import escape
+from . import trace
 from .calls import STDOUT, Call, Calls, PathLike, RunTcp, RunTftp, RunUdp
 from .drive import drive, drive_async
 from .result import Progress, Stat, TransferResult, TransferStats
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     import ssl
     from typing import TypeVar
 
-    from ..io.tcp_sockets import AsyncSocket, BlockingSocket
+    from ..io.tcp_sockets import AsyncSocket, BlockingSocket, TlsChannel
     from .tcp import TcpLogic
 
     T = TypeVar("T")
@@ -200,7 +201,9 @@ class Client(_Base):
             self.close()
         if self._tcp is None:
             url, config = self.control, self.config
-            raw, _rtt = connect_blocking(url.host, url.port, timeout_s=config.connect_timeout_s)
+            raw, rtt = connect_blocking(url.host, url.port, timeout_s=config.connect_timeout_s)
+            if trace.ON:
+                trace.say(f"tcp: connected to {url.address} in {rtt * 1000:.1f} ms")
             if config.insecure:
                 self._tcp = (BlockingSocket(raw, config.idle_timeout_s), self._logic())
             else:
@@ -225,6 +228,8 @@ class Client(_Base):
         except BaseException:
             tls.close()
             raise
+        if trace.ON:
+            _trace_tls(tls, certificate, config)
         return BlockingSocket(tls, config.idle_timeout_s, tls=True)
 
     # ---- the calls ----------------------------------------------------------------------
@@ -490,6 +495,18 @@ class AsyncClient(_Base):
             skip=skip,
         )
         return await self._run(call)
+
+
+def _trace_tls(tls: TlsChannel, certificate: bytes, config: ClientConfig) -> None:
+    from ..io.tls import fingerprint
+
+    how = "known_hosts"
+    if config.ca_file:
+        how = "a CA"
+    elif config.fingerprint:
+        how = "a pinned fingerprint"
+    server = fingerprint(certificate)
+    trace.say(f"tls: {tls.version()} {tls.cipher()}, server {server}, trusted by {how}")
 
 
 def _to_stderr(message: str) -> None:

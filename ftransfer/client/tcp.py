@@ -68,6 +68,8 @@ from ..proto.ratelimit import bucket
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import Connection, Role, StreamState
 from ..storage.entry import Entry, EntryKind
+from ..storage.names import escape
+from . import trace
 from .drive import drive, drive_async
 from .local import LocalFile, Sink, local_label
 from .result import Progress, Stat, TransferResult
@@ -315,6 +317,8 @@ class TcpLogic:
 
     def _send(self, event: ev.Event) -> None:
         self._queued.append(self.conn.send(event))
+        if trace.ON:
+            trace.say(f"tcp: -> {_described(event)}")
 
     def _writes(self) -> Generator[Effect, object, None]:
         """Hand queued frames to the socket (written before its next read or flush)."""
@@ -348,6 +352,8 @@ class TcpLogic:
                 except FtransferError as exc:
                     raise SinkFailed(exc) from exc
                 continue
+            if trace.ON:
+                trace.say(f"tcp: <- {_described(event)}")
             if not self._hello_answered:
                 self._check_hello(event)
                 continue
@@ -722,3 +728,23 @@ class TcpLogic:
             digest=event.digest,
             transport="tcp",
         )
+
+
+def _described(event: ev.Event | ev.ConnectionClosed) -> str:
+    """A frame for the trace: its kind and the names in it, never a secret (a
+    LOGIN shows its user, a ticket its id)."""
+    if isinstance(event, ev.LoginRequested):
+        return f"LoginRequested user {event.user}"
+    if isinstance(event, ev.TicketIssued):
+        return f"TicketIssued {event.ticket:#x}, {event.lifetime_s} s"
+    name = type(event).__name__
+    named = [
+        f"{field} {escape(str(getattr(event, field)))}"
+        for field in ("path", "source", "target")
+        if hasattr(event, field)
+    ]
+    if isinstance(event, ev.Failed):
+        named.append(f"code {event.code}: {event.message}")
+    if isinstance(event, ev.FileStarted | ev.PutRequested):
+        named.append(f"{event.size} bytes")
+    return " ".join([name, *named])

@@ -47,6 +47,8 @@ from ..proto.events import Accepted, Completed, DataReceived, EndReceived, Faile
 from ..proto.udp.handshake import ClientRequest
 from ..proto.udp.packets import Operation
 from ..proto.udp.session import BlockReader, SessionConfig
+from ..storage.names import escape
+from . import trace
 from .local import LocalFile, MemorySink, Sink
 from .result import Progress, TransferResult, TransferStats
 from .urls import Url
@@ -130,6 +132,12 @@ class UdpCall:
             self.seal = ClientSeal(self.request, ticket)
             self.core = self.seal
         self._announced = False
+        if trace.ON:
+            how = f"sealed, ticket {ticket.ticket:#x}" if ticket is not None else "plaintext"
+            trace.say(
+                f"udp: -> {operation.name} {escape(path)} to {url.address} ({how}), "
+                f"chunk {config.udp_chunk_bytes}, window {CLIENT_WINDOW_CHUNKS}"
+            )
         if source is not None and progress is not None:  # before the first datagram
             progress.file_started(path, source.size)
             self._announced = True
@@ -149,6 +157,13 @@ class UdpCall:
         if self.error is not None and isinstance(event, DataReceived | EndReceived):
             return  # the request failed here: nothing more is kept or verified
         if isinstance(event, Accepted):
+            if trace.ON:
+                session = self.request.session
+                number = session.session_id if session is not None else 0
+                trace.say(
+                    f"udp: <- accepted, session {number:#x}, chunk {event.chunk_bytes}, "
+                    f"{event.size} bytes"
+                )
             self._accepted(event)
         elif isinstance(event, DataReceived):
             self._consume(event.data)
@@ -156,6 +171,14 @@ class UdpCall:
             self._verify(event)
         elif isinstance(event, Completed | Failed):
             self.result = event
+            if trace.ON:
+                ended = "completed" if isinstance(event, Completed) else f"failed {event.code}"
+                s = self.stats()
+                trace.say(
+                    f"udp: <- {ended}: {s.datagrams_sent} sent, {s.datagrams_received} received, "
+                    f"{s.retransmitted} retransmitted, srtt {s.srtt_ms or 0:.1f} ms, "
+                    f"loss {s.loss_estimate or 0:.1%}"
+                )
         self._report_sent()
 
     def _reading(self, source: LocalFile) -> Callable[[int, int], bytes]:

@@ -235,6 +235,10 @@ class TlsChannel:
         """The server's certificate (DER)."""
         return self._obj.getpeercert(binary_form=True) or b""
 
+    def version(self) -> str:
+        """The negotiated protocol (``TLSv1.3``)."""
+        return self._obj.version() or ""
+
     def cipher(self) -> str:
         """The negotiated cipher suite (``TLS_AES_256_GCM_SHA384``)."""
         negotiated = self._obj.cipher()

@@ -136,9 +136,12 @@ class Sealer:
         self.secret, self.direction, self.ticket = secret, direction, ticket
         self.epoch_bits = epoch_bits
         self.next_pn = 0
-        self._epoch = -1
-        self._aead: AESGCM | None = None
-        self._iv = 0
+        # The first epoch's key now, not at the first seal: the AEAD's import and
+        # the key schedule (a few ms) must not sit between the moment a datagram
+        # is due and the moment it leaves (the handshake takes its RTT sample so).
+        key, iv = derive(secret, direction, 0)
+        self._aead: AESGCM | None = _aead(key)
+        self._iv, self._epoch = int.from_bytes(iv, "big"), 0
 
     def seal(self, inner: bytes | memoryview) -> bytes:
         pn = self.next_pn
