@@ -61,6 +61,10 @@ def _run(command: str, args: argparse.Namespace) -> int:
             from . import generated
 
             return generated.completion(args) if command == "completion" else generated.man(args)
+        if command in ("shell", "sum"):
+            from . import tools
+
+            return tools.shell(args) if command == "shell" else tools.sum_files(args)
         if command in ("ping", "relay"):
             from . import tools
 

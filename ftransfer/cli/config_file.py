@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 
 from ..errors import UsageError
 
-CLIENT_COMMANDS = frozenset({"put", "get", "ls", "stat", "rm", "mkdir", "mv"})
+CLIENT_COMMANDS = frozenset({"put", "get", "ls", "stat", "rm", "mkdir", "mv", "shell"})
 """The commands [defaults] and a host's options apply to (``ping`` takes only a
 host's address: its --timeout means another thing)."""
 CLIENT_OPTIONS = frozenset(
@@ -50,7 +50,7 @@ CLIENT_OPTIONS = frozenset(
         *("blksize", "ca", "cc", "checksum", "chunk", "fingerprint", "give-up", "insecure"),
         *("json", "known-hosts", "limit-rate", "netascii", "no-clobber", "parents"),
         *("password-file", "quiet", "recursive", "strict-host-keys", "tcp-port", "timeout"),
-        *("udp", "update", "verbose", "windowsize"),
+        *("udp", "update", "verbose", "windowsize", "batch"),
     }
 )
 """Every long option of the client commands (a test keeps it true): one of them

@@ -542,6 +542,40 @@ def _seconds(p: argparse.ArgumentParser, flag: str, default: float, text: str) -
     )
 
 
+def _shell(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = _command(
+        sub,
+        "shell",
+        help="an interactive session (sftp habits)",
+        usage="ftransfer shell [options] [USER@]HOST[:PORT]",
+        description="Open one connection (one login) and take commands at a prompt: ls [-l], "
+        "cd, pwd, lcd, lpwd, lls, get [-r], put [-r], mkdir [-p], rm, mv, stat, sum, ping, "
+        "help, exit. Ctrl-C aborts the transfer under way, Ctrl-D leaves.",
+    )
+    _remote(p)
+    p.add_argument(
+        "-b",
+        "--batch",
+        metavar="FILE",
+        default=None,
+        help="run the commands in FILE ('-': standard input) and stop at the first failure",
+    )
+    _client(p, transfer=True)
+    return p
+
+
+def _sum(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = _command(
+        sub,
+        "sum",
+        help="the xxh3-128 of local files",
+        description="Print the xxh3-128 of each local FILE, the digest the server's stat and "
+        "--json show, as sha256sum prints its own.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE")
+    return p
+
+
 def _completion(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
@@ -577,6 +611,8 @@ COMMANDS: dict[str, Adder] = {
     "ping": _ping,
     "relay": _relay,
     "user": _user,
+    "shell": _shell,
+    "sum": _sum,
     "completion": _completion,
     "manpage": _manpage,
 }

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
+import sys
 
 from ..client import Url, format_address
 from ..client.ping import ping as send_pings
-from ..errors import ExitCode
+from ..errors import ExitCode, FtransferError, UsageError
+from ..storage.names import escape
 from .argtypes import remote as parse_remote
 from .config_file import aliased
 
@@ -68,3 +70,43 @@ def relay(args: argparse.Namespace) -> int:
         rate_bytes_per_s=None if args.rate is None else args.rate * 1e6 / 8,
     )
     return 0
+
+
+def print_sums(paths: list[str]) -> int:
+    """Print ``DIGEST  NAME`` for each local file (as sha256sum does), the same
+    xxh3-128 the server's stat and --json show; the exit code of the first
+    file that could not be read."""
+    from ..checksum import file_digest
+    from ..client.local import LocalFile
+
+    failed = 0
+    for path in paths:
+        try:
+            with LocalFile(path) as source:
+                digest = file_digest(source.fileno())
+        except FtransferError as exc:
+            sys.stderr.write(f"ftransfer: error: {exc}\n")
+            failed = failed or int(exc.exit_code)
+            continue
+        except OSError as exc:
+            sys.stderr.write(f"ftransfer: error: local {path}: {exc.strerror}\n")
+            failed = failed or int(ExitCode.LOCAL_IO)
+            continue
+        print(f"{digest.hex()}  {escape(path)}")
+    return failed
+
+
+def sum_files(args: argparse.Namespace) -> int:
+    return print_sums(list(args.files))
+
+
+def shell(args: argparse.Namespace) -> int:
+    """An interactive session (cli/shell.py) on one connection."""
+    from .commands import _client, _url
+    from .shell import run
+
+    url = _url(args, args.remote)
+    if url.path:
+        raise UsageError("shell takes a server, [USER@]HOST[:PORT]; cd to a directory inside")
+    with _client(args, url) as client:
+        return run(args, client)
