@@ -50,6 +50,8 @@ CONTROL_EVENTS: list[ev.Event] = [
     ev.MoveRequested(source="from/ä", target="to"),
     ev.MoveRequested(source="a", target="b", exclusive=True),
     ev.Done(),
+    ev.PingRequested(seq=7, timestamp_ns=2**63 + 5),
+    ev.Ponged(seq=2**32 - 1, timestamp_ns=0),
     ev.Failed(code=13, message="refused: .."),
 ]
 
@@ -99,6 +101,8 @@ def test_unknown_type_is_refused() -> None:
         (FrameType.MOVE, b"\x00\x00\x09ab", "source is truncated"),
         (FrameType.MKDIR, b"", "truncated"),
         (FrameType.DATA, b"", "no control payload"),
+        (FrameType.PING, bytes(11), "PING must be 12 bytes"),
+        (FrameType.PONG, bytes(13), "PONG must be 12 bytes"),
     ],
 )
 def test_malformed_payloads_raise_remote_protocol_error(

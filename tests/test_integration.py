@@ -424,3 +424,31 @@ def test_a_server_that_stops_answering_times_out(tmp_path: Path) -> None:
     listener.close()
     assert result.returncode == ExitCode.TIMEOUT, result.stderr
     assert b"stopped answering" in result.stderr
+
+
+def test_ping_over_tcp_echoes_on_the_tls_connection(server: ServerProcess) -> None:
+    done = run_cli("ping", "--tcp", "-c", "3", "-i", "0.01", server.remote())
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()
+    assert [line.split("seq=")[1].split()[0] for line in lines[:3]] == ["0", "1", "2"]
+    assert all(" rtt=" in line for line in lines[:3])
+    assert lines[4] == "3 sent, 3 received, 0.0% loss"
+    assert lines[5].startswith("rtt min/avg/max/jitter = ")
+    scheme = run_cli("ping", "-c", "1", f"tcp://127.0.0.1:{server.port}")
+    assert scheme.returncode == 0 and b"1 sent, 1 received" in scheme.stdout
+
+
+def test_a_pong_must_echo_its_ping(server: ServerProcess) -> None:
+    """The core pairs each PONG with a PING; the server echoes what it was sent."""
+    peer = RawPeer(server.port)
+    try:
+        peer.send(
+            ev.HelloOffered(min_version=3, max_version=3),
+            ev.PingRequested(seq=9, timestamp_ns=123),
+        )
+        seen: list[ev.Event | ev.ConnectionClosed] = []
+        while not any(isinstance(e, ev.Ponged | ev.ConnectionClosed) for e in seen):
+            seen.extend(peer.events())
+        assert seen[-1] == ev.Ponged(seq=9, timestamp_ns=123)
+    finally:
+        peer.close()

@@ -300,14 +300,22 @@ def _mv(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.Ar
 
 
 def _ping(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    p = _command(sub, "ping", help="UDP echoes: RTT min/avg/max/jitter and loss")
+    p = _command(
+        sub,
+        "ping",
+        help="time-stamped echoes: RTT min/avg/max/jitter and loss",
+        description="UDP echoes by default (the path the UDP mode takes); --tcp or a "
+        "tcp:// REMOTE echoes over the TLS connection instead (PING frames).",
+    )
     _remote(p)
-    p.add_argument("--udp", action="store_true", help="(the default and only mode)")
+    p.add_argument("--udp", action="store_true", help="UDP echoes (the default)")
+    p.add_argument("--tcp", action="store_true", help="echoes over the TCP (TLS) connection")
     p.add_argument("-c", "--count", type=ranged(1, 1_000_000), default=5, metavar="N")
     p.add_argument("-i", "--interval", type=positive, default=0.2, metavar="S")
     p.add_argument(
         "--timeout", type=positive, default=1.0, metavar="S", help="wait for each echo (default 1)"
     )
+    _security(p)
     return p
 
 

@@ -6,6 +6,7 @@ import argparse
 import itertools
 import statistics
 import sys
+from collections.abc import Callable
 
 from ..client import Url, format_address
 from ..client.ping import ping as send_pings
@@ -17,20 +18,25 @@ from .config_file import aliased
 
 def ping(args: argparse.Namespace) -> int:
     """Timestamped echoes; prints each RTT, then min/avg/max/jitter and loss."""
-    url = parse_remote(aliased(args.remote, getattr(args, "config", None)))
+    text = aliased(args.remote, getattr(args, "config", None))
+    url = parse_remote(text)
     where = format_address(url.host, url.port)
 
     def report(seq: int, rtt: float | None) -> None:
         shown = "timeout" if rtt is None else f"rtt={rtt:.3f} ms"
         print(f"{where}: seq={seq} {shown}", flush=True)
 
-    rtts = send_pings(
-        Url(scheme="udp", host=url.host, port=url.port),
-        count=args.count,
-        interval_s=args.interval,
-        timeout_s=args.timeout,
-        report=report,
-    )
+    over_tcp = getattr(args, "tcp", False) or text.startswith("tcp://")
+    if over_tcp:
+        rtts = _tcp_pings(args, url, report)
+    else:
+        rtts = send_pings(
+            Url(scheme="udp", host=url.host, port=url.port),
+            count=args.count,
+            interval_s=args.interval,
+            timeout_s=args.timeout,
+            report=report,
+        )
     lost = args.count - len(rtts)
     print(f"--- {where} ping statistics ---")
     print(f"{args.count} sent, {len(rtts)} received, {lost / args.count:.1%} loss")
@@ -42,6 +48,38 @@ def ping(args: argparse.Namespace) -> int:
             f"{max(rtts):.3f}/{jitter:.3f} ms"
         )
     return 0 if rtts else int(ExitCode.TIMEOUT)
+
+
+def _tcp_pings(
+    args: argparse.Namespace, url: Url, report: Callable[[int, float | None], None]
+) -> list[float]:
+    """The echoes over one TCP (TLS) connection; a lost connection ends them."""
+    import time
+
+    from ..client import Client, ClientConfig
+    from .commands import _password
+
+    config = ClientConfig(
+        connect_timeout_s=max(args.timeout, 1.0),
+        idle_timeout_s=max(args.timeout * 10, 10.0),
+        insecure=getattr(args, "insecure", False),
+        tcp_port=None,
+        known_hosts=getattr(args, "known_hosts", None),
+        strict_host_keys=getattr(args, "strict_host_keys", False),
+        fingerprint=getattr(args, "fingerprint", None),
+        ca_file=getattr(args, "ca", None),
+    )
+    server = Url(scheme="tcp", host=url.host, port=url.port, user=url.user)
+    rtts: list[float] = []
+    with Client(server, config=config, password=_password(args, url)) as client:
+        client.ping(-1 & 0xFFFFFFFF)  # the connection, its handshakes (not counted)
+        for seq in range(args.count):
+            if seq:
+                time.sleep(args.interval)
+            rtt = client.ping(seq)
+            rtts.append(rtt)
+            report(seq, rtt)
+    return rtts
 
 
 def relay(args: argparse.Namespace) -> int:

@@ -238,6 +238,12 @@ class Client(_Base):
         """Kind, size, mtime, permission bits and (for files) the server's xxh3-128."""
         return self._run(self._calls.stat(path))
 
+    def ping(self, seq: int = 0) -> float:
+        """One time-stamped echo over the TCP connection (PING): its round trip in
+        milliseconds (the first one opens the connection, whose handshakes it does
+        not count)."""
+        return self._run(self._calls.ping(seq))
+
     def list(self, path: str = "") -> list[Entry]:
         """The entries of a remote directory ("" is the root), sorted by name."""
         return self._run(self._calls.listing(path))

@@ -166,6 +166,13 @@ class Calls(Batches):
         digest = stated.digest if stated.entry.kind is ev.EntryKind.FILE else None
         return Stat(entry=wire_to_entry(stated.entry), digest=digest)
 
+    def ping(self, seq: int) -> Call[float]:
+        if self.url.scheme != "tcp":
+            raise not_supported(self.url, "echo over TCP (ping without --tcp uses UDP)")
+        result = yield from tcp(lambda logic: logic.ping(seq))
+        assert isinstance(result, float)
+        return result
+
     def listing(self, path: str) -> Call[list[Entry]]:
         if self.url.scheme == "tcp":
             result = yield from tcp(lambda logic: logic.listing(path))

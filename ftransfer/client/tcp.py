@@ -463,6 +463,15 @@ class TcpLogic:
         self._send(ev.TicketRequested())
         return (yield from self._expect(ev.TicketIssued))
 
+    def ping(self, seq: int) -> Op[float]:
+        """One time-stamped echo (PING, PONG): its round trip in milliseconds."""
+        sent = time.perf_counter_ns()
+        self._send(ev.PingRequested(seq=seq, timestamp_ns=sent))
+        pong = yield from self._expect(ev.Ponged)
+        if pong.seq != seq or pong.timestamp_ns != sent:
+            raise RemoteProtocolError(f"{self.server} echoed another PING")
+        return (time.perf_counter_ns() - sent) / 1e6
+
     def simple(self, request: ev.Event) -> Op[None]:
         """REMOVE, MKDIR or MOVE: OK or ERROR."""
         self._send(request)

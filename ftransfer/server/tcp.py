@@ -397,6 +397,10 @@ class TcpSession:
             ev.TicketIssued(ticket=ticket.ticket, lifetime_s=lifetime, secret=ticket.secret)
         )
 
+    async def _ping(self, request: ev.PingRequested) -> None:
+        """Echo a PING (allowed to anyone, before a login too: it touches nothing)."""
+        self.stream.send(ev.Ponged(seq=request.seq, timestamp_ns=request.timestamp_ns))
+
     async def _remove(self, request: ev.RemoveRequested) -> None:
         await self._simple(lambda: self.ops.remove(self.who, request.path))
 
@@ -422,6 +426,7 @@ HANDLERS: dict[type, Callable[[TcpSession, Any], Awaitable[None]]] = {
     ev.DownloadVerified: TcpSession._verified,
     ev.LoginRequested: TcpSession._login,
     ev.TicketRequested: TcpSession._ticket,
+    ev.PingRequested: TcpSession._ping,
 }
 """What each request runs: functions, not bound methods, so that a session holds
 no reference cycle (one would keep its connection's TLS memory until the GC's

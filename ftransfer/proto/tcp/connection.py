@@ -85,6 +85,7 @@ _AFTER_HELLO: Transitions = {
             ev.MkdirRequested,
             ev.MoveRequested,
             ev.TicketRequested,
+            ev.PingRequested,
         )
     },
 }
@@ -103,6 +104,7 @@ REPLY_TRANSITIONS: Transitions = {
     (S.IDLE, ev.Stated): S.IDLE,
     (S.IDLE, ev.Done): S.IDLE,
     (S.IDLE, ev.TicketIssued): S.IDLE,
+    (S.IDLE, ev.Ponged): S.IDLE,
     (S.IDLE, ev.Failed): S.IDLE,
     (S.IDLE, ev.FileStarted): S.DOWNLOADING,
     (S.DOWNLOADING, ev.FileData): S.DOWNLOADING,
@@ -124,6 +126,7 @@ ANSWERS: dict[type, tuple[type, ...]] = {
     ev.Stated: (ev.StatRequested,),
     ev.Done: (ev.LoginRequested, ev.RemoveRequested, ev.MkdirRequested, ev.MoveRequested),
     ev.TicketIssued: (ev.TicketRequested,),
+    ev.Ponged: (ev.PingRequested,),
 }
 """Which request the first frame of a reply may answer (ERROR answers any)."""
 
@@ -161,6 +164,8 @@ FRAME_NAMES: dict[type, str] = {
     ev.Done: "OK",
     ev.TicketRequested: "TICKET",
     ev.TicketIssued: "TICKET_OK",
+    ev.PingRequested: "PING",
+    ev.Ponged: "PONG",
     ev.Failed: "ERROR",
 }
 """The wire name of each event's frame, for the messages a peer reads."""

@@ -145,6 +145,13 @@ class TicketRequested(Record):
     """The keys for a sealed UDP request (TLS connections only, protocol.md 4.2)."""
 
 
+class PingRequested(Record):
+    """A time-stamped echo request (``ftransfer ping --tcp``): PONG echoes it."""
+
+    seq: int
+    timestamp_ns: int
+
+
 # ---- server -> client -----------------------------------------------------------
 
 
@@ -195,6 +202,13 @@ class Done(Record):
     """Success of REMOVE, MKDIR or MOVE."""
 
 
+class Ponged(Record):
+    """Answer to PING: its sequence number and time stamp, unchanged."""
+
+    seq: int
+    timestamp_ns: int
+
+
 class TicketIssued(Record):
     """Answer to TICKET: the ticket id and secret that seal one UDP request of
     this connection's principal (proto/udp/sealed.py); the secret is never shown."""
@@ -233,6 +247,7 @@ Request = (
     | MkdirRequested
     | MoveRequested
     | TicketRequested
+    | PingRequested
 )
 Reply = (
     HelloAccepted
@@ -243,6 +258,7 @@ Reply = (
     | Stated
     | Done
     | TicketIssued
+    | Ponged
     | Failed
 )
 Event = Request | Reply | FileData | FileEnded

@@ -53,6 +53,8 @@ class FrameType(IntEnum):
     OK = 0x60
     TICKET = 0x70
     TICKET_OK = 0x71
+    PING = 0x72
+    PONG = 0x73
     ERROR = 0x7F
 
 
@@ -65,6 +67,7 @@ _ENTRY = struct.Struct(">BQqHH")
 _MOVE = struct.Struct(">BH")
 _U16 = struct.Struct(">H")
 _TICKET_OK = struct.Struct(">QI32s")
+_ECHO = struct.Struct(">IQ")
 MODE_MASK = 0o777
 """Only permission bits cross the wire: never setuid, setgid or sticky."""
 _MAX_SIZE = 2**63 - 1
@@ -249,6 +252,16 @@ def _ticket_ok(raw: bytes) -> ev.Event:
     return ev.TicketIssued(ticket=ticket, lifetime_s=lifetime_s, secret=secret)
 
 
+def _echo(make: Callable[..., ev.Event], what: str) -> Callable[[bytes], ev.Event]:
+    def parse(raw: bytes) -> ev.Event:
+        if len(raw) != _ECHO.size:
+            raise RemoteProtocolError(f"{what} must be {_ECHO.size} bytes")
+        seq, timestamp_ns = _ECHO.unpack(raw)
+        return make(seq=seq, timestamp_ns=timestamp_ns)
+
+    return parse
+
+
 def _error(raw: bytes) -> ev.Event:
     (code,) = _fixed_untrusted(raw, _U16, "ERROR")
     assert isinstance(code, int)
@@ -294,6 +307,8 @@ _DECODERS: dict[FrameType, Callable[[bytes], ev.Event]] = {
     FrameType.OK: _empty(ev.Done, "OK"),
     FrameType.TICKET: _empty(ev.TicketRequested, "TICKET"),
     FrameType.TICKET_OK: _ticket_ok,
+    FrameType.PING: _echo(ev.PingRequested, "PING"),
+    FrameType.PONG: _echo(ev.Ponged, "PONG"),
     FrameType.ERROR: _error,
 }
 
@@ -408,6 +423,10 @@ def _encode_payload(event: ev.Event) -> tuple[FrameType, bytes]:
             return FrameType.TICKET, b""
         case ev.TicketIssued(ticket=t, lifetime_s=life, secret=secret):
             return FrameType.TICKET_OK, _TICKET_OK.pack(t, life, secret)
+        case ev.PingRequested(seq=seq, timestamp_ns=ts):
+            return FrameType.PING, _ECHO.pack(seq, ts)
+        case ev.Ponged(seq=seq, timestamp_ns=ts):
+            return FrameType.PONG, _ECHO.pack(seq, ts)
         case Failed(code=code, message=message):
             return FrameType.ERROR, _U16.pack(code) + truncate_utf8(
                 message, MAX_ERROR_MESSAGE_BYTES
