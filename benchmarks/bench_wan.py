@@ -60,8 +60,11 @@ import _harness as h
 
 TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
 CLIENT_IP, SERVER_IP = "10.201.0.1", "10.201.0.2"
-TOOLS = ("udp", "cubic", "bbr", "tftp")
-"""``--tools``: ftransfer UDP, ftransfer TCP with CUBIC and with BBR, the TFTP pair."""
+TOOLS = ("udp", "cubic", "bbr", "auto", "tftp")
+"""``--tools``: ftransfer UDP, ftransfer TCP with CUBIC and with BBR, ``--transport
+auto`` (with CUBIC, the Internet's default, should it take TCP), the TFTP pair."""
+AUTO_TARGET = 0.90
+"""``auto`` within 10 % of the better of UDP and TCP on every row (issue 14)."""
 FTRANSFER_PORT, TFTP_PORT = 9021, 6969
 JITTER_TARGET = 0.70
 """UDP goodput at 10 % loss + 5 ms jitter, as a fraction of the link (issue 10.6)."""
@@ -288,6 +291,10 @@ def measure(
             link.set_tcp_cc(cc)
             get = ["get", server.remote("file.bin"), str(out)]
             results[f"ftransfer TCP ({cc})"] = _median(args.runs, functools.partial(ftransfer, get))
+        if "auto" in tools:
+            link.set_tcp_cc("cubic")
+            get = ["get", "--transport", "auto", server.remote("file.bin"), str(out)]
+            results["ftransfer auto"] = _median(args.runs, functools.partial(ftransfer, get))
         if tftpd is not None:
             windowed = h.atftp_get(SERVER_IP, TFTP_PORT, "file.bin", out)
             results["TFTP windowsize 32 (atftp)"] = _timed(link, windowed, args.limit)
@@ -446,6 +453,7 @@ def report(
         ["path", *names, *["UDP / TCP (cubic)"] * both],
         rows,
     )
+    auto_verdicts(table)
     jitter = Case(0.10, 5.0)
     if jitter in table and "ftransfer UDP" in table[jitter]:
         seconds = table[jitter]["ftransfer UDP"]
@@ -455,6 +463,20 @@ def report(
             f"{jitter.label}: UDP at {share:.0%} of the link "
             f"(target >= {JITTER_TARGET:.0%}: {verdict})"
         )
+
+
+def auto_verdicts(table: dict[Case, dict[str, float | None]]) -> None:
+    """On each row, ``auto`` against the better of UDP and TCP (either CC)."""
+    for case, cells in table.items():
+        auto = cells.get("ftransfer auto")
+        others = [cells.get(name) for name in ("ftransfer UDP", "ftransfer TCP (cubic)")]
+        others.append(cells.get("ftransfer TCP (bbr)"))
+        best = min((s for s in others if s), default=None)
+        if "ftransfer auto" not in cells or best is None:
+            continue
+        share = best / auto if auto else 0.0
+        verdict = "met" if share >= AUTO_TARGET else "missed"
+        print(f"{case.label}: auto at {share:.2f}x the better of UDP and TCP (>= 0.90: {verdict})")
 
 
 if __name__ == "__main__":

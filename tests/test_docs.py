@@ -60,7 +60,9 @@ def test_the_readme_shell_commands_name_real_subcommands() -> None:
     shell = "\n".join(re.findall(r"^```sh\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE))
     used = set(re.findall(r"^ftransfer (\w+)", shell, flags=re.MULTILINE))
     used |= set(re.findall(r"`ftransfer (\w+)", text))
-    known = {"serve", "put", "get", "ls", "stat", "rm", "mkdir", "mv", "ping", "relay", "user"}
+    from ftransfer.cli.parser import COMMANDS
+
+    known = set(COMMANDS)
     assert used and used <= known, used - known
 
 

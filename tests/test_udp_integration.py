@@ -194,3 +194,48 @@ def test_ping_without_an_echo_reports_loss_and_exits_7() -> None:
     silent.close()
     assert result.returncode == ExitCode.TIMEOUT
     assert b"2 sent, 0 received, 100.0% loss" in result.stdout
+
+
+def test_auto_takes_udp_on_a_long_path_and_says_why(
+    server: ServerProcess, relay_factory: list[RelayProcess], tmp_path: Path
+) -> None:
+    relay = RelayProcess(server.port, "--delay", "10")  # 20 ms round trips at least
+    relay_factory.append(relay)
+    data = os.urandom(200_000)
+    (tmp_path / "in.bin").write_bytes(data)
+    keys = ("--tcp-port", str(server.port))  # the relay carries UDP; TLS goes direct
+    remote = f"127.0.0.1:{relay.port}/auto.bin"
+    put = run_cli("put", "--transport", "auto", "--json", *keys, str(tmp_path / "in.bin"), remote)
+    assert put.returncode == 0, put.stderr
+    record = json.loads(put.stdout)
+    assert record["transport"] == "udp"
+    assert record["transport_choice"]["transport"] == "udp"
+    assert "a long path" in record["transport_choice"]["reason"]
+    assert record["transport_choice"]["rtt_ms"] >= 20
+    assert b"transport udp: rtt " in put.stderr
+    assert (server.root / "auto.bin").read_bytes() == data
+
+
+def test_auto_takes_tcp_on_a_short_clean_path(server: ServerProcess, tmp_path: Path) -> None:
+    (tmp_path / "in.bin").write_bytes(b"x" * 1000)
+    put = run_cli("put", "--transport", "auto", "--json", str(tmp_path / "in.bin"), server.remote())
+    assert put.returncode == 0, put.stderr
+    record = json.loads(put.stdout)
+    assert (
+        record["transport"] == "tcp" and "short, clean path" in record["transport_choice"]["reason"]
+    )
+
+
+def test_auto_falls_back_to_tcp_when_udp_is_not_there(served: Path, tmp_path: Path) -> None:
+    proc = ServerProcess(served, "--no-udp", log=tmp_path / "server.log")
+    try:
+        (tmp_path / "in.bin").write_bytes(b"y" * 1000)
+        put = run_cli(
+            "put", "--transport", "auto", "--json", str(tmp_path / "in.bin"), proc.remote()
+        )
+        assert put.returncode == 0, put.stderr
+        record = json.loads(put.stdout)
+        assert record["transport"] == "tcp"
+        assert "UDP is blocked or filtered" in record["transport_choice"]["reason"]
+    finally:
+        assert proc.stop() == 0

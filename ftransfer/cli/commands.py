@@ -30,6 +30,11 @@ def report_error(exc: FtransferError) -> int:
 
 def _url(args: argparse.Namespace, text: str) -> Url:
     url = parse_remote(aliased(text, getattr(args, "config", None)))
+    transport = getattr(args, "transport", None)
+    if transport is not None and transport != "tcp":
+        if url.scheme == "tftp":
+            raise UsageError(f"--transport {transport} does not apply to tftp://")
+        url = Url(scheme=transport, host=url.host, port=url.port, path=url.path, user=url.user)
     if getattr(args, "udp", False):
         if url.scheme == "tftp":
             raise UsageError("--udp does not apply to tftp:// (TFTP is always UDP)")
@@ -67,12 +72,15 @@ def _config(args: argparse.Namespace) -> ClientConfig:
 
 
 def _client(args: argparse.Namespace, url: Url) -> Client:
+    args.client = None  # (set below: _report reads what auto:// chose)
     if args.verbose:
         from ..client import trace
 
         trace.enable(trace.to_stderr)
     server = Url(scheme=url.scheme, host=url.host, port=url.port, user=url.user)
-    return Client(server, config=_config(args), password=_password(args, url))
+    client = Client(server, config=_config(args), password=_password(args, url))
+    args.client = client
+    return client
 
 
 def _password(args: argparse.Namespace, url: Url) -> str | None:
@@ -112,7 +120,11 @@ def _report(args: argparse.Namespace, result: TransferResult, bars: Bars) -> Non
     """A transfer's --json record or link summary, above any progress bars."""
     if args.json:
         out = sys.stdout if result.local != "-" else sys.stderr
-        bars.write(record_line(transfer_record(result)), out)
+        record = transfer_record(result)
+        client = getattr(args, "client", None)
+        if client is not None and client.choice is not None:
+            record["transport_choice"] = client.choice.record()
+        bars.write(record_line(record), out)
     elif not args.quiet and (line := summary(result)) is not None:
         bars.write(line)
 

@@ -50,7 +50,7 @@ CLIENT_OPTIONS = frozenset(
         *("blksize", "ca", "cc", "checksum", "chunk", "fingerprint", "give-up", "insecure"),
         *("json", "known-hosts", "limit-rate", "netascii", "no-clobber", "parents"),
         *("password-file", "quiet", "recursive", "strict-host-keys", "tcp-port", "timeout"),
-        *("udp", "update", "verbose", "windowsize", "batch"),
+        *("udp", "update", "verbose", "windowsize", "batch", "transport"),
     }
 )
 """Every long option of the client commands (a test keeps it true): one of them

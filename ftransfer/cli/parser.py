@@ -94,6 +94,13 @@ def _client(p: argparse.ArgumentParser, *, transfer: bool = False) -> None:
     )
     p.add_argument("--udp", action="store_true", help="use the UDP mode (same as udp://)")
     p.add_argument(
+        "--transport",
+        choices=["tcp", "udp", "auto"],
+        default=None,
+        help="tcp, udp, or auto: probe the path and take UDP on lossy or long ones, TCP "
+        "otherwise (and when UDP is blocked); the choice and its reason are printed",
+    )
+    p.add_argument(
         "--chunk",
         type=ranged(UDP_MIN_CHUNK_BYTES, UDP_MAX_CHUNK_BYTES),
         default=None,

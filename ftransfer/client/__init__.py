@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from typing import TypeVar
 
     from ..io.tcp_sockets import AsyncSocket, BlockingSocket, TlsChannel
+    from .auto import TransportChoice
     from .tcp import TcpLogic
 
     T = TypeVar("T")
@@ -90,15 +91,31 @@ class _Base:
         self.url = server_url(url)
         self.config = config or ClientConfig()
         self._calls = Calls(self.url, self.config)
-        self.control = self.url
+        self.control = self._control()
         """Where TCP goes: the server, or for udp:// the TLS connection of its keys."""
-        if self.url.scheme == "udp" and self.config.tcp_port is not None:
-            url = self.url
-            self.control = Url(
-                scheme="tcp", host=url.host, port=self.config.tcp_port, user=url.user
-            )
         self._login = _login(self.url, password)
         self._notice = notice or _to_stderr
+        self.choice: TransportChoice | None = None
+        """What ``auto://`` chose and why (after the first call)."""
+
+    def _control(self) -> Url:
+        url = self.url
+        if url.scheme in ("udp", "auto") and self.config.tcp_port is not None:
+            return Url(scheme="tcp", host=url.host, port=self.config.tcp_port, user=url.user)
+        return url
+
+    def _choose_transport(self) -> None:
+        """``auto://``: probe the path once and become a tcp:// or udp:// client
+        (client/auto.py); the choice and its reason go to ``notice``."""
+        from .auto import choose
+
+        choice = choose(self.url)
+        self.choice = choice
+        url = self.url
+        self.url = Url(scheme=choice.transport, host=url.host, port=url.port, user=url.user)
+        self._calls = Calls(self.url, self.config)
+        self.control = self._control()
+        self._notice(f"ftransfer: transport {choice.transport}: {choice.reason}")
 
     def _logic(self) -> TcpLogic:
         from .tcp import TcpLogic
@@ -178,6 +195,11 @@ class Client(_Base):
         """Carry out what ``call`` asks for, on blocking sockets."""
         return drive(call, self._perform)
 
+    def _call(self, make: Callable[[], Call[T]]) -> T:
+        if self.url.scheme == "auto":
+            self._choose_transport()
+        return self._run(make())
+
     def _perform(self, request: RunTcp | RunUdp | RunTftp) -> object:
         if isinstance(request, RunUdp):
             from .udp import run_sync as run_udp
@@ -236,30 +258,30 @@ class Client(_Base):
 
     def stat(self, path: str) -> Stat:
         """Kind, size, mtime, permission bits and (for files) the server's xxh3-128."""
-        return self._run(self._calls.stat(path))
+        return self._call(lambda: self._calls.stat(path))
 
     def ping(self, seq: int = 0) -> float:
         """One time-stamped echo over the TCP connection (PING): its round trip in
         milliseconds (the first one opens the connection, whose handshakes it does
         not count)."""
-        return self._run(self._calls.ping(seq))
+        return self._call(lambda: self._calls.ping(seq))
 
     def list(self, path: str = "") -> list[Entry]:
         """The entries of a remote directory ("" is the root), sorted by name."""
-        return self._run(self._calls.listing(path))
+        return self._call(lambda: self._calls.listing(path))
 
     def remove(self, path: str) -> None:
         """Remove a file, a symlink or an empty directory."""
-        self._run(self._calls.remove(path))
+        self._call(lambda: self._calls.remove(path))
 
     def mkdir(self, path: str, *, parents: bool = False) -> None:
         """Create a directory (``parents``: and missing parents; existing is fine)."""
-        self._run(self._calls.mkdir(path, parents=parents))
+        self._call(lambda: self._calls.mkdir(path, parents=parents))
 
     def move(self, source: str, target: str, *, no_clobber: bool = False) -> None:
         """Rename on the server, or move into ``target`` if it is a directory
         (``"/"`` or ``""``: the root)."""
-        self._run(self._calls.move(source, target, no_clobber=no_clobber))
+        self._call(lambda: self._calls.move(source, target, no_clobber=no_clobber))
 
     def get(
         self,
@@ -272,7 +294,9 @@ class Client(_Base):
         """Download ``remote`` to ``local``: a path (written atomically; a directory
         keeps the remote name; None: the current directory), ``"-"`` or a descriptor
         (streamed as it arrives)."""
-        return self._run(self._calls.get(remote, local, no_clobber=no_clobber, progress=progress))
+        return self._call(
+            lambda: self._calls.get(remote, local, no_clobber=no_clobber, progress=progress)
+        )
 
     def get_many(
         self,
@@ -293,15 +317,16 @@ class Client(_Base):
         permission bits; symlinks are skipped (``progress.skipped``). ``skip``:
         "update" leaves out files here with the same size and mtime, "checksum"
         those with the same xxh3-128 (``progress.unchanged``)."""
-        call = self._calls.get_many(
-            remotes,
-            local,
-            recursive=recursive,
-            no_clobber=no_clobber,
-            progress=progress,
-            skip=skip,
+        return self._call(
+            lambda: self._calls.get_many(
+                remotes,
+                local,
+                recursive=recursive,
+                no_clobber=no_clobber,
+                progress=progress,
+                skip=skip,
+            )
         )
-        return self._run(call)
 
     def put(
         self,
@@ -331,15 +356,16 @@ class Client(_Base):
         symlinks and special files are skipped (``progress.skipped``). ``skip``:
         "update" leaves out files the server has with the same size and mtime,
         "checksum" those with the same xxh3-128 (``progress.unchanged``)."""
-        call = self._calls.put_many(
-            locals_,
-            remote,
-            recursive=recursive,
-            no_clobber=no_clobber,
-            progress=progress,
-            skip=skip,
+        return self._call(
+            lambda: self._calls.put_many(
+                locals_,
+                remote,
+                recursive=recursive,
+                no_clobber=no_clobber,
+                progress=progress,
+                skip=skip,
+            )
         )
-        return self._run(call)
 
 
 class AsyncClient(_Base):
@@ -377,6 +403,15 @@ class AsyncClient(_Base):
     async def _run(self, call: Call[T]) -> T:
         async with self._lock:
             return await drive_async(call, self._perform)
+
+    async def _call(self, make: Callable[[], Call[T]]) -> T:
+        if self.url.scheme == "auto":
+            import asyncio
+
+            async with self._lock:
+                if self.url.scheme == "auto":
+                    await asyncio.to_thread(self._choose_transport)
+        return await self._run(make())
 
     async def _perform(self, request: RunTcp | RunUdp | RunTftp) -> object:
         if isinstance(request, RunUdp):
@@ -426,19 +461,19 @@ class AsyncClient(_Base):
     # ---- the calls ----------------------------------------------------------------------
 
     async def stat(self, path: str) -> Stat:
-        return await self._run(self._calls.stat(path))
+        return await self._call(lambda: self._calls.stat(path))
 
     async def list(self, path: str = "") -> list[Entry]:
-        return await self._run(self._calls.listing(path))
+        return await self._call(lambda: self._calls.listing(path))
 
     async def remove(self, path: str) -> None:
-        await self._run(self._calls.remove(path))
+        await self._call(lambda: self._calls.remove(path))
 
     async def mkdir(self, path: str, *, parents: bool = False) -> None:
-        await self._run(self._calls.mkdir(path, parents=parents))
+        await self._call(lambda: self._calls.mkdir(path, parents=parents))
 
     async def move(self, source: str, target: str, *, no_clobber: bool = False) -> None:
-        await self._run(self._calls.move(source, target, no_clobber=no_clobber))
+        await self._call(lambda: self._calls.move(source, target, no_clobber=no_clobber))
 
     async def get(
         self,
@@ -448,8 +483,9 @@ class AsyncClient(_Base):
         no_clobber: bool = False,
         progress: Progress | None = None,
     ) -> TransferResult:
-        call = self._calls.get(remote, local, no_clobber=no_clobber, progress=progress)
-        return await self._run(call)
+        return await self._call(
+            lambda: self._calls.get(remote, local, no_clobber=no_clobber, progress=progress)
+        )
 
     async def get_many(
         self,
@@ -461,15 +497,16 @@ class AsyncClient(_Base):
         progress: Progress | None = None,
         skip: str | None = None,
     ) -> builtins.list[TransferResult | FtransferError]:
-        call = self._calls.get_many(
-            remotes,
-            local,
-            recursive=recursive,
-            no_clobber=no_clobber,
-            progress=progress,
-            skip=skip,
+        return await self._call(
+            lambda: self._calls.get_many(
+                remotes,
+                local,
+                recursive=recursive,
+                no_clobber=no_clobber,
+                progress=progress,
+                skip=skip,
+            )
         )
-        return await self._run(call)
 
     async def put(
         self,
@@ -492,15 +529,16 @@ class AsyncClient(_Base):
         progress: Progress | None = None,
         skip: str | None = None,
     ) -> builtins.list[TransferResult | FtransferError]:
-        call = self._calls.put_many(
-            locals_,
-            remote,
-            recursive=recursive,
-            no_clobber=no_clobber,
-            progress=progress,
-            skip=skip,
+        return await self._call(
+            lambda: self._calls.put_many(
+                locals_,
+                remote,
+                recursive=recursive,
+                no_clobber=no_clobber,
+                progress=progress,
+                skip=skip,
+            )
         )
-        return await self._run(call)
 
 
 def _trace_tls(tls: TlsChannel, certificate: bytes, config: ClientConfig) -> None:

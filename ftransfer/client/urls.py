@@ -25,7 +25,8 @@ import _socket  # not socket: see io/tcp_sockets.py (start-up)
 from .._records import Record
 from ..config import DEFAULT_PORT, TFTP_PORT
 
-SCHEMES = {"tcp": DEFAULT_PORT, "udp": DEFAULT_PORT, "tftp": TFTP_PORT}
+SCHEMES = {"tcp": DEFAULT_PORT, "udp": DEFAULT_PORT, "tftp": TFTP_PORT, "auto": DEFAULT_PORT}
+"""``auto://``: TCP or UDP, whichever the path suits (client/auto.py)."""
 
 
 class Url(Record):
