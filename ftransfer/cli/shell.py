@@ -396,9 +396,8 @@ def _history() -> Iterator[None]:
     except ImportError:  # (no readline: plain input, no history)
         yield
         return
-    from ..io.tls import state_dir_default
-
-    path = os.path.join(state_dir_default(), "shell_history")
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    path = os.path.join(state, "ftransfer", "shell_history")
     readline.set_completer_delims(" \t\n")
     with contextlib.suppress(OSError):
         readline.read_history_file(path)

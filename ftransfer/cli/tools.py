@@ -8,10 +8,9 @@ import statistics
 import sys
 from collections.abc import Callable
 
-from ..client import Url, format_address
+from ..client import Url, escape, format_address
 from ..client.ping import ping as send_pings
 from ..errors import ExitCode, FtransferError, UsageError
-from ..storage.names import escape
 from .argtypes import remote as parse_remote
 from .config_file import aliased
 
