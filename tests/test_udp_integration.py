@@ -6,7 +6,9 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from conftest import CLI, ServerProcess, run_cli, temporaries
 
 from ftransfer.checksum import digest_bytes
 from ftransfer.errors import ExitCode
+from ftransfer.proto.udp import packets as pk
+from ftransfer.proto.udp.sealed import SEALED_MAGIC
 
 
 class RelayProcess:
@@ -227,15 +231,73 @@ def test_auto_takes_tcp_on_a_short_clean_path(server: ServerProcess, tmp_path: P
 
 
 def test_auto_falls_back_to_tcp_when_udp_is_not_there(served: Path, tmp_path: Path) -> None:
-    proc = ServerProcess(served, "--no-udp", log=tmp_path / "server.log")
+    """Over TLS the server refuses the probe's keys (no encrypted UDP); in
+    plaintext the echoes go unanswered (port unreachable): TCP both times."""
+    (tmp_path / "in.bin").write_bytes(b"y" * 1000)
+    for extra, reason in (
+        ((), "the server gives no UDP keys"),
+        (("--insecure",), "UDP is blocked or filtered"),
+    ):
+        proc = ServerProcess(served, "--no-udp", *extra, log=tmp_path / "server.log")
+        try:
+            put = run_cli(
+                "put",
+                "--transport",
+                "auto",
+                "--json",
+                *extra,
+                str(tmp_path / "in.bin"),
+                proc.remote(),
+            )
+            assert put.returncode == 0, put.stderr
+            record = json.loads(put.stdout)
+            assert record["transport"] == "tcp"
+            assert reason in record["transport_choice"]["reason"]
+        finally:
+            assert proc.stop() == 0
+
+
+def test_the_probe_is_sealed_so_a_forged_echo_does_not_count(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A responder that is not the server answers every datagram: a PONG built
+    from a plaintext PING, else the datagram reflected. Over TLS the probe's
+    PINGs are sealed, so nothing it sends back opens: every echo is lost, and the
+    client takes TCP (to the real server, --tcp-port)."""
+    forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    forger.bind(("127.0.0.1", 0))
+    forger.settimeout(5)
+    seen: list[bytes] = []
+
+    def answer() -> None:
+        try:
+            while True:
+                data, peer = forger.recvfrom(65536)
+                seen.append(data)
+                try:
+                    _sid, body = pk.decode_untrusted(data)
+                except pk.PacketError:
+                    forger.sendto(data, peer)  # a reflection
+                    continue
+                if isinstance(body, pk.Ping):
+                    pong = pk.Pong(seq=body.seq, timestamp_ns=body.timestamp_ns, padding=0)
+                    forger.sendto(pk.encode(0, pong), peer)
+        except OSError:
+            return
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
     try:
-        (tmp_path / "in.bin").write_bytes(b"y" * 1000)
+        (tmp_path / "in.bin").write_bytes(b"z" * 100)
+        keys = ("--tcp-port", str(server.port))
+        remote = f"127.0.0.1:{forger.getsockname()[1]}/sealed.bin"
         put = run_cli(
-            "put", "--transport", "auto", "--json", str(tmp_path / "in.bin"), proc.remote()
+            "put", "--transport", "auto", "--json", *keys, str(tmp_path / "in.bin"), remote
         )
         assert put.returncode == 0, put.stderr
         record = json.loads(put.stdout)
-        assert record["transport"] == "tcp"
-        assert "UDP is blocked or filtered" in record["transport_choice"]["reason"]
+        assert record["transport"] == "tcp" and record["transport_choice"]["echoes_lost"] == 10
+        assert seen and all(data[0] == SEALED_MAGIC for data in seen)  # never a plain PING
     finally:
-        assert proc.stop() == 0
+        forger.close()
+        thread.join(timeout=10)

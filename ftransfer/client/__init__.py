@@ -33,7 +33,7 @@ import builtins
 from collections.abc import Callable, Sequence
 
 from ..config import ClientConfig
-from ..errors import FtransferError, UsageError
+from ..errors import FtransferError, Refused, TlsRequired, UsageError
 from ..storage.entry import Entry, EntryKind
 from ..storage.names import escape
 from . import trace
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from typing import TypeVar
 
     from ..io.tcp_sockets import AsyncSocket, BlockingSocket, TlsChannel
+    from ..proto.udp.sealed import Ticket
     from .auto import TransportChoice
     from .tcp import TcpLogic
 
@@ -104,12 +105,16 @@ class _Base:
             return Url(scheme="tcp", host=url.host, port=self.config.tcp_port, user=url.user)
         return url
 
-    def _choose_transport(self) -> None:
-        """``auto://``: probe the path once and become a tcp:// or udp:// client
+    def _choose_transport(self, ticket: Ticket | FtransferError | None) -> None:
+        """``auto://``: probe the path once (sealed with ``ticket``; a refused
+        ticket means no encrypted UDP there) and become a tcp:// or udp:// client
         (client/auto.py); the choice and its reason go to ``notice``."""
-        from .auto import choose
+        from .auto import choose, without_udp
 
-        choice = choose(self.url)
+        if isinstance(ticket, FtransferError):
+            choice = without_udp(f"the server gives no UDP keys ({ticket})")
+        else:
+            choice = choose(self.url, ticket)
         self.choice = choice
         url = self.url
         self.url = Url(scheme=choice.transport, host=url.host, port=url.port, user=url.user)
@@ -197,8 +202,17 @@ class Client(_Base):
 
     def _call(self, make: Callable[[], Call[T]]) -> T:
         if self.url.scheme == "auto":
-            self._choose_transport()
+            self._choose_transport(self._probe_ticket())
         return self._run(make())
+
+    def _probe_ticket(self) -> Ticket | FtransferError | None:
+        """The keys the probe's echoes are sealed with (None: --insecure)."""
+        if self.config.insecure:
+            return None
+        try:
+            return self._run(self._calls.ticket())
+        except (TlsRequired, Refused) as exc:
+            return exc
 
     def _perform(self, request: RunTcp | RunUdp | RunTftp) -> object:
         if isinstance(request, RunUdp):
@@ -408,9 +422,15 @@ class AsyncClient(_Base):
         if self.url.scheme == "auto":
             import asyncio
 
+            ticket: Ticket | FtransferError | None = None
+            if not self.config.insecure:
+                try:
+                    ticket = await self._run(self._calls.ticket())
+                except (TlsRequired, Refused) as exc:
+                    ticket = exc
             async with self._lock:
                 if self.url.scheme == "auto":
-                    await asyncio.to_thread(self._choose_transport)
+                    await asyncio.to_thread(self._choose_transport, ticket)
         return await self._run(make())
 
     async def _perform(self, request: RunTcp | RunUdp | RunTftp) -> object:

@@ -17,19 +17,28 @@ PONGs, for at most ``PROBE_DEADLINE_S``:
 - otherwise (a short, clean path, a LAN): **TCP**, which sends files with
   sendfile and is the fastest there.
 
-The ``TransportChoice`` keeps the figures and the one-line reason: the CLI prints
-it and puts it in every ``--json`` record. The echoes are plain U5 datagrams, not
-sealed: a forged PONG could only pick the other of two authenticated transports.
+The echoes go over the authenticated session: with TLS (the default) the client
+first takes a ticket on its TLS connection and seals every PING with it, and a
+PONG counts only if it opens (a forged one is dropped, as in a transfer); a
+server that serves no encrypted UDP refuses the ticket, and that is TCP too.
+With ``--insecure`` they are plain U5 datagrams. The ``TransportChoice`` keeps
+the figures and the one-line reason: the CLI prints it and puts it in every
+``--json`` record.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 from .._records import Record
 from ..errors import ConnectionFailed
 from .urls import Url
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..proto.udp.sealed import Ticket
 
 PROBE_ECHOES = 10
 PROBE_SPACING_S = 0.005
@@ -63,13 +72,19 @@ class TransportChoice(Record):
         }
 
 
-def choose(url: Url) -> TransportChoice:
-    """Probe ``url``'s server over UDP and choose (see the module docstring)."""
+def choose(url: Url, ticket: Ticket | None = None) -> TransportChoice:
+    """Probe ``url``'s server over UDP (sealed with ``ticket`` if one is given)
+    and choose (see the module docstring)."""
     try:
-        rtts, sent = probe(url)
+        rtts, sent = probe(url, ticket)
     except ConnectionFailed:  # port unreachable: nothing listens for UDP there
         rtts, sent = [], 1
     return decide(rtts, sent)
+
+
+def without_udp(reason: str) -> TransportChoice:
+    """TCP, because the server said it has no (encrypted) UDP for us."""
+    return TransportChoice(transport="tcp", reason=reason, rtt_ms=None, lost=0, sent=0)
 
 
 def decide(rtts: list[float], sent: int) -> TransportChoice:
@@ -94,12 +109,13 @@ def decide(rtts: list[float], sent: int) -> TransportChoice:
     return TransportChoice(transport=transport, reason=why, rtt_ms=rtt, lost=lost, sent=sent)
 
 
-def probe(url: Url) -> tuple[list[float], int]:
+def probe(url: Url, ticket: Ticket | None = None) -> tuple[list[float], int]:
     """The round trips (ms) of the echoes that came back, and how many were sent."""
     from ..io.udp import open_udp_socket
     from ..proto.udp.packets import PacketError, Ping, Pong, decode_untrusted, encode
     from .ping import PING_PADDING
 
+    seal, unseal = _sealing(ticket)
     sock = open_udp_socket(url.host, url.port, connect=True)
     sent: dict[int, int] = {}
     rtts: dict[int, float] = {}
@@ -110,7 +126,8 @@ def probe(url: Url) -> tuple[list[float], int]:
             if len(sent) < PROBE_ECHOES and now >= started + len(sent) * PROBE_SPACING_S:
                 seq, stamp = len(sent), time.monotonic_ns()
                 sent[seq] = stamp
-                sock.send(encode(0, Ping(seq=seq, timestamp_ns=stamp, padding=PING_PADDING)))
+                ping = encode(0, Ping(seq=seq, timestamp_ns=stamp, padding=PING_PADDING))
+                sock.send(seal(ping))
                 continue
             if len(sent) == PROBE_ECHOES and rtts:  # all sent: linger a few round trips
                 linger = LINGER_RTTS * max(rtts.values()) / 1000
@@ -124,8 +141,11 @@ def probe(url: Url) -> tuple[list[float], int]:
                 continue
             except ConnectionRefusedError:
                 raise ConnectionFailed(f"udp {url.address}: port unreachable") from None
+            opened = unseal(reply)
+            if opened is None:
+                continue  # (forged, replayed, or not for us)
             try:
-                _session, body = decode_untrusted(reply)
+                _session, body = decode_untrusted(opened)
             except PacketError:
                 continue
             if isinstance(body, Pong) and sent.get(body.seq) == body.timestamp_ns:
@@ -133,3 +153,17 @@ def probe(url: Url) -> tuple[list[float], int]:
     finally:
         sock.close()
     return list(rtts.values()), len(sent)
+
+
+def _sealing(
+    ticket: Ticket | None,
+) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes | None]]:
+    """How a probe's datagrams are sealed and opened: with the ticket's keys, as a
+    sealed request's (proto/udp/sealed.py), or not at all (``--insecure``)."""
+    if ticket is None:
+        return (lambda datagram: datagram), (lambda datagram: datagram)
+    from ..proto.udp.sealed import CLIENT_TO_SERVER, SERVER_TO_CLIENT, Opener, Sealer, SealStats
+
+    sealer = Sealer(ticket.secret, CLIENT_TO_SERVER, ticket.ticket)
+    opener = Opener(ticket.secret, SERVER_TO_CLIENT, ticket.ticket, SealStats())
+    return sealer.seal, opener.open

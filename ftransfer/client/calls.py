@@ -57,6 +57,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ..proto.udp.sealed import Ticket
     from .tftp import TftpCall
     from .udp import MakeSink, UdpCall
 
@@ -101,15 +102,7 @@ class Calls(Batches):
         from ..proto.udp.packets import Operation
         from .udp import UdpCall
 
-        ticket = None
-        if not self.config.insecure:
-            from ..proto.udp.sealed import Ticket
-
-            issued = yield from tcp(lambda logic: logic.ticket())
-            assert isinstance(issued, ev.TicketIssued)
-            ticket = Ticket(
-                ticket=issued.ticket, secret=issued.secret, lifetime_s=issued.lifetime_s
-            )
+        ticket = None if self.config.insecure else (yield from self.ticket())
         return UdpCall(
             self.url,
             self.config,
@@ -123,6 +116,14 @@ class Calls(Batches):
             parents=parents,
             ticket=ticket,
         )
+
+    def ticket(self) -> Call[Ticket]:
+        """The keys of one sealed UDP exchange, over the TLS connection (TICKET)."""
+        from ..proto.udp.sealed import Ticket
+
+        issued = yield from tcp(lambda logic: logic.ticket())
+        assert isinstance(issued, ev.TicketIssued)
+        return Ticket(ticket=issued.ticket, secret=issued.secret, lifetime_s=issued.lifetime_s)
 
     def _tftp(
         self,
