@@ -74,6 +74,58 @@ def test_a_session_lists_completes_transfers_aborts_and_leaves(
     assert temporaries(server.root) == [] and temporaries(here) == []
 
 
+def test_a_user_logs_in_once_at_the_prompt_and_transfers_both_ways(
+    served: Path, tmp_path: Path
+) -> None:
+    users = tmp_path / "users"
+    added = subprocess.run(
+        [*CLI, "user", "add", "alice", "--users", str(users), "--password-stdin"],
+        input="wonderland-7\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    proc = ServerProcess(served, "--users", str(users), log=tmp_path / "server.log")
+    here = tmp_path / "local"
+    here.mkdir()
+    (here / "notes.txt").write_bytes(b"my notes")
+    env = {k: v for k, v in os.environ.items() if k != "FTRANSFER_PASSWORD"}
+    child = pexpect.spawn(
+        CLI[0],
+        [*CLI[1:], "shell", f"alice@127.0.0.1:{proc.port}"],
+        cwd=str(here),
+        env=env,
+        encoding="utf-8",
+        timeout=TIMEOUT,
+    )
+    try:
+        child.expect("alice@127.0.0.1's password: ")  # on the terminal, never an argument
+        child.sendline("wonderland-7")
+        child.expect(prompt(proc))
+        child.sendline("put notes.txt")
+        child.expect(prompt(proc))
+        child.sendline("ls")
+        child.expect("notes.txt")
+        child.expect(prompt(proc))
+        child.sendline("get notes.txt copy.txt")
+        child.expect(prompt(proc))
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+        assert (served / "alice" / "notes.txt").read_bytes() == b"my notes"
+        assert (here / "copy.txt").read_bytes() == b"my notes"
+        logins = [
+            line for line in (tmp_path / "server.log").read_text().splitlines() if " login" in line
+        ]
+        assert len(logins) == 1, logins  # one connection, one login, for the session
+    finally:
+        child.close(force=True)
+        assert proc.stop() == 0
+
+
 def test_a_batch_stops_at_its_first_failure(server: ServerProcess, tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_bytes(b"a")
     batch = tmp_path / "commands"
