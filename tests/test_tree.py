@@ -310,3 +310,18 @@ def test_a_directory_without_recursive_is_refused_with_a_hint() -> None:
     [refusal] = outcomes
     assert isinstance(refusal, FtransferError) and "is a directory (use -r)" in str(refusal)
     assert calls.jobs == []
+
+
+def test_a_pattern_never_matches_a_name_no_server_may_send(tmp_path: Path) -> None:
+    """``.*`` would match a listed ``..``: a hostile server's way out of the target."""
+    calls = HostileCalls(
+        {
+            "": [entry("..", DIR), entry(".ok"), entry("a\\b"), entry("x\x1by")],
+            "..": [entry("evil")],
+        },
+        root=entry("", DIR),
+    )
+    found = run(expand(calls.server.listing, SERVER, ".*"))
+    assert isinstance(found, list) and [e.name for e in found] == [".ok"]
+    with pytest.raises(NotFound):  # (a\\b and x<ESC>y are refused, .ok is hidden)
+        run(expand(calls.server.listing, SERVER, "*"))

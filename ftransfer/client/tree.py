@@ -237,7 +237,8 @@ def expand(listing: Listing, server: str, pattern: str) -> Generator[Request, ob
     """The remote names a pattern matches, each as an entry whose ``name`` is the
     whole path, in name order (one LIST per directory searched); a component
     without magic is taken as it is, and a wildcard does not match a leading ``.``
-    (as a shell). No match: NotFound."""
+    (as a shell). A listed name that is not one valid component is never matched
+    (``..`` would match ``.*``). No match: NotFound."""
     import fnmatch
 
     from ..errors import NotFound
@@ -252,6 +253,8 @@ def expand(listing: Listing, server: str, pattern: str) -> Generator[Request, ob
                 following.append((join_remote(directory, part), None))
                 continue
             for entry in (yield from listing(directory)):
+                if not is_valid_component(entry.name):
+                    continue  # ("..", "a/b" from a hostile server: never a local path)
                 hidden = entry.name.startswith(".") and not part.startswith(".")
                 if hidden or not fnmatch.fnmatchcase(entry.name, part):
                     continue
