@@ -72,3 +72,19 @@ def test_a_servers_limit_slows_every_client(served: Path, tmp_path: Path, transp
 def test_a_rate_must_be_a_positive_size(server: ServerProcess, tmp_path: Path, bad: str) -> None:
     got = run_cli("get", "--limit-rate", bad, server.remote("x"), str(tmp_path / "x"))
     assert got.returncode == ExitCode.USAGE and b"--limit-rate" in got.stderr
+
+
+def test_a_low_limit_keeps_frames_short_so_the_peer_does_not_time_out(
+    served: Path, tmp_path: Path
+) -> None:
+    """1.2 MB at 256K/s: sent as one frame, the client would wait 4.7 s for it and
+    give up after its 3 s --timeout; under a limit frames hold 1/4 s of the rate."""
+    data = os.urandom(1_200_000)
+    (served / "a.bin").write_bytes(data)
+    proc = ServerProcess(served, "--max-rate", "256K", log=tmp_path / "server.log")
+    try:
+        got = run_cli("get", "--timeout", "3", "-q", proc.remote("a.bin"), str(tmp_path / "b.bin"))
+        assert got.returncode == 0, got.stderr
+        assert (tmp_path / "b.bin").read_bytes() == data
+    finally:
+        assert proc.stop() == 0

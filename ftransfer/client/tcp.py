@@ -44,7 +44,7 @@ from collections.abc import Callable, Generator, Sequence
 
 from .._records import Record
 from ..checksum import new_hasher
-from ..config import PROTOCOL_VERSION
+from ..config import MAX_FRAME_BYTES, PROTOCOL_VERSION
 from ..errors import (
     ConnectionFailed,
     FtransferError,
@@ -64,7 +64,7 @@ from ..io.files import (
     new_scratch,
 )
 from ..io.tcp_sockets import AsyncSocket, BlockingSocket, ReadTimedOut
-from ..proto.ratelimit import bucket
+from ..proto.ratelimit import bucket, frame_bytes
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import Connection, Role, StreamState
 from ..storage.entry import Entry, EntryKind
@@ -662,6 +662,7 @@ class TcpLogic:
             cancelled=lambda: put.refused,
             sendfile=not self._copy_files,
             copy=self._copy_files,
+            frame_bytes=frame_bytes(self._limits["out"], MAX_FRAME_BYTES),
         )
         answer: int | None = None
         try:

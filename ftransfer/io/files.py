@@ -129,12 +129,16 @@ def file_frames(
     *,
     sendfile: bool = True,
     copy: bool = False,
+    frame_bytes: int = MAX_FRAME_BYTES,
 ) -> Generator[FileOp, int | None, bytes | None]:
     """The frames of ``source``; returns its digest, or None if ``cancelled()``
     became true between frames (the caller then sends ABORT or ERROR).
     ``sendfile=False`` (a TLS connection: the kernel cannot encrypt) asks for
     CopyFrame if ``copy`` (the stream reads ranges itself), else reads every frame,
-    READ_CHUNK_BYTES at a time."""
+    READ_CHUNK_BYTES at a time. ``frame_bytes`` caps a frame (a rate limit keeps
+    each frame to a fraction of a second, so the peer never waits a whole 4 MiB
+    at a low rate: a read timeout)."""
+    frame_bytes = max(1, min(frame_bytes, MAX_FRAME_BYTES))
     size, known = source.size, source.digest
     hasher = None if known is not None else new_hasher()
     fd = source.fileno() if sendfile or copy else None
@@ -146,12 +150,12 @@ def file_frames(
             return None
         if copying:
             assert fd is not None
-            count = min(MAX_FRAME_BYTES, size - offset)
+            count = min(frame_bytes, size - offset)
             got = yield CopyFrame(fd=fd, offset=offset, count=count, hasher=hasher)
             assert got is not None
         elif zero_copy:
             assert fd is not None
-            count = min(MAX_FRAME_BYTES, size - offset)
+            count = min(frame_bytes, size - offset)
             got = yield SendfileFrame(fd=fd, offset=offset, count=count)
             assert got is not None
             if hasher is not None and got == count:
@@ -160,7 +164,8 @@ def file_frames(
                 except OSError as exc:  # the frame went out whole
                     raise unreadable(exc) from None
         else:
-            count = min(MAX_FRAME_BYTES if fd is not None else READ_CHUNK_BYTES, size - offset)
+            chunk = frame_bytes if fd is not None else min(READ_CHUNK_BYTES, frame_bytes)
+            count = min(chunk, size - offset)
             try:
                 data = source.read(offset, count)
             except (OSError, FtransferError) as exc:  # before the frame: at a boundary

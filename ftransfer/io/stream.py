@@ -52,9 +52,9 @@ import socket
 import struct
 from collections.abc import Callable
 
-from ..config import CORK_BYTES, WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES
+from ..config import CORK_BYTES, MAX_FRAME_BYTES, WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES
 from ..errors import ConnectionFailed, FtransferError, TransferTimeout
-from ..proto.ratelimit import Limits
+from ..proto.ratelimit import Limits, frame_bytes
 from ..proto.tcp import events as ev
 from ..proto.tcp.connection import Connection
 from .buffers import SMALL_BUFFER_BYTES, BufferPool, MappedBuffer
@@ -453,7 +453,13 @@ class FrameStream(asyncio.BufferedProtocol):
         if self._scratch is None:
             self._scratch = new_scratch()
         frames = file_frames(
-            self.conn, source, self._scratch, progress, cancelled, sendfile=not self.tls
+            self.conn,
+            source,
+            self._scratch,
+            progress,
+            cancelled,
+            sendfile=not self.tls,
+            frame_bytes=frame_bytes(self.send_limits, MAX_FRAME_BYTES),
         )
         answer: int | None = None
         try:

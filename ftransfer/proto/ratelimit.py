@@ -72,6 +72,19 @@ class Limits:
         return max(bucket.wait(now) for bucket in self.buckets)
 
 
+FRAME_S = 0.25
+"""Under a limit, a TCP frame holds at most this long of the rate (and at least
+MIN_FRAME_BYTES): a peer waiting for the next frame never waits long."""
+MIN_FRAME_BYTES = 16 * 1024
+
+
+def frame_bytes(limit: TokenBucket | Limits | None, largest: int) -> int:
+    """The largest frame to send under ``limit`` (``largest`` without one)."""
+    if limit is None:
+        return largest
+    return max(MIN_FRAME_BYTES, min(largest, int(limit.rate * FRAME_S)))
+
+
 def limits(*buckets: TokenBucket | None) -> Limits | None:
     """The buckets that are set, together; None if there is none."""
     present = [bucket for bucket in buckets if bucket is not None]
