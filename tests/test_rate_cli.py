@@ -88,3 +88,28 @@ def test_a_low_limit_keeps_frames_short_so_the_peer_does_not_time_out(
         assert (tmp_path / "b.bin").read_bytes() == data
     finally:
         assert proc.stop() == 0
+
+
+@pytest.mark.parametrize("way", ["put", "get"])
+def test_one_limit_covers_every_small_file_of_a_udp_command(
+    server: ServerProcess, tmp_path: Path, way: str
+) -> None:
+    """Each UDP request is a session of its own; the limit is the command's: 30
+    files of 4 KB at 40K/s take at least 2.5 s (a bucket per file would let each
+    go at once: its first 4 KiB of credit covers it)."""
+    import time
+
+    names = [f"f{i:02d}" for i in range(30)]
+    local = tmp_path / "here"
+    local.mkdir()
+    for name in names:
+        (local if way == "put" else server.root).joinpath(name).write_bytes(os.urandom(4000))
+    if way == "put":
+        command = ["put", "--udp", "-q", *(str(local / n) for n in names), server.remote("")]
+    else:
+        command = ["get", "--udp", "-q", *(server.remote(n) for n in names), str(local)]
+    started = time.monotonic()
+    done = run_cli(*command[:3], "--limit-rate", "40K", *command[3:])
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert elapsed >= (30 * 4000 - 2 * 4096 - 4000) / (40 * 1024)

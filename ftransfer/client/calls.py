@@ -32,6 +32,7 @@ from ..errors import (
     ProtocolError,
     UsageError,
 )
+from ..proto.ratelimit import Limits, bucket, limits
 from ..proto.tcp import events as ev
 from ..storage.entry import Entry
 from .batch import Batches
@@ -84,6 +85,15 @@ class Calls(Batches):
 
     def __init__(self, url: Url, config: ClientConfig) -> None:
         self.url, self.config = url, config
+        self._rate_limits: tuple[Limits | None, Limits | None] | None = None
+
+    def rate_limits(self) -> tuple[Limits | None, Limits | None]:
+        """The client's buckets (sending, receiving), one pair for every UDP
+        request of this client: many small files share one limit."""
+        if self._rate_limits is None:
+            now, rate = time.monotonic(), self.config.limit_rate
+            self._rate_limits = (limits(bucket(rate, now)), limits(bucket(rate, now)))
+        return self._rate_limits
 
     def _udp(
         self,
@@ -115,6 +125,7 @@ class Calls(Batches):
             exclusive=exclusive,
             parents=parents,
             ticket=ticket,
+            limits=self.rate_limits(),
         )
 
     def ticket(self) -> Call[Ticket]:

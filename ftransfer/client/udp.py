@@ -44,6 +44,7 @@ from ..errors import (
 from ..io import threaded
 from ..io.udp import DatagramSocket, UdpSocket, open_udp_socket
 from ..proto.events import Accepted, Completed, DataReceived, EndReceived, Failed
+from ..proto.ratelimit import Limits
 from ..proto.udp.handshake import ClientRequest
 from ..proto.udp.packets import Operation
 from ..proto.udp.session import BlockReader, SessionConfig
@@ -92,10 +93,15 @@ class UdpCall:
         exclusive: bool = False,
         parents: bool = False,
         ticket: Ticket | None = None,
+        limits: tuple[Limits | None, Limits | None] = (None, None),
     ) -> None:
         """``ticket``: the keys (over TLS) that seal every datagram; None: plaintext
         (``--insecure``)."""
         self.url, self.path, self.progress = url, path, progress
+        self._inbound = limits[1]
+        """The client's receiving bucket, shared by the command's requests: a
+        download's bytes are charged to it, and the next request waits out its
+        debt (the server paces each session; this paces the sequence of them)."""
         self._make_sink = make_sink
         self.sink: Sink | None = None
         self.accepted: Accepted | None = None
@@ -118,6 +124,7 @@ class UdpCall:
             mode=source.mode if source is not None else None,
             exclusive=exclusive,
             max_rate=config.limit_rate,
+            limits=limits[0],
             config=session,
             rng=random.SystemRandom(),
             now=now,
@@ -251,8 +258,15 @@ class UdpCall:
         if not self.over:
             self.request.abort(code=Aborted.code, message="interrupted by the client")
 
+    def delay(self) -> float:
+        """Seconds to wait before this request starts (the command's rate limit)."""
+        return 0.0 if self._inbound is None else self._inbound.wait(time.monotonic())
+
     def finish(self) -> None:
         """Release the sink (after a commit this only closes) and the progress bar."""
+        if self._inbound is not None:
+            received = self.request.session.size if self.request.session is not None else 0
+            self._inbound.take(received if self.sink is not None else 0, time.monotonic())
         if self.sink is not None:
             self.sink.abort()
         if self.progress is not None and self._announced:
@@ -353,6 +367,8 @@ def tell_server(
 
 def run_sync(call: UdpCall) -> None:
     """Run the request on a blocking socket in this thread (``Client``)."""
+    if (wait := call.delay()) > 0:
+        time.sleep(wait)
     sock = connected_socket(url=call.url)
     try:
         threaded.run(
@@ -377,4 +393,8 @@ async def run_async(call: UdpCall) -> None:
     """Run the request on the asyncio loop (``AsyncClient``)."""
     from .datagram import run_on_loop
 
+    if (wait := call.delay()) > 0:
+        import asyncio
+
+        await asyncio.sleep(wait)
     await run_on_loop(call, connected_socket(call.url))

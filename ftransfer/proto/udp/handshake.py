@@ -31,7 +31,7 @@ from enum import Enum
 from ...errors import Aborted, TransferTimeout
 from ..events import Accepted, Completed, Failed
 from ..machine import Machine
-from ..ratelimit import bucket, limits
+from ..ratelimit import Limits, bucket, limits
 from .packets import (
     Accept,
     Initial,
@@ -123,6 +123,7 @@ class ClientRequest:
         mode: int | None = None,
         exclusive: bool = False,
         max_rate: int | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """``max_rate``: the client's rate limit, in bytes per second: told to the
         server for a download (INITIAL), kept by our pacer for an upload (with the
@@ -130,6 +131,9 @@ class ClientRequest:
         self.operation, self.path, self.config, self.server = operation, path, config, server
         self.size, self.mtime_ns, self._read_chunk = size, mtime_ns, read_chunk
         self.mode, self.exclusive, self.max_rate = mode, exclusive, max_rate
+        self._own_limits = limits
+        """The client's own buckets when they outlive this request (one limit for
+        every file of a command); else one is made from ``max_rate``."""
         self.nonce = rng.getrandbits(64)
         self.cookie = b""
         self.session: Session | None = None
@@ -298,6 +302,13 @@ class ClientRequest:
         else:
             self.stray += 1
 
+    def _sending_limits(self, accept: Accept, now: float) -> Limits | None:
+        """Ours (shared, or this request's) and the server's, from its ACCEPT."""
+        theirs = bucket(accept.max_rate, now)
+        if self._own_limits is not None:
+            return limits(*self._own_limits.buckets, theirs)
+        return limits(bucket(self.max_rate, now), theirs)
+
     def _start(self, session_id: int, accept: Accept, now: float) -> None:
         sending = self.operation is Operation.PUT
         config = SessionConfig(
@@ -306,9 +317,7 @@ class ClientRequest:
             give_up_s=self.config.give_up_s,
             cc=self.config.cc,
             linger_rtos=self.config.linger_rtos,
-            limits=limits(bucket(self.max_rate, now), bucket(accept.max_rate, now))
-            if sending
-            else None,
+            limits=self._sending_limits(accept, now) if sending else None,
         )
         self.machine.go(HT.ACCEPTED)
         self.session = Session(
