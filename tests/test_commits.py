@@ -183,3 +183,23 @@ def test_an_unexpected_failure_is_an_internal_error_for_that_upload_only() -> No
     outcomes = commit_batch([(bad, digest_bytes(b"b")), (good, digest_bytes(b"g"))])
     assert isinstance(outcomes[0], FtransferError) and "RuntimeError" in str(outcomes[0])
     assert outcomes[1] == digest_bytes(b"g") and store.files() == {"good": b"g"}
+
+
+def test_after_a_reply_cannot_be_sent_nothing_more_is_committed_and_close_aborts_the_rest() -> None:
+    async def scenario() -> None:
+        ops, store = operations()
+        worker = Worker()
+
+        def gone(event: ev.Event) -> None:
+            raise ConnectionError("the connection is gone")
+
+        group = GroupCommit(gone, worker.run)
+        group.add(ended(ops, "a", b"a"), digest_bytes(b"a"))
+        await asyncio.sleep(0)
+        group.add(ended(ops, "b", b"b"), digest_bytes(b"b"))
+        await worker.release()  # a commits; its reply fails to go out
+        assert worker.batches == [["a"]]  # b is not handed to a thread after that
+        await group.close()
+        assert store.files() == {"a": b"a"}  # (a was durable before its reply)
+
+    asyncio.run(scenario())

