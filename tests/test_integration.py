@@ -452,3 +452,59 @@ def test_a_pong_must_echo_its_ping(server: ServerProcess) -> None:
         assert seen[-1] == ev.Ponged(seq=9, timestamp_ns=123)
     finally:
         peer.close()
+
+
+def test_replies_keep_request_order_around_group_commits(server: ServerProcess) -> None:
+    """Pipelined, on one connection: uploads committed in groups, an early refusal,
+    an ABORT, a GET of a file still being committed, and a LIST. Every reply comes
+    in its request's place, and the GET sees the committed file."""
+    (server.root / "taken").write_bytes(b"old")
+    peer = RawPeer(server.port)
+
+    def upload(name: str, data: bytes, *, exclusive: bool = False) -> list[ev.Event]:
+        put = ev.PutRequested(
+            path=name, size=len(data), mtime_ns=-1, mode=0o644, exclusive=exclusive
+        )
+        return [put, ev.FileData(data=data), ev.FileEnded(digest=digest_bytes(data))]
+
+    try:
+        peer.send(
+            ev.HelloOffered(min_version=3, max_version=3),
+            *upload("a", b"first"),
+            *upload("taken", b"new", exclusive=True),  # refused at PUT: ERROR 11
+            *upload("b", b"second"),
+            ev.PutRequested(path="c", size=5, mtime_ns=-1, mode=0o644, exclusive=False),
+            ev.FileAborted(),
+            *upload("d", b"third"),
+            ev.GetRequested(path="d"),  # answered only once d is committed
+            ev.ListRequested(path=""),
+        )
+        replies: list[str] = []
+        got = b""
+        while "ListEnded" not in replies:
+            for event in peer.events():
+                assert not isinstance(event, ev.ConnectionClosed), replies
+                if isinstance(event, ev.FileData):
+                    got += bytes(event.data)
+                    continue
+                name = type(event).__name__
+                if isinstance(event, ev.Failed):
+                    name += f" {event.code}"
+                replies.append(name)
+        assert replies == [
+            "HelloAccepted",
+            "PutCommitted",
+            "Failed 11",
+            "PutCommitted",
+            "Failed 43",
+            "PutCommitted",
+            "FileStarted",
+            "FileEnded",
+            *[r for r in replies if r == "Listed"],
+            "ListEnded",
+        ]
+        assert got == b"third"
+        assert (server.root / "taken").read_bytes() == b"old"
+        assert not (server.root / "c").exists()
+    finally:
+        peer.close()
