@@ -9,7 +9,7 @@ the events of a ``ServerEndpoint`` (proto/udp/endpoint.py) with the same
     RequestReceived  PUT -> operations.upload -> accept (receive)
                      GET -> operations.download -> accept (send, read by blocks)
                      LIST, STAT -> the answer built off the loop -> accept (send)
-                     REMOVE -> operations.remove -> done
+                     REMOVE, MKDIR -> the operation off the loop -> done
                      a refusal -> refuse (code and reason)
     DataReceived     -> upload.write (one write per batch of datagrams)
     EndReceived      -> upload.commit -> finish(0, digest), or finish(code, reason,
@@ -62,8 +62,9 @@ SERVER_WINDOW_CHUNKS = 8192
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 """A LIST answer larger than this is refused rather than built in memory."""
 MAX_DEFERRED_ANSWERS = 16
-"""LIST and STAT answers being built at once (each may hash a file or hold up to
-MAX_ANSWER_BYTES); over it a request gets code 41 (busy) at once."""
+"""LIST and STAT answers being built, and REMOVEs and MKDIRs being made, at once
+(each may hash a file, hold up to MAX_ANSWER_BYTES or fsync a directory); over it
+a request gets code 41 (busy) at once."""
 
 
 PLAINTEXT_REFUSED = "this server encrypts UDP (its keys come over TLS): connect without --insecure"
@@ -132,12 +133,11 @@ class UdpApplication:
             elif operation is Operation.GET:
                 self._get(request, who)
             elif operation is Operation.REMOVE:
-                self.ops.remove(who, request.initial.path)
-                self.endpoint.done(request, now=self._now())
+                path = request.initial.path
+                self._change_later(request, lambda: self.ops.remove(who, path))
             elif operation is Operation.MKDIR:
-                parents = request.initial.size == 1
-                self.ops.mkdir(who, request.initial.path, parents=parents)
-                self.endpoint.done(request, now=self._now())
+                path, parents = request.initial.path, request.initial.size == 1
+                self._change_later(request, lambda: self.ops.mkdir(who, path, parents=parents))
             else:
                 self._answer_later(request, who)
         except FtransferError as exc:
@@ -183,6 +183,26 @@ class UdpApplication:
             limits=self.ops.send_limits(now, asked=request.initial.max_rate),
         )
         self._jobs[session] = download
+
+    def _change_later(self, request: RequestReceived, change: Callable[[], None]) -> None:
+        """REMOVE and MKDIR fsync a directory: deferred as LIST and STAT are, so no
+        other session waits on that disk; success is an ACCEPT with session 0."""
+        if self._deferred >= MAX_DEFERRED_ANSWERS:
+            self._refuse(request, Busy("too many requests at once, try later"))
+            return
+        self._deferred += 1
+
+        def then(result: object) -> None:
+            self._deferred -= 1
+            if isinstance(result, FtransferError):
+                self._refuse(request, result)
+            elif isinstance(result, BaseException):
+                logger.error("udp %s failed: %r", request.initial.path, result)
+                self._refuse(request, InternalError("internal server error"))
+            else:
+                self.endpoint.done(request, now=self._now())
+
+        self._defer(change, then)
 
     def _answer_later(self, request: RequestReceived, who: Requester) -> None:
         """LIST and STAT read a whole directory or hash a whole file: deferred, so a
