@@ -48,18 +48,28 @@ def _targets(pid: int) -> list[str]:
     return found
 
 
-def _served(sock: socket.socket, *, stat: bool) -> None:
-    """HELLO (and a STAT of a long name), then read until the last reply: the
-    server has read everything."""
+def _send_requests(sock: socket.socket, *, stat: bool) -> Connection:
+    """HELLO (and a STAT of a long name), at once: a connection that waits for its
+    HELLO is closed after the server's hello timeout (10 s), which 250 TLS
+    handshakes in a row can outlast on a loaded machine."""
     conn = Connection(Role.CLIENT)
     requests: list[ev.Event] = [ev.HelloOffered(min_version=3, max_version=3)]
     if stat:
         requests.append(ev.StatRequested(path=LONG_NAME))
     sock.sendall(b"".join(conn.send(r) for r in requests))
+    return conn
+
+
+def _read_replies(sock: socket.socket, conn: Connection) -> None:
+    """Read until the last reply: the server has read everything."""
     while conn.pending_requests:
         conn.receive_data(sock.recv(1 << 16))
         while not isinstance(event := conn.next_event(), ev.NeedData):
             assert isinstance(event, ev.HelloAccepted | ev.Failed), event
+
+
+def _served(sock: socket.socket, *, stat: bool) -> None:
+    _read_replies(sock, _send_requests(sock, stat=stat))
 
 
 def _connect(port: int) -> socket.socket:
@@ -71,10 +81,13 @@ def _connect(port: int) -> socket.socket:
 
 
 def _open(port: int, count: int) -> list[socket.socket]:
-    socks = [_connect(port) for _ in range(count)]
-    for sock in socks:
-        _served(sock, stat=True)
-    return socks
+    opened = []
+    for _ in range(count):
+        sock = _connect(port)
+        opened.append((sock, _send_requests(sock, stat=True)))
+    for sock, conn in opened:
+        _read_replies(sock, conn)
+    return [sock for sock, _conn in opened]
 
 
 def _settle(server: ServerProcess, idle_descriptors: int) -> None:
