@@ -10,7 +10,8 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -36,6 +37,20 @@ def trust(port: int, fingerprint: str) -> None:
     with path.open("a", encoding="ascii") as file:
         for host in ("127.0.0.1", "[::1]", "localhost"):
             file.write(f"{host}:{port} {fingerprint}\n")
+
+
+DEADLINE_S = 30.0
+"""How long a test waits for a condition before it fails (a safety net: the
+condition is what it waits for, never the time)."""
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds; fail after DEADLINE_S."""
+    end = time.monotonic() + DEADLINE_S
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.01)
 
 
 CLI = [sys.executable, "-m", "ftransfer"]

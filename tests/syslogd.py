@@ -18,16 +18,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_until
 
-DEADLINE_S = 30.0
-"""A cap on waiting for what must happen; nothing here sleeps to let it happen."""
 RSYSLOGD = shutil.which("rsyslogd") or next(
     (path for path in ("/usr/sbin/rsyslogd", "/sbin/rsyslogd") if Path(path).exists()), None
 )
@@ -67,15 +64,6 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` until it holds; fail after DEADLINE_S."""
-    end = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 class Rsyslog:
@@ -150,12 +138,3 @@ def _received(line: str) -> Received:
     return Received(
         int(facility), int(severity), stamp, host, app, procid, msgid, json.loads(parsed)
     )
-
-
-@pytest.fixture
-def rsyslog(tmp_path: Path) -> Iterator[Rsyslog]:
-    receiver = Rsyslog(tmp_path)
-    try:
-        yield receiver
-    finally:
-        receiver.stop()

@@ -22,12 +22,11 @@ import signal
 import socket
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, ServerProcess, run_cli, temporaries
+from conftest import CLI, DEADLINE_S, ServerProcess, run_cli, temporaries, wait_until
 from test_udp_integration import RelayProcess
 
 from ftransfer.client.udp import tell_server
@@ -36,8 +35,6 @@ from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.connection import Connection, Role
 from ftransfer.proto.tftp.packets import Ack, Error, encode_data, parse_untrusted
 
-DEADLINE_S = 30.0
-"""A safety net only: every wait ends as soon as its condition holds."""
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 SIGNALS = [
     pytest.param(signal.SIGTERM, EXIT_TERMINATED, id="SIGTERM"),
@@ -56,15 +53,6 @@ def sigint_reaches_the_children() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, before)
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` until it holds; fail after DEADLINE_S."""
-    end = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 def start_cli(*args: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:

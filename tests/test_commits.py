@@ -37,28 +37,39 @@ class Worker:
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
-        self._gates: list[asyncio.Future[None]] = []
+        self._gates: list[tuple[asyncio.Future[None], asyncio.Future[None]]] = []
 
     def run(
         self, function: Callable[..., list[Outcome]], batch: list[tuple[Upload, bytes]]
     ) -> Coroutine[Any, Any, list[Outcome]]:
         self.batches.append([str(upload.name) for upload, _ in batch])
-        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._gates.append(gate)
+        loop = asyncio.get_running_loop()
+        gate: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[None] = loop.create_future()
+        self._gates.append((gate, done))
 
         async def later() -> list[Outcome]:
             await gate
-            return function(batch)
+            try:
+                return function(batch)
+            finally:
+                done.set_result(None)
 
         return later()
 
     async def release(self) -> None:
-        """Let the oldest waiting batch run, and the loop take its outcome."""
-        for _ in range(3):  # (the batch's task reaches its hand-off first)
+        """Let the oldest waiting batch run; return once its outcome is taken (the
+        group commit goes on from the same step as the batch's return)."""
+        for _ in range(100):  # the batch's task reaches its hand-off
+            if self._gates:
+                break
             await asyncio.sleep(0)
-        self._gates.pop(0).set_result(None)
-        for _ in range(5):
-            await asyncio.sleep(0)
+        else:
+            raise AssertionError("no batch was handed to the worker")
+        gate, done = self._gates.pop(0)
+        gate.set_result(None)
+        await done
+        await asyncio.sleep(0)  # (the group commit's step after the batch)
 
 
 def replies(sent: list[ev.Event]) -> list[str]:

@@ -206,3 +206,22 @@ def test_get_skips_what_is_already_here(server: ServerProcess, tmp_path: Path) -
     assert sent(got.stdout) == ["up/a/x.txt"]
     assert (copy / "a" / "x.txt").read_bytes() == files["a/x.txt"]
     assert b"3 already there (same xxh3-128)" in got.stderr
+
+
+def test_several_sources_into_a_local_file_fail_once_and_write_nothing(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    (server.root / "a").write_bytes(b"a")
+    (server.root / "b").write_bytes(b"b")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_bytes(b"mine")
+    got = run_cli("get", "-q", server.remote("a"), server.remote("b"), str(blocker))
+    errors = [line for line in got.stderr.decode().splitlines() if "error:" in line]
+    assert len(errors) == 1 and "not a directory" in errors[0], got.stderr
+    assert got.returncode == ExitCode.REFUSED
+    assert blocker.read_bytes() == b"mine"
+
+
+def test_transport_options_do_not_apply_to_tftp(server: ServerProcess, tmp_path: Path) -> None:
+    got = run_cli("get", "--transport", "auto", f"tftp://127.0.0.1:{server.port}/a", str(tmp_path))
+    assert got.returncode == ExitCode.USAGE and b"does not apply to tftp://" in got.stderr

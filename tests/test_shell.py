@@ -152,3 +152,12 @@ def run_cli_input(args: list[str], text: str) -> subprocess.CompletedProcess[byt
     return subprocess.run(
         [*CLI, *args], input=text.encode(), capture_output=True, timeout=120, check=False
     )
+
+
+def test_an_unknown_command_stops_a_batch_as_a_usage_error(server: ServerProcess) -> None:
+    done = run_cli_input(
+        ["shell", "-b", "-", f"127.0.0.1:{server.port}"], "pwd\nfrobnicate x\npwd\n"
+    )
+    assert done.returncode == 2
+    assert b"frobnicate: unknown command" in done.stderr
+    assert done.stdout.count(b"ftransfer> pwd") == 1  # nothing after the failure

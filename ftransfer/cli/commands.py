@@ -163,26 +163,44 @@ def _batch_bars(
     return bars
 
 
+def run_batch(
+    args: argparse.Namespace,
+    run: Callable[[Bars], object],
+    *,
+    files: int = 0,
+    sources: list[str] | None = None,
+) -> FtransferError | None:
+    """A many-file call with the bars and the lines of ``_batch_bars``; its first
+    failure (a line was printed for each)."""
+    failures: list[FtransferError] = []
+    bars = _batch_bars(args, failures, files, sources)
+    try:
+        run(bars)
+    finally:
+        bars.close()
+    return failures[0] if failures else None
+
+
 def put(args: argparse.Namespace) -> int:
     if len(args.paths) < 2:
         raise UsageError("put needs LOCAL... REMOTE")
     url = _url(args, args.paths[-1])
     sources = list(args.paths[:-1])
-    failures: list[FtransferError] = []
-    bars = _batch_bars(args, failures, len(sources), None if args.recursive else sources)
     with _client(args, url) as client:
-        try:
-            client.put_many(
+        failure = run_batch(
+            args,
+            lambda bars: client.put_many(
                 sources,
                 url.path,
                 recursive=args.recursive,
                 no_clobber=args.no_clobber,
                 progress=bars,
                 skip=args.skip,
-            )
-        finally:
-            bars.close()
-    return int(failures[0].exit_code) if failures else 0  # the first failure's code
+            ),
+            files=len(sources),
+            sources=None if args.recursive else sources,
+        )
+    return int(failure.exit_code) if failure else 0  # the first failure's code
 
 
 def get(args: argparse.Namespace) -> int:
@@ -191,21 +209,19 @@ def get(args: argparse.Namespace) -> int:
     single = len(remotes) == 1 and not has_magic(url.path)
     if single and ((not args.recursive and args.skip is None) or local == "-"):
         return _get_one(args, url, local)
-    failures: list[FtransferError] = []
-    bars = _batch_bars(args, failures, 0, None)
     with _client(args, url) as client:
-        try:
-            client.get_many(
+        failure = run_batch(
+            args,
+            lambda bars: client.get_many(
                 [remote.path for remote in remotes],
                 local,
                 recursive=args.recursive,
                 no_clobber=args.no_clobber,
                 progress=bars,
                 skip=args.skip,
-            )
-        finally:
-            bars.close()
-    return int(failures[0].exit_code) if failures else 0
+            ),
+        )
+    return int(failure.exit_code) if failure else 0
 
 
 def _get_operands(args: argparse.Namespace) -> tuple[list[Url], str | None]:

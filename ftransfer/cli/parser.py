@@ -180,6 +180,26 @@ def _security(p: argparse.ArgumentParser) -> None:
     )
 
 
+def tree_options(p: argparse.ArgumentParser, verb: str, *, replace: str, there: str) -> None:
+    """put's and get's -r, --no-clobber, --update and --checksum (the shell's too)."""
+    p.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help=f"{verb} directories and everything in them (symlinks are skipped)",
+    )
+    p.add_argument("--no-clobber", action="store_true", help=f"refuse to replace {replace}")
+    skip = p.add_mutually_exclusive_group()
+    for mode, what in (("update", "modification time"), ("checksum", "xxh3-128")):
+        skip.add_argument(
+            f"--{mode}",
+            dest="skip",
+            action="store_const",
+            const=mode,
+            help=f"skip files {there} with the same size and {what}",
+        )
+
+
 def _remote(p: argparse.ArgumentParser) -> None:
     p.add_argument("remote", metavar="REMOTE")
 
@@ -197,28 +217,7 @@ def _put(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.A
         "a directory, ends in '/' or several are given; otherwise to that name.",
     )
     p.add_argument("paths", nargs="+", metavar="LOCAL... REMOTE", help=argparse.SUPPRESS)
-    p.add_argument(
-        "-r",
-        "--recursive",
-        action="store_true",
-        help="upload directories and everything in them (symlinks are skipped)",
-    )
-    p.add_argument("--no-clobber", action="store_true", help="refuse to replace existing files")
-    skip = p.add_mutually_exclusive_group()
-    skip.add_argument(
-        "--update",
-        dest="skip",
-        action="store_const",
-        const="update",
-        help="skip files the server has with the same size and modification time",
-    )
-    skip.add_argument(
-        "--checksum",
-        dest="skip",
-        action="store_const",
-        const="checksum",
-        help="skip files the server has with the same size and xxh3-128",
-    )
+    tree_options(p, "upload", replace="existing files", there="the server has")
     _client(p, transfer=True)
     return p
 
@@ -234,28 +233,7 @@ def _get(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.A
         "(quoted: 'host/logs/*.gz') go into the directory LOCAL; -r fetches directories.",
     )
     p.add_argument("paths", nargs="+", metavar="REMOTE... [LOCAL]", help=argparse.SUPPRESS)
-    p.add_argument(
-        "-r",
-        "--recursive",
-        action="store_true",
-        help="download directories and everything in them (symlinks are skipped)",
-    )
-    p.add_argument("--no-clobber", action="store_true", help="refuse to replace a local file")
-    skip = p.add_mutually_exclusive_group()
-    skip.add_argument(
-        "--update",
-        dest="skip",
-        action="store_const",
-        const="update",
-        help="skip files already here with the same size and modification time",
-    )
-    skip.add_argument(
-        "--checksum",
-        dest="skip",
-        action="store_const",
-        const="checksum",
-        help="skip files already here with the same size and xxh3-128",
-    )
+    tree_options(p, "download", replace="a local file", there="already here")
     _client(p, transfer=True)
     return p
 

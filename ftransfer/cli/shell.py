@@ -60,34 +60,28 @@ class _Parser(argparse.ArgumentParser):
         raise _ArgumentError("")
 
 
-def _parser(name: str, usage: str, *flags: tuple[str, ...]) -> _Parser:
+def _parser(name: str, usage: str, *flags: tuple[str, ...], tree: str | None = None) -> _Parser:
     parser = _Parser(prog=name, usage=f"{name} {usage}", add_help=True)
     for option in flags:
         parser.add_argument(*option, action="store_true")
+    if tree is not None:  # the one-shot get's and put's own options
+        from .parser import tree_options
+
+        if tree == "get":
+            tree_options(parser, "download", replace="a local file", there="already here")
+        else:
+            tree_options(parser, "upload", replace="existing files", there="the server has")
     parser.add_argument("operands", nargs="*")
     return parser
 
 
 HISTORY_LINES = 1000
 """Lines of history kept across sessions."""
-TRANSFER_FLAGS = (("-r",), ("--update",), ("--checksum",))
-
+TREE = "[-r] [--no-clobber] [--update|--checksum]"
 PARSERS = {
     "ls": _parser("ls", "[-l] [PATH]", ("-l",)),
-    "get": _parser(
-        "get",
-        "[-r] [--update|--checksum] REMOTE... [LOCAL]",
-        ("-r",),
-        ("--update",),
-        ("--checksum",),
-    ),
-    "put": _parser(
-        "put",
-        "[-r] [--update|--checksum] LOCAL... [REMOTE]",
-        ("-r",),
-        ("--update",),
-        ("--checksum",),
-    ),
+    "get": _parser("get", f"{TREE} REMOTE... [LOCAL]", tree="get"),
+    "put": _parser("put", f"{TREE} LOCAL... [REMOTE]", tree="put"),
     "mkdir": _parser("mkdir", "[-p] PATH", ("-p",)),
 }
 
@@ -276,26 +270,26 @@ class Shell(cmd.Cmd):
     # ---- transfers ----------------------------------------------------------------------
 
     def do_get(self, line: str) -> None:
-        """get [-r] [--update|--checksum] REMOTE... [LOCAL]: download (into LOCAL if several)"""
+        """get [-r] [--no-clobber] [--update|--checksum] REMOTE... [LOCAL]: download"""
         args = self._parse("get", line)
         if not args.operands:
             raise _ArgumentError("get: REMOTE... [LOCAL]")
         remotes, local = args.operands, None
         if len(remotes) > 1:
             *remotes, local = remotes
-        skip = "update" if args.update else "checksum" if args.checksum else None
         self._transfer(
             lambda bars: self.client.get_many(
                 [join(self.cwd, r) for r in remotes],
                 local,
-                recursive=args.r,
+                recursive=args.recursive,
+                no_clobber=args.no_clobber,
                 progress=bars,
-                skip=skip,
+                skip=args.skip,
             )
         )
 
     def do_put(self, line: str) -> None:
-        """put [-r] [--update|--checksum] LOCAL... [REMOTE]: upload (default: here)"""
+        """put [-r] [--no-clobber] [--update|--checksum] LOCAL... [REMOTE]: upload here"""
         args = self._parse("put", line)
         if not args.operands:
             raise _ArgumentError("put: LOCAL... [REMOTE]")
@@ -303,26 +297,23 @@ class Shell(cmd.Cmd):
         if len(sources) > 1 and not os.path.exists(sources[-1]):
             *sources, target = sources
             remote = join(self.cwd, target)
-        skip = "update" if args.update else "checksum" if args.checksum else None
         self._transfer(
             lambda bars: self.client.put_many(
-                sources, remote, recursive=args.r, progress=bars, skip=skip
+                sources,
+                remote,
+                recursive=args.recursive,
+                no_clobber=args.no_clobber,
+                progress=bars,
+                skip=args.skip,
             )
         )
         self._changed()
 
     def _transfer(self, run: Callable[[Bars], object]) -> None:
         """A batch with the one-shot commands' bars and lines; its first failure."""
-        from .commands import _batch_bars
+        from .commands import run_batch
 
-        failures: list[FtransferError] = []
-        bars = _batch_bars(self.args, failures, 0, None)
-        try:
-            run(bars)
-        finally:
-            bars.close()
-        if failures:
-            self.failed = failures[0]
+        self.failed = run_batch(self.args, run)
 
     def do_sum(self, line: str) -> None:
         """sum LOCAL...: the xxh3-128 of local files, as the server's stat shows it"""

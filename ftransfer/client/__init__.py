@@ -33,7 +33,7 @@ import builtins
 from collections.abc import Callable, Sequence
 
 from ..config import ClientConfig
-from ..errors import FtransferError, Refused, TlsRequired, UsageError
+from ..errors import FtransferError, UsageError
 from ..storage.entry import Entry, EntryKind
 from ..storage.names import escape
 from . import trace
@@ -202,17 +202,8 @@ class Client(_Base):
 
     def _call(self, make: Callable[[], Call[T]]) -> T:
         if self.url.scheme == "auto":
-            self._choose_transport(self._probe_ticket())
+            self._choose_transport(self._run(self._calls.probe_ticket()))
         return self._run(make())
-
-    def _probe_ticket(self) -> Ticket | FtransferError | None:
-        """The keys the probe's echoes are sealed with (None: --insecure)."""
-        if self.config.insecure:
-            return None
-        try:
-            return self._run(self._calls.ticket())
-        except (TlsRequired, Refused) as exc:
-            return exc
 
     def _perform(self, request: RunTcp | RunUdp | RunTftp) -> object:
         if isinstance(request, RunUdp):
@@ -422,12 +413,7 @@ class AsyncClient(_Base):
         if self.url.scheme == "auto":
             import asyncio
 
-            ticket: Ticket | FtransferError | None = None
-            if not self.config.insecure:
-                try:
-                    ticket = await self._run(self._calls.ticket())
-                except (TlsRequired, Refused) as exc:
-                    ticket = exc
+            ticket = await self._run(self._calls.probe_ticket())
             async with self._lock:
                 if self.url.scheme == "auto":
                     await asyncio.to_thread(self._choose_transport, ticket)

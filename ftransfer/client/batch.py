@@ -176,10 +176,7 @@ class Batches:
                 tree = yield from remote_tree(
                     self.listing, self.url.address, entry.name, local, entry.mtime_ns
                 )
-                for line in tree.skipped:
-                    _skip(progress, line)
-                for failure in tree.failures:
-                    _report_failure(outcomes, progress, failure)
+                _report_tree(tree, outcomes, progress)
                 directories.extend(tree.directories)
                 files.extend(tree.files)
         return Tree(directories=tuple(directories), files=tuple(files), skipped=(), failures=())
@@ -325,10 +322,7 @@ class Batches:
                 files.append(TreeFile(source=source, target=target, size=_local_size(source)))
                 continue
             tree = local_tree(source, target)
-            for line in tree.skipped:
-                _skip(progress, line)
-            for failure in tree.failures:
-                _report_failure(outcomes, progress, failure)
+            _report_tree(tree, outcomes, progress)
             directories.extend(directory for directory, _ in tree.directories)
             files.extend(tree.files)
         if progress is not None:
@@ -372,6 +366,16 @@ def _one_by_one(items: list[str], one: Callable[[str], Call[object]]) -> Call[li
                 raise
             answers.append(exc)
     return answers
+
+
+def _report_tree(
+    tree: Tree, outcomes: list[TransferResult | FtransferError], progress: Progress | None
+) -> None:
+    """A plan's warnings (what it skipped) and failures (what it could not read)."""
+    for line in tree.skipped:
+        _skip(progress, line)
+    for failure in tree.failures:
+        _report_failure(outcomes, progress, failure)
 
 
 def _report_failure(

@@ -30,6 +30,8 @@ from ..errors import (
     NotADirectory,
     NotFound,
     ProtocolError,
+    Refused,
+    TlsRequired,
     UsageError,
 )
 from ..proto.ratelimit import Limits, bucket, limits
@@ -135,6 +137,16 @@ class Calls(Batches):
         issued = yield from tcp(lambda logic: logic.ticket())
         assert isinstance(issued, ev.TicketIssued)
         return Ticket(ticket=issued.ticket, secret=issued.secret, lifetime_s=issued.lifetime_s)
+
+    def probe_ticket(self) -> Call[Ticket | FtransferError | None]:
+        """The keys ``auto://``'s echoes are sealed with: None with --insecure; a
+        server with no encrypted UDP refuses them, and that refusal is the answer."""
+        if self.config.insecure:
+            return None
+        try:
+            return (yield from self.ticket())
+        except (TlsRequired, Refused) as exc:
+            return exc
 
     def _tftp(
         self,

@@ -388,9 +388,9 @@ class BlockingSocket:
             raise _lost(exc) from None
 
     def sendfile(self, fd: int, offset: int, count: int) -> int:
+        if self.tls:  # (the kernel cannot encrypt: read and send, as copy_range does)
+            return self.copy_range(fd, offset, count, None)
         self.flush()
-        if self.tls:
-            return self._send_range(fd, offset, count)
         sent = 0
         out = self.sock.fileno()
         try:
@@ -404,24 +404,6 @@ class BlockingSocket:
                     break  # the file is shorter than it was
                 sent += n
             if sent < count:  # keep the frame whole: zeros for what the file lost
-                self.sock.sendall(bytes(count - sent))
-        except TimeoutError:
-            raise self._stalled() from None
-        except OSError as exc:
-            raise _lost(exc) from None
-        return sent
-
-    def _send_range(self, fd: int, offset: int, count: int) -> int:
-        """``sendfile`` over TLS: read and write (zeros for what the file lost)."""
-        sent = 0
-        try:
-            while sent < count:
-                data = os.pread(fd, min(TLS_READ_BYTES, count - sent), offset + sent)
-                if not data:
-                    break
-                self.sock.sendall(data)
-                sent += len(data)
-            if sent < count:
                 self.sock.sendall(bytes(count - sent))
         except TimeoutError:
             raise self._stalled() from None
@@ -642,11 +624,11 @@ class AsyncSocket:
         await self._timed(send(), self.idle_timeout_s)
 
     async def sendfile(self, fd: int, offset: int, count: int) -> int:
+        if self._tls is not None:  # (the kernel cannot encrypt: as copy_range does)
+            return await self.copy_range(fd, offset, count, None)
         await self.flush()
 
         async def send() -> int:
-            if self._tls is not None:
-                return await self._send_range(fd, offset, count)
             with open(fd, "rb", buffering=0, closefd=False) as file:
                 sent = await self._loop.sock_sendfile(self.sock, file, offset, count, fallback=True)
             if sent < count:
@@ -654,18 +636,6 @@ class AsyncSocket:
             return sent
 
         return await self._timed(send(), self.idle_timeout_s)
-
-    async def _send_range(self, fd: int, offset: int, count: int) -> int:
-        sent = 0
-        while sent < count:
-            data = os.pread(fd, min(TLS_READ_BYTES, count - sent), offset + sent)
-            if not data:
-                break
-            await self._send(data)
-            sent += len(data)
-        if sent < count:
-            await self._send(bytes(count - sent))
-        return sent
 
     async def copy_range(self, fd: int, offset: int, count: int, hasher: Hasher | None) -> int:
         """See ``BlockingSocket.copy_range``."""
