@@ -14,9 +14,10 @@ KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
 
-PROTOCOL_VERSION = 3
-"""The only TCP wire version this build speaks (protocol.md, "Versions"): 3 adds
-LOGIN and runs inside TLS 1.3 unless both sides say --insecure."""
+PROTOCOL_VERSION = 4
+"""The only TCP wire version this build speaks (protocol.md, "Versions"): 3 added
+LOGIN and TLS 1.3; 4 defines the digest as the tree digest (checksum.py) and adds
+resumable transfers (PARTIAL, PUT_AT, GET_AT, FILE_AT)."""
 DEFAULT_PORT = 9021
 """TCP and UDP port when a REMOTE names none."""
 TFTP_PORT = 69
@@ -81,6 +82,12 @@ WRITE_LOW_WATER_BYTES = 1 * MIB
 """Transport buffer below which a paused sender resumes."""
 TEMP_PREFIX = ".ftransfer-tmp-"
 """Prefix of in-progress uploads: never listed, never served, refused as names."""
+PARTIAL_PREFIX = ".ftransfer-part-"
+"""Prefix of resumable partial files and their journals (storage/partial.py):
+never listed, never served, refused as names, like temporaries."""
+RESERVED_PREFIXES = (TEMP_PREFIX, PARTIAL_PREFIX)
+PARTIAL_TTL_S = 24 * 3600.0
+"""A partial untouched for this long is removed and never resumed (--partial-ttl)."""
 
 MAX_CONNECTIONS_LIMIT = 100_000
 """The most --max-connections / --max-per-address accept (each costs ~1 MiB)."""
@@ -151,6 +158,8 @@ class ServerConfig(Record):
     """Bytes per second the whole server may move each way (TCP and UDP together)."""
     fsync: bool = True
     """fsync each file and its directory before reporting success."""
+    partial_ttl_s: float = PARTIAL_TTL_S
+    """How long an interrupted upload's partial is kept for a resume."""
     udp: bool = True
     """Also serve the UDP protocol."""
     udp_port: int | None = None

@@ -87,7 +87,7 @@ async def _a_connection_uploading_then_lost() -> list[tuple[int, int]]:
     stream = FrameStream(Connection(Role.SERVER), pool, idle_timeout_s=60)
     stream.connection_made(_Transport())
     steps = [(0, pool.lent)]
-    _deliver(stream, encode(ev.HelloOffered(min_version=3, max_version=3)))
+    _deliver(stream, encode(ev.HelloOffered(min_version=4, max_version=4)))
     steps.append((len(stream.get_buffer(-1)), pool.lent))
     put = ev.PutRequested(path="f", size=100, mtime_ns=-1, mode=0o644, exclusive=False)
     _deliver(stream, encode(put) + header(FrameType.DATA, 100) + b"x" * 10)

@@ -119,7 +119,7 @@ class StalledServer:
                 core.receive_data(data)
                 while not isinstance(event := core.next_event(), ev.NeedData):
                     asked = asked or isinstance(event, ev.GetRequested)
-            hello = ev.HelloAccepted(version=3, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
+            hello = ev.HelloAccepted(version=4, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
             header = ev.FileStarted(size=1 << 30, mtime_ns=-1, mode=0o644)
             conn.sendall(
                 core.send(hello) + core.send(header) + core.send(ev.FileData(data=bytes(65536)))

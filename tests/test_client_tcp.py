@@ -39,7 +39,7 @@ from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.connection import Connection, Role
 
 PAYLOAD = b"the file the fake server serves"
-HELLO_OK = ev.HelloAccepted(version=3, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
+HELLO_OK = ev.HelloAccepted(version=4, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
 
 
 def _events(conn: socket.socket, core: Connection) -> list[ev.Event | ev.ConnectionClosed]:

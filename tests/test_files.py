@@ -25,8 +25,8 @@ from ftransfer.io.files import (
 from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.connection import Connection, Role
 
-HELLO = ev.HelloOffered(min_version=3, max_version=3)
-ACCEPT = ev.HelloAccepted(version=3, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
+HELLO = ev.HelloOffered(min_version=4, max_version=4)
+ACCEPT = ev.HelloAccepted(version=4, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
 
 
 class Source:

@@ -44,12 +44,12 @@ def test_put_then_get_is_byte_exact(server: ServerProcess, tmp_path: Path, size:
     put = run_cli("put", "--json", str(local), server.remote("f.bin"))
     assert put.returncode == 0, put.stderr
     [record] = json_lines(put.stdout)
-    assert record["bytes"] == size and record["xxh3_128"] == digest_bytes(data).hex()
+    assert record["bytes"] == size and record["digest"] == digest_bytes(data).hex()
     assert (server.root / "f.bin").read_bytes() == data
     got = run_cli("get", "--json", server.remote("f.bin"), str(tmp_path / "out.bin"))
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "out.bin").read_bytes() == data
-    assert json_lines(got.stdout)[0]["xxh3_128"] == digest_bytes(data).hex()
+    assert json_lines(got.stdout)[0]["digest"] == digest_bytes(data).hex()
     assert temporaries(server.root) == [] and temporaries(tmp_path) == []
 
 
@@ -167,7 +167,7 @@ def test_20_clients_putting_the_same_name(server: ServerProcess, tmp_path: Path)
 def _start_upload(server: ServerProcess, name: str, size: int) -> RawPeer:
     peer = RawPeer(server.port)
     peer.send(
-        ev.HelloOffered(min_version=3, max_version=3),
+        ev.HelloOffered(min_version=4, max_version=4),
         ev.PutRequested(path=name, size=size, mtime_ns=-1, mode=0o644, exclusive=False),
     )
     peer.send_raw(peer.conn.start_data(1 << 20) + os.urandom(1 << 20))
@@ -215,7 +215,7 @@ def test_garbage_and_huge_length_prefix_do_not_stop_the_server(
     assert reply[:1] == bytes([FrameType.ERROR]) and b"exceeds" in reply
     huge.close()
     after_hello = RawPeer(server.port)
-    after_hello.send(ev.HelloOffered(min_version=3, max_version=3))
+    after_hello.send(ev.HelloOffered(min_version=4, max_version=4))
     after_hello.send_raw(struct.pack(">BI", FrameType.DATA, 0xFFFFFFFF))
     assert after_hello.read_until_closed()  # HELLO_OK, then the connection is closed
     after_hello.close()
@@ -251,7 +251,7 @@ def test_connection_caps_refuse_fast(served: Path, tmp_path: Path) -> None:
     held = []
     for _ in range(2):
         peer = RawPeer(srv.port)
-        peer.send(ev.HelloOffered(min_version=3, max_version=3))
+        peer.send(ev.HelloOffered(min_version=4, max_version=4))
         assert isinstance(peer.events()[0], ev.HelloAccepted)
         held.append(peer)
     refused = run_cli("ls", srv.remote(), timeout=30)
@@ -333,7 +333,7 @@ def test_remote_commands(server: ServerProcess, tmp_path: Path) -> None:
     assert run_cli("mkdir", "-p", server.remote("a/b")).returncode == 0
     assert run_cli("put", str(tmp_path / "f"), server.remote("a/b/")).returncode == 0
     stat = json.loads(run_cli("stat", "--json", server.remote("a/b/f")).stdout)
-    assert stat["size"] == 5 and stat["xxh3_128"] == digest_bytes(b"12345").hex()
+    assert stat["size"] == 5 and stat["digest"] == digest_bytes(b"12345").hex()
     assert run_cli("mv", server.remote("a/b/f"), "a/g").returncode == 0
     assert (server.root / "a" / "g").read_bytes() == b"12345"
     assert run_cli("rm", server.remote("a/b")).returncode == 0
@@ -365,7 +365,7 @@ def _serve_once_with_bad_digest(listener: socket.socket, payload: bytes) -> None
                 assert not isinstance(event, ev.ConnectionClosed)
                 pending.append(event)
         reply = core.send(
-            ev.HelloAccepted(version=3, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
+            ev.HelloAccepted(version=4, max_frame_bytes=MAX_FRAME_BYTES, read_only=False)
         )
         reply += core.send(ev.FileStarted(size=len(payload), mtime_ns=-1, mode=0o644))
         reply += core.send(ev.FileData(data=payload))
@@ -408,7 +408,7 @@ def _hello_then_silence(listener: socket.socket) -> None:
         while not isinstance(core.next_event(), ev.NeedData):
             pass  # HELLO and the LIST, which is never answered
         conn.sendall(
-            core.send(ev.HelloAccepted(version=3, max_frame_bytes=1 << 20, read_only=False))
+            core.send(ev.HelloAccepted(version=4, max_frame_bytes=1 << 20, read_only=False))
         )
         conn.recv(65536)  # until the client gives up and closes
 
@@ -443,7 +443,7 @@ def test_a_pong_must_echo_its_ping(server: ServerProcess) -> None:
     peer = RawPeer(server.port)
     try:
         peer.send(
-            ev.HelloOffered(min_version=3, max_version=3),
+            ev.HelloOffered(min_version=4, max_version=4),
             ev.PingRequested(seq=9, timestamp_ns=123),
         )
         seen: list[ev.Event | ev.ConnectionClosed] = []
@@ -469,7 +469,7 @@ def test_replies_keep_request_order_around_group_commits(server: ServerProcess) 
 
     try:
         peer.send(
-            ev.HelloOffered(min_version=3, max_version=3),
+            ev.HelloOffered(min_version=4, max_version=4),
             *upload("a", b"first"),
             *upload("taken", b"new", exclusive=True),  # refused at PUT: ERROR 11
             *upload("b", b"second"),

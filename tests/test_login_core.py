@@ -11,8 +11,8 @@ from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.connection import Connection, Role, StreamState
 from ftransfer.proto.tcp.frames import FrameType, decode_untrusted, encode, header
 
-HELLO = ev.HelloOffered(min_version=3, max_version=3)
-ACCEPT = ev.HelloAccepted(version=3, max_frame_bytes=4 << 20, read_only=False, login_required=True)
+HELLO = ev.HelloOffered(min_version=4, max_version=4)
+ACCEPT = ev.HelloAccepted(version=4, max_frame_bytes=4 << 20, read_only=False, login_required=True)
 
 
 def drain(conn: Connection) -> list[ev.Event | ev.ConnectionClosed]:
@@ -277,7 +277,7 @@ def test_hello_ok_flags_round_trip(read_only: bool, login_required: bool) -> Non
     server.receive_data(client.send(HELLO))
     drain(server)
     accept = ev.HelloAccepted(
-        version=3, max_frame_bytes=1 << 20, read_only=read_only, login_required=login_required
+        version=4, max_frame_bytes=1 << 20, read_only=read_only, login_required=login_required
     )
     data = server.send(accept)
     flags = data[-1]
@@ -291,7 +291,7 @@ def test_hello_ok_flags_round_trip(read_only: bool, login_required: bool) -> Non
 
 
 def test_login_required_defaults_to_false() -> None:
-    accept = ev.HelloAccepted(version=3, max_frame_bytes=1 << 20, read_only=True)
+    accept = ev.HelloAccepted(version=4, max_frame_bytes=1 << 20, read_only=True)
     assert accept.login_required is False
     decoded = decode_untrusted(FrameType.HELLO_OK, encode(accept)[5:])
     assert decoded == accept

@@ -96,7 +96,7 @@ def test_a_login_is_required_and_its_absence_is_explained(login_server: ServerPr
 
 def _login(port: int, user: str, password: str, source: str) -> ev.Event | ev.ConnectionClosed:
     peer = RawPeer(port, source=source)
-    peer.send(ev.HelloOffered(min_version=3, max_version=3))
+    peer.send(ev.HelloOffered(min_version=4, max_version=4))
     peer.send(ev.LoginRequested(user=user, password=password))
     events: list[ev.Event | ev.ConnectionClosed] = []
     while not events:

@@ -53,7 +53,7 @@ def _send_requests(sock: socket.socket, *, stat: bool) -> Connection:
     HELLO is closed after the server's hello timeout (10 s), which 250 TLS
     handshakes in a row can outlast on a loaded machine."""
     conn = Connection(Role.CLIENT)
-    requests: list[ev.Event] = [ev.HelloOffered(min_version=3, max_version=3)]
+    requests: list[ev.Event] = [ev.HelloOffered(min_version=4, max_version=4)]
     if stat:
         requests.append(ev.StatRequested(path=LONG_NAME))
     sock.sendall(b"".join(conn.send(r) for r in requests))

@@ -33,7 +33,7 @@ from ftransfer.storage.memory import MemoryReadable, MemoryStore
 from ftransfer.storage.names import Name
 from ftransfer.testing.server import serving
 
-HELLO = ev.HelloOffered(min_version=3, max_version=3)
+HELLO = ev.HelloOffered(min_version=4, max_version=4)
 
 ENTRY_FIXED_BYTES = 21
 """kind u8, size u64, mtime_ns i64, mode u16, name_length u16 (protocol.md 3)."""

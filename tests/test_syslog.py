@@ -168,7 +168,7 @@ def _ticket_secret(port: int) -> bytes:
     """Log in by hand and ask for a TICKET: the secret a log must never show."""
     peer = RawPeer(port)
     try:
-        peer.send(ev.HelloOffered(min_version=3, max_version=3))
+        peer.send(ev.HelloOffered(min_version=4, max_version=4))
         peer.send(ev.LoginRequested(user="alice", password=PASSWORD))
         answers: list[object] = []
         while not any(isinstance(a, ev.Done) for a in answers):

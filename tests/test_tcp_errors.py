@@ -24,7 +24,7 @@ from test_tcp_session import BAD_AFTER_HELLO
 from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.frames import encode
 
-HELLO = ev.HelloOffered(min_version=3, max_version=3)
+HELLO = ev.HelloOffered(min_version=4, max_version=4)
 
 
 def _replies_until_closed(peer: RawPeer) -> list[ev.Event | ev.ConnectionClosed]:

@@ -19,7 +19,7 @@ from ftransfer.proto.tcp.connection import Connection, Role, StreamState
 from ftransfer.proto.tcp.frames import FrameType, encode, header
 
 D1, D2 = b"\x01" * 16, b"\x02" * 16
-HELLO = ev.HelloOffered(min_version=3, max_version=3)
+HELLO = ev.HelloOffered(min_version=4, max_version=4)
 ACCEPT = ev.HelloAccepted(version=1, max_frame_bytes=4 << 20, read_only=False)
 
 
@@ -342,7 +342,7 @@ def test_random_bytes_raise_only_protocol_errors(noise: bytes) -> None:
 def test_a_server_ends_a_broken_connection_with_one_error_frame() -> None:
     server = Connection(Role.SERVER)
     server.receive_data(
-        encode(HELLO) + encode(ev.HelloAccepted(version=3, max_frame_bytes=1, read_only=False))
+        encode(HELLO) + encode(ev.HelloAccepted(version=4, max_frame_bytes=1, read_only=False))
     )
     with pytest.raises(RemoteProtocolError, match="not allowed"):
         drain(server)  # a server-only frame from the client
@@ -363,7 +363,7 @@ def test_an_error_may_end_a_download_in_place_of_end() -> None:
     server = Connection(Role.SERVER)
     server.receive_data(encode(HELLO) + encode(ev.GetRequested(path="g")))
     drain(server)
-    wire = server.send(ev.HelloAccepted(version=3, max_frame_bytes=1, read_only=False))
+    wire = server.send(ev.HelloAccepted(version=4, max_frame_bytes=1, read_only=False))
     wire += server.send(ev.FileStarted(size=10, mtime_ns=0, mode=0o644))
     wire += server.close_with_error(42, "timed out")  # mid-file, at a frame boundary
     client = Connection(Role.CLIENT)

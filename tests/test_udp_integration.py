@@ -102,7 +102,7 @@ def test_put_and_get_through_the_relay_are_byte_exact(
     put = run_cli("put", "--udp", "--json", *keys, str(tmp_path / "in.bin"), remote)
     assert put.returncode == 0, put.stderr
     record = json.loads(put.stdout)
-    assert record["xxh3_128"] == digest_bytes(data).hex()
+    assert record["digest"] == digest_bytes(data).hex()
     assert {
         "datagrams_sent",
         "retransmitted",
@@ -137,7 +137,7 @@ def test_udp_ls_stat_rm_and_refusals(server: ServerProcess, tmp_path: Path) -> N
     listing = run_cli("ls", "--udp", "--json", server.remote())
     assert sorted(json.loads(x)["name"] for x in listing.stdout.splitlines()) == ["a.txt", "sub"]
     stat = json.loads(run_cli("stat", "--udp", "--json", server.remote("a.txt")).stdout)
-    assert stat["size"] == 5 and stat["xxh3_128"] == digest_bytes(b"alpha").hex()
+    assert stat["size"] == 5 and stat["digest"] == digest_bytes(b"alpha").hex()
     assert run_cli("get", "--udp", server.remote("missing")).returncode == ExitCode.NOT_FOUND
     assert run_cli("get", "--udp", server.remote("../x")).returncode == ExitCode.REFUSED
     assert run_cli("rm", "--udp", server.remote("a.txt")).returncode == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import stat as stat_module
 import sys
 
+from ..checksum import DIGEST_ALGORITHM
 from ..client import Entry, EntryKind, Stat, TransferResult, escape
 
 TYPE_CHECKING = False
@@ -49,7 +50,8 @@ def transfer_record(result: TransferResult) -> dict[str, Any]:
         "bytes": result.bytes,
         "seconds": round(result.seconds, 6),
         "bytes_per_second": round(result.bytes_per_second),
-        "xxh3_128": result.digest.hex(),
+        "digest": result.digest.hex(),
+        "digest_algorithm": DIGEST_ALGORITHM,
         "transport": result.transport,
         "verified": result.verified,
     }
@@ -139,11 +141,12 @@ def print_stat(name: str, found: Stat, *, as_json: bool, out: TextIO = sys.stdou
     record = entry_record(found.entry)
     record["name"] = name
     record["mtime"] = format_time(found.mtime_ns)
-    record["xxh3_128"] = found.digest.hex() if found.digest is not None else None
+    record["digest"] = found.digest.hex() if found.digest is not None else None
+    record["digest_algorithm"] = DIGEST_ALGORITHM if found.digest is not None else None
     if as_json:
         print_record(record, out)
         return
-    for key in ("name", "type", "size", "mode", "mtime", "xxh3_128"):
+    for key in ("name", "type", "size", "mode", "mtime", "digest", "digest_algorithm"):
         if record[key] is not None:
             value = escape(record[key]) if isinstance(record[key], str) else record[key]
             out.write(f"{key}: {value}\n")

@@ -71,6 +71,7 @@ UNPARSED_STALE_S = FOREIGN_STALE_S
 """A temporary whose name does not say its owner (another version's, or placed by
 hand) is removed once it is older than this, for the same reason."""
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_RW_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 _ERRNO_ERRORS: dict[int, type[FtransferError]] = {
     errno.ENOENT: NotFound,
@@ -204,6 +205,10 @@ class Directory:
     def open_temp(self, leaf: str) -> int:
         return os.open(self._at(leaf), _TEMP_FLAGS, 0o666)
 
+    def open_rw(self, leaf: str, extra: int = 0) -> int:
+        """Open (or create) ``leaf`` for reading and writing, never through a link."""
+        return os.open(self._at(leaf), _RW_FLAGS | extra, 0o600)
+
     def lstat(self, leaf: str) -> os.stat_result:
         return os.lstat(self._at(leaf))
 
@@ -240,6 +245,9 @@ class FdDirectory(Directory):
 
     def open_temp(self, leaf: str) -> int:
         return os.open(leaf, _TEMP_FLAGS | os.O_NOFOLLOW, 0o666, dir_fd=self.fd)
+
+    def open_rw(self, leaf: str, extra: int = 0) -> int:
+        return os.open(leaf, _RW_FLAGS | extra, 0o600, dir_fd=self.fd)
 
     def lstat(self, leaf: str) -> os.stat_result:
         return os.stat(leaf, dir_fd=self.fd, follow_symlinks=False)
@@ -317,7 +325,6 @@ class AtomicWriter:
         self._bound = size if size is not None else limit
         self._mtime_ns, self._mode = mtime_ns, mode
         self._exclusive, self._fsync = exclusive, fsync
-        self._temp = temp_name()
         self._hasher = new_hasher()
         self._written = 0
         self._lock = _thread.allocate_lock()
@@ -326,10 +333,19 @@ class AtomicWriter:
         self.committed = False
         """The file is at its final name (commit succeeded)."""
         try:
-            self._fd = directory.open_temp(self._temp)
+            self._open_temp()
         except OSError as exc:
             directory.close()
             raise os_error(exc, self._label) from None
+        except BaseException:
+            directory.close()
+            raise
+
+    def _open_temp(self) -> None:
+        """Make the temporary (``_temp``, ``_fd``); a resumable writer (partial.py)
+        opens its partial instead, and resumes the hasher and the count."""
+        self._temp = temp_name()
+        self._fd = self._dir.open_temp(self._temp)
 
     def __enter__(self) -> AtomicWriter:
         return self

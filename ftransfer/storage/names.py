@@ -32,7 +32,7 @@ component that could climb out or alias another.
 from __future__ import annotations
 
 from .._records import Record
-from ..config import MAX_NAME_BYTES, MAX_PATH_BYTES, TEMP_PREFIX
+from ..config import MAX_NAME_BYTES, MAX_PATH_BYTES, RESERVED_PREFIXES
 from ..errors import PathRefused
 
 _CONTROL = frozenset(chr(c) for c in [*range(0x20), 0x7F])
@@ -147,8 +147,9 @@ def component_problem(part: str) -> str | None:
         return "backslashes are not allowed"
     if len(part) >= 2 and part[1] == ":":
         return "drive letters are not allowed"
-    if part.startswith(TEMP_PREFIX):
-        return f"names starting {TEMP_PREFIX!r} are reserved"
+    for prefix in RESERVED_PREFIXES:
+        if part.startswith(prefix):
+            return f"names starting {prefix!r} are reserved"
     try:
         size = len(part.encode("utf-8"))
     except UnicodeEncodeError:

@@ -1,0 +1,316 @@
+"""Resumable writes: a partial file and its journal, kept across an interruption.
+
+Theory of operation
+-------------------
+``PartialWriter`` is an ``AtomicWriter`` (atomic.py) whose temporary has a name
+that can be found again, and which survives the writer:
+
+    .ftransfer-part-<key>      the bytes received so far
+    .ftransfer-part-<key>.j    their journal (journal.py): what they are for,
+                               and the digest of each whole chunk
+
+``key`` is derived from the *binding* (on a server the user and the name; on a
+client the server, the user and the remote path), so the next transfer to the
+same place looks in one spot. As bytes pass, the tree hasher (checksum.py)
+reports each chunk that fills up; the writer then makes the bytes durable
+(fdatasync, when it syncs) and only then appends the chunk's record, so a journal
+never promises bytes the partial may lack after a crash.
+
+A transfer that does not end in a commit (a lost connection, Ctrl-C, a kill, an
+ABORT) keeps both files; one that fails verification, or is refused, removes
+them. A commit renames the partial to its final name, like any temporary, and
+removes the journal.
+
+Resuming (``Resume.offset`` > 0) is allowed only when the journal's header
+matches exactly (binding, size, mtime_ns, transfer id), its first record is the
+digest of the source's first chunk, it holds at least ``offset / CHUNK_BYTES``
+records, and it is younger than its time to live; then the partial is cut back
+to ``offset`` and the hasher resumes from the journal's digests, so nothing
+before ``offset`` is read again. Anything else is ``ResumeRefused`` (the peer
+starts from 0). A fresh resumable write (offset 0) replaces whatever partial was
+there. One writer at a time: the journal is held with flock, and a writer that
+finds it held is refused (``PartialBusy``) and the caller writes an ordinary,
+non-resumable temporary instead, so two clients never write one partial.
+
+``inspect`` answers "how much of this do you have?" without writing: the offset
+a resume may start at and the prefix digest both sides compare.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import stat
+import time
+from collections.abc import Callable
+
+from .._records import Record
+from ..checksum import CHUNK_BYTES, ZERO_DIGEST, TreeHasher, key_hex, prefix_digest
+from ..config import PARTIAL_PREFIX
+from ..errors import FtransferError
+from .atomic import AtomicWriter, Directory
+from .journal import (
+    Binding,
+    Contents,
+    Header,
+    append_record,
+    keep_records,
+    read_journal,
+    start_journal,
+)
+
+JOURNAL_SUFFIX = ".j"
+
+
+class ResumeRefused(FtransferError):
+    """The partial a resume named is gone, expired, changed or not this
+    transfer's: start from 0."""
+
+    code = 31
+
+
+class PartialBusy(FtransferError):
+    """Another transfer is writing this partial right now."""
+
+    code = 41
+
+
+class Resume(Record):
+    """What binds a resumable write, and where its bytes start."""
+
+    binding: Binding
+    transfer_id: bytes
+    """16 random bytes chosen by the side that keeps the transfer's record."""
+    first_digest: bytes
+    """The source's first-chunk digest (ZERO_DIGEST when not known: a fresh write)."""
+    offset: int = 0
+    """Where the bytes that follow start: 0, or a multiple of CHUNK_BYTES."""
+
+
+def partial_leaf(binding: Binding) -> str:
+    """The partial's name in its directory."""
+    text = json.dumps(binding, sort_keys=True, separators=(",", ":")).encode()
+    return PARTIAL_PREFIX + key_hex(text)
+
+
+def _usable(
+    contents: Contents | None, resume: Resume, size: int, mtime_ns: int, age_s: float, ttl_s: float
+) -> list[bytes]:
+    """The chunk digests a resume may build on (empty: none)."""
+    if contents is None or age_s > ttl_s:
+        return []
+    header = contents.header
+    wanted = Header(
+        binding=resume.binding, size=size, mtime_ns=mtime_ns, transfer_id=resume.transfer_id
+    )
+    if header != wanted or not contents.chunks or contents.chunks[0] != resume.first_digest:
+        return []
+    return contents.chunks[: size // CHUNK_BYTES]
+
+
+class Probe(Record):
+    """How much of a transfer a partial holds."""
+
+    offset: int
+    prefix: bytes
+    """prefix_digest of the chunks before ``offset`` (ZERO_DIGEST at 0)."""
+
+
+def inspect(
+    directory: Directory, resume: Resume, *, size: int, mtime_ns: int, ttl_s: float
+) -> Probe:
+    """Where a resume of this transfer could start, read without writing."""
+    leaf = partial_leaf(resume.binding) + JOURNAL_SUFFIX
+    try:
+        fd = directory.open_rw(leaf, os.O_APPEND) if _exists(directory, leaf) else -1
+    except OSError:
+        fd = -1
+    if fd < 0:
+        return Probe(offset=0, prefix=ZERO_DIGEST)
+    try:
+        st = os.fstat(fd)
+        chunks = _usable(read_journal(fd), resume, size, mtime_ns, time.time() - st.st_mtime, ttl_s)
+    finally:
+        os.close(fd)
+    return Probe(offset=len(chunks) * CHUNK_BYTES, prefix=prefix_digest(chunks))
+
+
+def _exists(directory: Directory, leaf: str) -> bool:
+    try:
+        return stat.S_ISREG(directory.lstat(leaf).st_mode)
+    except OSError:
+        return False
+
+
+class PartialWriter(AtomicWriter):
+    """An AtomicWriter whose temporary is a findable, journaled partial."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        leaf: str,
+        *,
+        resume: Resume,
+        ttl_s: float,
+        size: int,
+        mtime_ns: int,
+        mode: int | None,
+        exclusive: bool,
+        fsync: bool,
+        limit: int | None = None,
+        label: str | None = None,
+    ) -> None:
+        self._resume, self._ttl_s = resume, ttl_s
+        self._journal_fd = -1
+        self._keep = True  # an interrupted write keeps its partial
+        super().__init__(
+            directory,
+            leaf,
+            size=size,
+            mtime_ns=mtime_ns,
+            mode=mode,
+            exclusive=exclusive,
+            fsync=fsync,
+            limit=limit,
+            label=label,
+        )
+
+    @property
+    def resumed_from(self) -> int:
+        return self._resume.offset
+
+    def _open_temp(self) -> None:
+        resume, size = self._resume, self._size
+        assert size is not None
+        self._temp = partial_leaf(resume.binding)
+        jfd = self._dir.open_rw(self._temp + JOURNAL_SUFFIX, os.O_APPEND)
+        try:
+            try:
+                fcntl.flock(jfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise PartialBusy(f"{self._label}: another transfer is writing it") from None
+            self._fd = self._open_data(jfd, resume, size)
+        except BaseException:
+            os.close(jfd)
+            raise
+        self._journal_fd = jfd
+        self._hasher.on_chunk = self._journal_chunk
+
+    def _open_data(self, jfd: int, resume: Resume, size: int) -> int:
+        offset = resume.offset
+        if offset:
+            contents = read_journal(jfd)
+            age = time.time() - os.fstat(jfd).st_mtime
+            chunks = _usable(contents, resume, size, self._mtime_ns, age, self._ttl_s)
+            if offset % CHUNK_BYTES or len(chunks) * CHUNK_BYTES < offset:
+                raise ResumeRefused(f"{self._label}: no partial to resume from {offset}")
+            assert contents is not None
+            kept = chunks[: offset // CHUNK_BYTES]
+            keep_records(jfd, contents.records_at, len(kept))
+            self._hasher = TreeHasher(chunks=kept)
+        else:
+            start_journal(
+                jfd,
+                Header(
+                    binding=resume.binding,
+                    size=size,
+                    mtime_ns=self._mtime_ns,
+                    transfer_id=resume.transfer_id,
+                ),
+            )
+        fd = self._dir.open_rw(self._temp)
+        try:
+            os.ftruncate(fd, offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._written = offset
+        return fd
+
+    def _journal_chunk(self, index: int, digest: bytes) -> None:
+        """(Under the writer's lock, from write.) The chunk's bytes are written:
+        make them durable, then say so."""
+        if self._fsync:
+            os.fdatasync(self._fd)
+        append_record(self._journal_fd, self._resume.transfer_id, index, digest)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._bound is not None and self._written + len(data) > self._bound:
+            self._keep = False  # more than declared: the write fails and is not resumable
+        super().write(data)
+
+    def commit(self, expected_digest: bytes) -> bytes:
+        self._keep = False  # committed or refused: the partial has no future either way
+        return super().commit(expected_digest)
+
+    def _remove_temp(self) -> None:
+        if self._keep:
+            return  # for the next attempt
+        super()._remove_temp()
+        self._unlink_journal()
+
+    def _unlink_journal(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._dir.unlink(self._temp + JOURNAL_SUFFIX)
+
+    def _end(self) -> None:
+        try:
+            if self.committed:
+                self._unlink_journal()
+        finally:
+            jfd, self._journal_fd = self._journal_fd, -1
+            try:
+                if jfd >= 0:
+                    os.close(jfd)  # (releases the lock)
+            finally:
+                super()._end()
+
+
+def sweep_partials(directory: Directory, ttl_s: float, now_s: float | None = None) -> int:
+    """Remove the partials of ``directory`` untouched for ``ttl_s`` (neither the
+    data nor the journal) and not being written; returns how many."""
+    now = time.time() if now_s is None else now_s
+    removed = 0
+    stems = {
+        n.removesuffix(JOURNAL_SUFFIX) for n in directory.names() if n.startswith(PARTIAL_PREFIX)
+    }
+    for stem in stems:
+        pair = [stem, stem + JOURNAL_SUFFIX]
+        touched = [st.st_mtime for st in map(_regular_stat(directory), pair) if st is not None]
+        if not touched or now - max(touched) <= ttl_s:
+            continue
+        if _exists(directory, pair[1]) and not _lock_free(directory, pair[1]):
+            continue
+        for leaf in pair:
+            with contextlib.suppress(OSError):
+                directory.unlink(leaf)
+        removed += 1
+    return removed
+
+
+def _regular_stat(directory: Directory) -> Callable[[str], os.stat_result | None]:
+    def lstat(leaf: str) -> os.stat_result | None:
+        try:
+            st = directory.lstat(leaf)
+        except OSError:
+            return None
+        return st if stat.S_ISREG(st.st_mode) else None
+
+    return lstat
+
+
+def _lock_free(directory: Directory, leaf: str) -> bool:
+    try:
+        fd = directory.open_rw(leaf, os.O_APPEND)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)

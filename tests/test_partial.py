@@ -1,0 +1,265 @@
+"""Resumable partials (storage/partial.py, journal.py), in process on real files:
+a write cut anywhere resumes at the last whole chunk it journaled, the journal is
+trusted only as far as it is intact, and a partial is never spliced into a
+transfer it was not made for."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from ftransfer.checksum import CHUNK_BYTES, ZERO_DIGEST, digest_bytes, prefix_digest
+from ftransfer.errors import IntegrityError
+from ftransfer.storage.atomic import Directory
+from ftransfer.storage.journal import RECORD
+from ftransfer.storage.partial import (
+    JOURNAL_SUFFIX,
+    PartialBusy,
+    PartialWriter,
+    Resume,
+    ResumeRefused,
+    inspect,
+    partial_leaf,
+    sweep_partials,
+)
+
+SIZE = 3 * CHUNK_BYTES + 1234
+BINDING = {"user": "alice", "name": "big.bin"}
+ID = bytes(range(16))
+MTIME = 1_700_000_000_000_000_000
+
+
+@pytest.fixture(scope="module")
+def data() -> bytes:
+    return random.Random(3).randbytes(SIZE)
+
+
+def writer(tmp_path: Path, resume: Resume, *, size: int = SIZE) -> PartialWriter:
+    return PartialWriter(
+        Directory(str(tmp_path)),
+        "big.bin",
+        resume=resume,
+        ttl_s=3600,
+        size=size,
+        mtime_ns=MTIME,
+        mode=0o644,
+        exclusive=False,
+        fsync=False,
+    )
+
+
+def fresh() -> Resume:
+    return Resume(binding=BINDING, transfer_id=ID, first_digest=ZERO_DIGEST)
+
+
+def first_chunk(data: bytes) -> bytes:
+    return digest_bytes(data[:CHUNK_BYTES])
+
+
+def resume_at(data: bytes, offset: int, **changes: object) -> Resume:
+    fields: dict[str, object] = {
+        "binding": BINDING,
+        "transfer_id": ID,
+        "first_digest": first_chunk(data),
+        "offset": offset,
+    }
+    fields.update(changes)
+    return Resume(**fields)  # type: ignore[arg-type]
+
+
+def interrupted(tmp_path: Path, data: bytes, cut: int) -> None:
+    """Write ``cut`` bytes, then end without a commit (a lost connection)."""
+    w = writer(tmp_path, fresh())
+    for start in range(0, cut, 1 << 20):
+        w.write(data[start : min(cut, start + (1 << 20))])
+    w.abort()
+
+
+def probe(tmp_path: Path, data: bytes, **changes: object) -> int:
+    resume = resume_at(data, 0, **changes)
+    return inspect(Directory(str(tmp_path)), resume, size=SIZE, mtime_ns=MTIME, ttl_s=3600).offset
+
+
+def finish(tmp_path: Path, data: bytes, offset: int) -> bytes:
+    w = writer(tmp_path, resume_at(data, offset))
+    assert w.written == offset
+    w.write(data[offset:])
+    return w.commit(digest_bytes(data))
+
+
+def leftovers(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir() if p.name != "big.bin")
+
+
+@pytest.mark.parametrize("cut", [0, 1, CHUNK_BYTES - 1, CHUNK_BYTES, CHUNK_BYTES + 1, SIZE - 1])
+def test_a_cut_write_resumes_at_its_last_whole_chunk(tmp_path: Path, data: bytes, cut: int) -> None:
+    interrupted(tmp_path, data, cut)
+    assert leftovers(tmp_path) == sorted(
+        [partial_leaf(BINDING), partial_leaf(BINDING) + JOURNAL_SUFFIX]
+    )
+    offset = probe(tmp_path, data)
+    assert offset == (cut // CHUNK_BYTES) * CHUNK_BYTES
+    assert finish(tmp_path, data, offset) == digest_bytes(data)
+    assert (tmp_path / "big.bin").read_bytes() == data
+    assert os.stat(tmp_path / "big.bin").st_mtime_ns == MTIME
+    assert leftovers(tmp_path) == []  # the journal went with the commit
+
+
+def test_random_cuts_and_every_boundary_resume_to_the_same_file(
+    tmp_path: Path, data: bytes
+) -> None:
+    rng = random.Random(5)
+    cuts = [rng.randrange(SIZE) for _ in range(4)] + [k * CHUNK_BYTES for k in range(4)]
+    for cut in cuts:
+        interrupted(tmp_path, data, cut)
+        offset = probe(tmp_path, data)
+        assert offset == (cut // CHUNK_BYTES) * CHUNK_BYTES
+        # a resume may also start earlier than it could, never later
+        start = max(0, offset - CHUNK_BYTES)
+        assert finish(tmp_path, data, start) == digest_bytes(data)
+        assert (tmp_path / "big.bin").read_bytes() == data
+
+
+def test_the_prefix_digest_is_of_the_journaled_chunks(tmp_path: Path, data: bytes) -> None:
+    interrupted(tmp_path, data, 2 * CHUNK_BYTES + 5)
+    got = inspect(
+        Directory(str(tmp_path)), resume_at(data, 0), size=SIZE, mtime_ns=MTIME, ttl_s=3600
+    )
+    chunks = [digest_bytes(data[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]) for i in range(2)]
+    assert got.offset == 2 * CHUNK_BYTES and got.prefix == prefix_digest(chunks)
+
+
+def test_resuming_past_what_the_journal_holds_is_refused(tmp_path: Path, data: bytes) -> None:
+    interrupted(tmp_path, data, CHUNK_BYTES + 10)
+    with pytest.raises(ResumeRefused):
+        writer(tmp_path, resume_at(data, 2 * CHUNK_BYTES))
+    with pytest.raises(ResumeRefused):
+        writer(tmp_path, resume_at(data, 100))  # not a chunk boundary
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"binding": {"user": "mallory", "name": "big.bin"}},
+        {"transfer_id": bytes(16)},
+        {"first_digest": digest_bytes(b"another source")},
+    ],
+    ids=["other-user", "other-transfer", "changed-source"],
+)
+def test_a_foreign_or_changed_partial_is_never_spliced(
+    tmp_path: Path, data: bytes, change: dict[str, object]
+) -> None:
+    interrupted(tmp_path, data, 2 * CHUNK_BYTES)
+    assert probe(tmp_path, data, **change) == 0
+    if "binding" not in change:  # (another binding looks in another place)
+        with pytest.raises(ResumeRefused):
+            writer(tmp_path, resume_at(data, CHUNK_BYTES, **change))
+
+
+def test_a_changed_size_or_mtime_is_another_file(tmp_path: Path, data: bytes) -> None:
+    interrupted(tmp_path, data, 2 * CHUNK_BYTES)
+    directory = Directory(str(tmp_path))
+    resume = resume_at(data, 0)
+    assert inspect(directory, resume, size=SIZE + 1, mtime_ns=MTIME, ttl_s=3600).offset == 0
+    assert inspect(directory, resume, size=SIZE, mtime_ns=MTIME + 1, ttl_s=3600).offset == 0
+
+
+def journal_path(tmp_path: Path) -> Path:
+    return tmp_path / (partial_leaf(BINDING) + JOURNAL_SUFFIX)
+
+
+def test_a_truncated_journal_is_trusted_up_to_its_last_whole_record(
+    tmp_path: Path, data: bytes
+) -> None:
+    interrupted(tmp_path, data, 3 * CHUNK_BYTES)
+    path = journal_path(tmp_path)
+    os.truncate(path, path.stat().st_size - RECORD.size // 2)  # a torn last record
+    offset = probe(tmp_path, data)
+    assert offset == 2 * CHUNK_BYTES
+    assert finish(tmp_path, data, offset) == digest_bytes(data)
+
+
+def test_a_corrupted_record_ends_what_the_journal_says(tmp_path: Path, data: bytes) -> None:
+    interrupted(tmp_path, data, 3 * CHUNK_BYTES)
+    path = journal_path(tmp_path)
+    raw = bytearray(path.read_bytes())
+    raw[-RECORD.size - 3] ^= 0x40  # inside record 1 of 0..2
+    path.write_bytes(bytes(raw))
+    assert probe(tmp_path, data) == CHUNK_BYTES
+
+
+def test_a_corrupted_header_makes_no_journal(tmp_path: Path, data: bytes) -> None:
+    interrupted(tmp_path, data, 2 * CHUNK_BYTES)
+    path = journal_path(tmp_path)
+    raw = bytearray(path.read_bytes())
+    raw[10] ^= 0x01
+    path.write_bytes(bytes(raw))
+    assert probe(tmp_path, data) == 0
+    with pytest.raises(ResumeRefused):
+        writer(tmp_path, resume_at(data, CHUNK_BYTES))
+
+
+def test_a_wrong_chunk_in_the_partial_fails_verification_and_is_removed(
+    tmp_path: Path, data: bytes
+) -> None:
+    """The journal is the promise: if the bytes under it were changed behind its
+    back, the end-to-end digest (the sender's) catches it and nothing commits."""
+    interrupted(tmp_path, data, 2 * CHUNK_BYTES)
+    path = tmp_path / partial_leaf(BINDING)
+    with open(path, "r+b") as f:
+        f.seek(5)
+        f.write(b"X")
+    w = writer(tmp_path, resume_at(data, 2 * CHUNK_BYTES))
+    w.write(data[2 * CHUNK_BYTES :])
+    # the receiver's digest is built from its journal, so it agrees with the sender
+    # only if the journaled chunks were the sender's: here they were
+    assert w.digest == digest_bytes(data)
+    with pytest.raises(IntegrityError):
+        w.commit(digest_bytes(b"what a different sender computed"))
+    assert leftovers(tmp_path) == []
+
+
+def test_an_expired_partial_is_not_resumed_and_is_swept(tmp_path: Path, data: bytes) -> None:
+    interrupted(tmp_path, data, 2 * CHUNK_BYTES)
+    directory = Directory(str(tmp_path))
+    old = os.stat(journal_path(tmp_path)).st_mtime - 7200
+    for path in (journal_path(tmp_path), tmp_path / partial_leaf(BINDING)):
+        os.utime(path, (old, old))
+    assert inspect(directory, resume_at(data, 0), size=SIZE, mtime_ns=MTIME, ttl_s=3600).offset == 0
+    assert sweep_partials(directory, 3600) == 1
+    assert leftovers(tmp_path) == []
+
+
+def test_a_fresh_partial_is_kept_by_the_sweep(tmp_path: Path, data: bytes) -> None:
+    interrupted(tmp_path, data, CHUNK_BYTES)
+    assert sweep_partials(Directory(str(tmp_path)), 3600) == 0
+    assert len(leftovers(tmp_path)) == 2
+
+
+def test_a_partial_being_written_is_busy_for_a_second_writer(tmp_path: Path, data: bytes) -> None:
+    first = writer(tmp_path, fresh())
+    first.write(data[:CHUNK_BYTES])
+    with pytest.raises(PartialBusy):
+        writer(tmp_path, resume_at(data, CHUNK_BYTES))
+    assert sweep_partials(Directory(str(tmp_path)), -1) == 0  # held: not removed
+    first.write(data[CHUNK_BYTES:])
+    assert first.commit(digest_bytes(data)) == digest_bytes(data)
+
+
+def test_more_bytes_than_declared_removes_the_partial(tmp_path: Path, data: bytes) -> None:
+    w = writer(tmp_path, fresh(), size=10)
+    with pytest.raises(IntegrityError):
+        w.write(data[:11])
+    assert leftovers(tmp_path) == []
+
+
+def test_a_fresh_write_replaces_an_old_partial(tmp_path: Path, data: bytes) -> None:
+    interrupted(tmp_path, data, 2 * CHUNK_BYTES)
+    other = writer(
+        tmp_path, Resume(binding=BINDING, transfer_id=b"\1" * 16, first_digest=ZERO_DIGEST)
+    )
+    other.abort()
+    assert probe(tmp_path, data) == 0  # the old transfer's chunks are gone
