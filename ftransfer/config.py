@@ -215,4 +215,9 @@ class ClientConfig(Record):
     tftp_windowsize: int = TFTP_WINDOWSIZE
     tftp_netascii: bool = False
     """TFTP text mode (CR LF line ends on the wire)."""
+    resume: bool = True
+    """An interrupted transfer of a file over one chunk resumes when run again
+    (client/resume.py); False: every transfer starts from 0 (--no-resume)."""
+    state_dir: str | None = None
+    """Where upload resume records are kept (None: $XDG_STATE_HOME/ftransfer)."""
     tftp_give_up_s: float = TFTP_GIVE_UP_S

@@ -234,6 +234,13 @@ class IntegrityError(FtransferError):
     exit_code = ExitCode.INTEGRITY
 
 
+class ResumeRefused(Refused):
+    """A resume named a partial that is gone, expired, changed or another
+    transfer's, or an offset it does not hold: the sender starts from 0."""
+
+    code = 31
+
+
 class StorageIOError(FtransferError):
     """The storage failed (EIO, a failed fsync, ...); nothing was committed."""
 

@@ -153,7 +153,7 @@ def test_a_signal_mid_download_removes_the_temporary(
 ) -> None:
     target = tmp_path / "big.bin"
     target.write_bytes(b"old")
-    proc = start_cli("get", "--insecure", stalled.url("big.bin"), str(target))
+    proc = start_cli("get", "--insecure", "--no-resume", stalled.url("big.bin"), str(target))
     wait_until(lambda: temporaries(tmp_path) != [], "the download's temporary file")
     returncode, err = stop(proc, sig)
     assert returncode == code, err
@@ -162,14 +162,32 @@ def test_a_signal_mid_download_removes_the_temporary(
     assert target.read_bytes() == b"old"  # the final name keeps its complete old content
 
 
+@pytest.mark.parametrize(("sig", "code"), SIGNALS)
+def test_a_signal_mid_download_keeps_the_partial_for_a_resume(
+    stalled: StalledServer, tmp_path: Path, sig: int, code: int
+) -> None:
+    """With resume (the default), the partial and its journal stay for the next
+    run; the final name is untouched, as without."""
+    target = tmp_path / "big.bin"
+    target.write_bytes(b"old")
+    proc = start_cli("get", "--insecure", stalled.url("big.bin"), str(target))
+    wait_until(lambda: list(tmp_path.glob(".ftransfer-part-*.j")) != [], "the partial's journal")
+    returncode, err = stop(proc, sig)
+    assert returncode == code, err
+    assert b"Traceback" not in err
+    assert len(list(tmp_path.glob(".ftransfer-part-*"))) == 2  # the partial and its journal
+    assert temporaries(tmp_path) == []
+    assert target.read_bytes() == b"old"
+
+
 def test_after_kill_9_the_next_run_removes_only_dead_clients_temporaries(
     server: ServerProcess, stalled: StalledServer, tmp_path: Path
 ) -> None:
     (server.root / "small").write_bytes(b"fresh")
     down = tmp_path / "down"
     down.mkdir()
-    killed = start_cli("get", "--insecure", stalled.url("a.bin"), cwd=down)
-    alive = start_cli("get", "--insecure", stalled.url("b.bin"), cwd=down)
+    killed = start_cli("get", "--insecure", "--no-resume", stalled.url("a.bin"), cwd=down)
+    alive = start_cli("get", "--insecure", "--no-resume", stalled.url("b.bin"), cwd=down)
     wait_until(lambda: len(temporaries(down)) == 2, "both downloads' temporary files")
     killed.kill()  # SIGKILL: no chance to clean up
     killed.communicate(timeout=DEADLINE_S)

@@ -53,7 +53,63 @@ CONTROL_EVENTS: list[ev.Event] = [
     ev.PingRequested(seq=7, timestamp_ns=2**63 + 5),
     ev.Ponged(seq=2**32 - 1, timestamp_ns=0),
     ev.Failed(code=13, message="refused: .."),
+    ev.PutRequested(
+        path="big",
+        size=3 << 23,
+        mtime_ns=5,
+        mode=0o600,
+        exclusive=False,
+        offset=1 << 23,
+        transfer_id=bytes(range(16, 32)),
+        first_digest=DIGEST,
+    ),
+    ev.PartialRequested(
+        path="big", size=3 << 23, mtime_ns=-1, transfer_id=bytes(16), first_digest=DIGEST
+    ),
+    ev.PartialHeld(offset=2 << 23, prefix=DIGEST),
+    ev.GetRequested(path="big", offset=1 << 23, size=3 << 23, mtime_ns=9, prefix=DIGEST),
+    ev.FileStarted(size=3 << 23, mtime_ns=9, mode=0o644, offset=1 << 23),
+    ev.FileStarted(size=3 << 23, mtime_ns=9, mode=0o644, offset=0),
 ]
+
+
+@pytest.mark.parametrize(
+    ("frame_type", "payload"),
+    [
+        (FrameType.PUT_AT, struct.pack(">QqBHQ16s16s", 10, 0, 0, 0o644, 11, bytes(16), DIGEST)),
+        (FrameType.GET_AT, struct.pack(">QQq16s", 11, 10, 0, DIGEST) + b"x"),
+        (FrameType.FILE_AT, struct.pack(">QqHQ", 10, 0, 0o644, 11)),
+    ],
+    ids=["PUT_AT", "GET_AT", "FILE_AT"],
+)
+def test_an_offset_beyond_the_size_is_a_protocol_error(
+    frame_type: FrameType, payload: bytes
+) -> None:
+    with pytest.raises(RemoteProtocolError, match="beyond the size"):
+        decode_untrusted(frame_type, payload)
+
+
+def test_resumed_frames_declare_only_the_rest() -> None:
+    """A PUT_AT (and a FILE_AT) is followed by the bytes after its offset only."""
+    from ftransfer.proto.tcp.connection import Connection, Role
+
+    client = Connection(Role.CLIENT)
+    client.send(ev.HelloOffered(min_version=4, max_version=4))
+    client.send(
+        ev.PutRequested(
+            path="f",
+            size=100,
+            mtime_ns=-1,
+            mode=0o644,
+            exclusive=False,
+            offset=60,
+            transfer_id=bytes(16),
+            first_digest=DIGEST,
+        )
+    )
+    client.send(ev.FileData(data=b"x" * 40))
+    with pytest.raises(LocalProtocolError):
+        client.send(ev.FileData(data=b"x"))
 
 
 @pytest.mark.parametrize("event", CONTROL_EVENTS, ids=lambda e: type(e).__name__)

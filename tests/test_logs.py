@@ -247,7 +247,7 @@ def test_names_and_reasons_keep_control_characters_escaped(captured: Captured) -
         (
             {},
             "alice@192.0.2.7:4000 udp put a/b.bin: 1048576 bytes in 0.125 s (8.4 MB/s), "
-            "xxh3-128 " + "00" * 16,
+            "digest " + "00" * 16,
         ),
         (
             {"user": "", "digest": None, "seconds": 0.0},

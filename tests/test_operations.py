@@ -157,7 +157,7 @@ def test_one_log_line_per_request_with_who_what_and_how_it_ended(
     lines = [record.getMessage() for record in caplog.records]
     assert lines[0].startswith("192.0.2.7:4000 tcp get a/../b: refused: ")
     assert lines[1].startswith("192.0.2.7:4000 tcp put new.bin: 5 bytes in ")
-    assert "xxh3-128 " + digest_bytes(b"12345").hex() in lines[1]
+    assert "digest " + digest_bytes(b"12345").hex() in lines[1]
     assert lines[2].startswith("192.0.2.7:4000 tcp get new.bin: 5 bytes in ")
     assert lines[3] == "192.0.2.7:4000 tcp ls /: 3 entries"
     assert lines[4].startswith("192.0.2.7:4000 tcp rm missing: refused: ")

@@ -12,15 +12,14 @@ from pathlib import Path
 import pytest
 
 from ftransfer.checksum import CHUNK_BYTES, ZERO_DIGEST, digest_bytes, prefix_digest
-from ftransfer.errors import IntegrityError
+from ftransfer.errors import IntegrityError, ResumeRefused
 from ftransfer.storage.atomic import Directory
+from ftransfer.storage.base import Resume
 from ftransfer.storage.journal import RECORD
 from ftransfer.storage.partial import (
     JOURNAL_SUFFIX,
     PartialBusy,
     PartialWriter,
-    Resume,
-    ResumeRefused,
     inspect,
     partial_leaf,
     sweep_partials,

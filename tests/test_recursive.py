@@ -205,7 +205,7 @@ def test_get_skips_what_is_already_here(server: ServerProcess, tmp_path: Path) -
     assert got.returncode == 0, got.stderr
     assert sent(got.stdout) == ["up/a/x.txt"]
     assert (copy / "a" / "x.txt").read_bytes() == files["a/x.txt"]
-    assert b"3 already there (same xxh3-128)" in got.stderr
+    assert b"3 already there (same digest)" in got.stderr
 
 
 def test_several_sources_into_a_local_file_fail_once_and_write_nothing(

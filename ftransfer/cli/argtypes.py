@@ -25,6 +25,21 @@ def non_negative(text: str) -> float:
     return value
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(text: str) -> float:
+    """A time span greater than zero: seconds, or with a unit (90m, 12h, 1d)."""
+    unit = _DURATION_UNITS.get(text[-1:].lower())
+    try:
+        value = float(text[:-1] if unit is not None else text) * (unit or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a time such as 3600, 90m, 12h or 1d") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
 def ranged(low: int, high: int) -> Callable[[str], int]:
     """An integer from ``low`` to ``high``."""
 

@@ -68,6 +68,7 @@ def _config(args: argparse.Namespace) -> ClientConfig:
         fingerprint=args.fingerprint,
         ca_file=args.ca,
         limit_rate=getattr(args, "limit_rate", None),
+        resume=not getattr(args, "no_resume", False),
     )
 
 

@@ -48,7 +48,8 @@ host's address: its --timeout means another thing)."""
 CLIENT_OPTIONS = frozenset(
     {
         *("blksize", "ca", "cc", "checksum", "chunk", "fingerprint", "give-up", "insecure"),
-        *("json", "known-hosts", "limit-rate", "netascii", "no-clobber", "parents"),
+        *("json", "known-hosts", "limit-rate", "netascii", "no-clobber", "no-resume"),
+        "parents",
         *("password-file", "quiet", "recursive", "strict-host-keys", "tcp-port", "timeout"),
         *("udp", "update", "verbose", "windowsize", "batch", "transport"),
     }

@@ -54,6 +54,7 @@ def transfer_record(result: TransferResult) -> dict[str, Any]:
         "digest_algorithm": DIGEST_ALGORITHM,
         "transport": result.transport,
         "verified": result.verified,
+        "resumed_from": result.resumed_from,
     }
     if result.stats is not None:
         for key, value in (

@@ -31,7 +31,16 @@ from ..config import (
     UDP_MIN_CHUNK_BYTES,
     ServerConfig,
 )
-from .argtypes import non_negative, port, positive, probability, ranged, rate, size_bytes
+from .argtypes import (
+    duration,
+    non_negative,
+    port,
+    positive,
+    probability,
+    ranged,
+    rate,
+    size_bytes,
+)
 
 DESCRIPTION = (
     "Fast, verified file transfer. REMOTE is [tcp://|udp://|tftp://]HOST[:PORT][/PATH] "
@@ -189,8 +198,13 @@ def tree_options(p: argparse.ArgumentParser, verb: str, *, replace: str, there: 
         help=f"{verb} directories and everything in them (symlinks are skipped)",
     )
     p.add_argument("--no-clobber", action="store_true", help=f"refuse to replace {replace}")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over instead of resuming an interrupted transfer (TCP; files over 8 MiB)",
+    )
     skip = p.add_mutually_exclusive_group()
-    for mode, what in (("update", "modification time"), ("checksum", "xxh3-128")):
+    for mode, what in (("update", "modification time"), ("checksum", "digest")):
         skip.add_argument(
             f"--{mode}",
             dest="skip",
@@ -416,6 +430,14 @@ def _serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse
         "--no-fsync",
         action="store_true",
         help="skip fsync before commit (faster; a crash may lose recent uploads)",
+    )
+    p.add_argument(
+        "--partial-ttl",
+        type=duration,
+        default=d.partial_ttl_s,
+        metavar="TIME",
+        help="keep an interrupted upload's partial this long for a resume "
+        "(seconds, or 90m, 12h, 1d; default 1d)",
     )
     p.add_argument(
         "--udp-port",

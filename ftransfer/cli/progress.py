@@ -57,7 +57,7 @@ class Bars(Progress):
 
     def unchanged(self, files: int, skip: str) -> None:
         if not self.quiet:
-            what = "size and mtime" if skip == "update" else "xxh3-128"
+            what = "size and mtime" if skip == "update" else "digest"
             self.write(f"ftransfer: {files:,} already there (same {what}), not sent")
 
     @staticmethod
@@ -84,6 +84,17 @@ class Bars(Progress):
     def file_started(self, name: str, size: int | None) -> None:
         if self._enabled:
             self._bar = self._new(escape(name), size, leave=self._overall is None)
+
+    def resumed(self, offset: int) -> None:
+        """The bar starts at ``offset`` (its rate counts only what moves now)."""
+        if self._bar is not None:
+            self._bar.initial = self._bar.n = self._bar.last_print_n = offset
+            self._bar.refresh()
+        if self._overall is not None:
+            self._overall.total = max(0, (self._overall.total or 0) - offset)
+            self._overall.refresh()
+        if not self.quiet:
+            self.write(f"ftransfer: resuming at {offset:,} bytes")
 
     def advance(self, nbytes: int) -> None:
         if self._bar is not None:

@@ -38,6 +38,7 @@ def config(args: argparse.Namespace) -> ServerConfig:
         max_rate=args.max_rate,
         max_total_rate=args.max_total_rate,
         fsync=not args.no_fsync,
+        partial_ttl_s=args.partial_ttl,
         udp=not args.no_udp,
         udp_port=args.udp_port,
         udp_give_up_s=args.udp_give_up,

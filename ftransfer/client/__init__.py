@@ -125,12 +125,19 @@ class _Base:
     def _logic(self) -> TcpLogic:
         from .tcp import TcpLogic
 
+        resumes = None
+        if self.config.resume:
+            from .resume import Resumes
+
+            user = self._login[0] if self._login is not None else ""
+            resumes = Resumes(self.control.address, user, state_dir=self.config.state_dir)
         return TcpLogic(
             self.control.address,
             hello_timeout_s=self.config.connect_timeout_s,
             login=self._login,
             limit_rate=self.config.limit_rate,
             copy_files=not self.config.insecure,  # TLS: no sendfile
+            resumes=resumes,
         )
 
     def _trust(self, certificate: bytes) -> None:

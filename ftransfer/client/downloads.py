@@ -17,6 +17,7 @@ import os
 
 from ..errors import Exists, FtransferError, UsageError
 from ..proto.tcp import events as ev
+from ..storage.partial import Resume
 from .local import FileSink, Sink, StreamSink, local_label
 from .plan import get_target
 from .requests import STDOUT, PathLike
@@ -59,19 +60,31 @@ class Download:
 
         exclusive = self.no_clobber if no_clobber is None else no_clobber
 
-        def make_sink(header: ev.FileStarted) -> Sink:
-            return self.sink(header.size, header.mtime_ns, header.mode, exclusive=exclusive)
+        def make_sink(header: ev.FileStarted, resume: Resume | None) -> Sink:
+            return self.sink(
+                header.size, header.mtime_ns, header.mode, exclusive=exclusive, resume=resume
+            )
 
-        return DownloadJob(remote=self.remote, make_sink=make_sink, local=self.local)
+        return DownloadJob(
+            remote=self.remote, make_sink=make_sink, local=self.local, target=self.target
+        )
 
     def sink(
-        self, size: int | None, mtime_ns: int, mode: int | None, *, exclusive: bool | None = None
+        self,
+        size: int | None,
+        mtime_ns: int,
+        mode: int | None,
+        *,
+        exclusive: bool | None = None,
+        resume: Resume | None = None,
     ) -> Sink:
         if self.target is None:
             assert self.fd is not None
             return StreamSink(self.fd)
         exclusive = self.no_clobber if exclusive is None else exclusive
-        return FileSink(self.target, size=size, mtime_ns=mtime_ns, mode=mode, exclusive=exclusive)
+        return FileSink(
+            self.target, size=size, mtime_ns=mtime_ns, mode=mode, exclusive=exclusive, resume=resume
+        )
 
 
 def into_directory(remotes: Sequence[str], local: str | None) -> bool:

@@ -29,6 +29,7 @@ import os
 import stat
 
 from ..checksum import new_hasher
+from ..config import PARTIAL_TTL_S
 from ..errors import (
     Exists,
     FtransferError,
@@ -47,6 +48,7 @@ from ..storage.atomic import (
     write_all,
 )
 from ..storage.names import shown
+from ..storage.partial import PartialBusy, PartialWriter, Resume
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 
@@ -82,6 +84,7 @@ class LocalFile:
                 raise IsADirectory(f"{label}: is a directory (-r uploads directories)")
             raise NotRegularFile(f"{label}: not a regular file")
         self.size, self.mtime_ns, self.mode = st.st_size, st.st_mtime_ns, st.st_mode & 0o777
+        self.device, self.inode = st.st_dev, st.st_ino
         self.digest: bytes | None = None
 
     def fileno(self) -> int:
@@ -157,8 +160,17 @@ class FileSink:
     """A download written atomically to a local path."""
 
     def __init__(
-        self, target: str, *, size: int | None, mtime_ns: int, mode: int | None, exclusive: bool
+        self,
+        target: str,
+        *,
+        size: int | None,
+        mtime_ns: int,
+        mode: int | None,
+        exclusive: bool,
+        resume: Resume | None = None,
     ) -> None:
+        """``resume``: write a partial that survives an interruption
+        (storage/partial.py), maybe the rest of one (client/resume.py)."""
         self.target = target
         label = local_label(target)
         parent, leaf = os.path.split(target)
@@ -174,16 +186,35 @@ class FileSink:
             raise Exists(f"{label}: exists, not replaced (no-clobber)")
         if os.path.isdir(target):
             raise IsADirectory(f"{label}: is a directory")
+        final_mode = None if mode is None else mode & ~_umask()
+        self._writer: AtomicWriter
+        if resume is not None and size is not None:
+            try:
+                self._writer = PartialWriter(
+                    directory, leaf, resume=resume, ttl_s=PARTIAL_TTL_S, size=size,
+                    mtime_ns=mtime_ns, mode=final_mode, exclusive=exclusive, fsync=True,
+                    label=label,
+                )  # fmt: skip
+                return
+            except PartialBusy:
+                if resume.offset:
+                    raise StorageIOError(f"{label}: another download is writing it") from None
+                directory = Directory(parent)  # (closed by the failed writer)
         self._writer = AtomicWriter(
             directory,
             leaf,
             size=size,
             mtime_ns=mtime_ns,
-            mode=None if mode is None else mode & ~_umask(),
+            mode=final_mode,
             exclusive=exclusive,
             fsync=True,
             label=label,
         )
+
+    @property
+    def resumed_from(self) -> int:
+        writer = self._writer
+        return writer.resumed_from if isinstance(writer, PartialWriter) else 0
 
     @property
     def digest(self) -> bytes:

@@ -56,16 +56,25 @@ class TransferResult(Record):
     bytes: int
     seconds: float
     digest: builtins.bytes
-    """xxh3-128 of the file (for TFTP: of the bytes this side sent or received)."""
+    """The file's digest (checksum.py; for TFTP: of the bytes this side sent or
+    received)."""
     transport: str
     """"tcp", "udp" or "tftp"."""
     verified: bool = True
     """Both ends computed the digest and they matched (TFTP carries none: False)."""
     stats: TransferStats | None = None
+    resumed_from: int = 0
+    """A resumed transfer: the bytes before this offset were already there (not
+    moved again); ``bytes`` is still the file's size."""
+
+    @property
+    def moved(self) -> int:
+        """The bytes this transfer moved (a resume moves only the rest)."""
+        return self.bytes - self.resumed_from
 
     @property
     def bytes_per_second(self) -> float:
-        return self.bytes / max(self.seconds, 1e-9)
+        return self.moved / max(self.seconds, 1e-9)
 
 
 class Stat(Record):
@@ -110,6 +119,10 @@ class Progress:
 
     def file_started(self, name: str, size: int | None) -> None:
         """A file's transfer starts (``size`` None: not known)."""
+
+    def resumed(self, offset: int) -> None:
+        """The file just started resumes at ``offset``: the bytes before it were
+        already there (no ``advance`` is called for them)."""
 
     def advance(self, nbytes: int) -> None:
         """``nbytes`` more were sent or received."""

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 
 from .._records import Record
-from ..checksum import new_hasher
+from ..checksum import ZERO_DIGEST, TreeHasher, new_hasher
 from ..config import MAX_FRAME_BYTES, PROTOCOL_VERSION
 from ..errors import (
     ConnectionFailed,
@@ -69,10 +69,12 @@ from ..proto.tcp import events as ev
 from ..proto.tcp.connection import Connection, Role, StreamState
 from ..storage.entry import Entry, EntryKind
 from ..storage.names import escape
+from ..storage.partial import Resume
 from . import trace
 from .drive import drive, drive_async
 from .local import LocalFile, Sink, local_label
 from .result import Progress, Stat, TransferResult
+from .resume import DownloadResume, Resumes, UploadRecord
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -204,15 +206,24 @@ class DownloadJob(Record):
     """One download of a batch: what, where its bytes go, the local name to report."""
 
     remote: str
-    make_sink: Callable[[ev.FileStarted], Sink]
+    make_sink: Callable[[ev.FileStarted, Resume | None], Sink]
     local: str
+    target: str | None = None
+    """The local file it becomes (None: a stream), where a partial of it may be."""
 
 
 class _Put:
     """One upload of a pipelined batch, until its reply."""
 
-    def __init__(self, index: int, remote: str, source: LocalFile) -> None:
+    def __init__(
+        self, index: int, remote: str, source: LocalFile, record: UploadRecord | None = None
+    ) -> None:
         self.index, self.remote, self.source = index, remote, source
+        self.record = record
+        """Its resume record (a file over one chunk, resume on)."""
+        self.start = 0
+        """Where its DATA starts (a resume: the server has the bytes before)."""
+        self.hasher: TreeHasher | None = None
         self.started = time.perf_counter()
         self.digest: bytes | None = None
         self.refused = False
@@ -257,6 +268,7 @@ class TcpLogic:
         limit_rate: int | None = None,
         *,
         copy_files: bool = False,
+        resumes: Resumes | None = None,
     ) -> None:
         """``limit_rate``: bytes per second this connection moves at most, each way
         (one bucket for every file of a batch). ``copy_files``: the socket encrypts
@@ -264,6 +276,8 @@ class TcpLogic:
         sendfile and read again for the digest."""
         self.server = server
         self._copy_files = copy_files
+        self._resumes = resumes
+        """Where resume records and partials are kept (None: --no-resume)."""
         now = time.monotonic()
         self._limits = {"out": bucket(limit_rate, now), "in": bucket(limit_rate, now)}
         self.conn = Connection(Role.CLIENT)
@@ -525,16 +539,25 @@ class TcpLogic:
         trip. One outcome each, in order, also handed to ``progress``; a refusal or
         a local failure is that file's outcome and the others go on."""
         outcomes = _Outcomes(len(jobs), progress)
-        sent = 0
+        plans: list[DownloadResume | None] = []
         for index, job in enumerate(jobs):
-            while sent < len(jobs) and sent - index < GET_WINDOW:
-                self._send(ev.GetRequested(path=jobs[sent].remote))
-                sent += 1
-            outcomes.set(index, (yield from self._download(job, progress)))
+            while len(plans) < len(jobs) and len(plans) - index < GET_WINDOW:
+                plans.append(self._get(jobs[len(plans)]))
+            outcomes.set(index, (yield from self._download(job, plans[index], progress)))
         return outcomes.done()
 
+    def _get(self, job: DownloadJob) -> DownloadResume | None:
+        """Send the GET of ``job`` (GET_AT if a partial of it is here)."""
+        plan = None
+        if self._resumes is not None and job.target is not None:
+            plan = self._resumes.download(job.target, job.remote)
+        self._send(
+            plan.request(job.remote) if plan is not None else ev.GetRequested(path=job.remote)
+        )
+        return plan
+
     def _download(
-        self, job: DownloadJob, progress: Progress | None
+        self, job: DownloadJob, plan: DownloadResume | None, progress: Progress | None
     ) -> Generator[Effect, object, TransferResult | FtransferError]:
         """One download whose GET is sent: its outcome, with the stream in step."""
         started = time.perf_counter()
@@ -543,13 +566,19 @@ class TcpLogic:
             return self._error(header)
         if not isinstance(header, ev.FileStarted):
             raise RemoteProtocolError(f"expected FILE, got {type(header).__name__}")
+        if header.offset and plan is None:
+            raise RemoteProtocolError("FILE_AT in answer to a GET")
+        resume = plan.resume_for(header) if plan is not None else None
         try:
-            sink = job.make_sink(header)
+            sink = job.make_sink(header, resume)
         except FtransferError as exc:  # (a local refusal: no-clobber, a directory there)
             yield from self._drop_file()
             return exc
+        start = resume.offset if resume is not None else 0
         if progress is not None:
             progress.file_started(job.remote, header.size)
+            if start:
+                progress.resumed(start)
 
         def consume(data: bytes | memoryview) -> None:
             sink.write(data)
@@ -575,6 +604,7 @@ class TcpLogic:
             seconds=time.perf_counter() - started,
             digest=digest,
             transport="tcp",
+            resumed_from=start,
         )
 
     def _drop_file(self) -> Generator[Effect, object, None]:
@@ -628,22 +658,62 @@ class TcpLogic:
                 outcomes.set(index, exc)
                 continue
             with source:  # closed once its END (or ABORT) is written
-                put = _Put(index, remote, source)
-                self._send(
-                    ev.PutRequested(
-                        path=remote,
-                        size=source.size,
-                        mtime_ns=source.mtime_ns,
-                        mode=source.mode,
-                        exclusive=exclusive,
-                    )
-                )
+                put = _Put(index, remote, source, self._record(source, remote))
+                try:
+                    yield from self._start_put(put, pending, outcomes, exclusive)
+                except FtransferError as exc:
+                    if isinstance(exc, ConnectionFailed | ProtocolError | TransferTimeout):
+                        raise
+                    outcomes.set(index, exc)  # (its PARTIAL was refused)
+                    continue
                 pending.append(put)
                 yield from self._send_body(put, pending, outcomes, progress)
         yield Flush()
         while pending:
             yield from self._collect(pending, outcomes, block=True)
         return outcomes.done()
+
+    def _record(self, source: LocalFile, remote: str) -> UploadRecord | None:
+        return None if self._resumes is None else self._resumes.upload(source, remote)
+
+    def _start_put(
+        self, put: _Put, pending: collections.deque[_Put], outcomes: _Outcomes, exclusive: bool
+    ) -> Generator[Effect, object, None]:
+        """Send the PUT (PUT_AT for a resumable file, after one PARTIAL round trip
+        if there is something to resume)."""
+        source, record = put.source, put.record
+        if record is None:
+            self._send(
+                ev.PutRequested(
+                    path=put.remote,
+                    size=source.size,
+                    mtime_ns=source.mtime_ns,
+                    mode=source.mode,
+                    exclusive=exclusive,
+                )
+            )
+            return
+        held = None
+        if record.resumable:
+            yield from self._writes()
+            yield Flush()
+            while pending:  # (replies come in order: the ones before PARTIAL_OK first)
+                yield from self._collect(pending, outcomes, block=True)
+            self._send(record.partial_request(put.remote, source))
+            held = yield from self._expect(ev.PartialHeld)
+        put.start, put.hasher = record.start(held, source)
+        self._send(
+            ev.PutRequested(
+                path=put.remote,
+                size=source.size,
+                mtime_ns=source.mtime_ns,
+                mode=source.mode,
+                exclusive=exclusive,
+                offset=put.start,
+                transfer_id=record.transfer_id,
+                first_digest=record.first_digest if put.start else ZERO_DIGEST,
+            )
+        )
 
     def _send_body(
         self,
@@ -654,6 +724,8 @@ class TcpLogic:
     ) -> Generator[Effect, object, None]:
         if progress is not None:
             progress.file_started(put.remote, put.source.size)
+            if put.start:
+                progress.resumed(put.start)
         frames = file_frames(
             self.conn,
             put.source,
@@ -663,6 +735,8 @@ class TcpLogic:
             sendfile=not self._copy_files,
             copy=self._copy_files,
             frame_bytes=frame_bytes(self._limits["out"], MAX_FRAME_BYTES),
+            start=put.start,
+            hasher=put.hasher,
         )
         answer: int | None = None
         try:
@@ -722,6 +796,15 @@ class TcpLogic:
                 return
 
     def _outcome(self, put: _Put, event: ev.Event) -> TransferResult | FtransferError:
+        outcome = self._put_outcome(put, event)
+        if put.record is not None:
+            if isinstance(outcome, TransferResult | IntegrityError):
+                put.record.done()  # (a mismatch: the server removed its partial too)
+            else:
+                put.record.close()  # kept for the next attempt
+        return outcome
+
+    def _put_outcome(self, put: _Put, event: ev.Event) -> TransferResult | FtransferError:
         if put.failed_here is not None:
             return put.failed_here
         if isinstance(event, ev.Failed):
@@ -737,6 +820,7 @@ class TcpLogic:
             seconds=time.perf_counter() - put.started,
             digest=event.digest,
             transport="tcp",
+            resumed_from=put.start,
         )
 
 

@@ -130,6 +130,8 @@ def file_frames(
     sendfile: bool = True,
     copy: bool = False,
     frame_bytes: int = MAX_FRAME_BYTES,
+    start: int = 0,
+    hasher: Hasher | None = None,
 ) -> Generator[FileOp, int | None, bytes | None]:
     """The frames of ``source``; returns its digest, or None if ``cancelled()``
     became true between frames (the caller then sends ABORT or ERROR).
@@ -137,14 +139,19 @@ def file_frames(
     CopyFrame if ``copy`` (the stream reads ranges itself), else reads every frame,
     READ_CHUNK_BYTES at a time. ``frame_bytes`` caps a frame (a rate limit keeps
     each frame to a fraction of a second, so the peer never waits a whole 4 MiB
-    at a low rate: a read timeout)."""
+    at a low rate: a read timeout). ``start``: the bytes before it are not sent
+    (a resumed transfer); ``hasher`` then knows their chunks, and is used even if
+    the source knows its digest (a resumed upload journals its chunks as it goes)."""
     frame_bytes = max(1, min(frame_bytes, MAX_FRAME_BYTES))
     size, known = source.size, source.digest
-    hasher = None if known is not None else new_hasher()
+    if hasher is None:
+        hasher = None if known is not None else new_hasher()
+    else:
+        known = None
     fd = source.fileno() if sendfile or copy else None
     zero_copy = fd is not None and size > SMALL_FILE_BYTES
     copying = zero_copy and not sendfile
-    offset = 0
+    offset = start
     while offset < size:
         if cancelled():
             return None

@@ -52,6 +52,7 @@ import socket
 import struct
 from collections.abc import Callable
 
+from ..checksum import Hasher
 from ..config import CORK_BYTES, MAX_FRAME_BYTES, WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES
 from ..errors import ConnectionFailed, FtransferError, TransferTimeout
 from ..proto.ratelimit import Limits, frame_bytes
@@ -446,10 +447,14 @@ class FrameStream(asyncio.BufferedProtocol):
         source: FileSource,
         progress: Progress | None = None,
         cancelled: Callable[[], bool] = lambda: False,
+        *,
+        start: int = 0,
+        hasher: Hasher | None = None,
     ) -> bytes | None:
-        """Send ``source.size`` bytes as DATA frames (files.py); returns their xxh3-128,
-        or None if ``cancelled()`` became true between frames. Raises FileChanged
-        if the source is shorter than its size."""
+        """Send ``source.size`` bytes (those from ``start``: a resume, whose chunks
+        before it ``hasher`` knows) as DATA frames (files.py); returns the file's
+        digest, or None if ``cancelled()`` became true between frames. Raises
+        FileChanged if the source is shorter than its size."""
         if self._scratch is None:
             self._scratch = new_scratch()
         frames = file_frames(
@@ -460,6 +465,8 @@ class FrameStream(asyncio.BufferedProtocol):
             cancelled,
             sendfile=not self.tls,
             frame_bytes=frame_bytes(self.send_limits, MAX_FRAME_BYTES),
+            start=start,
+            hasher=hasher,
         )
         answer: int | None = None
         try:

@@ -112,7 +112,9 @@ class Server:
     def __init__(self, config: ServerConfig, store: Store | None = None) -> None:
         self.config = config
         self.store: Store = (
-            store if store is not None else LocalStore(config.root, fsync=config.fsync)
+            store
+            if store is not None
+            else LocalStore(config.root, fsync=config.fsync, partial_ttl_s=config.partial_ttl_s)
         )
         policy = Policy(
             read_only=config.read_only,

@@ -6,7 +6,7 @@ Every request of every transport ends in ``operations._Request.end``, and that
 is where its ``RequestRecord`` is made: when it ended (the wall clock), the peer,
 the user (the one logged in, or the name a LOGIN tried), the transport, the
 operation, the path (and a move's target), the bytes and seconds of a transfer
-and their rate, the xxh3-128 digest, the result (ok, refused, failed, aborted),
+and their rate, the digest (checksum.py), the result (ok, refused, failed, aborted),
 the error's wire code and its reason. Names and reasons are escaped
 (``storage.names.escape``) when the record is made, so that no writer can forget
 to; nothing secret is ever given to a record (a LOGIN's password, a ticket's
@@ -18,7 +18,7 @@ carries it to every handler unchanged, and each formatter renders it its way:
 
 - ``str(record)`` is the text line (``--log-format text``, the default), the one
   the server has always written: ``alice@127.0.0.1:5000 tcp put a/b: 1048576
-  bytes in 0.120 s (8.7 MB/s), xxh3-128 ...``, ``... get a/b: refused: ...``;
+  bytes in 0.120 s (8.7 MB/s), digest ...``, ``... get a/b: refused: ...``;
 - ``JsonFormatter`` writes one object per line (``--log-format json``): the
   record's fields, and for the server's other messages (start-up, a protocol
   error) ``time``, ``level``, ``logger`` and ``message``;
@@ -89,7 +89,7 @@ class RequestRecord(Record):
     """A listing's entries."""
     seconds: float = 0.0
     digest: str | None = None
-    """The xxh3-128 of the file, in hex, when it is known."""
+    """The digest of the file (checksum.py), in hex, when it is known."""
     result: str = "ok"
     code: int | None = None
     """The error's wire code (protocol.md section 7), None if there was none."""
@@ -120,12 +120,12 @@ class RequestRecord(Record):
         if self.entries is not None:
             return f"{self.entries} entries"
         if self.bytes is None:
-            return "ok"
+            return self.reason or "ok"
         text = f"{self.bytes} bytes in {self.seconds:.3f} s"
         rate = self.rate
         if rate is not None:
             text += f" ({rate / 1e6:.1f} MB/s)"
-        return text + (f", xxh3-128 {self.digest}" if self.digest else "")
+        return text + (f", digest {self.digest}" if self.digest else "")
 
     def fields(self) -> dict[str, object]:
         """The record as JSON would have it (the time in RFC 3339, seconds to the

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Generator
 
 from .._records import Record
-from ..checksum import hex_digest
+from ..checksum import CHUNK_BYTES, hex_digest, prefix_digest
 from ..errors import (
     AuthenticationFailed,
     FtransferError,
@@ -59,7 +59,7 @@ from ..errors import (
     TooLarge,
 )
 from ..proto.ratelimit import Limits, TokenBucket, bucket, limits
-from ..storage.base import Entry, EntryKind, Readable, Store, Writer, zero_copy_fd
+from ..storage.base import Entry, EntryKind, Probe, Readable, Resume, Store, Writer, zero_copy_fd
 from ..storage.names import ROOT, Name, escape, parse_name
 from .logs import RequestRecord
 
@@ -196,14 +196,25 @@ class _Request:
         return time.monotonic() - self.started
 
 
+class Resumable(Record):
+    """What a client says about a resumable upload (PUT_AT, or a UDP INITIAL's
+    resume extension)."""
+
+    transfer_id: bytes
+    first_digest: bytes
+    offset: int = 0
+
+
 class Upload:
     """An accepted upload: ``write`` as bytes arrive, then ``commit`` or ``abort``.
 
     Ends exactly once; a context manager aborts one that did not end (any error,
     a closed connection, cancellation)."""
 
-    def __init__(self, request: _Request, name: Name, writer: Writer) -> None:
+    def __init__(self, request: _Request, name: Name, writer: Writer, *, start: int = 0) -> None:
         self._request, self.name, self._writer = request, name, writer
+        self.start = start
+        """Where the bytes of this request start (a resume: the partial had the rest)."""
 
     def __enter__(self) -> Upload:
         return self
@@ -238,20 +249,20 @@ class Upload:
         except FtransferError as exc:
             self.fail(exc)
             raise
-        self._request.end(size=self._writer.written, digest=digest)
+        self._request.end(size=self._writer.written - self.start, digest=digest)
         return digest
 
     def abort(self, reason: str) -> None:
         """Discard the upload (nothing is committed); the reason goes to the log."""
         self._writer.abort()  # (waits for a commit running in another thread)
         if not self._writer.committed:  # else the commit writes the record
-            self._request.end("aborted", reason=reason, size=self._writer.written)
+            self._request.end("aborted", reason=reason, size=self._writer.written - self.start)
 
     def fail(self, exc: FtransferError) -> None:
         """The transfer failed (a timeout, the peer's error): nothing is committed."""
         self._writer.abort()
         if not self._writer.committed:
-            written = self._writer.written
+            written = self._writer.written - self.start
             self._request.end("failed", error=exc, size=written, level=logging.WARNING)
 
 
@@ -279,11 +290,27 @@ class Download:
     def read(self, offset: int, n: int) -> bytes:
         return self._readable.read(offset, n)
 
-    def sent(self, digest: bytes | None = None) -> None:
-        """Every byte went out (with this digest, remembered if it was computed)."""
+    def sent(self, digest: bytes | None = None, *, start: int = 0) -> None:
+        """Every byte went out (those from ``start``: a resume), with this digest,
+        remembered if it was computed."""
         if self.digest is None and digest:
             self._readable.remember_digest(digest)
-        self._request.end(size=self.size, digest=self.digest or digest or None)
+        self._request.end(size=self.size - start, digest=self.digest or digest or None)
+
+    def remember_chunks(self, chunks: list[bytes]) -> None:
+        """The whole chunks a send hashed from the start (a later GET_AT needs them)."""
+        self._readable.remember_chunks(chunks)
+
+    def resume_point(self, offset: int, size: int, mtime_ns: int, prefix: bytes) -> list[bytes]:
+        """GET_AT: the chunk digests before ``offset`` if the client's first
+        ``offset`` bytes are of this very file (same size and mtime, same prefix
+        digest), else [] (it gets the whole file). Blocking: without a remembered
+        manifest, it reads the prefix once."""
+        count, rest = divmod(offset, CHUNK_BYTES)
+        if rest or not count or (size, mtime_ns) != (self.size, self.mtime_ns) or offset > size:
+            return []
+        chunks = self._readable.chunk_digests(count)
+        return chunks if len(chunks) == count and prefix_digest(chunks) == prefix else []
 
     def failed(self, exc: FtransferError) -> None:
         self._request.end("failed", error=exc, level=logging.WARNING)
@@ -461,23 +488,61 @@ class Operations:
         mtime_ns: int = -1,
         mode: int | None = None,
         exclusive: bool = False,
+        resumable: Resumable | None = None,
     ) -> Upload:
         """Accept an upload of ``size`` bytes (None: not known, TFTP without tsize)
-        or refuse it, before any byte is read."""
+        or refuse it, before any byte is read. ``resumable``: the client keeps a
+        record of it, so it is written as a partial that survives an interruption
+        (storage/partial.py), maybe continuing one from ``resumable.offset``."""
         request = self._begin(who, "put", path)
         name = self._checked(request, who, path, "write")
         limit = self.policy.max_file_bytes
         try:
             if size is not None and size > limit:
                 raise TooLarge(f"{name}: {size} bytes exceeds the limit of {limit}")
+            resume = None if resumable is None else self._resume(who, name, resumable)
             writer = self._store(who).open_write(
-                name, size=size, mtime_ns=mtime_ns, mode=mode, exclusive=exclusive, limit=limit
+                name,
+                size=size,
+                mtime_ns=mtime_ns,
+                mode=mode,
+                exclusive=exclusive,
+                limit=limit,
+                resume=resume,
             )
         except FtransferError as exc:
             request.refused(exc)
             raise
         self.log.debug("%s %s put %s: receiving %s bytes", who.peer, who.transport, name, size)
-        return Upload(request, name, writer)
+        start = 0 if resumable is None else resumable.offset
+        return Upload(request, name, writer, start=start)
+
+    @staticmethod
+    def _resume(who: Requester, name: Name, resumable: Resumable) -> Resume:
+        """A partial is bound to the user and the name, besides what the client says."""
+        return Resume(
+            binding={"user": who.principal.user, "name": name.text},
+            transfer_id=resumable.transfer_id,
+            first_digest=resumable.first_digest,
+            offset=resumable.offset,
+        )
+
+    def partial(
+        self, who: Requester, path: str, *, size: int, mtime_ns: int, resumable: Resumable
+    ) -> Probe:
+        """PARTIAL: where a resume of this upload may start (blocking: it reads a
+        journal). Refused like the upload itself would be."""
+        request = self._begin(who, "partial", path)
+        name = self._checked(request, who, path, "write")
+        try:
+            probe = self._store(who).partial(
+                name, size=size, mtime_ns=mtime_ns, resume=self._resume(who, name, resumable)
+            )
+        except FtransferError as exc:
+            request.refused(exc)
+            raise
+        request.end(reason=f"holds {probe.offset} bytes of it")
+        return probe
 
     def download(self, who: Requester, path: str) -> Download:
         """Open a file to send, or refuse."""

@@ -39,11 +39,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-from ..checksum import ZERO_DIGEST
+from ..checksum import CHUNK_BYTES, ZERO_DIGEST, TreeHasher
 from ..config import (
     LIST_BATCH_BYTES,
     LIST_BATCH_ENTRIES,
@@ -70,7 +71,7 @@ from ..proto.tcp.connection import negotiate_version
 from ..proto.tcp.frames import entry_bytes
 from ..storage.entry import Entry
 from .commits import GroupCommit
-from .operations import Operations, Principal, Requester, Upload
+from .operations import Operations, Principal, Requester, Resumable, Upload
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -270,15 +271,26 @@ class TcpSession:
     # ---- transfers ------------------------------------------------------------------
 
     async def _put(self, request: ev.PutRequested) -> None:
+        resumable = None
+        if request.transfer_id:  # PUT_AT
+            resumable = Resumable(
+                transfer_id=request.transfer_id,
+                first_digest=request.first_digest,
+                offset=request.offset,
+            )
         try:
-            upload = self.ops.upload(
+            open_upload = functools.partial(
+                self.ops.upload,
                 self.who,
                 request.path,
                 size=request.size,
                 mtime_ns=request.mtime_ns,
                 mode=request.mode,
                 exclusive=request.exclusive,
+                resumable=resumable,
             )
+            # (a resume reads a journal and truncates: off the loop)
+            upload = await in_thread(open_upload) if request.offset else open_upload()
         except FtransferError as exc:
             await self._commits.settle()
             self._fail(exc)  # early refusal: the core discards the rest of the upload
@@ -328,6 +340,24 @@ class TcpSession:
                 return
         self.stream.send(ev.PutCommitted(digest=stored))
 
+    async def _partial(self, request: ev.PartialRequested) -> None:
+        resumable = Resumable(transfer_id=request.transfer_id, first_digest=request.first_digest)
+        try:
+            probe = await in_thread(
+                functools.partial(
+                    self.ops.partial,
+                    self.who,
+                    request.path,
+                    size=request.size,
+                    mtime_ns=request.mtime_ns,
+                    resumable=resumable,
+                )
+            )
+        except FtransferError as exc:
+            self._fail(exc)
+            return
+        self.stream.send(ev.PartialHeld(offset=probe.offset, prefix=probe.prefix))
+
     async def _get(self, request: ev.GetRequested) -> None:
         try:
             download = self.ops.download(self.who, request.path)
@@ -335,18 +365,37 @@ class TcpSession:
             self._fail(exc)
             return
         with download:
+            chunks: list[bytes] = []
+            if request.prefix:  # GET_AT: the client has a partial of it
+                chunks = await in_thread(
+                    download.resume_point,
+                    request.offset,
+                    request.size,
+                    request.mtime_ns,
+                    request.prefix,
+                )
+            start = len(chunks) * CHUNK_BYTES
             self.stream.send(
-                ev.FileStarted(size=download.size, mtime_ns=download.mtime_ns, mode=download.mode)
+                ev.FileStarted(
+                    size=download.size,
+                    mtime_ns=download.mtime_ns,
+                    mode=download.mode,
+                    offset=start if request.prefix else None,
+                )
             )
+            hasher = TreeHasher(chunks=chunks) if download.digest is None else None
             try:
-                digest = await self.stream.send_file(download)
+                digest = await self.stream.send_file(download, start=start, hasher=hasher)
             except FileUnreadable as exc:
                 download.failed(exc)
                 self._fail(exc)  # ERROR in place of END: the client discards the file
                 return
+            finally:
+                if hasher is not None:
+                    download.remember_chunks(hasher.chunks)  # (for a GET_AT after a cut)
             assert digest is not None  # never cancelled
             self.stream.send(ev.FileEnded(digest=digest))
-            download.sent(digest)
+            download.sent(digest, start=start)
             self._sent_digests.append(digest)
 
     async def _verified(self, report: ev.DownloadVerified) -> None:
@@ -422,6 +471,7 @@ class TcpSession:
 HANDLERS: dict[type, Callable[[TcpSession, Any], Awaitable[None]]] = {
     ev.PutRequested: TcpSession._put,
     ev.GetRequested: TcpSession._get,
+    ev.PartialRequested: TcpSession._partial,
     ev.ListRequested: TcpSession._list,
     ev.StatRequested: TcpSession._stat,
     ev.RemoveRequested: TcpSession._remove,

@@ -359,8 +359,13 @@ class AtomicWriter:
 
     @property
     def digest(self) -> bytes:
-        """xxh3-128 of the bytes written so far."""
+        """The digest (checksum.py) of the bytes written so far."""
         return self._hasher.digest()
+
+    @property
+    def chunks(self) -> list[bytes]:
+        """The digests of the whole chunks written so far (a manifest)."""
+        return self._hasher.chunks
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes; more than the declared size is an integrity error."""

@@ -34,11 +34,14 @@ from typing import NoReturn, Protocol
 from ..errors import IsADirectory
 from .entry import Entry, EntryKind
 from .names import Name
+from .partial import Probe, Resume
 
 __all__ = [
     "Entry",
     "EntryKind",
+    "Probe",
     "Readable",
+    "Resume",
     "Store",
     "Writer",
     "refuse_directory_name",
@@ -69,6 +72,16 @@ class Readable(Protocol):
 
     def remember_digest(self, digest: bytes) -> None:
         """The caller hashed the whole file as it read it: keep it if the store can."""
+        ...
+
+    def chunk_digests(self, count: int) -> list[bytes]:
+        """The digests of the first ``count`` whole chunks (checksum.py): remembered
+        from a commit or an earlier read, else read and hashed now."""
+        ...
+
+    def remember_chunks(self, chunks: list[bytes]) -> None:
+        """A reader hashed these whole chunks from the start: keep them, if the file
+        is unchanged since it was opened."""
         ...
 
     def close(self) -> None: ...
@@ -129,10 +142,17 @@ class Store(Protocol):
         mode: int | None,
         exclusive: bool,
         limit: int,
+        resume: Resume | None = None,
     ) -> Writer:
         """Start an upload. ``size`` is exact when known (else ``limit`` bounds it);
         ``mtime_ns`` -1 keeps the store's clock; ``mode`` None is the default
-        permissions; ``exclusive`` refuses to replace (checked again at commit)."""
+        permissions; ``exclusive`` refuses to replace (checked again at commit).
+        ``resume``: the upload is resumable (a store that cannot keep partials
+        writes it as any other, and refuses an offset with ResumeRefused)."""
+        ...
+
+    def partial(self, name: Name, *, size: int, mtime_ns: int, resume: Resume) -> Probe:
+        """How much of this resumable upload the store holds (nothing: offset 0)."""
         ...
 
     def stat(self, name: Name) -> Entry:

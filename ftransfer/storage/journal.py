@@ -26,7 +26,6 @@ boundary.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 
@@ -55,6 +54,8 @@ def _check(data: bytes) -> str:
 
 
 def encode_header(header: Header) -> bytes:
+    import json
+
     body = json.dumps(
         {
             "binding": header.binding,
@@ -74,6 +75,8 @@ def _decode_header(line: bytes) -> Header | None:
     body, _, check = line[len(MAGIC) : -1].rpartition(b" ")
     if _check(body).encode() != check:
         return None
+    import json  # (only when there is a journal to read: a small transfer needs none)
+
     try:
         raw = json.loads(body)
         binding = raw["binding"]

@@ -26,9 +26,16 @@ change within the second could keep the key). The memory is bounded
 (DIGEST_CACHE_ENTRIES) and lost on restart. With it, a download or STAT of a file
 the server stored costs no read of the file to hash it.
 
+It also remembers a multi-chunk file's *manifest* (its chunk digests, keyed the
+same way), from a commit or a download that read it: a GET_AT resuming a
+download compares the client's prefix with it instead of reading the file again.
+After a restart, the prefix is read and hashed once (disk speed, no network).
+
 *Temporaries* (atomic.py) are hidden from listings, refused as names and removed by
 ``sweep_temporaries`` (at start, across the tree) when their writer is gone. A
-directory whose only entries are stale temporaries is removable.
+directory whose only entries are stale temporaries is removable. *Partials* of
+resumable uploads (partial.py) sit beside their target, hidden the same way, and
+are removed by the same sweep once older than ``partial_ttl_s``.
 
 ``os_error`` maps OSError to the ftransfer error tree in one place.
 """
@@ -44,8 +51,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..checksum import file_digest
-from ..config import TEMP_PREFIX
+from ..checksum import CHUNK_BYTES, ZERO_DIGEST, TreeHasher, file_digest
+from ..config import PARTIAL_PREFIX, PARTIAL_TTL_S, TEMP_PREFIX
 from ..errors import (
     DirectoryNotEmpty,
     Exists,
@@ -56,16 +63,21 @@ from ..errors import (
     NotADirectory,
     NotFound,
     NotRegularFile,
+    ResumeRefused,
 )
 from .atomic import AtomicWriter, FdDirectory, current_umask, is_stale, os_error, sweep
-from .base import refuse_directory_name
+from .base import Probe, Resume, refuse_directory_name
 from .entry import Entry, EntryKind
 from .names import Name, is_valid_component
+from .partial import PartialBusy, PartialWriter, inspect, sweep_partials
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 DIGEST_CACHE_ENTRIES = 16384
 """Digests remembered (about 150 bytes each: ~2.5 MiB at most)."""
+
+MANIFEST_CACHE_ENTRIES = 1024
+"""Manifests remembered (16 bytes per 8 MiB chunk: 2 KiB for a 1 GiB file)."""
 
 Identity = tuple[int, int, int, int, int]
 
@@ -86,7 +98,30 @@ class DigestCache:
     def __init__(self, entries: int = DIGEST_CACHE_ENTRIES) -> None:
         self._entries = entries
         self._map: collections.OrderedDict[Identity, bytes] = collections.OrderedDict()
+        self._manifests: collections.OrderedDict[Identity, tuple[bytes, ...]] = (
+            collections.OrderedDict()
+        )
         self._lock = _thread.allocate_lock()
+
+    def manifest(self, st: os.stat_result) -> tuple[bytes, ...]:
+        """The whole-chunk digests remembered for this file (maybe only a prefix)."""
+        key = _identity(st)
+        if key is None:
+            return ()
+        with self._lock:
+            return self._manifests.get(key, ())
+
+    def put_manifest(self, st: os.stat_result, chunks: list[bytes]) -> None:
+        key = _identity(st)
+        if key is None or len(chunks) < 2 or self._entries <= 0:
+            return
+        with self._lock:
+            if len(self._manifests.get(key, ())) >= len(chunks):
+                return
+            self._manifests[key] = tuple(chunks)
+            self._manifests.move_to_end(key)
+            while len(self._manifests) > MANIFEST_CACHE_ENTRIES:
+                self._manifests.popitem(last=False)
 
     def get(self, st: os.stat_result) -> bytes | None:
         key = _identity(st)
@@ -157,6 +192,34 @@ class LocalReadable:
             if os.fstat(self._fd).st_ctime_ns == self._st.st_ctime_ns:  # unchanged since open
                 self._cache.put(self._st, digest)
 
+    def remember_chunks(self, chunks: list[bytes]) -> None:
+        with contextlib.suppress(OSError):
+            if os.fstat(self._fd).st_ctime_ns == self._st.st_ctime_ns:
+                self._cache.put_manifest(self._st, chunks)
+
+    def chunk_digests(self, count: int) -> list[bytes]:
+        """The digests of the first ``count`` chunks: remembered, or read and hashed
+        (and then remembered)."""
+        known = list(self._cache.manifest(self._st)[:count])
+        if len(known) >= count:
+            return known
+        hasher = TreeHasher()
+        scratch = bytearray(1 << 20)
+        offset, end = 0, count * CHUNK_BYTES
+        try:
+            while offset < end:
+                got = os.preadv(
+                    self._fd, [memoryview(scratch)[: min(len(scratch), end - offset)]], offset
+                )
+                if got == 0:
+                    break
+                hasher.update(memoryview(scratch)[:got])
+                offset += got
+        except OSError as exc:
+            raise os_error(exc, "file") from None
+        self.remember_chunks(hasher.chunks)
+        return hasher.chunks[:count]
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -172,15 +235,23 @@ class LocalWriter(AtomicWriter):
         digest = super().commit(expected_digest)
         if self.cache is not None and self.identity is not None:
             self.cache.put(self.identity, digest)
+            self.cache.put_manifest(self.identity, self.chunks)
         return digest
+
+
+class LocalPartialWriter(PartialWriter, LocalWriter):
+    """A resumable upload (partial.py) that remembers what it committed."""
 
 
 class LocalStore:
     """A served root directory: every name resolves below it, never through a link."""
 
-    def __init__(self, root: str | Path, *, fsync: bool = True) -> None:
+    def __init__(
+        self, root: str | Path, *, fsync: bool = True, partial_ttl_s: float = PARTIAL_TTL_S
+    ) -> None:
         self.root = Path(root).resolve()
         self.fsync = fsync
+        self.partial_ttl_s = partial_ttl_s
         self.umask = current_umask()
         self.digests = DigestCache()
         try:
@@ -200,6 +271,7 @@ class LocalStore:
             self.umask,
         )
         store.digests, store._root_fd = self.digests, fd
+        store.partial_ttl_s = self.partial_ttl_s
         return store
 
     def close(self) -> None:
@@ -324,33 +396,72 @@ class LocalStore:
         mode: int | None,
         exclusive: bool,
         limit: int,
+        resume: Resume | None = None,
     ) -> LocalWriter:
         if not name.parts:
             raise IsADirectory(f"{name}: is a directory")
         if name.directory:
             refuse_directory_name(self, name)
+        resumable = resume is not None and size is not None and size > CHUNK_BYTES
+        if resume is not None and resume.offset and not resumable:
+            raise ResumeRefused(f"{name}: a file of one chunk is not resumed")
+        final_mode = None if mode is None else mode & 0o777 & ~self.umask
+
+        def made(dfd: int, partial: Resume | None) -> LocalWriter:
+            if partial is None:
+                return LocalWriter(
+                    FdDirectory(dfd), name.leaf, size=size, mtime_ns=mtime_ns, mode=final_mode,
+                    exclusive=exclusive, fsync=self.fsync, limit=limit, label=str(name),
+                )  # fmt: skip
+            assert size is not None
+            return LocalPartialWriter(
+                FdDirectory(dfd), name.leaf, resume=partial, ttl_s=self.partial_ttl_s,
+                size=size, mtime_ns=mtime_ns, mode=final_mode,
+                exclusive=exclusive, fsync=self.fsync, limit=limit, label=str(name),
+            )  # fmt: skip
+
+        writer: LocalWriter | None = None
+        if resumable:
+            assert resume is not None and size is not None
+            try:
+                writer = made(self._directory_for(name, exclusive, size - resume.offset), resume)
+            except PartialBusy:
+                if resume.offset:
+                    raise ResumeRefused(f"{name}: another transfer is writing it") from None
+                # (a second writer of the same name now: an ordinary upload)
+        if writer is None:
+            writer = made(self._directory_for(name, exclusive, size), None)
+        writer.cache = self.digests
+        return writer
+
+    def _directory_for(self, name: Name, exclusive: bool, need: int | None) -> int:
+        """The target's directory, once the target may be written with ``need``
+        more bytes."""
         dfd = self._open_dir(name.parts[:-1], name)
         try:
             self._check_target(dfd, name, exclusive)
             vfs = os.fstatvfs(dfd)
-            if size is not None and size > vfs.f_bavail * vfs.f_frsize:
-                raise NoSpace(f"{name}: {size} bytes do not fit in the free space")
+            if need is not None and need > vfs.f_bavail * vfs.f_frsize:
+                raise NoSpace(f"{name}: {need} bytes do not fit in the free space")
         except BaseException:
             os.close(dfd)
             raise
-        writer = LocalWriter(
-            FdDirectory(dfd),
-            name.leaf,
-            size=size,
-            mtime_ns=mtime_ns,
-            mode=None if mode is None else mode & 0o777 & ~self.umask,
-            exclusive=exclusive,
-            fsync=self.fsync,
-            limit=limit,
-            label=str(name),
-        )
-        writer.cache = self.digests
-        return writer
+        return dfd
+
+    def partial(self, name: Name, *, size: int, mtime_ns: int, resume: Resume) -> Probe:
+        if not name.parts or size <= CHUNK_BYTES:
+            return Probe(offset=0, prefix=ZERO_DIGEST)
+        try:
+            dfd = self._open_dir(name.parts[:-1], name)
+        except FtransferError:
+            return Probe(offset=0, prefix=ZERO_DIGEST)
+        directory = FdDirectory(dfd)
+        try:
+            return inspect(
+                directory, resume, size=size, mtime_ns=mtime_ns, ttl_s=self.partial_ttl_s
+            )
+        finally:
+            directory.close()
 
     def _check_target(self, dfd: int, name: Name, exclusive: bool) -> None:
         try:
@@ -507,10 +618,10 @@ class LocalStore:
     def sweep_temporaries(self) -> int:
         removed = 0
         for _path, _dirs, files, dfd in os.fwalk(".", dir_fd=self._root_fd):
-            if any(f.startswith(TEMP_PREFIX) for f in files):
+            if any(f.startswith((TEMP_PREFIX, PARTIAL_PREFIX)) for f in files):
                 directory = FdDirectory(os.dup(dfd))
                 try:
-                    removed += sweep(directory)
+                    removed += sweep(directory) + sweep_partials(directory, self.partial_ttl_s)
                 finally:
                     directory.close()
         return removed

@@ -25,7 +25,7 @@ import _thread
 import time
 from collections.abc import Callable, Iterator
 
-from ..checksum import digest_bytes, new_hasher
+from ..checksum import CHUNK_BYTES, ZERO_DIGEST, TreeHasher, digest_bytes, new_hasher
 from ..errors import (
     DirectoryNotEmpty,
     Exists,
@@ -36,10 +36,11 @@ from ..errors import (
     NotADirectory,
     NotFound,
     NotRegularFile,
+    ResumeRefused,
     StorageIOError,
     TooLarge,
 )
-from .base import refuse_directory_name
+from .base import Probe, Resume, refuse_directory_name
 from .entry import Entry, EntryKind
 from .names import Name
 
@@ -77,6 +78,14 @@ class MemoryReadable:
 
     def remember_digest(self, digest: bytes) -> None:
         """Nothing to remember: the digest of bytes in memory is cheap."""
+
+    def chunk_digests(self, count: int) -> list[bytes]:
+        hasher = TreeHasher()
+        hasher.update(self._data[: count * CHUNK_BYTES])
+        return hasher.chunks[:count]
+
+    def remember_chunks(self, chunks: list[bytes]) -> None:
+        """Nothing to remember (as for digests)."""
 
     def close(self) -> None:
         self._data = b""
@@ -271,7 +280,11 @@ class MemoryStore:
         mode: int | None,
         exclusive: bool,
         limit: int,
+        resume: Resume | None = None,
     ) -> MemoryWriter:
+        """(Keeps no partials: a resumable upload is written as any other.)"""
+        if resume is not None and resume.offset:
+            raise ResumeRefused(f"{name}: this store keeps no partials")
         if not name.parts:
             raise IsADirectory(f"{name}: is a directory")
         if name.directory:
@@ -280,6 +293,9 @@ class MemoryStore:
         return MemoryWriter(
             self, name, size=size, mtime_ns=mtime_ns, mode=mode, exclusive=exclusive, limit=limit
         )
+
+    def partial(self, name: Name, *, size: int, mtime_ns: int, resume: Resume) -> Probe:
+        return Probe(offset=0, prefix=ZERO_DIGEST)
 
     @staticmethod
     def _check_target(node: _Node | None, name: Name, exclusive: bool) -> None:

@@ -38,9 +38,7 @@ a resume may start at and the prefix digest both sides compare.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
 import os
 import stat
 import time
@@ -49,7 +47,7 @@ from collections.abc import Callable
 from .._records import Record
 from ..checksum import CHUNK_BYTES, ZERO_DIGEST, TreeHasher, key_hex, prefix_digest
 from ..config import PARTIAL_PREFIX
-from ..errors import FtransferError
+from ..errors import FtransferError, ResumeRefused
 from .atomic import AtomicWriter, Directory
 from .journal import (
     Binding,
@@ -64,13 +62,6 @@ from .journal import (
 JOURNAL_SUFFIX = ".j"
 
 
-class ResumeRefused(FtransferError):
-    """The partial a resume named is gone, expired, changed or not this
-    transfer's: start from 0."""
-
-    code = 31
-
-
 class PartialBusy(FtransferError):
     """Another transfer is writing this partial right now."""
 
@@ -78,9 +69,10 @@ class PartialBusy(FtransferError):
 
 
 class Resume(Record):
-    """What binds a resumable write, and where its bytes start."""
+    """What binds a resumable write (storage/partial.py), and where its bytes start."""
 
-    binding: Binding
+    binding: dict[str, str]
+    """Who and where: on a server the user and the name."""
     transfer_id: bytes
     """16 random bytes chosen by the side that keeps the transfer's record."""
     first_digest: bytes
@@ -89,10 +81,22 @@ class Resume(Record):
     """Where the bytes that follow start: 0, or a multiple of CHUNK_BYTES."""
 
 
+class Probe(Record):
+    """How much of a resumable transfer a partial holds."""
+
+    offset: int
+    prefix: bytes
+    """prefix_digest of the chunks before ``offset`` (ZERO_DIGEST at 0)."""
+
+
+def binding_bytes(binding: Binding) -> bytes:
+    """A canonical encoding of a binding (what its key is derived from)."""
+    return repr(sorted(binding.items())).encode("utf-8", "surrogateescape")
+
+
 def partial_leaf(binding: Binding) -> str:
     """The partial's name in its directory."""
-    text = json.dumps(binding, sort_keys=True, separators=(",", ":")).encode()
-    return PARTIAL_PREFIX + key_hex(text)
+    return PARTIAL_PREFIX + key_hex(binding_bytes(binding))
 
 
 def _usable(
@@ -108,14 +112,6 @@ def _usable(
     if header != wanted or not contents.chunks or contents.chunks[0] != resume.first_digest:
         return []
     return contents.chunks[: size // CHUNK_BYTES]
-
-
-class Probe(Record):
-    """How much of a transfer a partial holds."""
-
-    offset: int
-    prefix: bytes
-    """prefix_digest of the chunks before ``offset`` (ZERO_DIGEST at 0)."""
 
 
 def inspect(
@@ -253,12 +249,14 @@ class PartialWriter(AtomicWriter):
         self._unlink_journal()
 
     def _unlink_journal(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:  # noqa: SIM105 (not contextlib.suppress: a small transfer imports none)
             self._dir.unlink(self._temp + JOURNAL_SUFFIX)
+        except FileNotFoundError:
+            pass
 
     def _end(self) -> None:
         try:
-            if self.committed:
+            if self.committed and self._journal_fd >= 0:  # (the first _end after it)
                 self._unlink_journal()
         finally:
             jfd, self._journal_fd = self._journal_fd, -1
@@ -285,10 +283,18 @@ def sweep_partials(directory: Directory, ttl_s: float, now_s: float | None = Non
         if _exists(directory, pair[1]) and not _lock_free(directory, pair[1]):
             continue
         for leaf in pair:
-            with contextlib.suppress(OSError):
-                directory.unlink(leaf)
+            unlink_quietly(directory.unlink, leaf)
         removed += 1
     return removed
+
+
+def unlink_quietly(unlink: Callable[[str], None], name: str) -> bool:
+    """``unlink(name)``; False if it failed (gone already, or not ours)."""
+    try:  # (not contextlib.suppress: a small transfer imports no contextlib)
+        unlink(name)
+    except OSError:
+        return False
+    return True
 
 
 def _regular_stat(directory: Directory) -> Callable[[str], os.stat_result | None]:

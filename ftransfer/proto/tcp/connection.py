@@ -12,8 +12,9 @@ Pipelining: the client may send any number of requests without waiting. Replies
 come strictly in request order, so ``_pending`` (a FIFO of request types still
 awaiting a reply) is enough to check that each reply answers the oldest request.
 
-Data accounting: PUT and FILE declare an exact size; DATA beyond it, or END before
-it, is a protocol error on the sending side's stream. An upload the server has
+Data accounting: PUT and FILE declare an exact size (PUT_AT and FILE_AT: the
+size less the offset the DATA starts at); DATA beyond it, or END before it, is a
+protocol error on the sending side's stream. An upload the server has
 already refused (ERROR sent while the client is still uploading) is *discarded*
 by the core: its remaining DATA/END/ABORT frames are consumed without events, so the
 server needs no "skip" state of its own.
@@ -78,6 +79,7 @@ _AFTER_HELLO: Transitions = {
         (S.IDLE, kind): S.IDLE
         for kind in (
             ev.GetRequested,
+            ev.PartialRequested,
             ev.DownloadVerified,
             ev.ListRequested,
             ev.StatRequested,
@@ -101,6 +103,7 @@ REPLY_TRANSITIONS: Transitions = {
     (S.HELLO, ev.HelloAccepted): S.IDLE,
     (S.HELLO, ev.Failed): S.CLOSED,
     (S.IDLE, ev.PutCommitted): S.IDLE,
+    (S.IDLE, ev.PartialHeld): S.IDLE,
     (S.IDLE, ev.Stated): S.IDLE,
     (S.IDLE, ev.Done): S.IDLE,
     (S.IDLE, ev.TicketIssued): S.IDLE,
@@ -120,6 +123,7 @@ REPLY_TRANSITIONS: Transitions = {
 ANSWERS: dict[type, tuple[type, ...]] = {
     ev.HelloAccepted: (ev.HelloOffered,),
     ev.PutCommitted: (ev.PutRequested,),
+    ev.PartialHeld: (ev.PartialRequested,),
     ev.FileStarted: (ev.GetRequested,),
     ev.Listed: (ev.ListRequested,),
     ev.ListEnded: (ev.ListRequested,),
@@ -150,6 +154,8 @@ FRAME_NAMES: dict[type, str] = {
     ev.FileEnded: "END",
     ev.FileAborted: "ABORT",
     ev.PutCommitted: "PUT_OK",
+    ev.PartialRequested: "PARTIAL",
+    ev.PartialHeld: "PARTIAL_OK",
     ev.GetRequested: "GET",
     ev.FileStarted: "FILE",
     ev.DownloadVerified: "VERIFIED",
@@ -204,8 +210,10 @@ class _Stream:
         nxt = self.next_state(type(event), err)
         if isinstance(event, ev.FileEnded) and self.remaining:
             raise err(f"END with {self.remaining} declared bytes missing")
-        if isinstance(event, ev.PutRequested | ev.FileStarted):
-            self.remaining = event.size
+        if isinstance(event, ev.PutRequested):
+            self.remaining = event.size - event.offset  # (PUT_AT: the rest only)
+        elif isinstance(event, ev.FileStarted):
+            self.remaining = event.size - (event.offset or 0)
         self.state = nxt
 
 

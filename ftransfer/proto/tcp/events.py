@@ -70,6 +70,30 @@ class PutRequested(Record):
     """Permission bits of the source (the server applies its umask)."""
     exclusive: bool
     """Refuse if the name exists (no-clobber)."""
+    offset: int = 0
+    """PUT_AT: where the DATA that follows starts (the server has the rest)."""
+    transfer_id: bytes = b""
+    """PUT_AT: the resumable transfer's random id (empty: a plain PUT, not resumable)."""
+    first_digest: bytes = b""
+    """PUT_AT: the digest of the source's first chunk (zeros when starting at 0)."""
+
+
+class PartialRequested(Record):
+    """PARTIAL: how much of this resumable upload does the server hold?"""
+
+    path: str
+    size: int
+    mtime_ns: int
+    transfer_id: bytes
+    first_digest: bytes
+
+
+class PartialHeld(Record):
+    """PARTIAL_OK: a PUT_AT may start at ``offset``; ``prefix`` is the digest of
+    the chunk digests before it (zeros at 0)."""
+
+    offset: int
+    prefix: bytes
 
 
 class FileAborted(Record):
@@ -77,9 +101,16 @@ class FileAborted(Record):
 
 
 class GetRequested(Record):
-    """Download a file."""
+    """Download a file (GET), or the rest of one (GET_AT: ``prefix`` set)."""
 
     path: str
+    offset: int = 0
+    """GET_AT: the client holds the file's first ``offset`` bytes..."""
+    size: int = 0
+    mtime_ns: int = -1
+    """...of the file as it was then (its size and mtime_ns)..."""
+    prefix: bytes = b""
+    """...whose chunk digests have this prefix digest (empty: a plain GET)."""
 
 
 class DownloadVerified(Record):
@@ -179,6 +210,8 @@ class FileStarted(Record):
     mtime_ns: int
     mode: int
     """Permission bits of the file on the server."""
+    offset: int | None = None
+    """FILE_AT (the answer to GET_AT): where the DATA starts; None for FILE."""
 
 
 class Listed(Record):
@@ -238,6 +271,7 @@ Request = (
     HelloOffered
     | LoginRequested
     | PutRequested
+    | PartialRequested
     | FileAborted
     | GetRequested
     | DownloadVerified
@@ -252,6 +286,7 @@ Request = (
 Reply = (
     HelloAccepted
     | PutCommitted
+    | PartialHeld
     | FileStarted
     | Listed
     | ListEnded

@@ -39,9 +39,14 @@ class FrameType(IntEnum):
     END = 0x12
     ABORT = 0x13
     PUT_OK = 0x14
+    PARTIAL = 0x15
+    PARTIAL_OK = 0x16
+    PUT_AT = 0x17
     GET = 0x20
     FILE = 0x21
     VERIFIED = 0x22
+    GET_AT = 0x23
+    FILE_AT = 0x24
     LIST = 0x30
     ENTRIES = 0x31
     LIST_END = 0x32
@@ -63,6 +68,11 @@ _HELLO = struct.Struct(">4sHH")
 _HELLO_OK = struct.Struct(">HII")
 _PUT = struct.Struct(">QqBH")
 _FILE = struct.Struct(">QqH")
+_PUT_AT = struct.Struct(">QqBHQ16s16s")
+_PARTIAL = struct.Struct(">Qq16s16s")
+_PARTIAL_OK = struct.Struct(">Q16s")
+_GET_AT = struct.Struct(">QQq16s")
+_FILE_AT = struct.Struct(">QqHQ")
 _ENTRY = struct.Struct(">BQqHH")
 _MOVE = struct.Struct(">BH")
 _U16 = struct.Struct(">H")
@@ -187,6 +197,76 @@ def _file(raw: bytes) -> ev.Event:
     )
 
 
+def _offset_untrusted(offset: int, size: int, what: str) -> int:
+    if offset > size:
+        raise RemoteProtocolError(f"{what} offset {offset} is beyond the size {size}")
+    return offset
+
+
+def _put_at(raw: bytes) -> ev.Event:
+    size, mtime_ns, flags, mode, offset, tid, first = _fixed_untrusted(raw, _PUT_AT, "PUT_AT")
+    assert isinstance(mtime_ns, int) and isinstance(flags, int) and isinstance(mode, int)
+    assert isinstance(offset, int) and isinstance(tid, bytes) and isinstance(first, bytes)
+    if mtime_ns < NO_MTIME:
+        raise RemoteProtocolError(f"PUT_AT mtime_ns {mtime_ns} is below -1")
+    size = _size_untrusted(size, "PUT_AT")
+    return ev.PutRequested(
+        path=_text_untrusted(raw[_PUT_AT.size :], "PUT_AT path"),
+        size=size,
+        mtime_ns=mtime_ns,
+        mode=mode & MODE_MASK,
+        exclusive=bool(flags & 1),
+        offset=_offset_untrusted(offset, size, "PUT_AT"),
+        transfer_id=tid,
+        first_digest=first,
+    )
+
+
+def _partial(raw: bytes) -> ev.Event:
+    size, mtime_ns, tid, first = _fixed_untrusted(raw, _PARTIAL, "PARTIAL")
+    assert isinstance(mtime_ns, int) and isinstance(tid, bytes) and isinstance(first, bytes)
+    return ev.PartialRequested(
+        path=_text_untrusted(raw[_PARTIAL.size :], "PARTIAL path"),
+        size=_size_untrusted(size, "PARTIAL"),
+        mtime_ns=mtime_ns,
+        transfer_id=tid,
+        first_digest=first,
+    )
+
+
+def _partial_ok(raw: bytes) -> ev.Event:
+    if len(raw) != _PARTIAL_OK.size:
+        raise RemoteProtocolError("PARTIAL_OK has the wrong length")
+    offset, prefix = _PARTIAL_OK.unpack(raw)
+    return ev.PartialHeld(offset=_size_untrusted(offset, "PARTIAL_OK"), prefix=prefix)
+
+
+def _get_at(raw: bytes) -> ev.Event:
+    offset, size, mtime_ns, prefix = _fixed_untrusted(raw, _GET_AT, "GET_AT")
+    assert isinstance(offset, int) and isinstance(mtime_ns, int) and isinstance(prefix, bytes)
+    size = _size_untrusted(size, "GET_AT")
+    return ev.GetRequested(
+        path=_text_untrusted(raw[_GET_AT.size :], "GET_AT path"),
+        offset=_offset_untrusted(offset, size, "GET_AT"),
+        size=size,
+        mtime_ns=mtime_ns,
+        prefix=prefix,
+    )
+
+
+def _file_at(raw: bytes) -> ev.Event:
+    if len(raw) != _FILE_AT.size:
+        raise RemoteProtocolError("FILE_AT has the wrong length")
+    size, mtime_ns, mode, offset = _FILE_AT.unpack(raw)
+    size = _size_untrusted(size, "FILE_AT")
+    return ev.FileStarted(
+        size=size,
+        mtime_ns=mtime_ns,
+        mode=mode & MODE_MASK,
+        offset=_offset_untrusted(offset, size, "FILE_AT"),
+    )
+
+
 def _entry_untrusted(raw: bytes, offset: int) -> tuple[ev.Entry, int]:
     if len(raw) - offset < _ENTRY.size:
         raise RemoteProtocolError("ENTRIES frame is truncated")
@@ -295,6 +375,11 @@ _DECODERS: dict[FrameType, Callable[[bytes], ev.Event]] = {
     FrameType.PUT_OK: _digested(lambda d: ev.PutCommitted(digest=d), "PUT_OK"),
     FrameType.GET: _text(lambda p: ev.GetRequested(path=p), "GET"),
     FrameType.FILE: _file,
+    FrameType.PUT_AT: _put_at,
+    FrameType.PARTIAL: _partial,
+    FrameType.PARTIAL_OK: _partial_ok,
+    FrameType.GET_AT: _get_at,
+    FrameType.FILE_AT: _file_at,
     FrameType.VERIFIED: _digested(lambda d: ev.DownloadVerified(digest=d), "VERIFIED"),
     FrameType.LIST: _text(lambda p: ev.ListRequested(path=p), "LIST"),
     FrameType.ENTRIES: _entries,
@@ -383,9 +468,18 @@ def _encode_payload(event: ev.Event) -> tuple[FrameType, bytes]:
             return FrameType.HELLO_OK, _HELLO_OK.pack(v, m, int(ro) | int(lr) << 1)
         case ev.LoginRequested(user=u, password=pw):
             return FrameType.LOGIN, _login_bytes(u, pw)
-        case ev.PutRequested(path=p, size=s, mtime_ns=t, mode=m, exclusive=x):
+        case ev.PutRequested(path=p, size=s, mtime_ns=t, mode=m, exclusive=x, transfer_id=b""):
             t = max(t, NO_MTIME)  # a time before 1970 cannot be carried: the server's clock
             return FrameType.PUT, _PUT.pack(s, t, int(x), m & MODE_MASK) + _path_bytes(p)
+        case ev.PutRequested(
+            path=p, size=s, mtime_ns=t, mode=m, exclusive=x, offset=o, transfer_id=i
+        ):
+            fields = (s, max(t, NO_MTIME), int(x), m & MODE_MASK, o, i, event.first_digest)
+            return FrameType.PUT_AT, _PUT_AT.pack(*fields) + _path_bytes(p)
+        case ev.PartialRequested(path=p, size=s, mtime_ns=t, transfer_id=i, first_digest=f):
+            return FrameType.PARTIAL, _PARTIAL.pack(s, t, i, f) + _path_bytes(p)
+        case ev.PartialHeld(offset=o, prefix=prefix):
+            return FrameType.PARTIAL_OK, _PARTIAL_OK.pack(o, prefix)
         case ev.FileData(data=d):
             return FrameType.DATA, bytes(d)
         case ev.FileEnded(digest=d):
@@ -394,10 +488,14 @@ def _encode_payload(event: ev.Event) -> tuple[FrameType, bytes]:
             return FrameType.ABORT, b""
         case ev.PutCommitted(digest=d):
             return FrameType.PUT_OK, d
-        case ev.GetRequested(path=p):
+        case ev.GetRequested(path=p, prefix=b""):
             return FrameType.GET, _path_bytes(p)
-        case ev.FileStarted(size=s, mtime_ns=t, mode=m):
+        case ev.GetRequested(path=p, offset=o, size=s, mtime_ns=t, prefix=prefix):
+            return FrameType.GET_AT, _GET_AT.pack(o, s, t, prefix) + _path_bytes(p)
+        case ev.FileStarted(size=s, mtime_ns=t, mode=m, offset=None):
             return FrameType.FILE, _FILE.pack(s, t, m & MODE_MASK)
+        case ev.FileStarted(size=s, mtime_ns=t, mode=m, offset=int(o)):
+            return FrameType.FILE_AT, _FILE_AT.pack(s, t, m & MODE_MASK, o)
         case ev.DownloadVerified(digest=d):
             return FrameType.VERIFIED, d
         case ev.ListRequested(path=p):
