@@ -31,6 +31,7 @@ from ..errors import (
     NotFound,
     ProtocolError,
     Refused,
+    ResumeRefused,
     TlsRequired,
     UsageError,
 )
@@ -61,8 +62,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ..proto.udp.sealed import Ticket
+    from .resume import Resumes
     from .tftp import TftpCall
-    from .udp import MakeSink, UdpCall
+    from .udp import MakeSink, ResumeSink, UdpCall
 
 __all__ = [
     "STDOUT",
@@ -107,6 +109,8 @@ class Calls(Batches):
         progress: Progress | None = None,
         exclusive: bool = False,
         parents: bool = False,
+        target: str | None = None,
+        resume_sink: ResumeSink | None = None,
     ) -> Call[UdpCall]:
         """One UDP request, sealed with a ticket fetched over the TLS connection
         first (one round trip on a connection already open); plaintext only with
@@ -128,7 +132,18 @@ class Calls(Batches):
             parents=parents,
             ticket=ticket,
             limits=self.rate_limits(),
+            resumes=self._resumes(),
+            target=target,
+            resume_sink=resume_sink,
         )
+
+    def _resumes(self) -> Resumes | None:
+        """Where this client keeps what a resume needs (None: --no-resume)."""
+        if not self.config.resume:
+            return None
+        from .resume import Resumes
+
+        return Resumes(self.url.address, self.url.user, state_dir=self.config.state_dir)
 
     def ticket(self) -> Call[Ticket]:
         """The keys of one sealed UDP exchange, over the TLS connection (TICKET)."""
@@ -283,6 +298,10 @@ class Calls(Batches):
             remote,
             make_sink=lambda accepted: plan.sink(accepted.size, accepted.mtime_ns, accepted.mode),
             progress=progress,
+            target=plan.target,
+            resume_sink=lambda accepted, resume: plan.sink(
+                accepted.size, accepted.mtime_ns, accepted.mode, resume=resume
+            ),
         )
         yield RunUdp(call=udp)
         return udp.outcome(plan.local)
@@ -363,8 +382,15 @@ class Calls(Batches):
             tftp = self._tftp(target, source=source, progress=progress)
             yield RunTftp(call=tftp)
             return tftp.outcome(source.path)
-        udp = yield from self._udp(
-            PUT, target, source=source, progress=progress, exclusive=no_clobber
-        )
-        yield RunUdp(call=udp)
-        return udp.outcome(source.path)
+        for attempt in (1, 2):
+            udp = yield from self._udp(
+                PUT, target, source=source, progress=progress, exclusive=no_clobber
+            )
+            yield RunUdp(call=udp)
+            try:
+                return udp.outcome(source.path)
+            except ResumeRefused:
+                if attempt == 2:
+                    raise
+                # the server's partial is not of these bytes: once more, from 0
+        raise AssertionError("unreachable")

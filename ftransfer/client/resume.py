@@ -41,6 +41,7 @@ import time
 from ..checksum import (
     CHUNK_BYTES,
     ZERO_DIGEST,
+    Hasher,
     TreeHasher,
     digest_bytes,
     key_hex,
@@ -64,6 +65,10 @@ from ..storage.partial import (
     unlink_quietly,
 )
 from .local import LocalFile
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..proto.udp.packets import Accept, Resumption
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -263,27 +268,72 @@ class DownloadResume:
     def resume_for(self, started: ev.FileStarted) -> Resume | None:
         """How the sink writes the file the server began to send: the rest of the
         partial, a new partial (a file over one chunk), or none."""
-        offset = started.offset or 0
+        return self.resume_at(started.size, started.mtime_ns, started.offset or 0)
+
+    def resume_at(self, size: int, mtime_ns: int, offset: int) -> Resume | None:
+        """``resume_for`` of a file of ``size`` and ``mtime_ns`` whose bytes come
+        from ``offset`` (a FILE_AT, or a UDP ACCEPT)."""
+        header = self._header
         if offset:
-            header = self._header
-            if (
-                header is None
-                or offset != self.offset
-                or (started.size, started.mtime_ns)
-                != (
-                    header.size,
-                    header.mtime_ns,
-                )
-            ):
-                raise RemoteProtocolError(f"FILE_AT at {offset}, which this client did not ask")
+            if header is None or offset != self.offset or (size, mtime_ns) != self.known:
+                raise RemoteProtocolError(f"data from {offset}, which this client did not ask")
             return Resume(
                 binding=self.binding,
                 transfer_id=header.transfer_id,
                 first_digest=self._first,
                 offset=offset,
             )
-        if started.size > CHUNK_BYTES:
-            return Resume(
-                binding=self.binding, transfer_id=os.urandom(16), first_digest=ZERO_DIGEST
-            )
+        if size > CHUNK_BYTES:
+            fresh = os.urandom(16)
+            return Resume(binding=self.binding, transfer_id=fresh, first_digest=ZERO_DIGEST)
         return None
+
+    @property
+    def known(self) -> tuple[int, int] | None:
+        """The size and mtime_ns of the file the partial is of (None: no partial)."""
+        header = self._header
+        return None if header is None else (header.size, header.mtime_ns)
+
+    @property
+    def offer(self) -> Resumption | None:
+        """UDP: the INITIAL's resume extension for this download (None: no partial)."""
+        from ..proto.udp.packets import Resumption
+
+        if self._header is None:
+            return None
+        return Resumption(offset=self.offset, transfer_id=bytes(16), digest=self._prefix)
+
+    def begin(self, accept: Accept) -> tuple[int, Hasher | None]:
+        """UDP (handshake.ResumePlan): where the server's data start: the offer,
+        or 0 (the file changed); anything else ends the request."""
+        got = accept.resume.offset if accept.resume is not None else 0
+        return (got if got in (0, self.offset) else -1), None
+
+
+class UploadPlan:
+    """UDP (handshake.ResumePlan) for an upload with a record: the offer in
+    INITIAL, and where to start once the server says what it holds."""
+
+    def __init__(self, record: UploadRecord, source: LocalFile) -> None:
+        from ..proto.udp.packets import Resumption
+
+        self.record, self.source = record, source
+        offset = len(record.chunks) * CHUNK_BYTES if record.resumable else 0
+        offset = min(offset, source.size // CHUNK_BYTES * CHUNK_BYTES)
+        first = record.first_digest if offset else ZERO_DIGEST
+        self.offer = Resumption(offset=offset, transfer_id=record.transfer_id, digest=first)
+        self.start = 0
+
+    def begin(self, accept: Accept) -> tuple[int, Hasher | None]:
+        got = accept.resume
+        held = None if got is None else ev.PartialHeld(offset=got.offset, prefix=got.digest)
+        start, hasher = self.record.start(held, self.source)
+        if got is not None and start != got.offset:
+            return -1, None  # the server holds other bytes: this request ends, and is retried
+        self.start = start
+        return start, hasher
+
+
+def resumes_for(address: str, user: str, *, enabled: bool, state_dir: str | None) -> Resumes | None:
+    """The client's resume context for one server and user (None: --no-resume)."""
+    return Resumes(address, user, state_dir=state_dir) if enabled else None

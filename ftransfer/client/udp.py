@@ -38,6 +38,7 @@ from ..errors import (
     Aborted,
     ConnectionFailed,
     FtransferError,
+    IntegrityError,
     RemoteProtocolError,
     error_from_code,
 )
@@ -60,11 +61,16 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 """Largest LIST or STAT answer the client keeps in memory: the server's own cap
 (server/udp.py), past which it refuses a listing and says to use TCP."""
 MakeSink = Callable[[Accepted], Sink]
+ResumeSink = Callable[[Accepted, "Resume | None"], Sink]
+"""A download's sink, written as a partial (``Resume``) or not."""
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..proto.machine import DatagramCore
+    from ..proto.udp.handshake import ResumePlan
     from ..proto.udp.sealed import ClientSeal, Ticket
+    from ..storage.partial import Resume
+    from .resume import DownloadResume, Resumes, UploadPlan
 
 
 LINGER_RTOS = 4.0
@@ -94,10 +100,32 @@ class UdpCall:
         parents: bool = False,
         ticket: Ticket | None = None,
         limits: tuple[Limits | None, Limits | None] = (None, None),
+        resumes: Resumes | None = None,
+        target: str | None = None,
+        resume_sink: ResumeSink | None = None,
     ) -> None:
         """``ticket``: the keys (over TLS) that seal every datagram; None: plaintext
-        (``--insecure``)."""
+        (``--insecure``). ``resumes``: an upload, or a download to the file
+        ``target`` (its sink made by ``resume_sink``), resumes what an interrupted
+        one left (client/resume.py)."""
         self.url, self.path, self.progress = url, path, progress
+        self._upload: UploadPlan | None = None
+        self._download: DownloadResume | None = None
+        self._resume_sink = resume_sink
+        plan: ResumePlan | None = None
+        request_size = source.size if source is not None else int(parents)
+        request_mtime = source.mtime_ns if source is not None else -1
+        if resumes is not None and source is not None and operation is Operation.PUT:
+            from .resume import UploadPlan
+
+            record = resumes.upload(source, path)
+            if record is not None:
+                plan = self._upload = UploadPlan(record, source)
+        elif resumes is not None and target is not None and resume_sink is not None:
+            self._download = resumes.download(target, path)
+            if self._download.known is not None:  # a partial of it is here
+                plan = self._download
+                request_size, request_mtime = self._download.known
         self._inbound = limits[1]
         """The client's receiving bucket, shared by the command's requests: a
         download's bytes are charged to it, and the next request waits out its
@@ -119,8 +147,8 @@ class UdpCall:
         self.request = ClientRequest(
             operation=operation,
             path=path,
-            size=source.size if source is not None else int(parents),
-            mtime_ns=source.mtime_ns if source is not None else -1,
+            size=request_size,
+            mtime_ns=request_mtime,
             mode=source.mode if source is not None else None,
             exclusive=exclusive,
             max_rate=config.limit_rate,
@@ -130,6 +158,7 @@ class UdpCall:
             now=now,
             server=(url.host, url.port),
             read_chunk=BlockReader(self._reading(source)) if source is not None else None,
+            resume=plan,
         )
         self.seal: ClientSeal | None = None
         self.core: DatagramCore = self.request
@@ -206,13 +235,25 @@ class UdpCall:
 
     def _accepted(self, event: Accepted) -> None:
         self.accepted = event
-        if self._make_sink is not None:
+        if self._download is not None and self._resume_sink is not None:
+            try:
+                resume = self._download.resume_at(event.size, event.mtime_ns, event.offset)
+                self.sink = self._resume_sink(event, resume)
+            except FtransferError as exc:
+                self.error = exc
+                self.request.abort(code=exc.code or Aborted.code, message=str(exc))
+                return
+        elif self._make_sink is not None:
             self.sink = self._make_sink(event)
+        if event.offset:
+            self._reported = event.offset  # (the bytes before were already there)
         if isinstance(self.sink, MemorySink) and event.size > MAX_ANSWER_BYTES:
             self._hostile(f"an answer of {event.size} bytes announced")
         if self.progress is not None and not self._announced:
             self.progress.file_started(self.path, event.size)
             self._announced = True
+        if self.progress is not None and event.offset:
+            self.progress.resumed(event.offset)
 
     def _consume(self, data: bytes | bytearray) -> None:
         if isinstance(self.sink, MemorySink):
@@ -251,7 +292,8 @@ class UdpCall:
     def _report_sent(self) -> None:
         session = self.request.session
         if self.progress is not None and session is not None and session.sender is not None:
-            self._advance_to(session.hashed_bytes)
+            start = self.accepted.offset if self.accepted is not None else 0
+            self._advance_to(start + session.hashed_bytes)
 
     def interrupted(self) -> None:
         """Tell the server the request is abandoned (CLOSE), if it is running."""
@@ -269,27 +311,41 @@ class UdpCall:
             self._inbound.take(received if self.sink is not None else 0, time.monotonic())
         if self.sink is not None:
             self.sink.abort()
+        if self._upload is not None:
+            self._upload.record.close()  # (kept for a resume, unless done)
         if self.progress is not None and self._announced:
             self.progress.file_done()
 
     def outcome(self, local: str) -> TransferResult:
         """The result, or the error that ended the request."""
         if self.error is not None:
+            self._record_done(self.error)
             raise self.error
         result = self.result
         assert result is not None
         if isinstance(result, Failed):
-            raise error_from_code(result.code, f"{self.url.address}: {result.message}")
+            error = error_from_code(result.code, f"{self.url.address}: {result.message}")
+            self._record_done(error)
+            raise error
         session = self.request.session
+        start = self.accepted.offset if self.accepted is not None else 0
+        self._record_done(None)
         return TransferResult(
             path=self.path,
             local=local,
-            bytes=session.size if session is not None else 0,
+            bytes=(session.size if session is not None else 0) + start,
             seconds=time.perf_counter() - self._clock_start,
             digest=result.digest,
             transport="udp",
             stats=self.stats(),
+            resumed_from=start,
         )
+
+    def _record_done(self, error: FtransferError | None) -> None:
+        """An upload's record goes once it committed (or failed verification: the
+        server removed its partial too); else it stays for the next attempt."""
+        if self._upload is not None and (error is None or isinstance(error, IntegrityError)):
+            self._upload.record.done()
 
     def answer(self) -> bytes:
         """What a LIST or STAT received (checked against its digest)."""

@@ -36,6 +36,8 @@ class Accepted(Record):
     chunk_bytes: int = 0
     """UDP: the payload size the server chose."""
     session: int = 0
+    offset: int = 0
+    """A resumed transfer: the session's data start at this byte of the file."""
 
 
 class DataReceived(Record):

@@ -231,6 +231,12 @@ class Upload:
         return self._writer.digest
 
     @property
+    def prefix(self) -> bytes:
+        """The prefix digest of the chunks before ``start`` (what a resuming
+        client compares with its own)."""
+        return prefix_digest(self._writer.chunks[: self.start // CHUNK_BYTES])
+
+    @property
     def ended(self) -> bool:
         return self._request.ended
 
@@ -332,6 +338,9 @@ class Operations:
         self._scoped: dict[tuple[str, ...], Store] = {}
         self._scoped_lock = threading.Lock()
         self._logins = threading.BoundedSemaphore(LOGINS_AT_ONCE)
+        self._resumables: dict[tuple[str, str, bytes], Upload] = {}
+        """The resumable uploads running, by (user, name, transfer id)."""
+        self._resumables_lock = threading.Lock()
         self._totals: tuple[TokenBucket | None, TokenBucket | None] | None = None
         """The server's total buckets (out, in), made on the first request's clock
         (the services' clock: the loop's, or a simulator's)."""
@@ -501,6 +510,8 @@ class Operations:
             if size is not None and size > limit:
                 raise TooLarge(f"{name}: {size} bytes exceeds the limit of {limit}")
             resume = None if resumable is None else self._resume(who, name, resumable)
+            if resumable is not None:
+                self._take_over(who, name, resumable)
             writer = self._store(who).open_write(
                 name,
                 size=size,
@@ -515,7 +526,25 @@ class Operations:
             raise
         self.log.debug("%s %s put %s: receiving %s bytes", who.peer, who.transport, name, size)
         start = 0 if resumable is None else resumable.offset
-        return Upload(request, name, writer, start=start)
+        upload = Upload(request, name, writer, start=start)
+        if resumable is not None:
+            with self._resumables_lock:
+                self._resumables[(who.principal.user, name.text, resumable.transfer_id)] = upload
+        return upload
+
+    def _take_over(self, who: Requester, name: Name, resumable: Resumable) -> None:
+        """A request with a resumable upload's own transfer id comes from the
+        client that made it (the id is its secret): if the old upload still holds
+        the partial (a UDP session of a killed client lives until its give-up
+        time; a TCP connection whose network dropped, until its idle timeout), it
+        is ended, keeping the partial, so the new one resumes instead of waiting."""
+        key = (who.principal.user, name.text, resumable.transfer_id)
+        with self._resumables_lock:
+            for stale in [k for k, up in self._resumables.items() if up.ended]:
+                del self._resumables[stale]
+            old = self._resumables.pop(key, None)
+        if old is not None and not old.ended:
+            old.abort("taken over by a resume of the same transfer")
 
     @staticmethod
     def _resume(who: Requester, name: Name, resumable: Resumable) -> Resume:

@@ -36,18 +36,33 @@ import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..checksum import ZERO_DIGEST
+from ..checksum import CHUNK_BYTES, ZERO_DIGEST, TreeHasher
 from ..config import ServerConfig
-from ..errors import Busy, FtransferError, InternalError, TlsRequired, error_from_code
+from ..errors import (
+    Busy,
+    FtransferError,
+    InternalError,
+    ResumeRefused,
+    TlsRequired,
+    error_from_code,
+)
 from ..io.datagram import CoreDriver
 from ..io.udp import open_udp_socket
 from ..proto.events import Completed, DataReceived, EndReceived, Failed
 from ..proto.tcp.frames import encode_entry
 from ..proto.udp.endpoint import RequestReceived, ServerEndpoint
-from ..proto.udp.packets import MAX_CHUNK_BYTES, Operation
+from ..proto.udp.packets import MAX_CHUNK_BYTES, Initial, Operation, Resumption
 from ..proto.udp.sealed import SealedEndpoint, Ticket, TicketBusy
 from ..proto.udp.session import BlockReader, SessionConfig
-from .operations import Download, Operations, Principal, Requester, Upload, format_peer
+from .operations import (
+    Download,
+    Operations,
+    Principal,
+    Requester,
+    Resumable,
+    Upload,
+    format_peer,
+)
 from .tcp import INLINE_COMMIT_BYTES, wire_entry
 
 logger = logging.getLogger("ftransfer.server")
@@ -92,6 +107,8 @@ class UdpApplication:
         self.ops, self.endpoint, self._now, self._defer = ops, endpoint, now, defer
         self.plaintext = plaintext
         self._jobs: dict[int, Upload | Download] = {}
+        self._sending: dict[int, tuple[TreeHasher, int]] = {}
+        """A download's hasher and where it started (its chunks are remembered)."""
         self._deferred = 0  # LIST and STAT answers being built
 
     def close(self) -> None:
@@ -152,14 +169,10 @@ class UdpApplication:
 
     def _put(self, request: RequestReceived, who: Requester) -> None:
         initial = request.initial
-        upload = self.ops.upload(
-            who,
-            initial.path,
-            size=initial.size,
-            mtime_ns=initial.mtime_ns,
-            mode=initial.mode,
-            exclusive=initial.exclusive,
-        )
+        upload = self._open_upload(who, initial)
+        resume = None
+        if initial.resume is not None:  # (an old client sends none)
+            resume = Resumption(offset=upload.start, transfer_id=bytes(16), digest=upload.prefix)
         session = self.endpoint.accept(
             request,
             size=0,
@@ -167,12 +180,61 @@ class UdpApplication:
             now=self._now(),
             read_chunk=None,
             max_rate=self.ops.receive_rate(),
+            resume=resume,
         )
         self._jobs[session] = upload
 
+    def _open_upload(self, who: Requester, initial: Initial) -> Upload:
+        """The upload an INITIAL asks for: resumable, and resumed from what this
+        server holds (at most what the client offered), when it says so."""
+        offered = initial.resume
+
+        def open_upload(resumable: Resumable | None) -> Upload:
+            return self.ops.upload(
+                who,
+                initial.path,
+                size=initial.size,
+                mtime_ns=initial.mtime_ns,
+                mode=initial.mode,
+                exclusive=initial.exclusive,
+                resumable=resumable,
+            )
+
+        if offered is None:
+            return open_upload(None)
+        fresh = Resumable(transfer_id=offered.transfer_id, first_digest=ZERO_DIGEST)
+        if offered.offset:
+            held = self.ops.partial(
+                who,
+                initial.path,
+                size=initial.size,
+                mtime_ns=initial.mtime_ns,
+                resumable=Resumable(transfer_id=offered.transfer_id, first_digest=offered.digest),
+            )
+            start = min(held.offset, offered.offset) // CHUNK_BYTES * CHUNK_BYTES
+            if start:
+                resumed = Resumable(
+                    transfer_id=offered.transfer_id, first_digest=offered.digest, offset=start
+                )
+                try:
+                    return open_upload(resumed)
+                except ResumeRefused:  # (being written by another transfer just now)
+                    pass
+        return open_upload(fresh)
+
     def _get(self, request: RequestReceived, who: Requester) -> None:
-        download = self.ops.download(who, request.initial.path)
+        initial = request.initial
+        download = self.ops.download(who, initial.path)
         now = self._now()
+        resume, chunks = None, list[bytes]()
+        if initial.resume is not None:  # a client with a partial of it
+            asked = initial.resume
+            chunks = download.resume_point(
+                asked.offset, initial.size, initial.mtime_ns, asked.digest
+            )  # (reads the prefix only if nothing remembers its digests)
+            start = len(chunks) * CHUNK_BYTES
+            resume = Resumption(offset=start, transfer_id=bytes(16), digest=ZERO_DIGEST)
+        hasher = TreeHasher(chunks=chunks)
         session = self.endpoint.accept(
             request,
             size=download.size,
@@ -180,9 +242,12 @@ class UdpApplication:
             mode=download.mode,
             now=now,
             read_chunk=BlockReader(download.read),
-            limits=self.ops.send_limits(now, asked=request.initial.max_rate),
+            limits=self.ops.send_limits(now, asked=initial.max_rate),
+            resume=resume,
+            hasher=hasher,
         )
         self._jobs[session] = download
+        self._sending[session] = (hasher, len(chunks) * CHUNK_BYTES)
 
     def _change_later(self, request: RequestReceived, change: Callable[[], None]) -> None:
         """REMOVE and MKDIR fsync a directory: deferred as LIST and STAT are, so no
@@ -296,9 +361,12 @@ class UdpApplication:
             if isinstance(event, Failed) and not job.ended:
                 job.fail(error_from_code(event.code, event.message))
             return
+        hasher, start = self._sending.pop(event.session, (None, 0))
         with job:
+            if hasher is not None:
+                job.remember_chunks(hasher.chunks)  # (for a resume after a cut)
             if isinstance(event, Completed):
-                job.sent(event.digest)
+                job.sent(event.digest, start=start)
             else:
                 job.failed(error_from_code(event.code, event.message))
 

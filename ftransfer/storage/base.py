@@ -112,6 +112,12 @@ class Writer(Protocol):
         """xxh3-128 of the bytes written so far."""
         ...
 
+    @property
+    def chunks(self) -> list[bytes]:
+        """The digests of the whole chunks written so far, from the file's start
+        (a resumed write: its journal's, then the new ones)."""
+        ...
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes; more than the declared size (or the limit) is refused."""
         ...

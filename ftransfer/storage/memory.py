@@ -25,7 +25,7 @@ import _thread
 import time
 from collections.abc import Callable, Iterator
 
-from ..checksum import CHUNK_BYTES, ZERO_DIGEST, TreeHasher, digest_bytes, new_hasher
+from ..checksum import CHUNK_BYTES, TreeHasher, digest_bytes, new_hasher, prefix_digest
 from ..errors import (
     DirectoryNotEmpty,
     Exists,
@@ -43,6 +43,7 @@ from ..errors import (
 from .base import Probe, Resume, refuse_directory_name
 from .entry import Entry, EntryKind
 from .names import Name
+from .partial import partial_leaf
 
 
 class _File:
@@ -104,12 +105,19 @@ class MemoryWriter:
         mode: int | None,
         exclusive: bool,
         limit: int,
+        partial: _Partial | None = None,
     ) -> None:
+        """``partial``: a resumable upload, written into (and kept in) it."""
         self._store, self._name, self._size = store, name, size
         self._bound = size if size is not None else limit
         self._mtime_ns, self._mode, self._exclusive = mtime_ns, mode, exclusive
+        self._partial = partial
         self._buffer = bytearray()
         self._hasher = new_hasher()
+        if partial is not None:
+            partial.held = True
+            self._buffer = partial.data
+            self._hasher = TreeHasher(chunks=partial.chunks, on_chunk=partial.journal)
         self._lock = _thread.allocate_lock()
         self._done = False
         self.committed = False
@@ -123,6 +131,10 @@ class MemoryWriter:
     @property
     def digest(self) -> bytes:
         return self._hasher.digest()
+
+    @property
+    def chunks(self) -> list[bytes]:
+        return self._hasher.chunks
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
@@ -150,8 +162,13 @@ class MemoryWriter:
                 self._store.place(name, self._buffer, self._mtime_ns, self._mode, self._exclusive)
                 self.committed = True
             finally:
+                self._drop_partial()  # committed or refused: it has no future
                 self._end()
         return digest
+
+    def _drop_partial(self) -> None:
+        if self._partial is not None:
+            self._store.partials.pop(self._partial.key, None)
 
     def abort(self) -> None:
         """Discard the upload; during a commit, wait for it (then only end)."""
@@ -166,6 +183,33 @@ class MemoryWriter:
         if not self._done:
             self._done = True
             self._parent.uploads -= 1
+            if self._partial is not None:
+                self._partial.held = False
+                self._partial.touched_ns = self._store.now_ns()
+
+
+class _Partial:
+    """A resumable upload kept in memory: its bytes, its chunk digests (what a
+    journal holds, partial.py) and what binds it."""
+
+    def __init__(self, key: str, size: int, mtime_ns: int, transfer_id: bytes, now_ns: int) -> None:
+        self.key, self.size, self.mtime_ns, self.transfer_id = key, size, mtime_ns, transfer_id
+        self.data = bytearray()
+        self.chunks: list[bytes] = []
+        self.held = False
+        self.touched_ns = now_ns
+
+    def journal(self, index: int, digest: bytes) -> None:
+        """A whole chunk is in ``data``: record its digest (partial.py's journal)."""
+        del self.chunks[index:]
+        self.chunks.append(digest)
+
+    def usable(self, size: int, mtime_ns: int, resume: Resume) -> list[bytes]:
+        if (size, mtime_ns, resume.transfer_id) != (self.size, self.mtime_ns, self.transfer_id):
+            return []
+        if not self.chunks or self.chunks[0] != resume.first_digest:
+            return []
+        return self.chunks[: size // CHUNK_BYTES]
 
 
 class MemoryStore:
@@ -175,12 +219,18 @@ class MemoryStore:
         self._clock_ns = clock_ns
         self.root = _Dir(clock_ns())
         self.fault: FtransferError | None = None
+        self.partials: dict[str, _Partial] = {}
+        """Resumable uploads kept after an interruption, by binding."""
+
+    def now_ns(self) -> int:
+        return self._clock_ns()
 
     def scoped(self, name: Name) -> MemoryStore:
         """See ``Store.scoped``: a view of the same tree from ``name`` down."""
         self.mkdir(name, parents=True)
         view = MemoryStore(clock_ns=self._clock_ns)
         view.root = self.directory(name)
+        view.partials = self.partials  # (bound to the user and the name: no clash)
         return view
 
     # ---- for tests -------------------------------------------------------------------
@@ -282,20 +332,50 @@ class MemoryStore:
         limit: int,
         resume: Resume | None = None,
     ) -> MemoryWriter:
-        """(Keeps no partials: a resumable upload is written as any other.)"""
-        if resume is not None and resume.offset:
-            raise ResumeRefused(f"{name}: this store keeps no partials")
+        """Partials as LocalStore keeps them (partial.py), in memory: for tests
+        and the simulator."""
         if not name.parts:
             raise IsADirectory(f"{name}: is a directory")
         if name.directory:
             refuse_directory_name(self, name)
         self._check_target(self.directory(name.parent).children.get(name.leaf), name, exclusive)
+        partial = None
+        if resume is not None and size is not None and size > CHUNK_BYTES:
+            partial = self._partial_for(name, size, mtime_ns, resume)
+        elif resume is not None and resume.offset:
+            raise ResumeRefused(f"{name}: a file of one chunk is not resumed")
         return MemoryWriter(
-            self, name, size=size, mtime_ns=mtime_ns, mode=mode, exclusive=exclusive, limit=limit
+            self,
+            name,
+            size=size,
+            mtime_ns=mtime_ns,
+            mode=mode,
+            exclusive=exclusive,
+            limit=limit,
+            partial=partial,
         )
 
+    def _partial_for(self, name: Name, size: int, mtime_ns: int, resume: Resume) -> _Partial | None:
+        key = partial_leaf(resume.binding)
+        old = self.partials.get(key)
+        if resume.offset:
+            chunks = [] if old is None or old.held else old.usable(size, mtime_ns, resume)
+            if resume.offset % CHUNK_BYTES or len(chunks) * CHUNK_BYTES < resume.offset:
+                raise ResumeRefused(f"{name}: no partial to resume from {resume.offset}")
+            assert old is not None
+            del old.data[resume.offset :]
+            del old.chunks[resume.offset // CHUNK_BYTES :]
+            return old
+        if old is not None and old.held:
+            return None  # (a second writer of the same name now: an ordinary upload)
+        fresh = _Partial(key, size, mtime_ns, resume.transfer_id, self.now_ns())
+        self.partials[key] = fresh
+        return fresh
+
     def partial(self, name: Name, *, size: int, mtime_ns: int, resume: Resume) -> Probe:
-        return Probe(offset=0, prefix=ZERO_DIGEST)
+        old = self.partials.get(partial_leaf(resume.binding))
+        chunks = [] if old is None else old.usable(size, mtime_ns, resume)
+        return Probe(offset=len(chunks) * CHUNK_BYTES, prefix=prefix_digest(chunks))
 
     @staticmethod
     def _check_target(node: _Node | None, name: Name, exclusive: bool) -> None:

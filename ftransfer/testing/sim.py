@@ -47,6 +47,10 @@ from ..server.udp import UdpApplication
 from ..storage.memory import MemoryStore
 from .netem import ImpairedPath, Impairment
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..proto.udp.handshake import ResumePlan
+
 CLIENT = ("192.0.2.1", 40000)
 SERVER = ("192.0.2.2", 9021)
 MIN_STEP_S = 1e-7
@@ -149,6 +153,8 @@ class Outcome(Record, frozen=False):
     timed_out: bool = False
     seconds: float = 0.0
     events: list[object] = factory(list)
+    cut: bool = False
+    """The client vanished mid-request (``run(cut=...)``: a kill -9)."""
 
 
 def _at_once(work: Callable[[], object], then: Callable[[object], None]) -> None:
@@ -227,11 +233,15 @@ class Simulation:
         limit_s: float = 600.0,
         stalls: dict[int, float] | None = None,
         limit_rate: int | None = None,
+        resume: ResumePlan | None = None,
+        cut: Callable[[], bool] | None = None,
     ) -> Outcome:
         """One request from start to end; then in-flight datagrams play out.
         ``stalls``: reading the upload's chunk at this byte offset blocks the client
         for this many seconds (the first time only). ``limit_rate``: the client's
-        rate limit (bytes per second)."""
+        rate limit (bytes per second). ``resume``: a resumable request (its offer,
+        and where it starts). ``cut``: once it holds, the client vanishes at once,
+        as a killed process does (no CLOSE; the server's session lives on)."""
         pending_stalls = dict(stalls or {})
 
         def read(offset: int, n: int) -> bytes:
@@ -251,6 +261,7 @@ class Simulation:
             server=SERVER,
             read_chunk=read,
             max_rate=limit_rate,
+            resume=resume,
         )
         self._wire = client
         if self.sealed is not None:
@@ -268,6 +279,10 @@ class Simulation:
             self._client_events(client, outcome, received)
             if outcome.code is not None or outcome.timed_out:
                 break
+            if cut is not None and cut():
+                outcome.cut = True
+                outcome.data, outcome.seconds = bytes(received), self.now
+                return outcome
             self.now = self._next_time(client)
             assert self.now <= limit_s, f"no outcome after {limit_s} virtual seconds"
         outcome.data, outcome.seconds = bytes(received), self.now

@@ -52,6 +52,7 @@ import hmac
 import struct
 
 from ..._records import Record
+from ...checksum import Hasher
 from ...errors import Busy, RemoteProtocolError
 from ..ratelimit import Limits
 from ..rtt import RttEstimator
@@ -66,12 +67,13 @@ from .packets import (
     PacketError,
     Ping,
     Pong,
+    Resumption,
     Retry,
     decode_data,
     decode_untrusted,
     encode,
 )
-from .session import ReadChunk, Session, SessionConfig, SessionEvent
+from .session import ReadChunk, Session, SessionConfig, SessionEvent, shifted
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -358,13 +360,18 @@ class ServerEndpoint:
         mode: int | None = None,
         limits: Limits | None = None,
         max_rate: int | None = None,
+        resume: Resumption | None = None,
+        hasher: Hasher | None = None,
     ) -> int:
         """Start the session; returns its id. The server sends ``size`` bytes read
         with ``read_chunk`` if one is given, else receives the client's
         ``initial.size`` bytes. ``limits``: what a sending session's pacer keeps
         to; ``max_rate``: the most bytes per second the client may send, told in
-        ACCEPT (an upload under the server's rate limit)."""
+        ACCEPT (an upload under the server's rate limit). ``resume``: the session
+        carries the file's bytes from ``resume.offset`` on (told in ACCEPT); a
+        sending one's ``hasher`` knows the chunks before it."""
         initial = request.initial
+        start = resume.offset if resume is not None else 0
         chunk = min(initial.chunk_bytes, self.config.chunk_bytes)
         session_id = self.rng.getrandbits(64) or 1
         sending = read_chunk is not None
@@ -376,13 +383,16 @@ class ServerEndpoint:
             cc=self.config.cc,
             limits=limits if sending else None,
         )
+        if start and read_chunk is not None:
+            read_chunk = shifted(read_chunk, start)
         session = Session(
             session_id=session_id,
-            size=size if sending else initial.size,
+            size=(size if sending else initial.size) - start,
             sending=sending,
             config=config,
             now=now,
             read_chunk=read_chunk,
+            hasher=hasher,
         )
         self._sessions[session_id] = (request.address, session)
         accept = Accept(
@@ -395,6 +405,7 @@ class ServerEndpoint:
             message="",
             mode=mode,
             max_rate=None if sending else max_rate,
+            resume=resume,
         )
         self._send_accept(request, session_id, accept, now)
         return session_id

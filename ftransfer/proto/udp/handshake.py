@@ -28,7 +28,7 @@ from __future__ import annotations
 import collections
 from enum import Enum
 
-from ...errors import Aborted, TransferTimeout
+from ...errors import Aborted, ResumeRefused, TransferTimeout
 from ..events import Accepted, Completed, Failed
 from ..machine import Machine
 from ..ratelimit import Limits, bucket, limits
@@ -37,19 +37,34 @@ from .packets import (
     Initial,
     Operation,
     PacketError,
+    Resumption,
     Retry,
     decode_data,
     decode_untrusted,
     encode,
 )
-from .session import ReadChunk, Session, SessionConfig, SessionEvent, State
+from .session import ReadChunk, Session, SessionConfig, SessionEvent, State, shifted
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
 
+    from ...checksum import Hasher
+
     class Rng(Protocol):
         def getrandbits(self, k: int, /) -> int: ...
+
+    class ResumePlan(Protocol):
+        """What a resumable request offers, and how it starts once accepted."""
+
+        @property
+        def offer(self) -> Resumption | None: ...
+
+        def begin(self, accept: Accept) -> tuple[int, Hasher | None]:
+            """Where the session's data start in the file (-1: the server's offer is
+            unusable, the request ends with ResumeRefused) and, for an upload, the
+            hasher that knows the chunks before."""
+            ...
 
 
 Address = tuple[str, int]
@@ -105,6 +120,9 @@ TRANSITIONS: dict[tuple[Enum, Enum], Enum] = {
 }
 
 
+RESUME_MISMATCH = "the server's partial is not of this file: starting over"
+
+
 class ClientRequest:
     """One request from the client's side (a datagram core)."""
 
@@ -124,14 +142,17 @@ class ClientRequest:
         exclusive: bool = False,
         max_rate: int | None = None,
         limits: Limits | None = None,
+        resume: ResumePlan | None = None,
     ) -> None:
         """``max_rate``: the client's rate limit, in bytes per second: told to the
         server for a download (INITIAL), kept by our pacer for an upload (with the
-        server's, from ACCEPT)."""
+        server's, from ACCEPT). ``resume``: a resumable transfer (its offer goes in
+        INITIAL; what the server accepts decides where the session starts)."""
         self.operation, self.path, self.config, self.server = operation, path, config, server
         self.size, self.mtime_ns, self._read_chunk = size, mtime_ns, read_chunk
         self.mode, self.exclusive, self.max_rate = mode, exclusive, max_rate
         self._own_limits = limits
+        self._resume = resume
         """The client's own buckets when they outlive this request (one limit for
         every file of a command); else one is made from ``max_rate``."""
         self.nonce = rng.getrandbits(64)
@@ -179,6 +200,7 @@ class ClientRequest:
                 mode=self.mode,
                 exclusive=self.exclusive,
                 max_rate=self.max_rate if self.operation is not Operation.PUT else None,
+                resume=self._resume.offer if self._resume is not None else None,
             ),
         )
 
@@ -320,14 +342,23 @@ class ClientRequest:
             limits=self._sending_limits(accept, now) if sending else None,
         )
         self.machine.go(HT.ACCEPTED)
+        start, hasher = 0, None
+        if self._resume is not None:
+            start, hasher = self._resume.begin(accept)
+        read_chunk = self._read_chunk if sending else None
+        if read_chunk is not None and start > 0:
+            read_chunk = shifted(read_chunk, start)
         self.session = Session(
             session_id=session_id,
-            size=self.size if sending else accept.size,
+            size=max(0, (self.size if sending else accept.size) - max(start, 0)),
             sending=sending,
             config=config,
             now=now,
-            read_chunk=self._read_chunk if sending else None,
+            read_chunk=read_chunk,
+            hasher=hasher,
         )
+        if start < 0:  # (the server holds other bytes than ours: start over)
+            self.session.abort(code=ResumeRefused.code, message=RESUME_MISMATCH)
         if not self._retransmitted:  # Karn: only an INITIAL sent once gives a sample
             self.session.rtt.on_sample(now - self._initial_at)
         self._events.append(
@@ -336,5 +367,6 @@ class ClientRequest:
                 mtime_ns=accept.mtime_ns,
                 mode=accept.mode,
                 chunk_bytes=accept.chunk_bytes,
+                offset=max(start, 0),
             )
         )

@@ -20,7 +20,9 @@ Extensions: the bytes after INITIAL's path are padding to old peers; an
 bits ``mode u16``; bit 1: exclusive, no-clobber; bit 2: ``max_rate u64``, the
 most bytes per second the server may send). A code-0 ACCEPT carries no message,
 so its tail holds the same kind of byte (bit 0: ``mode u16`` follows; bit 2:
-``max_rate u64``, the most the client may send).
+``max_rate u64``, the most the client may send). Bit 3, in both: a resumed
+transfer, ``Resumption`` (``offset u64``, ``transfer_id[16]``, ``digest[16]``)
+follows, last.
 Peers that do not know them ignore both, in either direction.
 
 Hot path: DATA is decoded into plain tuples (``decode_data``) and encoded without
@@ -90,8 +92,24 @@ EXT_RATE = 0x04
 bytes per second the peer may send in this session (INITIAL: the server, for a
 client's rate limit on a download; ACCEPT: the client, for the server's limit on
 an upload)."""
+EXT_RESUME = 0x08
+"""Extensions byte: a ``Resumption`` follows (after the others)."""
 _RATE = struct.Struct("!Q")
+_RESUME = struct.Struct("!Q16s16s")
 MAX_RATE = 2**63 - 1
+
+
+class Resumption(Record):
+    """A resumable transfer (protocol.md U3.1). In INITIAL for PUT: the offset the
+    client could resume from (0: a fresh resumable upload), its transfer id and
+    its source's first-chunk digest; for GET: the offset of the client's partial,
+    zeros, and the prefix digest of its chunks (INITIAL's size and mtime_ns are
+    then the file's as the client knew it). In ACCEPT: the offset the session's
+    data start at, zeros, and (PUT) the prefix digest of the server's chunks."""
+
+    offset: int
+    transfer_id: bytes
+    digest: bytes
 
 
 class Initial(Record):
@@ -109,6 +127,7 @@ class Initial(Record):
     exclusive: bool = False
     max_rate: int | None = None
     """Bytes per second the server may send (the client's rate limit), if any."""
+    resume: Resumption | None = None
 
 
 class Retry(Record):
@@ -129,6 +148,8 @@ class Accept(Record):
     """Permission bits of the file the server sends (code 0 only)."""
     max_rate: int | None = None
     """Bytes per second the client may send (the server's rate limit; code 0 only)."""
+    resume: Resumption | None = None
+    """Where a resumed session's data start (code 0 only)."""
 
 
 class Data(Record):
@@ -239,7 +260,9 @@ def encode(session: int, body: Body) -> bytes:
                 body.nonce, body.code, body.chunk_bytes, body.window, body.size, body.mtime_ns
             )
             tail = (
-                _text(body.message) if body.code else _extensions(body.mode, False, body.max_rate)
+                _text(body.message)
+                if body.code
+                else _extensions(body.mode, False, body.max_rate, body.resume)
             )
             return _seal(PacketType.ACCEPT, session, head + tail)
         case Fin(size=size, digest=digest):
@@ -255,25 +278,41 @@ def encode(session: int, body: Body) -> bytes:
     raise TypeError(f"cannot encode {body!r}")
 
 
-def _extensions(mode: int | None, exclusive: bool, max_rate: int | None = None) -> bytes:
+def _extensions(
+    mode: int | None,
+    exclusive: bool,
+    max_rate: int | None = None,
+    resume: Resumption | None = None,
+) -> bytes:
     flags = (
         (EXT_MODE if mode is not None else 0)
         | (EXT_EXCLUSIVE if exclusive else 0)
         | (EXT_RATE if max_rate else 0)
+        | (EXT_RESUME if resume is not None else 0)
     )
     if not flags:
         return b""
     out = bytes([flags]) + (_CODE.pack(mode & 0o777) if mode is not None else b"")
-    return out + (_RATE.pack(min(max_rate, MAX_RATE)) if max_rate else b"")
+    out += _RATE.pack(min(max_rate, MAX_RATE)) if max_rate else b""
+    if resume is not None:
+        out += _RESUME.pack(resume.offset, resume.transfer_id, resume.digest)
+    return out
 
 
-def _parse_extensions(raw: memoryview | bytes) -> tuple[int | None, bool, int | None]:
-    """(mode, exclusive, max_rate) from an extensions byte and what follows
-    (padding: none)."""
+class _Extensions(Record):
+    mode: int | None = None
+    exclusive: bool = False
+    max_rate: int | None = None
+    resume: Resumption | None = None
+
+
+def _parse_extensions(raw: memoryview | bytes) -> _Extensions:
+    """The extensions byte and what follows (padding: none)."""
     if not raw or not raw[0]:
-        return None, False, None
+        return _Extensions()
     flags = raw[0]
     mode = max_rate = None
+    resume = None
     offset = 1
     if flags & EXT_MODE:
         if len(raw) < offset + _CODE.size:
@@ -286,7 +325,17 @@ def _parse_extensions(raw: memoryview | bytes) -> tuple[int | None, bool, int | 
             raise PacketError("extensions are truncated")
         (max_rate,) = _RATE.unpack_from(raw, offset)
         max_rate = max_rate or None
-    return mode, bool(flags & EXT_EXCLUSIVE), max_rate
+        offset += _RATE.size
+    if flags & EXT_RESUME:
+        if len(raw) < offset + _RESUME.size:
+            raise PacketError("extensions are truncated")
+        at, transfer_id, digest = _RESUME.unpack_from(raw, offset)
+        if at >= 2**63:
+            raise PacketError("resume offset out of range")
+        resume = Resumption(offset=at, transfer_id=transfer_id, digest=digest)
+    return _Extensions(
+        mode=mode, exclusive=bool(flags & EXT_EXCLUSIVE), max_rate=max_rate, resume=resume
+    )
 
 
 def _initial_body(body: Initial) -> bytes:
@@ -296,7 +345,7 @@ def _initial_body(body: Initial) -> bytes:
         + body.cookie
         + _INITIAL_TAIL.pack(body.size, max(body.mtime_ns, -1), len(path))  # -1: before 1970
         + path
-        + _extensions(body.mode, body.exclusive, body.max_rate)
+        + _extensions(body.mode, body.exclusive, body.max_rate, body.resume)
     )
     padding = MIN_INITIAL_BYTES - OVERHEAD_BYTES - len(raw)
     return raw + bytes(max(padding, 0))
@@ -354,7 +403,7 @@ def _initial(raw: memoryview) -> Body:
         raise PacketError("INITIAL is truncated")
     if size >= 2**63:
         raise PacketError("size out of range")
-    mode, exclusive, max_rate = _parse_extensions(raw[offset + path_len :])
+    ext = _parse_extensions(raw[offset + path_len :])
     return Initial(
         nonce=nonce,
         operation=op,
@@ -366,9 +415,10 @@ def _initial(raw: memoryview) -> Body:
         # Kept undecodable bytes as surrogates: a path that is not UTF-8 is the
         # endpoint's to refuse with a reason, after the cookie (request_problem).
         path=bytes(raw[offset : offset + path_len]).decode("utf-8", "surrogateescape"),
-        mode=mode,
-        exclusive=exclusive,
-        max_rate=max_rate,
+        mode=ext.mode,
+        exclusive=ext.exclusive,
+        max_rate=ext.max_rate,
+        resume=ext.resume,
     )
 
 
@@ -383,7 +433,7 @@ def _retry(raw: memoryview) -> Body:
 def _accept(raw: memoryview) -> Body:
     nonce, code, chunk, window, size, mtime_ns = _ACCEPT.unpack_from(raw)
     tail = raw[_ACCEPT.size :]
-    mode, _, max_rate = (None, False, None) if code else _parse_extensions(tail)
+    ext = _Extensions() if code else _parse_extensions(tail)
     return Accept(
         nonce=nonce,
         code=code,
@@ -392,8 +442,9 @@ def _accept(raw: memoryview) -> Body:
         size=size,
         mtime_ns=mtime_ns,
         message=bytes(tail).decode("utf-8", "replace") if code else "",
-        mode=mode,
-        max_rate=max_rate,
+        mode=ext.mode,
+        max_rate=ext.max_rate,
+        resume=ext.resume,
     )
 
 

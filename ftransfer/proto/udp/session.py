@@ -42,7 +42,7 @@ import collections
 from collections.abc import Callable
 from enum import Enum
 
-from ...checksum import new_hasher
+from ...checksum import Hasher, new_hasher
 from ...errors import Aborted, FtransferError, RemoteProtocolError, StorageIOError, TransferTimeout
 from ..events import Completed, DataReceived, EndReceived, Failed
 from ..machine import Machine
@@ -147,6 +147,12 @@ class SessionConfig:
         server, which is there anyway)."""
 
 
+def shifted(read_chunk: ReadChunk, start: int) -> ReadChunk:
+    """``read_chunk`` for a session whose byte 0 is the file's byte ``start`` (a
+    resumed transfer)."""
+    return lambda offset, n: read_chunk(start + offset, n)
+
+
 class Session:
     """One established transfer, either the data sender or the data receiver."""
 
@@ -159,7 +165,10 @@ class Session:
         config: SessionConfig,
         now: float,
         read_chunk: ReadChunk | None = None,
+        hasher: Hasher | None = None,
     ) -> None:
+        """``hasher``: a sender's digest so far (a resumed transfer's, which knows
+        the chunks before this session's first byte); FIN carries its digest."""
         self.session_id, self.size, self.config = session_id, size, config
         self.rtt = RttEstimator()
         role = "sender" if sending else "receiver"
@@ -193,7 +202,7 @@ class Session:
                 limits=config.limits,
             )
             self._read_chunk = read_chunk
-            self._hasher = new_hasher()
+            self.hasher = hasher if hasher is not None else new_hasher()
         else:
             self.receiver = Receiver(
                 size=size, chunk_bytes=config.chunk_bytes, window=config.window
@@ -370,11 +379,11 @@ class Session:
                 self._read_failed(StorageIOError("the file changed size while it was being sent"))
                 return
             if seq == self._hashed:
-                self._hasher.update(payload)
+                self.hasher.update(payload)
                 self._hashed += 1
             self._outbox.append(encode_data(self.session_id, seq, tx, payload))
         if self.sender.done and self.machine.go(T.ALL_ACKED):
-            self._fin = Fin(size=self.size, digest=self._hasher.digest())
+            self._fin = Fin(size=self.size, digest=self.hasher.digest())
             self._outbox.append(encode(self.session_id, self._fin))
             self._deadline = now + self.rtt.rto()
 
