@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ftransfer.checksum import digest_bytes
-from ftransfer.client import skip
+from ftransfer.client import digests, skip
+from ftransfer.client.digests import DigestMemory
 from ftransfer.errors import UsageError
 
 
@@ -25,14 +26,52 @@ def test_a_local_digest_is_read_once_while_the_file_does_not_change(
         return real(fd)
 
     monkeypatch.setattr(skip, "file_digest", counted)
+    memory = DigestMemory(str(tmp_path / "state" / "digests"))
     st = os.stat(path)
-    assert skip.local_digest(str(path), st) == digest_bytes(b"one")
-    assert skip.local_digest(str(path), st) == digest_bytes(b"one")
+    assert skip.local_digest(str(path), st, memory) == digest_bytes(b"one")
+    assert skip.local_digest(str(path), st, memory) == digest_bytes(b"one")
+    assert len(reads) == 1
+    # another process (a new memory over the same file): nothing is read again
+    later = DigestMemory(str(tmp_path / "state" / "digests"))
+    assert skip.local_digest(str(path), st, later) == digest_bytes(b"one")
     assert len(reads) == 1
     path.write_bytes(b"two")  # a new mtime and ctime: read again
     os.utime(path, ns=(st.st_mtime_ns + 1, st.st_mtime_ns + 1))
-    assert skip.local_digest(str(path), os.stat(path)) == digest_bytes(b"two")
+    assert skip.local_digest(str(path), os.stat(path), later) == digest_bytes(b"two")
     assert len(reads) == 2
+
+
+def test_a_torn_or_flipped_record_is_never_believed(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"data")
+    st = os.stat(path)
+    store = tmp_path / "digests"
+    DigestMemory(str(store)).put(st, b"D" * 16)
+    raw = bytearray(store.read_bytes())
+    raw[30] ^= 1  # flip a bit of the key
+    store.write_bytes(bytes(raw) + raw[:10])  # and a torn record after it
+    assert DigestMemory(str(store)).get(st) is None
+    store.unlink()
+    DigestMemory(str(store)).put(st, b"D" * 16)
+    assert DigestMemory(str(store)).get(st) == b"D" * 16
+
+
+def test_the_memory_is_compacted_to_its_newest_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(digests, "MAX_RECORDS", 3)
+    store = tmp_path / "digests"
+    memory = DigestMemory(str(store))
+    files = []
+    for n in range(8):
+        path = tmp_path / f"f{n}"
+        path.write_bytes(bytes([n]))
+        files.append(os.stat(path))
+        memory.put(files[-1], bytes([n]) * 16)
+    assert store.stat().st_size <= 2 * 3 * digests.RECORD.size
+    fresh = DigestMemory(str(store))
+    assert fresh.get(files[-1]) == bytes([7]) * 16  # the newest survive
+    assert fresh.get(files[0]) is None
 
 
 def test_the_quick_check_wants_size_and_mtime(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ from .downloads import Download, into_directory, make_local_root
 from .plan import join_remote, remote_basename
 from .requests import Call, PathLike, not_supported, tcp
 from .result import Progress, Stat, TransferResult
-from .skip import check_mode, local_digest, local_stat, same_quick
+from .skip import check_mode, local_digest, local_stat, memory_for, same_quick
 from .tree import (
     Tree,
     TreeFile,
@@ -57,6 +57,7 @@ from .urls import Url
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ..config import ClientConfig
     from .tcp import DownloadJob
 
 
@@ -65,6 +66,7 @@ class Batches:
     single calls they use."""
 
     url: Url
+    config: ClientConfig
 
     def stat(self, path: str) -> Call[Stat]:
         raise NotImplementedError  # (Calls)
@@ -273,9 +275,10 @@ class Batches:
             else:
                 candidates.append((index, path, st))
         if candidates:
+            memory = memory_for(self.config.state_dir)
             digests = yield from self._remote_digests([items[i][1] for i, _, _ in candidates])
             for (index, path, st), digest in zip(candidates, digests, strict=True):
-                if digest is not None and digest == local_digest(path, st):
+                if digest is not None and digest == local_digest(path, st, memory):
                     same.add(index)
         if same and progress is not None:
             progress.unchanged(len(same), skip)
@@ -297,9 +300,10 @@ class Batches:
             else:
                 candidates.append((index, st))
         if candidates:
+            memory = memory_for(self.config.state_dir)
             digests = yield from self._remote_digests([files[i].source for i, _ in candidates])
             for (index, st), digest in zip(candidates, digests, strict=True):
-                if digest is not None and digest == local_digest(files[index].target, st):
+                if digest is not None and digest == local_digest(files[index].target, st, memory):
                     same.add(index)
         if same and progress is not None:
             progress.unchanged(len(same), skip)

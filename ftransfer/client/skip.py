@@ -9,8 +9,9 @@ Before a batch moves a byte, each file is compared with what the other side has:
   server's), so an unchanged file matches exactly on a second run.
 - ``checksum``: the same size and the same xxh3-128. The server answers STAT from
   its digest cache (keyed by inode, size, mtime_ns and ctime: an unchanged file
-  is not re-read there); the client hashes a local file once per process for the
-  same key (``local_digest``).
+  is not re-read there); the client hashes a local file once for the same key
+  and remembers it across runs (``local_digest``, client/digests.py), so an
+  unchanged file is not re-read here either.
 
 The remote side is read in as few requests as possible: one LIST per remote
 directory for ``update`` (TCP pipelines them), and for ``checksum`` one STAT per
@@ -24,11 +25,23 @@ import os
 
 from ..checksum import file_digest
 from ..errors import UsageError
+from .digests import DigestMemory
 
 MODES = ("update", "checksum")
 
-_DIGESTS: dict[tuple[int, int, int, int, int], bytes] = {}
-"""Local digests this process computed, by (device, inode, size, mtime_ns, ctime_ns)."""
+_MEMORIES: dict[str, DigestMemory] = {}
+"""The digest memory of each state directory used by this process (digests.py)."""
+
+
+def memory_for(state_dir: str | None) -> DigestMemory:
+    """Where local digests are remembered across runs (client/digests.py)."""
+    from .resume import default_state_dir
+
+    path = os.path.join(state_dir or default_state_dir(), "digests")
+    memory = _MEMORIES.get(path)
+    if memory is None:
+        memory = _MEMORIES[path] = DigestMemory(path)
+    return memory
 
 
 def check_mode(skip: str | None) -> None:
@@ -47,11 +60,11 @@ def local_stat(path: str) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) else None
 
 
-def local_digest(path: str, st: os.stat_result) -> bytes | None:
-    """xxh3-128 of a local file (read once per process while it does not change);
-    None if it cannot be read (the transfer then reports why)."""
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    digest = _DIGESTS.get(key)
+def local_digest(path: str, st: os.stat_result, memory: DigestMemory) -> bytes | None:
+    """The digest of a local file, read once while it does not change (remembered
+    across runs in ``memory``); None if it cannot be read (the transfer then
+    reports why)."""
+    digest = memory.get(st)
     if digest is not None:
         return digest
     try:
@@ -59,12 +72,14 @@ def local_digest(path: str, st: os.stat_result) -> bytes | None:
     except OSError:
         return None
     try:
+        if os.fstat(fd).st_ctime_ns != st.st_ctime_ns:
+            return None  # changed since it was looked at: compare nothing
         digest = file_digest(fd)
     except OSError:
         return None
     finally:
         os.close(fd)
-    _DIGESTS[key] = digest
+    memory.put(st, digest)
     return digest
 
 

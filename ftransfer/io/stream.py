@@ -402,7 +402,7 @@ class FrameStream(asyncio.BufferedProtocol):
         self._write(self.conn.send(event))
 
     def _write(self, data: bytes) -> None:
-        if self._closed:
+        if self._closed or self._transport_closing():
             raise self._gone()
         self._cork.append(data)
         self._corked += len(data)
@@ -419,7 +419,7 @@ class FrameStream(asyncio.BufferedProtocol):
         """Hand the queued frames to the transport in one write."""
         if not self._cork:
             return
-        if self._closed:
+        if self._closed or self._transport_closing():
             raise self._gone()
         corked, self._cork = self._cork, []
         self._corked = 0
@@ -430,6 +430,13 @@ class FrameStream(asyncio.BufferedProtocol):
             self.transport.writelines(coalesced(corked))
         else:
             self.transport.write(b"".join(corked))
+
+    def _transport_closing(self) -> bool:
+        """The transport failed a send (a peer that is gone: its connection_lost
+        is still to come) or is closing: writing more would only make asyncio
+        log "socket.send() raised exception" once per write."""
+        transport = self._transport
+        return transport is not None and transport.is_closing()
 
     async def drain(self) -> None:
         """Flush if enough is queued, then wait until the transport is below its
