@@ -241,10 +241,14 @@ def test_an_interrupted_udp_transfer_tells_the_server(
         remote = f"udp://127.0.0.1:{relay.port}/"
         keys = ("--tcp-port", str(srv.port))  # the relay carries UDP, TLS goes direct
         if direction == "get":
-            proc = start_cli("get", "-q", *keys, remote + "big.bin", str(down / "big.bin"))
+            proc = start_cli(
+                "get", "-q", "--no-resume", *keys, remote + "big.bin", str(down / "big.bin")
+            )
             wait_until(lambda: temporaries(down) != [], "the download's temporary file")
         else:
-            proc = start_cli("put", "-q", *keys, str(tmp_path / "up.bin"), remote + "new.bin")
+            proc = start_cli(
+                "put", "-q", "--no-resume", *keys, str(tmp_path / "up.bin"), remote + "new.bin"
+            )
             # Data in the server's temporary: the client has had the ACCEPT and knows
             # the session (before that it has no session to CLOSE; see the report).
             wait_until(lambda: written(temporaries(served)) > 0, "data in the upload")

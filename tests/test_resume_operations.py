@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ftransfer.checksum import CHUNK_BYTES, ZERO_DIGEST, digest_bytes, prefix_digest
-from ftransfer.errors import ResumeRefused
+from ftransfer.errors import ResumeRefused, StorageIOError
 from ftransfer.server.operations import Operations, Policy, Principal, Requester, Resumable
 from ftransfer.storage.local import LocalStore
 
@@ -77,26 +77,19 @@ def test_another_users_partial_is_never_spliced(ops: Operations, data: bytes) ->
         )
 
 
-def test_two_clients_resuming_one_partial_at_once(
+def test_two_clients_at_once_never_share_a_partial(
     ops: Operations, tmp_path: Path, data: bytes
 ) -> None:
-    """The first holds the partial; the second is refused the resume and its
-    fresh upload is an ordinary one beside it: both commit whole, neither mixes
-    the other's bytes in."""
+    """One resumes the partial; another client (another transfer id) uploading
+    the same name meanwhile is written as an ordinary upload beside it: both
+    commit whole, neither mixes the other's bytes in, last commit wins."""
     cut_upload(ops, ALICE, data, ID_A, 2 * CHUNK_BYTES)
     first_digest = digest_bytes(data[:CHUNK_BYTES])
     resume = Resumable(transfer_id=ID_A, first_digest=first_digest, offset=2 * CHUNK_BYTES)
     first = ops.upload(ALICE, "big", size=SIZE, mtime_ns=5, resumable=resume)
-    with pytest.raises(ResumeRefused, match="another transfer"):
-        ops.upload(ALICE, "big", size=SIZE, mtime_ns=5, resumable=resume)
     other = data[::-1]
-    second = ops.upload(
-        ALICE,
-        "big",
-        size=SIZE,
-        mtime_ns=5,
-        resumable=Resumable(transfer_id=ID_B, first_digest=ZERO_DIGEST),
-    )
+    fresh = Resumable(transfer_id=ID_B, first_digest=ZERO_DIGEST)
+    second = ops.upload(ALICE, "big", size=SIZE, mtime_ns=5, resumable=fresh)
     with second:
         second.write(other)
         assert second.commit(digest_bytes(other)) == digest_bytes(other)
@@ -106,6 +99,56 @@ def test_two_clients_resuming_one_partial_at_once(
         assert first.commit(digest_bytes(data)) == digest_bytes(data)
     assert (tmp_path / "big").read_bytes() == data
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ftransfer")] == []
+
+
+def test_the_same_transfer_again_takes_the_partial_over(
+    ops: Operations, tmp_path: Path, data: bytes
+) -> None:
+    """The transfer id is the client's secret: a request with it comes from that
+    client, restarted (its old UDP session, or a TCP connection whose network
+    dropped, may still hold the partial). The old upload ends, keeping the
+    partial, and the new one resumes from it."""
+    first_digest = digest_bytes(data[:CHUNK_BYTES])
+    old = ops.upload(
+        ALICE,
+        "big",
+        size=SIZE,
+        mtime_ns=5,
+        resumable=Resumable(transfer_id=ID_A, first_digest=ZERO_DIGEST),
+    )
+    old.write(data[: 2 * CHUNK_BYTES])  # ...and its client is killed: no end here
+    resume = Resumable(transfer_id=ID_A, first_digest=first_digest, offset=2 * CHUNK_BYTES)
+    new = ops.upload(ALICE, "big", size=SIZE, mtime_ns=5, resumable=resume)
+    assert old.ended
+    with pytest.raises(StorageIOError):
+        old.write(b"late bytes of the dead session")
+    with new:
+        new.write(data[2 * CHUNK_BYTES :])
+        assert new.commit(digest_bytes(data)) == digest_bytes(data)
+    assert (tmp_path / "big").read_bytes() == data
+
+
+def test_one_upload_record_per_local_process(tmp_path: Path, data: bytes) -> None:
+    """Two client processes putting the same file to the same place: the second
+    finds the record held and uploads without one (not resumable), so they never
+    present one transfer id at once."""
+    from ftransfer.client.local import LocalFile
+    from ftransfer.client.resume import Resumes
+
+    source = tmp_path / "src.bin"
+    source.write_bytes(data)
+    resumes = Resumes("192.0.2.9:9021", "alice", state_dir=str(tmp_path / "state"))
+    with LocalFile(str(source)) as one, LocalFile(str(source)) as two:
+        first = resumes.upload(one, "big")
+        assert first is not None
+        assert resumes.upload(two, "big") is None
+        _start, hasher = first.start(None, one)
+        hasher.update(data[:CHUNK_BYTES])  # one chunk read (and recorded), then a cut
+        first.close()
+        again = resumes.upload(two, "big")
+        assert again is not None and again.resumable
+        assert again.transfer_id == first.transfer_id and again.chunks == chunk_digests(data, 1)
+        again.close()
 
 
 def test_get_at_resumes_only_the_same_file(ops: Operations, tmp_path: Path, data: bytes) -> None:
