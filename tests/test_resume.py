@@ -8,13 +8,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CLI, ServerProcess, run_cli, wait_until
+from conftest import CLI, RawPeer, ServerProcess, run_cli, wait_until
 
 from ftransfer.checksum import CHUNK_BYTES, digest_bytes
+from ftransfer.proto.tcp import events as ev
 from ftransfer.storage.journal import RECORD
 
 SIZE = 5 * CHUNK_BYTES + 4321
@@ -250,5 +253,32 @@ def test_partials_are_never_listed_nor_served(served: Path, tmp_path: Path, sour
         got = run_cli("get", server.remote(journal.name), str(tmp_path / "stolen"))
         assert got.returncode == 5 and b"reserved" in got.stderr
         assert not (tmp_path / "stolen").exists()
+    finally:
+        server.stop()
+
+
+def test_a_downloader_that_vanishes_stops_the_send_at_once(served: Path, tmp_path: Path) -> None:
+    """A TLS transport over a dead socket drops what it is given without pushing
+    back; the send must still stop at the next frame, not read and encrypt the rest
+    of the file (asyncio then warns "socket.send() raised exception" per write)."""
+    (served / "big.bin").write_bytes(bytes(64 << 20))
+    server = ServerProcess(served, log=tmp_path / "server.log", pipe_log=True)
+    try:
+        peer = RawPeer(server.port)
+        peer.send(ev.HelloOffered(min_version=4, max_version=4), ev.GetRequested(path="big.bin"))
+        got: list[object] = []
+        while not any(isinstance(e, ev.FileData) for e in got):
+            got.extend(peer.events())  # the download is under way
+        raw = peer.sock.detach() if hasattr(peer.sock, "detach") else None
+        plain = socket.socket(fileno=raw) if raw is not None else peer.sock
+        plain.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        plain.close()  # a reset: the peer is gone
+        lines = []
+        for line in server.log:
+            lines.append(line)
+            if "get big.bin: " in line:
+                break
+        assert "ended before the last byte" in lines[-1] or "failed" in lines[-1]
+        assert not [line for line in lines if "socket.send() raised" in line]
     finally:
         server.stop()

@@ -488,6 +488,12 @@ class FrameStream(asyncio.BufferedProtocol):
                     if op.body:
                         self._write(op.body)
                     await self.drain()
+                    # One loop turn per frame even when the transport never pushes
+                    # back: a TLS transport over a dead socket drops what it is given
+                    # without pausing, and only the connection_lost that this lets
+                    # run stops the send (else the rest of the file is read and
+                    # encrypted for nothing, asyncio warning once per write).
+                    await asyncio.sleep(0)
                     answer, sent = None, len(op.data) + len(op.body)
                 if self.send_limits is not None:
                     await self._keep_to_limits(sent)
