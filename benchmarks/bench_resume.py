@@ -210,7 +210,9 @@ def rsync_case(work: Path, port: int, size: int, way: str) -> Callable[[], Resum
             raise RuntimeError(
                 f"rsync --partial kept {kept} of {size} bytes: not a cut at half way"
             )
-        return rerun(command, where, name, kept)
+        result = rerun(command, where, name, kept)
+        result.missing = size - kept
+        return result
 
     return run
 
@@ -239,7 +241,9 @@ def bench(install: h.Install, work: Path, mib: int, runs: int) -> dict[str, list
         }
         for _round in range(runs):
             for name, case in cases.items():
-                results.setdefault(name, []).append(case())
+                got = case()
+                results.setdefault(name, []).append(got)
+                print(f"{name}: {vars(got)}", flush=True)
     return results
 
 
@@ -249,7 +253,7 @@ def report(results: dict[str, list[Resumed]], args: argparse.Namespace) -> None:
     for name, values in results.items():
         share = h.median([v.moved / size for v in values])
         missing = h.median([v.missing / size for v in values])
-        per_missing = h.median([v.moved / v.missing for v in values if v.missing])
+        per_missing = h.median([v.moved / max(v.missing, 1) for v in values])
         firsts = [v.first_s for v in values if v.first_s is not None]
         first = f"{h.median(firsts):.3f} s" if firsts else "n/a"
         worst = f"{max(v.moved for v in values) / size:.1%}"
