@@ -36,7 +36,9 @@ def data() -> bytes:
     return random.Random(3).randbytes(SIZE)
 
 
-def writer(tmp_path: Path, resume: Resume, *, size: int = SIZE) -> PartialWriter:
+def writer(
+    tmp_path: Path, resume: Resume, *, size: int = SIZE, fsync: bool = False
+) -> PartialWriter:
     return PartialWriter(
         Directory(str(tmp_path)),
         "big.bin",
@@ -46,7 +48,7 @@ def writer(tmp_path: Path, resume: Resume, *, size: int = SIZE) -> PartialWriter
         mtime_ns=MTIME,
         mode=0o644,
         exclusive=False,
-        fsync=False,
+        fsync=fsync,
     )
 
 
@@ -262,3 +264,21 @@ def test_a_fresh_write_replaces_an_old_partial(tmp_path: Path, data: bytes) -> N
     )
     other.abort()
     assert probe(tmp_path, data) == 0  # the old transfer's chunks are gone
+
+
+def test_a_syncing_writer_journals_every_whole_chunk_by_the_time_it_ends(
+    tmp_path: Path, data: bytes
+) -> None:
+    """With fsync, records are appended by the writer's flusher thread after each
+    fdatasync; ending the write waits for them, so none is lost and none comes
+    before its bytes."""
+    w = writer(tmp_path, fresh(), fsync=True)
+    for start in range(0, 3 * CHUNK_BYTES + 10, 1 << 20):
+        w.write(data[start : min(3 * CHUNK_BYTES + 10, start + (1 << 20))])
+    w.abort()
+    assert probe(tmp_path, data) == 3 * CHUNK_BYTES
+    resumed = writer(tmp_path, resume_at(data, 3 * CHUNK_BYTES), fsync=True)
+    resumed.write(data[3 * CHUNK_BYTES :])
+    assert resumed.commit(digest_bytes(data)) == digest_bytes(data)
+    assert (tmp_path / "big.bin").read_bytes() == data
+    assert leftovers(tmp_path) == []

@@ -13,8 +13,9 @@ that can be found again, and which survives the writer:
 client the server, the user and the remote path), so the next transfer to the
 same place looks in one spot. As bytes pass, the tree hasher (checksum.py)
 reports each chunk that fills up; the writer then makes the bytes durable
-(fdatasync, when it syncs) and only then appends the chunk's record, so a journal
-never promises bytes the partial may lack after a crash.
+(fdatasync, when it syncs, in a flusher thread of its own so that a server's
+event loop never waits on the disk) and only then appends the chunk's record, so
+a journal never promises bytes the partial may lack after a crash.
 
 A transfer that does not end in a commit (a lost connection, Ctrl-C, a kill, an
 ABORT) keeps both files; one that fails verification, or is refused, removes
@@ -161,6 +162,7 @@ class PartialWriter(AtomicWriter):
         self._resume, self._ttl_s = resume, ttl_s
         self._journal_fd = -1
         self._keep = True  # an interrupted write keeps its partial
+        self._flusher: _Flusher | None = None
         super().__init__(
             directory,
             leaf,
@@ -228,10 +230,16 @@ class PartialWriter(AtomicWriter):
 
     def _journal_chunk(self, index: int, digest: bytes) -> None:
         """(Under the writer's lock, from write.) The chunk's bytes are written:
-        make them durable, then say so."""
-        if self._fsync:
-            os.fdatasync(self._fd)
-        append_record(self._journal_fd, self._resume.transfer_id, index, digest)
+        make them durable, then say so. Syncing, that is the flusher's work, off
+        the caller's thread (a server's event loop must not wait on the disk);
+        without sync the record goes at once (the page cache survives a killed
+        process, not a power cut)."""
+        if not self._fsync:
+            append_record(self._journal_fd, self._resume.transfer_id, index, digest)
+            return
+        if self._flusher is None:
+            self._flusher = _Flusher(self._fd, self._journal_fd, self._resume.transfer_id)
+        self._flusher.submit(index, digest)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._bound is not None and self._written + len(data) > self._bound:
@@ -255,6 +263,9 @@ class PartialWriter(AtomicWriter):
             pass
 
     def _end(self) -> None:
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.finish()  # (its last records, before the descriptors close)
         try:
             if self.committed and self._journal_fd >= 0:  # (the first _end after it)
                 self._unlink_journal()
@@ -265,6 +276,38 @@ class PartialWriter(AtomicWriter):
                     os.close(jfd)  # (releases the lock)
             finally:
                 super()._end()
+
+
+class _Flusher:
+    """One thread per syncing partial: for each finished chunk, in order,
+    fdatasync the partial, then append the chunk's record, so a journal never
+    promises bytes a power cut could take back. The writer's thread goes on
+    receiving meanwhile; ``finish`` waits for what is queued (at most a chunk or
+    two) before the writer closes the descriptors."""
+
+    def __init__(self, fd: int, journal_fd: int, transfer_id: bytes) -> None:
+        import queue
+        import threading
+
+        self._fd, self._journal_fd, self._id = fd, journal_fd, transfer_id
+        self._queue: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ftransfer-journal", daemon=True)
+        self._thread.start()
+
+    def submit(self, index: int, digest: bytes) -> None:
+        self._queue.put((index, digest))
+
+    def finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                os.fdatasync(self._fd)
+                append_record(self._journal_fd, self._id, *item)
+            except OSError:
+                return  # (a failed sync journals nothing more: the resume starts earlier)
 
 
 def sweep_partials(directory: Directory, ttl_s: float, now_s: float | None = None) -> int:
