@@ -225,15 +225,50 @@ class UdpApplication:
     def _get(self, request: RequestReceived, who: Requester) -> None:
         initial = request.initial
         download = self.ops.download(who, initial.path)
+        asked = initial.resume
+        if asked is None:
+            self._send(request, download, None, [])
+            return
+        # A client with a partial of it: its prefix is checked against the chunk
+        # digests the store remembers, or reads the prefix once (after a restart):
+        # deferred, as LIST and STAT are, so no other session waits on that read.
+        if self._deferred >= MAX_DEFERRED_ANSWERS:
+            download.__exit__(None, None, None)
+            self._refuse(request, Busy("too many requests at once, try later"))
+            return
+        self._deferred += 1
+
+        def work() -> list[bytes]:
+            return download.resume_point(asked.offset, initial.size, initial.mtime_ns, asked.digest)
+
+        def then(result: list[bytes] | BaseException) -> None:
+            self._deferred -= 1
+            if isinstance(result, BaseException):
+                download.failed(result if isinstance(result, FtransferError) else InternalError())
+                download.__exit__(None, None, None)
+                self._refuse(
+                    request, result if isinstance(result, FtransferError) else InternalError()
+                )
+                return
+            start = len(result) * CHUNK_BYTES
+            self._send(
+                request,
+                download,
+                Resumption(offset=start, transfer_id=bytes(16), digest=ZERO_DIGEST),
+                result,
+            )
+
+        self._defer(work, then)
+
+    def _send(
+        self,
+        request: RequestReceived,
+        download: Download,
+        resume: Resumption | None,
+        chunks: list[bytes],
+    ) -> None:
+        """Start the session that sends ``download`` (from the chunks' end, a resume)."""
         now = self._now()
-        resume, chunks = None, list[bytes]()
-        if initial.resume is not None:  # a client with a partial of it
-            asked = initial.resume
-            chunks = download.resume_point(
-                asked.offset, initial.size, initial.mtime_ns, asked.digest
-            )  # (reads the prefix only if nothing remembers its digests)
-            start = len(chunks) * CHUNK_BYTES
-            resume = Resumption(offset=start, transfer_id=bytes(16), digest=ZERO_DIGEST)
         hasher = TreeHasher(chunks=chunks)
         session = self.endpoint.accept(
             request,
@@ -242,7 +277,7 @@ class UdpApplication:
             mode=download.mode,
             now=now,
             read_chunk=BlockReader(download.read),
-            limits=self.ops.send_limits(now, asked=initial.max_rate),
+            limits=self.ops.send_limits(now, asked=request.initial.max_rate),
             resume=resume,
             hasher=hasher,
         )
