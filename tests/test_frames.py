@@ -64,7 +64,7 @@ CONTROL_EVENTS: list[ev.Event] = [
         first_digest=DIGEST,
     ),
     ev.PartialRequested(
-        path="big", size=3 << 23, mtime_ns=-1, transfer_id=bytes(16), first_digest=DIGEST
+        path="big", size=3 << 23, mtime_ns=-1, transfer_id=b"\x01" * 16, first_digest=DIGEST
     ),
     ev.PartialHeld(offset=2 << 23, prefix=DIGEST),
     ev.GetRequested(path="big", offset=1 << 23, size=3 << 23, mtime_ns=9, prefix=DIGEST),
@@ -76,7 +76,7 @@ CONTROL_EVENTS: list[ev.Event] = [
 @pytest.mark.parametrize(
     ("frame_type", "payload"),
     [
-        (FrameType.PUT_AT, struct.pack(">QqBHQ16s16s", 10, 0, 0, 0o644, 11, bytes(16), DIGEST)),
+        (FrameType.PUT_AT, struct.pack(">QqBHQ16s16s", 10, 0, 0, 0o644, 11, b"\x01" * 16, DIGEST)),
         (FrameType.GET_AT, struct.pack(">QQq16s", 11, 10, 0, DIGEST) + b"x"),
         (FrameType.FILE_AT, struct.pack(">QqHQ", 10, 0, 0o644, 11)),
     ],
@@ -86,6 +86,23 @@ def test_an_offset_beyond_the_size_is_a_protocol_error(
     frame_type: FrameType, payload: bytes
 ) -> None:
     with pytest.raises(RemoteProtocolError, match="beyond the size"):
+        decode_untrusted(frame_type, payload)
+
+
+@pytest.mark.parametrize(
+    ("frame_type", "payload", "problem"),
+    [
+        (FrameType.PARTIAL, struct.pack(">Qq16s16s", 9, 0, bytes(16), DIGEST) + b"f", "zero"),
+        (FrameType.PUT_AT, struct.pack(">QqBHQ16s16s", 9, 0, 0, 0, 0, bytes(16), DIGEST), "zero"),
+        (FrameType.PARTIAL, struct.pack(">Qq16s16s", 9, -2, DIGEST, DIGEST) + b"f", "below -1"),
+        (FrameType.GET_AT, struct.pack(">QQq16s", 0, 9, -2, DIGEST) + b"f", "below -1"),
+    ],
+    ids=["PARTIAL-zero-id", "PUT_AT-zero-id", "PARTIAL-mtime", "GET_AT-mtime"],
+)
+def test_resume_frames_refuse_a_zero_id_and_a_bad_mtime(
+    frame_type: FrameType, payload: bytes, problem: str
+) -> None:
+    with pytest.raises(RemoteProtocolError, match=problem):
         decode_untrusted(frame_type, payload)
 
 
@@ -103,7 +120,7 @@ def test_resumed_frames_declare_only_the_rest() -> None:
             mode=0o644,
             exclusive=False,
             offset=60,
-            transfer_id=bytes(16),
+            transfer_id=b"\x01" * 16,
             first_digest=DIGEST,
         )
     )

@@ -203,24 +203,45 @@ def test_a_corrupted_header_makes_no_journal(tmp_path: Path, data: bytes) -> Non
         writer(tmp_path, resume_at(data, CHUNK_BYTES))
 
 
-def test_a_wrong_chunk_in_the_partial_fails_verification_and_is_removed(
-    tmp_path: Path, data: bytes
+@pytest.mark.parametrize("damage", ["removed", "shortened", "last-chunk-changed"])
+def test_a_partial_that_lost_what_its_journal_promises_is_not_resumed(
+    tmp_path: Path, data: bytes, damage: str
 ) -> None:
-    """The journal is the promise: if the bytes under it were changed behind its
-    back, the end-to-end digest (the sender's) catches it and nothing commits."""
-    interrupted(tmp_path, data, 2 * CHUNK_BYTES)
+    """The journal is a promise about the partial's bytes. A partial that is gone,
+    shorter than its journal, or whose last journaled chunk (read again: the one
+    chunk this side reads twice) no longer has its digest, is refused, so the
+    sender starts over instead of zeros or stale bytes being spliced in."""
+    interrupted(tmp_path, data, 2 * CHUNK_BYTES + 5)
     path = tmp_path / partial_leaf(BINDING)
-    with open(path, "r+b") as f:
-        f.seek(5)
-        f.write(b"X")
-    w = writer(tmp_path, resume_at(data, 2 * CHUNK_BYTES))
-    w.write(data[2 * CHUNK_BYTES :])
-    # the receiver's digest is built from its journal, so it agrees with the sender
-    # only if the journaled chunks were the sender's: here they were
-    assert w.digest == digest_bytes(data)
-    with pytest.raises(IntegrityError):
-        w.commit(digest_bytes(b"what a different sender computed"))
-    assert leftovers(tmp_path) == []
+    if damage == "removed":
+        path.unlink()
+    elif damage == "shortened":
+        os.truncate(path, CHUNK_BYTES + 3)
+    else:
+        with open(path, "r+b") as f:
+            f.seek(CHUNK_BYTES + 5)
+            f.write(b"X")
+    with pytest.raises(ResumeRefused):
+        writer(tmp_path, resume_at(data, 2 * CHUNK_BYTES))
+    assert not (tmp_path / "big.bin").exists()
+    assert finish_fresh(tmp_path, data) == digest_bytes(data)
+
+
+def finish_fresh(tmp_path: Path, data: bytes) -> bytes:
+    w = writer(tmp_path, fresh())
+    w.write(data)
+    return w.commit(digest_bytes(data))
+
+
+def test_a_commit_leaves_no_journal_to_resume_from(tmp_path: Path, data: bytes) -> None:
+    """After the rename nothing may resume into the committed file: the journal is
+    emptied before it and removed after (and the partial's name is gone)."""
+    w = writer(tmp_path, fresh())
+    w.write(data)
+    w.commit(digest_bytes(data))
+    assert probe(tmp_path, data) == 0
+    with pytest.raises(ResumeRefused):
+        writer(tmp_path, resume_at(data, CHUNK_BYTES))
 
 
 def test_an_expired_partial_is_not_resumed_and_is_swept(tmp_path: Path, data: bytes) -> None:
@@ -282,3 +303,30 @@ def test_a_syncing_writer_journals_every_whole_chunk_by_the_time_it_ends(
     assert resumed.commit(digest_bytes(data)) == digest_bytes(data)
     assert (tmp_path / "big.bin").read_bytes() == data
     assert leftovers(tmp_path) == []
+
+
+def test_a_lock_on_a_journal_unlinked_meanwhile_is_not_trusted(
+    tmp_path: Path, data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that opened the journal just before another one ended (removing
+    it) would hold the lock of a file no longer at the name: it must open again,
+    or two writers could share one partial."""
+    interrupted(tmp_path, data, CHUNK_BYTES)
+    stale = os.open(journal_path(tmp_path), os.O_RDWR | os.O_APPEND)
+    os.unlink(journal_path(tmp_path))  # the other writer ended, and removed both
+    os.unlink(tmp_path / partial_leaf(BINDING))
+    real = Directory.open_rw
+    handed: list[int] = []
+
+    def stale_first(self: Directory, leaf: str, extra: int = 0, *, create: bool = True) -> int:
+        if leaf.endswith(JOURNAL_SUFFIX) and not handed:
+            handed.append(stale)
+            return os.dup(stale)
+        return real(self, leaf, extra, create=create)
+
+    monkeypatch.setattr(Directory, "open_rw", stale_first)
+    w = writer(tmp_path, fresh())
+    w.write(data[: 2 * CHUNK_BYTES])
+    w.abort()
+    os.close(stale)
+    assert handed and probe(tmp_path, data) == 2 * CHUNK_BYTES  # journaled at the name

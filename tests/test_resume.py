@@ -282,3 +282,51 @@ def test_a_downloader_that_vanishes_stops_the_send_at_once(served: Path, tmp_pat
         assert not [line for line in lines if "socket.send() raised" in line]
     finally:
         server.stop()
+
+
+def test_a_refused_resume_is_sent_again_from_0(
+    served: Path, tmp_path: Path, source: Path, payload: bytes
+) -> None:
+    """The server holds the partial but cannot take it up (here another process
+    holds its journal's lock): it refuses the PUT_AT with ERROR 31, and the client
+    sends the file once more from 0, under a new record, as protocol.md says."""
+    import fcntl
+
+    server = ServerProcess(served, log=tmp_path / "server.log")
+    try:
+        cut(
+            ["put", "-q", "--limit-rate", SLOW, str(source), server.remote("big.bin")],
+            lambda: whole_chunks(served) >= 2,
+        )
+        with open(journals(served)[0], "rb") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            result = record_of(run_cli("put", "--json", str(source), server.remote("big.bin")))
+        assert result["resumed_from"] == 0
+        assert (served / "big.bin").read_bytes() == payload
+    finally:
+        server.stop()
+
+
+def test_a_source_changed_behind_a_restored_mtime_starts_over(
+    served: Path, tmp_path: Path, source: Path, payload: bytes
+) -> None:
+    """A later chunk changed and the mtime set back (touch -r, cp -p, rsync -t do
+    that): the ctime still moved, so the record is not this file's."""
+    server = ServerProcess(served, log=tmp_path / "server.log")
+    try:
+        before = source.stat()
+        cut(
+            ["put", "-q", "--limit-rate", SLOW, str(source), server.remote("big.bin")],
+            lambda: whole_chunks(served) >= 2,
+        )
+        changed = bytearray(payload)
+        changed[CHUNK_BYTES + 10] ^= 0xFF  # in chunk 1: the first chunk is unchanged
+        with open(source, "r+b") as out:
+            out.seek(CHUNK_BYTES + 10)
+            out.write(bytes([changed[CHUNK_BYTES + 10]]))
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+        result = record_of(run_cli("put", "--json", str(source), server.remote("big.bin")))
+        assert result["resumed_from"] == 0
+        assert (served / "big.bin").read_bytes() == bytes(changed)
+    finally:
+        server.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ftransfer.checksum import CHUNK_BYTES, ZERO_DIGEST, digest_bytes, prefix_digest
-from ftransfer.errors import ResumeRefused, StorageIOError
+from ftransfer.errors import DirectoryNotEmpty, ResumeRefused, StorageIOError
 from ftransfer.server.operations import Operations, Policy, Principal, Requester, Resumable
 from ftransfer.storage.local import LocalStore
 
@@ -20,6 +20,9 @@ ALICE = Requester(
     peer="192.0.2.1:1", transport="tcp", principal=Principal(user="alice", write=True)
 )
 BOB = Requester(peer="192.0.2.2:2", transport="tcp", principal=Principal(user="bob", write=True))
+ALICE_ANY = Requester(
+    peer="192.0.2.1:1", transport="tcp", principal=Principal(user="alice", write=True, delete=True)
+)
 ID_A, ID_B = b"A" * 16, b"B" * 16
 
 
@@ -161,3 +164,26 @@ def test_get_at_resumes_only_the_same_file(ops: Operations, tmp_path: Path, data
         assert download.resume_point(2 * CHUNK_BYTES, SIZE + 1, 7, prefix_digest(chunks)) == []
         assert download.resume_point(2 * CHUNK_BYTES, SIZE, 7, prefix_digest(chunks[:1])) == []
         assert download.resume_point(CHUNK_BYTES + 1, SIZE, 7, prefix_digest(chunks)) == []
+
+
+def test_removing_a_directory_drops_the_partials_nobody_writes(
+    ops: Operations, tmp_path: Path, data: bytes
+) -> None:
+    """A directory that lists as empty is removable: an interrupted upload's
+    partial in it goes with it (not being resumed there any more); one being
+    written keeps it from going."""
+    ops.mkdir(ALICE_ANY, "d", parents=False)
+    upload = ops.upload(
+        ALICE_ANY,
+        "d/big",
+        size=SIZE,
+        mtime_ns=5,
+        resumable=Resumable(transfer_id=ID_A, first_digest=ZERO_DIGEST),
+    )
+    upload.write(data[:CHUNK_BYTES])
+    assert list(ops.listing(ALICE_ANY, "d")) == []
+    with pytest.raises(DirectoryNotEmpty, match="running"):
+        ops.remove(ALICE_ANY, "d")
+    upload.abort("the connection was lost")  # the partial stays, for a resume...
+    ops.remove(ALICE_ANY, "d")  # ...unless the directory goes
+    assert not (tmp_path / "d").exists()

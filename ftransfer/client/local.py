@@ -48,7 +48,7 @@ from ..storage.atomic import (
     write_all,
 )
 from ..storage.names import shown
-from ..storage.partial import PartialBusy, PartialWriter, Resume
+from ..storage.partial import PartialBusy, PartialWriter, Resume, sweep_partials
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 
@@ -84,7 +84,7 @@ class LocalFile:
                 raise IsADirectory(f"{label}: is a directory (-r uploads directories)")
             raise NotRegularFile(f"{label}: not a regular file")
         self.size, self.mtime_ns, self.mode = st.st_size, st.st_mtime_ns, st.st_mode & 0o777
-        self.device, self.inode = st.st_dev, st.st_ino
+        self.device, self.inode, self.ctime_ns = st.st_dev, st.st_ino, st.st_ctime_ns
         self.digest: bytes | None = None
 
     def fileno(self) -> int:
@@ -179,6 +179,7 @@ class FileSink:
         try:
             if first:  # what killed clients left here (once per directory: get -r)
                 sweep(directory)
+                sweep_partials(directory, PARTIAL_TTL_S)  # (and what nobody resumed)
         except OSError as exc:
             directory.close()
             raise os_error(exc, local_label(parent or ".")) from None

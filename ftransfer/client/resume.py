@@ -19,7 +19,11 @@ it holds (PARTIAL: one round trip), compares the prefix digest of the chunks
 the server has with its own, and sends the rest (PUT_AT) with the hasher
 resumed from its record. Any doubt (a changed source, a server without the
 partial, another prefix) starts over from 0 under a new id. A commit removes
-the record; a record untouched for the partial TTL is not used.
+the record; a record untouched for the partial TTL is not used. The local file's
+identity includes its ctime, which no user can set back (an mtime restored by
+``touch -r`` or ``cp -p`` does not make a changed file look the same). A record
+that cannot be written (a full state directory) is dropped: the upload goes on,
+not resumable.
 
 *Downloads.* A download over one chunk is written as a partial beside its target
 (storage/partial.py), bound to the server, the user, the remote name and the
@@ -104,7 +108,9 @@ class Resumes:
             "user": self.user,
             "remote": remote,
             "local": os.path.abspath(source.path),
-            "file": f"{source.device}:{source.inode}",
+            # (ctime: a user can set an mtime back, as touch -r, cp -p and rsync -t
+            # do, but not a ctime: any change to the file moves it)
+            "file": f"{source.device}:{source.inode}:{source.ctime_ns}",
         }
         try:
             return UploadRecord.open(self.uploads_dir, binding, source, self.ttl_s)
@@ -193,8 +199,12 @@ class UploadRecord:
         """Where the upload starts, given what the server holds (None: nothing
         asked), and the hasher that goes on from there and records each chunk."""
         count = 0
-        if held is not None and held.offset % CHUNK_BYTES == 0:
-            count = min(held.offset // CHUNK_BYTES, source.size // CHUNK_BYTES)
+        if held is not None:
+            if held.offset % CHUNK_BYTES or held.offset > source.size:
+                raise RemoteProtocolError(
+                    f"PARTIAL_OK offset {held.offset} is no chunk boundary of the file"
+                )
+            count = held.offset // CHUNK_BYTES
             self._catch_up(count, source)
             if count and prefix_digest(self.chunks[:count]) != held.prefix:
                 count = 0  # the server's partial is not of what we read: start over
@@ -212,7 +222,14 @@ class UploadRecord:
             self.chunks.append(digest)
 
     def _record(self, index: int, digest: bytes) -> None:
-        append_record(self._fd, self.transfer_id, index, digest)
+        if self._fd < 0:
+            return  # (given up: see below)
+        try:
+            append_record(self._fd, self.transfer_id, index, digest)
+        except OSError:
+            # The state directory is full or failing: this upload goes on, but can
+            # no longer be resumed from a record that may be behind.
+            self.done()
 
     def done(self) -> None:
         """The upload committed: the record has no further use."""
@@ -303,6 +320,9 @@ class DownloadResume:
             return None
         return Resumption(offset=self.offset, transfer_id=bytes(16), digest=self._prefix)
 
+    refusal = (1, "the server's data start at an offset this client did not ask")
+    """How the request ends when ``begin`` refuses what the server offers."""
+
     def begin(self, accept: Accept) -> tuple[int, Hasher | None]:
         """UDP (handshake.ResumePlan): where the server's data start: the offer,
         or 0 (the file changed); anything else ends the request."""
@@ -324,8 +344,14 @@ class UploadPlan:
         self.offer = Resumption(offset=offset, transfer_id=record.transfer_id, digest=first)
         self.start = 0
 
+    refusal = (31, "the server's partial is not of this file: starting over")
+    """How the request ends when ``begin`` refuses what the server offers."""
+
     def begin(self, accept: Accept) -> tuple[int, Hasher | None]:
         got = accept.resume
+        if got is not None and (got.offset > self.offer.offset or got.offset % CHUNK_BYTES):
+            self.refusal = (1, f"the server offered offset {got.offset}, not at most ours")
+            return -1, None
         held = None if got is None else ev.PartialHeld(offset=got.offset, prefix=got.digest)
         start, hasher = self.record.start(held, self.source)
         if got is not None and start != got.offset:

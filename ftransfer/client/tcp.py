@@ -51,6 +51,7 @@ from ..errors import (
     IntegrityError,
     ProtocolError,
     RemoteProtocolError,
+    ResumeRefused,
     TransferTimeout,
     UnsupportedVersion,
     error_from_code,
@@ -278,6 +279,8 @@ class TcpLogic:
         self._copy_files = copy_files
         self._resumes = resumes
         """Where resume records and partials are kept (None: --no-resume)."""
+        self._refused_resumes: list[int] = []
+        """The batch's files whose PUT_AT was refused (ERROR 31): sent again from 0."""
         now = time.monotonic()
         self._limits = {"out": bucket(limit_rate, now), "in": bucket(limit_rate, now)}
         self.conn = Connection(Role.CLIENT)
@@ -568,6 +571,8 @@ class TcpLogic:
             raise RemoteProtocolError(f"expected FILE, got {type(header).__name__}")
         if header.offset and plan is None:
             raise RemoteProtocolError("FILE_AT in answer to a GET")
+        if header.offset is None and plan is not None and plan.known is not None:
+            raise RemoteProtocolError("FILE in answer to a GET_AT")
         resume = plan.resume_for(header) if plan is not None else None
         try:
             sink = job.make_sink(header, resume)
@@ -651,27 +656,66 @@ class TcpLogic:
         limit), and a file that cannot be opened is its own outcome."""
         outcomes = _Outcomes(len(items), progress)
         pending: collections.deque[_Put] = collections.deque()
-        for index, (path, remote) in enumerate(items):
-            try:
-                source = LocalFile(path)
-            except FtransferError as exc:
-                outcomes.set(index, exc)
-                continue
-            with source:  # closed once its END (or ABORT) is written
-                put = _Put(index, remote, source, self._record(source, remote))
-                try:
-                    yield from self._start_put(put, pending, outcomes, exclusive)
-                except FtransferError as exc:
-                    if isinstance(exc, ConnectionFailed | ProtocolError | TransferTimeout):
-                        raise
-                    outcomes.set(index, exc)  # (its PARTIAL was refused)
-                    continue
-                pending.append(put)
-                yield from self._send_body(put, pending, outcomes, progress)
-        yield Flush()
-        while pending:
-            yield from self._collect(pending, outcomes, block=True)
+        self._refused_resumes = []
+        records: list[UploadRecord] = []
+        try:
+            for index, (path, remote) in enumerate(items):
+                yield from self._put_item(
+                    index, path, remote, pending, outcomes, records, progress, exclusive
+                )
+            yield Flush()
+            while pending:
+                yield from self._collect(pending, outcomes, block=True)
+            # A refused PUT_AT (the server's partial went, or another holds it) is
+            # sent once more from 0, under a new record (protocol.md 5.1.1).
+            again, self._refused_resumes = self._refused_resumes, []
+            for index in again:
+                path, remote = items[index]
+                yield from self._put_item(
+                    index, path, remote, pending, outcomes, records, progress, exclusive
+                )
+            yield Flush()
+            while pending:
+                yield from self._collect(pending, outcomes, block=True)
+            for index in self._refused_resumes:  # (refused twice: say so)
+                outcomes.set(
+                    index,
+                    ResumeRefused(f"{items[index][1]}: the server refused a fresh upload's resume"),
+                )
+        finally:
+            for record in records:
+                record.close()  # (idempotent: a connection lost mid-batch leaks none)
         return outcomes.done()
+
+    def _put_item(
+        self,
+        index: int,
+        path: str,
+        remote: str,
+        pending: collections.deque[_Put],
+        outcomes: _Outcomes,
+        records: list[UploadRecord],
+        progress: Progress | None,
+        exclusive: bool,
+    ) -> Generator[Effect, object, None]:
+        try:
+            source = LocalFile(path)
+        except FtransferError as exc:
+            outcomes.set(index, exc)
+            return
+        with source:  # closed once its END (or ABORT) is written
+            put = _Put(index, remote, source, self._record(source, remote))
+            if put.record is not None:
+                records.append(put.record)
+            try:
+                yield from self._start_put(put, pending, outcomes, exclusive)
+            except FtransferError as exc:
+                if isinstance(exc, ConnectionFailed | ProtocolError | TransferTimeout):
+                    raise
+                outcomes.set(index, exc)  # (its PARTIAL was refused)
+                return
+            pending.append(put)
+            yield from self._send_body(put, pending, outcomes, progress)
 
     def _record(self, source: LocalFile, remote: str) -> UploadRecord | None:
         return None if self._resumes is None else self._resumes.upload(source, remote)
@@ -791,17 +835,24 @@ class TcpLogic:
             if isinstance(event, ev.ConnectionClosed):
                 raise ConnectionFailed(f"{self.server} closed the connection")
             put = pending.popleft()
-            outcomes.set(put.index, self._outcome(put, event))
+            outcome = self._outcome(put, event)
+            if outcome is None:
+                self._refused_resumes.append(put.index)  # (sent again from 0)
+            else:
+                outcomes.set(put.index, outcome)
             if block:
                 return
 
-    def _outcome(self, put: _Put, event: ev.Event) -> TransferResult | FtransferError:
+    def _outcome(self, put: _Put, event: ev.Event) -> TransferResult | FtransferError | None:
+        """The file's outcome; None for a refused resume, which is sent again."""
         outcome = self._put_outcome(put, event)
         if put.record is not None:
-            if isinstance(outcome, TransferResult | IntegrityError):
-                put.record.done()  # (a mismatch: the server removed its partial too)
+            if isinstance(outcome, TransferResult | IntegrityError | ResumeRefused):
+                put.record.done()  # (no future: committed, mismatched or refused)
             else:
                 put.record.close()  # kept for the next attempt
+        if isinstance(outcome, ResumeRefused) and put.start:
+            return None
         return outcome
 
     def _put_outcome(self, put: _Put, event: ev.Event) -> TransferResult | FtransferError:

@@ -200,7 +200,7 @@ class UdpApplication:
                 resumable=resumable,
             )
 
-        if offered is None:
+        if offered is None or offered.transfer_id == bytes(16):  # (zeros: no transfer)
             return open_upload(None)
         fresh = Resumable(transfer_id=offered.transfer_id, first_digest=ZERO_DIGEST)
         if offered.offset:

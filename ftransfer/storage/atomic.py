@@ -205,9 +205,10 @@ class Directory:
     def open_temp(self, leaf: str) -> int:
         return os.open(self._at(leaf), _TEMP_FLAGS, 0o666)
 
-    def open_rw(self, leaf: str, extra: int = 0) -> int:
+    def open_rw(self, leaf: str, extra: int = 0, *, create: bool = True) -> int:
         """Open (or create) ``leaf`` for reading and writing, never through a link."""
-        return os.open(self._at(leaf), _RW_FLAGS | extra, 0o600)
+        flags = _RW_FLAGS if create else _RW_FLAGS & ~os.O_CREAT
+        return os.open(self._at(leaf), flags | extra, 0o600)
 
     def lstat(self, leaf: str) -> os.stat_result:
         return os.lstat(self._at(leaf))
@@ -246,8 +247,9 @@ class FdDirectory(Directory):
     def open_temp(self, leaf: str) -> int:
         return os.open(leaf, _TEMP_FLAGS | os.O_NOFOLLOW, 0o666, dir_fd=self.fd)
 
-    def open_rw(self, leaf: str, extra: int = 0) -> int:
-        return os.open(leaf, _RW_FLAGS | extra, 0o600, dir_fd=self.fd)
+    def open_rw(self, leaf: str, extra: int = 0, *, create: bool = True) -> int:
+        flags = _RW_FLAGS if create else _RW_FLAGS & ~os.O_CREAT
+        return os.open(leaf, flags | extra, 0o600, dir_fd=self.fd)
 
     def lstat(self, leaf: str) -> os.stat_result:
         return os.stat(leaf, dir_fd=self.fd, follow_symlinks=False)
@@ -380,10 +382,10 @@ class AtomicWriter:
                 raise IntegrityError(f"{label}: more bytes than the declared {self._size}")
             try:
                 write_all(self._fd, data)
+                self._hasher.update(data)  # (a journal's callback may do I/O too)
             except OSError as exc:
                 self._end()
                 raise os_error(exc, label) from None
-            self._hasher.update(data)
             self._written += len(data)
 
     def commit(self, expected_digest: bytes) -> bytes:

@@ -504,14 +504,17 @@ class LocalStore:
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
-        # Not empty: perhaps only temporaries that nobody writes any more.
+        # Not empty: perhaps only temporaries nobody writes any more, or partials
+        # nobody is writing (an interrupted upload's: removing the directory is
+        # saying it will not be resumed there).
         inner = FdDirectory(self._open_subdir(dfd, name.leaf, name))
         try:
             sweep(inner)
+            sweep_partials(inner, -1.0)
             left = inner.names()
         finally:
             inner.close()
-        if left and all(n.startswith(TEMP_PREFIX) for n in left):
+        if left and all(n.startswith((TEMP_PREFIX, PARTIAL_PREFIX)) for n in left):
             raise DirectoryNotEmpty(f"{name}: directory not empty (an upload into it is running)")
         if left:
             raise DirectoryNotEmpty(f"{name}: directory not empty")

@@ -46,10 +46,10 @@ import time
 from collections.abc import Callable
 
 from .._records import Record
-from ..checksum import CHUNK_BYTES, ZERO_DIGEST, TreeHasher, key_hex, prefix_digest
+from ..checksum import CHUNK_BYTES, ZERO_DIGEST, TreeHasher, digest_bytes, key_hex, prefix_digest
 from ..config import PARTIAL_PREFIX
 from ..errors import FtransferError, ResumeRefused
-from .atomic import AtomicWriter, Directory
+from .atomic import AtomicWriter, Directory, os_error
 from .journal import (
     Binding,
     Contents,
@@ -134,6 +134,16 @@ def inspect(
     return Probe(offset=len(chunks) * CHUNK_BYTES, prefix=prefix_digest(chunks))
 
 
+LOCK_ATTEMPTS = 3
+
+
+def _lstat_or_none(directory: Directory, leaf: str) -> os.stat_result | None:
+    try:
+        return directory.lstat(leaf)
+    except OSError:
+        return None
+
+
 def _exists(directory: Directory, leaf: str) -> bool:
     try:
         return stat.S_ISREG(directory.lstat(leaf).st_mode)
@@ -183,12 +193,8 @@ class PartialWriter(AtomicWriter):
         resume, size = self._resume, self._size
         assert size is not None
         self._temp = partial_leaf(resume.binding)
-        jfd = self._dir.open_rw(self._temp + JOURNAL_SUFFIX, os.O_APPEND)
+        jfd = self._locked_journal()
         try:
-            try:
-                fcntl.flock(jfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise PartialBusy(f"{self._label}: another transfer is writing it") from None
             self._fd = self._open_data(jfd, resume, size)
         except BaseException:
             os.close(jfd)
@@ -196,19 +202,27 @@ class PartialWriter(AtomicWriter):
         self._journal_fd = jfd
         self._hasher.on_chunk = self._journal_chunk
 
+    def _locked_journal(self) -> int:
+        """The journal, held with flock: the one at its name now (a writer that
+        ends unlinks it before it lets the lock go, but one that took the lock in
+        between would hold an unlinked file: that one tries again)."""
+        leaf = self._temp + JOURNAL_SUFFIX
+        for _attempt in range(LOCK_ATTEMPTS):
+            jfd = self._dir.open_rw(leaf, os.O_APPEND)
+            try:
+                fcntl.flock(jfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(jfd)
+                raise PartialBusy(f"{self._label}: another transfer is writing it") from None
+            held, named = os.fstat(jfd), _lstat_or_none(self._dir, leaf)
+            if named is not None and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+                return jfd
+            os.close(jfd)
+        raise PartialBusy(f"{self._label}: another transfer is replacing it")
+
     def _open_data(self, jfd: int, resume: Resume, size: int) -> int:
         offset = resume.offset
-        if offset:
-            contents = read_journal(jfd)
-            age = time.time() - os.fstat(jfd).st_mtime
-            chunks = _usable(contents, resume, size, self._mtime_ns, age, self._ttl_s)
-            if offset % CHUNK_BYTES or len(chunks) * CHUNK_BYTES < offset:
-                raise ResumeRefused(f"{self._label}: no partial to resume from {offset}")
-            assert contents is not None
-            kept = chunks[: offset // CHUNK_BYTES]
-            keep_records(jfd, contents.records_at, len(kept))
-            self._hasher = TreeHasher(chunks=kept)
-        else:
+        if not offset:
             start_journal(
                 jfd,
                 Header(
@@ -218,25 +232,51 @@ class PartialWriter(AtomicWriter):
                     transfer_id=resume.transfer_id,
                 ),
             )
-        fd = self._dir.open_rw(self._temp)
+            fd = self._dir.open_rw(self._temp)
+            os.ftruncate(fd, 0)
+            self._written = 0
+            return fd
+        contents = read_journal(jfd)
+        age = time.time() - os.fstat(jfd).st_mtime
+        chunks = _usable(contents, resume, size, self._mtime_ns, age, self._ttl_s)
+        if offset % CHUNK_BYTES or len(chunks) * CHUNK_BYTES < offset:
+            raise ResumeRefused(f"{self._label}: no partial to resume from {offset}")
+        assert contents is not None
+        kept = chunks[: offset // CHUNK_BYTES]
         try:
+            fd = self._dir.open_rw(self._temp, create=False)
+        except FileNotFoundError:
+            raise ResumeRefused(f"{self._label}: its partial is gone") from None
+        try:
+            self._check_tail(fd, kept)
             os.ftruncate(fd, offset)
             os.lseek(fd, offset, os.SEEK_SET)
         except BaseException:
             os.close(fd)
             raise
+        keep_records(jfd, contents.records_at, len(kept))
+        self._hasher = TreeHasher(chunks=kept)
         self._written = offset
         return fd
 
+    def _check_tail(self, fd: int, kept: list[bytes]) -> None:
+        """The journal is a promise about the partial's bytes: hold it to it where a
+        lost write would show (a partial cut short or replaced, a tail a power cut
+        took back under --no-fsync): the partial must be that long, and its last
+        journaled chunk, read again (the one chunk this side reads twice), must
+        have its digest."""
+        offset = len(kept) * CHUNK_BYTES
+        if os.fstat(fd).st_size < offset:
+            raise ResumeRefused(f"{self._label}: its partial is shorter than its journal")
+        last = os.pread(fd, CHUNK_BYTES, offset - CHUNK_BYTES)
+        if digest_bytes(last) != kept[-1]:
+            raise ResumeRefused(f"{self._label}: its partial does not hold what its journal says")
+
     def _journal_chunk(self, index: int, digest: bytes) -> None:
         """(Under the writer's lock, from write.) The chunk's bytes are written:
-        make them durable, then say so. Syncing, that is the flusher's work, off
-        the caller's thread (a server's event loop must not wait on the disk);
-        without sync the record goes at once (the page cache survives a killed
-        process, not a power cut)."""
-        if not self._fsync:
-            append_record(self._journal_fd, self._resume.transfer_id, index, digest)
-            return
+        make them durable, then say so: the flusher's work, off the caller's
+        thread (a server's event loop must not wait on the disk). Always synced,
+        even under --no-fsync: a journal ahead of its data would splice zeros."""
         if self._flusher is None:
             self._flusher = _Flusher(self._fd, self._journal_fd, self._resume.transfer_id)
         self._flusher.submit(index, digest)
@@ -248,6 +288,13 @@ class PartialWriter(AtomicWriter):
 
     def commit(self, expected_digest: bytes) -> bytes:
         self._keep = False  # committed or refused: the partial has no future either way
+        flusher, self._flusher = self._flusher, None
+        failure = flusher.finish() if flusher is not None else None
+        if failure is not None:  # (a sync failed: the bytes may not be on disk)
+            self.abort()
+            raise os_error(failure, self._label)
+        if self._journal_fd >= 0:
+            os.ftruncate(self._journal_fd, 0)  # no promise survives the rename
         return super().commit(expected_digest)
 
     def _remove_temp(self) -> None:
@@ -266,16 +313,14 @@ class PartialWriter(AtomicWriter):
         flusher, self._flusher = self._flusher, None
         if flusher is not None:
             flusher.finish()  # (its last records, before the descriptors close)
+        jfd, self._journal_fd = self._journal_fd, -1
         try:
-            if self.committed and self._journal_fd >= 0:  # (the first _end after it)
+            if self.committed and jfd >= 0:  # (the first _end after it)
                 self._unlink_journal()
+            super()._end()  # the data closed, the names removed unless kept...
         finally:
-            jfd, self._journal_fd = self._journal_fd, -1
-            try:
-                if jfd >= 0:
-                    os.close(jfd)  # (releases the lock)
-            finally:
-                super()._end()
+            if jfd >= 0:
+                os.close(jfd)  # ...and only then the lock goes (see _locked_journal)
 
 
 class _Flusher:
@@ -297,17 +342,23 @@ class _Flusher:
     def submit(self, index: int, digest: bytes) -> None:
         self._queue.put((index, digest))
 
-    def finish(self) -> None:
+    def finish(self) -> OSError | None:
+        """Wait for what is queued; the error that stopped the flusher, if any."""
         self._queue.put(None)
         self._thread.join()
+        return self.failure
+
+    failure: OSError | None = None
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
+            if self.failure is not None:
+                continue  # (a failed sync journals nothing more: a resume starts earlier)
             try:
                 os.fdatasync(self._fd)
                 append_record(self._journal_fd, self._id, *item)
-            except OSError:
-                return  # (a failed sync journals nothing more: the resume starts earlier)
+            except OSError as exc:
+                self.failure = exc
 
 
 def sweep_partials(directory: Directory, ttl_s: float, now_s: float | None = None) -> int:

@@ -209,6 +209,7 @@ def _put_at(raw: bytes) -> ev.Event:
     assert isinstance(offset, int) and isinstance(tid, bytes) and isinstance(first, bytes)
     if mtime_ns < NO_MTIME:
         raise RemoteProtocolError(f"PUT_AT mtime_ns {mtime_ns} is below -1")
+    _transfer_id_untrusted(tid, "PUT_AT")
     size = _size_untrusted(size, "PUT_AT")
     return ev.PutRequested(
         path=_text_untrusted(raw[_PUT_AT.size :], "PUT_AT path"),
@@ -222,9 +223,18 @@ def _put_at(raw: bytes) -> ev.Event:
     )
 
 
+def _transfer_id_untrusted(tid: bytes, what: str) -> bytes:
+    if tid == bytes(len(tid)):
+        raise RemoteProtocolError(f"{what} has an all-zero transfer id")
+    return tid
+
+
 def _partial(raw: bytes) -> ev.Event:
     size, mtime_ns, tid, first = _fixed_untrusted(raw, _PARTIAL, "PARTIAL")
     assert isinstance(mtime_ns, int) and isinstance(tid, bytes) and isinstance(first, bytes)
+    if mtime_ns < NO_MTIME:
+        raise RemoteProtocolError(f"PARTIAL mtime_ns {mtime_ns} is below -1")
+    _transfer_id_untrusted(tid, "PARTIAL")
     return ev.PartialRequested(
         path=_text_untrusted(raw[_PARTIAL.size :], "PARTIAL path"),
         size=_size_untrusted(size, "PARTIAL"),
@@ -244,6 +254,8 @@ def _partial_ok(raw: bytes) -> ev.Event:
 def _get_at(raw: bytes) -> ev.Event:
     offset, size, mtime_ns, prefix = _fixed_untrusted(raw, _GET_AT, "GET_AT")
     assert isinstance(offset, int) and isinstance(mtime_ns, int) and isinstance(prefix, bytes)
+    if mtime_ns < NO_MTIME:
+        raise RemoteProtocolError(f"GET_AT mtime_ns {mtime_ns} is below -1")
     size = _size_untrusted(size, "GET_AT")
     return ev.GetRequested(
         path=_text_untrusted(raw[_GET_AT.size :], "GET_AT path"),

@@ -357,8 +357,9 @@ class ClientRequest:
             read_chunk=read_chunk,
             hasher=hasher,
         )
-        if start < 0:  # (the server holds other bytes than ours: start over)
-            self.session.abort(code=ResumeRefused.code, message=RESUME_MISMATCH)
+        if start < 0:  # (the server holds other bytes than ours, or offers nonsense)
+            code, message = getattr(self._resume, "refusal", (ResumeRefused.code, RESUME_MISMATCH))
+            self.session.abort(code=code, message=message)
         if not self._retransmitted:  # Karn: only an INITIAL sent once gives a sample
             self.session.rtt.on_sample(now - self._initial_at)
         self._events.append(
