@@ -8,13 +8,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import socket
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI, RawPeer, ServerProcess, run_cli, wait_until
+from conftest import CLI, DEADLINE_S, RawPeer, ServerProcess, run_cli, wait_until
 
 from ftransfer.checksum import CHUNK_BYTES, digest_bytes
 from ftransfer.proto.tcp import events as ev
@@ -74,6 +76,25 @@ TRANSPORTS = pytest.mark.parametrize("scheme", ["tcp", "udp"])
 
 def at(server: ServerProcess, scheme: str, path: str) -> str:
     return f"{scheme}://{server.remote(path)}"
+
+
+def log_until(server: ServerProcess, text: str) -> str:
+    """The server's (piped) log up to the end of the line holding ``text``, read
+    with a deadline of its own (a missing line fails here, not at the suite's
+    timeout)."""
+    fd, data = server.log.fileno(), b""
+    end = time.monotonic() + DEADLINE_S
+    while (left := end - time.monotonic()) > 0:
+        if not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+        at = data.find(text.encode())
+        if at >= 0 and b"\n" in data[at:]:
+            return data[: data.index(b"\n", at) + 1].decode(errors="replace")
+    raise AssertionError(f"no {text!r} in the server's log: {data[-2000:]!r}")
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -273,13 +294,10 @@ def test_a_downloader_that_vanishes_stops_the_send_at_once(served: Path, tmp_pat
         plain = socket.socket(fileno=raw) if raw is not None else peer.sock
         plain.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         plain.close()  # a reset: the peer is gone
-        lines = []
-        for line in server.log:
-            lines.append(line)
-            if "get big.bin: " in line:
-                break
-        assert "ended before the last byte" in lines[-1] or "failed" in lines[-1]
-        assert not [line for line in lines if "socket.send() raised" in line]
+        log = log_until(server, "get big.bin: ")
+        record = log.splitlines()[-1]
+        assert "ended before the last byte" in record or "failed" in record
+        assert "socket.send() raised" not in log
     finally:
         server.stop()
 

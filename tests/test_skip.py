@@ -26,6 +26,7 @@ def test_a_local_digest_is_read_once_while_the_file_does_not_change(
         return real(fd)
 
     monkeypatch.setattr(skip, "file_digest", counted)
+    monkeypatch.setattr(digests, "RACY_S", -1.0)  # (the file was just written)
     memory = DigestMemory(str(tmp_path / "state" / "digests"))
     st = os.stat(path)
     assert skip.local_digest(str(path), st, memory) == digest_bytes(b"one")
@@ -41,7 +42,10 @@ def test_a_local_digest_is_read_once_while_the_file_does_not_change(
     assert len(reads) == 2
 
 
-def test_a_torn_or_flipped_record_is_never_believed(tmp_path: Path) -> None:
+def test_a_torn_or_flipped_record_is_never_believed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(digests, "RACY_S", -1.0)
     path = tmp_path / "f"
     path.write_bytes(b"data")
     st = os.stat(path)
@@ -60,6 +64,7 @@ def test_the_memory_is_compacted_to_its_newest_records(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(digests, "MAX_RECORDS", 3)
+    monkeypatch.setattr(digests, "RACY_S", -1.0)
     store = tmp_path / "digests"
     memory = DigestMemory(str(store))
     files = []
@@ -91,3 +96,14 @@ def test_an_unknown_mode_is_a_usage_error() -> None:
     skip.check_mode("update")
     with pytest.raises(UsageError, match="update, checksum"):
         skip.check_mode("sizes")
+
+
+def test_a_file_changed_just_now_is_not_remembered_across_runs(tmp_path: Path) -> None:
+    """Git's "racily clean" rule: a file whose ctime is within RACY_S of now could
+    change again within the same timestamp tick, keeping its key."""
+    path = tmp_path / "f"
+    path.write_bytes(b"fresh")
+    memory = DigestMemory(str(tmp_path / "digests"))
+    memory.put(os.stat(path), b"D" * 16)
+    assert not (tmp_path / "digests").exists()
+    assert DigestMemory(str(tmp_path / "digests")).get(os.stat(path)) is None

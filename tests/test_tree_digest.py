@@ -112,3 +112,14 @@ def test_file_digest_of_an_open_file(tmp_path: os.PathLike[str], blob: bytes) ->
         assert file_digest(fd) == reference(blob)
     finally:
         os.close(fd)
+
+
+def test_protocol_md_test_vectors_are_what_the_code_computes() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "protocol.md").read_text()
+    one, two = bytes(CHUNK_BYTES), bytes(CHUNK_BYTES + 1)
+    assert digest_bytes(one).hex() in text
+    assert digest_bytes(two).hex() in text
+    assert prefix_digest([xxhash.xxh3_128_digest(one)]).hex() in text
+    assert digest_bytes(b"").hex() in text

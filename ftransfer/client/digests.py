@@ -13,8 +13,9 @@ file, ``$XDG_STATE_HOME/ftransfer/digests``, one 64-byte record per file:
 skipped, never believed. A record is used only while every key field matches the
 file's ``stat`` now: any write changes the mtime and the ctime, and the ctime
 cannot be set back by a user, so a changed file is hashed again. Files whose
-ctime has whole-second resolution (some file systems) are not remembered: a
-change within the second could keep the key. The file is read once per process,
+ctime has whole-second resolution (some file systems), or that changed in the
+last two seconds (git's "racily clean" rule), are not remembered: a change
+within the same tick could keep the key. The file is read once per process,
 appended to as digests are computed, and rewritten with only its newest
 MAX_RECORDS when it grows past twice that. Any failure to read or write it is
 ignored: the cache only ever saves work.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 from ..checksum import check64
 
@@ -34,9 +36,16 @@ MAX_RECORDS = 100_000
 Key = tuple[int, int, int, int, int]
 
 
+RACY_S = 2.0
+"""A file changed this recently is not remembered across runs (git's "racily
+clean" rule): a second write within the same timestamp tick could keep its key."""
+
+
 def key_of(st: os.stat_result) -> Key | None:
     if st.st_ctime_ns % 1_000_000_000 == 0:
         return None  # whole-second timestamps: a quick change could keep the key
+    if time.time_ns() - st.st_ctime_ns < RACY_S * 1e9:
+        return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -101,7 +110,10 @@ class DigestMemory:
     def _compact(self, known: dict[Key, bytes]) -> None:
         newest = list(known.items())[-MAX_RECORDS:]
         temp = f"{self.path}.{os.getpid()}"
-        with open(temp, "wb") as out:
-            out.write(b"".join(_record(key, digest) for key, digest in newest))
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"".join(_record(key, digest) for key, digest in newest))
+        finally:
+            os.close(fd)
         os.replace(temp, self.path)
         self._records = len(newest)

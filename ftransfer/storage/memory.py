@@ -141,6 +141,7 @@ class MemoryWriter:
             self._check_open()
             self._store.check_fault()
             if self._bound is not None and len(self._buffer) + len(data) > self._bound:
+                self._drop_partial()  # (more than declared: not resumable, as on disk)
                 self._end()
                 if self._size is None:
                     raise TooLarge(f"{self._name}: more than the limit of {self._bound} bytes")
