@@ -42,7 +42,7 @@ import collections
 import time
 from collections.abc import Callable, Generator, Sequence
 
-from .._records import Record
+from .._records import Record, evolve
 from ..checksum import ZERO_DIGEST, TreeHasher, new_hasher
 from ..config import MAX_FRAME_BYTES, PROTOCOL_VERSION
 from ..errors import (
@@ -726,38 +726,28 @@ class TcpLogic:
         """Send the PUT (PUT_AT for a resumable file, after one PARTIAL round trip
         if there is something to resume)."""
         source, record = put.source, put.record
-        if record is None:
-            self._send(
-                ev.PutRequested(
-                    path=put.remote,
-                    size=source.size,
-                    mtime_ns=source.mtime_ns,
-                    mode=source.mode,
-                    exclusive=exclusive,
-                )
-            )
-            return
-        held = None
-        if record.resumable:
-            yield from self._writes()
-            yield Flush()
-            while pending:  # (replies come in order: the ones before PARTIAL_OK first)
-                yield from self._collect(pending, outcomes, block=True)
-            self._send(record.partial_request(put.remote, source))
-            held = yield from self._expect(ev.PartialHeld)
-        put.start, put.hasher = record.start(held, source)
-        self._send(
-            ev.PutRequested(
-                path=put.remote,
-                size=source.size,
-                mtime_ns=source.mtime_ns,
-                mode=source.mode,
-                exclusive=exclusive,
-                offset=put.start,
-                transfer_id=record.transfer_id,
-                first_digest=record.first_digest if put.start else ZERO_DIGEST,
-            )
+        request = ev.PutRequested(
+            path=put.remote,
+            size=source.size,
+            mtime_ns=source.mtime_ns,
+            mode=source.mode,
+            exclusive=exclusive,
         )
+        if record is not None:
+            held = None
+            if record.resumable:
+                yield from self._writes()
+                yield Flush()
+                while pending:  # (replies come in order: the ones before PARTIAL_OK first)
+                    yield from self._collect(pending, outcomes, block=True)
+                self._send(record.partial_request(put.remote, source))
+                held = yield from self._expect(ev.PartialHeld)
+            put.start, put.hasher = record.start(held, source)
+            first = record.first_digest if put.start else ZERO_DIGEST
+            request = evolve(
+                request, offset=put.start, transfer_id=record.transfer_id, first_digest=first
+            )
+        self._send(request)
 
     def _send_body(
         self,
