@@ -169,7 +169,34 @@ class UdpApplication:
 
     def _put(self, request: RequestReceived, who: Requester) -> None:
         initial = request.initial
-        upload = self._open_upload(who, initial)
+        if initial.resume is not None and initial.resume.offset:
+            self._put_later(request, who)
+            return
+        self._accept_upload(request, self._open_upload(who, initial))
+
+    def _put_later(self, request: RequestReceived, who: Requester) -> None:
+        """A resume reads the partial's journal and its last chunk again (and may
+        wait for an older upload's flusher): deferred, off the loop, as LIST and
+        STAT are."""
+        if self._deferred >= MAX_DEFERRED_ANSWERS:
+            self._refuse(request, Busy("too many requests at once, try later"))
+            return
+        self._deferred += 1
+
+        def then(result: Upload | BaseException) -> None:
+            self._deferred -= 1
+            if isinstance(result, FtransferError):
+                self._refuse(request, result)
+            elif isinstance(result, BaseException):
+                logger.error("udp %s failed: %r", request.initial.path, result)
+                self._refuse(request, InternalError("internal server error"))
+            else:
+                self._accept_upload(request, result)
+
+        self._defer(lambda: self._open_upload(who, request.initial), then)
+
+    def _accept_upload(self, request: RequestReceived, upload: Upload) -> None:
+        initial = request.initial
         resume = None
         if initial.resume is not None:  # (an old client sends none)
             resume = Resumption(offset=upload.start, transfer_id=bytes(16), digest=upload.prefix)
