@@ -228,7 +228,7 @@ class NoSpace(Refused):
 
 
 class IntegrityError(FtransferError):
-    """The received bytes do not match the sender's xxh3-128 digest."""
+    """The received bytes do not match the sender's digest."""
 
     code = 30
     exit_code = ExitCode.INTEGRITY

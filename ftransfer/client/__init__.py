@@ -24,7 +24,7 @@ of its own. An operation a transport cannot do raises ``NotSupported``.
 
 The client trusts the server no more than the server trusts it: downloads go only
 where the caller said, no more bytes than announced are accepted, every wait has a
-deadline, and a download is committed only if both ends' xxh3-128 agree.
+deadline, and a download is committed only if both ends' digests agree.
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ class Client(_Base):
     # ---- the calls ----------------------------------------------------------------------
 
     def stat(self, path: str) -> Stat:
-        """Kind, size, mtime, permission bits and (for files) the server's xxh3-128."""
+        """Kind, size, mtime, permission bits and (for files) the server's digest."""
         return self._call(lambda: self._calls.stat(path))
 
     def ping(self, seq: int = 0) -> float:
@@ -328,7 +328,7 @@ class Client(_Base):
         does not stop the others. Trees keep their empty directories, mtimes and
         permission bits; symlinks are skipped (``progress.skipped``). ``skip``:
         "update" leaves out files here with the same size and mtime, "checksum"
-        those with the same xxh3-128 (``progress.unchanged``)."""
+        those with the same digest (``progress.unchanged``)."""
         return self._call(
             lambda: self._calls.get_many(
                 remotes,
@@ -367,7 +367,7 @@ class Client(_Base):
         others. Trees keep their empty directories, mtimes and permission bits;
         symlinks and special files are skipped (``progress.skipped``). ``skip``:
         "update" leaves out files the server has with the same size and mtime,
-        "checksum" those with the same xxh3-128 (``progress.unchanged``)."""
+        "checksum" those with the same digest (``progress.unchanged``)."""
         return self._call(
             lambda: self._calls.put_many(
                 locals_,

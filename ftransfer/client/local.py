@@ -245,7 +245,7 @@ class _HashingSink:
 
     def commit(self, expected: bytes) -> bytes:
         if self.digest != expected:
-            raise IntegrityError(f"xxh3-128 mismatch: the {self.what} is corrupt")
+            raise IntegrityError(f"digest mismatch: the {self.what} is corrupt")
         return self.digest
 
     def abort(self) -> None:

@@ -50,7 +50,7 @@ class DataReceived(Record):
 
 
 class EndReceived(Record):
-    """Every byte has arrived; the sender's xxh3-128. The application checks it,
+    """Every byte has arrived; the sender's digest. The application checks it,
     commits or not, and reports its verdict to the core (``finish``)."""
 
     size: int

@@ -17,7 +17,7 @@ server decides anything. Here, for every transport alike:
   required, the principal's permissions), then the size limit, then what only
   the store can tell (not found, not a directory, a symlink, exists, no space);
 - **uploads** (``Upload``): written and hashed as bytes arrive, committed only if
-  the size and the sender's xxh3-128 match, and always ended exactly once
+  the size and the sender's digest match, and always ended exactly once
   (committed, failed or aborted), so no temporary outlives its request;
 - **downloads** (``Download``): the size, mtime and permission bits as opened, the
   digest when the store knows it (then the sender need not hash), and the
@@ -25,7 +25,7 @@ server decides anything. Here, for every transport alike:
 - **the log**: one record per request (``logs.RequestRecord``), written when it
   ends, with who asked, over what, what, and the outcome: bytes, seconds, digest,
   result and error code. Its text is one line, ``127.0.0.1:5000 tcp put a/b:
-  1048576 bytes in 0.120 s (8.7 MB/s), xxh3-128 ...``, ``... get a/b: refused:
+  1048576 bytes in 0.120 s (8.7 MB/s), digest ...``, ``... get a/b: refused:
   a/b: no such file``; the same record goes out as JSON or syslog (logs.py).
   Names in it are escaped; LOGINs are records too (the name tried, never the
   password), and so are TICKETs (never their secret; at debug level when issued,
@@ -279,7 +279,7 @@ class Download:
         self._request, self.name, self._readable = request, name, readable
         self.size, self.mtime_ns, self.mode = readable.size, readable.mtime_ns, readable.mode
         self.digest = readable.digest
-        """The whole file's xxh3-128 when the store knows it (the sender need not hash)."""
+        """The whole file's digest when the store knows it (the sender need not hash)."""
 
     def __enter__(self) -> Download:
         return self
@@ -587,7 +587,7 @@ class Operations:
     # ---- the rest ------------------------------------------------------------------
 
     def stat(self, who: Requester, path: str) -> tuple[Entry, bytes | None]:
-        """What ``path`` is and, for a regular file, its xxh3-128 (blocking: it may
+        """What ``path`` is and, for a regular file, its digest (blocking: it may
         hash the file)."""
         request = self._begin(who, "stat", path)
         name = self._checked(request, who, path, "read", allow_root=True)

@@ -176,24 +176,45 @@ class UdpApplication:
 
     def _put_later(self, request: RequestReceived, who: Requester) -> None:
         """A resume reads the partial's journal and its last chunk again (and may
-        wait for an older upload's flusher): deferred, off the loop, as LIST and
-        STAT are."""
+        wait for an older upload's flusher): deferred, off the loop."""
+        self._later(
+            request,
+            lambda: self._open_upload(who, request.initial),
+            lambda upload: self._accept_upload(request, upload),
+        )
+
+    def _later(
+        self,
+        request: RequestReceived,
+        work: Callable[[], T],
+        done: Callable[[T], None],
+        *,
+        busy: str = "too many requests at once, try later",
+        failed: Callable[[FtransferError], None] = lambda _error: None,
+    ) -> None:
+        """Run ``work`` off the loop (it may read a directory, hash a file, fsync
+        a directory or read a partial back), then ``done`` with its result on the
+        loop; a refusal answers the request (and ``failed`` lets go of what it
+        held). At most MAX_DEFERRED_ANSWERS at once; over that, Busy at once."""
         if self._deferred >= MAX_DEFERRED_ANSWERS:
-            self._refuse(request, Busy("too many requests at once, try later"))
+            failed(Busy(busy))
+            self._refuse(request, Busy(busy))
             return
         self._deferred += 1
 
-        def then(result: Upload | BaseException) -> None:
+        def then(result: T | BaseException) -> None:
             self._deferred -= 1
-            if isinstance(result, FtransferError):
-                self._refuse(request, result)
-            elif isinstance(result, BaseException):
+            if not isinstance(result, BaseException):
+                done(result)
+                return
+            error = result if isinstance(result, FtransferError) else None
+            if error is None:
                 logger.error("udp %s failed: %r", request.initial.path, result)
-                self._refuse(request, InternalError("internal server error"))
-            else:
-                self._accept_upload(request, result)
+                error = InternalError("internal server error")
+            failed(error)
+            self._refuse(request, error)
 
-        self._defer(lambda: self._open_upload(who, request.initial), then)
+        self._defer(work, then)
 
     def _accept_upload(self, request: RequestReceived, upload: Upload) -> None:
         initial = request.initial
@@ -256,36 +277,28 @@ class UdpApplication:
         if asked is None:
             self._send(request, download, None, [])
             return
+
         # A client with a partial of it: its prefix is checked against the chunk
         # digests the store remembers, or reads the prefix once (after a restart):
-        # deferred, as LIST and STAT are, so no other session waits on that read.
-        if self._deferred >= MAX_DEFERRED_ANSWERS:
-            download.__exit__(None, None, None)
-            self._refuse(request, Busy("too many requests at once, try later"))
-            return
-        self._deferred += 1
+        # deferred, so no other session waits on that read.
+        def resumed(chunks: list[bytes]) -> None:
+            start = len(chunks) * CHUNK_BYTES
+            resume = Resumption(offset=start, transfer_id=bytes(16), digest=ZERO_DIGEST)
+            self._send(request, download, resume, chunks)
 
-        def work() -> list[bytes]:
-            return download.resume_point(asked.offset, initial.size, initial.mtime_ns, asked.digest)
+        self._later(
+            request,
+            lambda: download.resume_point(
+                asked.offset, initial.size, initial.mtime_ns, asked.digest
+            ),
+            resumed,
+            failed=lambda error: self._drop(download, error),
+        )
 
-        def then(result: list[bytes] | BaseException) -> None:
-            self._deferred -= 1
-            if isinstance(result, BaseException):
-                download.failed(result if isinstance(result, FtransferError) else InternalError())
-                download.__exit__(None, None, None)
-                self._refuse(
-                    request, result if isinstance(result, FtransferError) else InternalError()
-                )
-                return
-            start = len(result) * CHUNK_BYTES
-            self._send(
-                request,
-                download,
-                Resumption(offset=start, transfer_id=bytes(16), digest=ZERO_DIGEST),
-                result,
-            )
-
-        self._defer(work, then)
+    @staticmethod
+    def _drop(download: Download, error: FtransferError) -> None:
+        download.failed(error)
+        download.__exit__(None, None, None)
 
     def _send(
         self,
@@ -314,55 +327,30 @@ class UdpApplication:
     def _change_later(self, request: RequestReceived, change: Callable[[], None]) -> None:
         """REMOVE and MKDIR fsync a directory: deferred as LIST and STAT are, so no
         other session waits on that disk; success is an ACCEPT with session 0."""
-        if self._deferred >= MAX_DEFERRED_ANSWERS:
-            self._refuse(request, Busy("too many requests at once, try later"))
-            return
-        self._deferred += 1
-
-        def then(result: object) -> None:
-            self._deferred -= 1
-            if isinstance(result, FtransferError):
-                self._refuse(request, result)
-            elif isinstance(result, BaseException):
-                logger.error("udp %s failed: %r", request.initial.path, result)
-                self._refuse(request, InternalError("internal server error"))
-            else:
-                self.endpoint.done(request, now=self._now())
-
-        self._defer(change, then)
+        self._later(request, change, lambda _none: self.endpoint.done(request, now=self._now()))
 
     def _answer_later(self, request: RequestReceived, who: Requester) -> None:
         """LIST and STAT read a whole directory or hash a whole file: deferred, so a
         100 GiB STAT does not stall every other client (the endpoint ignores a
-        repeated INITIAL while the work runs: the ACCEPT will answer both). At most
-        MAX_DEFERRED_ANSWERS are built at once."""
-        if self._deferred >= MAX_DEFERRED_ANSWERS:
-            self._refuse(request, Busy("too many listings and stats at once, try later"))
-            return
-        self._deferred += 1
+        repeated INITIAL while the work runs: the ACCEPT will answer both)."""
         stat = request.operation is Operation.STAT
         path = request.initial.path
 
-        def work() -> bytes:
-            return self._stat_answer(who, path) if stat else self._list_answer(who, path)
+        def answer(result: bytes) -> None:
+            self.endpoint.accept(
+                request,
+                size=len(result),
+                mtime_ns=-1,
+                now=self._now(),
+                read_chunk=lambda offset, n: result[offset : offset + n],
+            )
 
-        def then(result: bytes | BaseException) -> None:
-            self._deferred -= 1
-            if isinstance(result, FtransferError):
-                self._refuse(request, result)
-            elif isinstance(result, BaseException):
-                logger.error("udp %s failed: %r", path, result)
-                self._refuse(request, InternalError("internal server error"))
-            else:
-                self.endpoint.accept(
-                    request,
-                    size=len(result),
-                    mtime_ns=-1,
-                    now=self._now(),
-                    read_chunk=lambda offset, n: result[offset : offset + n],
-                )
-
-        self._defer(work, then)
+        self._later(
+            request,
+            lambda: self._stat_answer(who, path) if stat else self._list_answer(who, path),
+            answer,
+            busy="too many listings and stats at once, try later",
+        )
 
     def _stat_answer(self, who: Requester, path: str) -> bytes:
         entry, digest = self.ops.stat(who, path)

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 ``AtomicWriter`` writes to a fresh temporary name in the target directory
 (``O_EXCL``), hashes the bytes as they pass, and on ``commit`` checks the size and
-the xxh3-128, sets the mtime and permission bits, fsyncs the file, renames it over
+the digest (checksum.py), sets the mtime and permission bits, fsyncs the file, renames it over
 the final name (or hard-links it, which fails atomically if the name exists, for
 no-clobber) and fsyncs the directory. Every failure, and ``abort``, removes the
 temporary, so the final name holds its complete old content or the complete new
@@ -399,7 +399,7 @@ class AtomicWriter:
                 if self._size is not None and self._written != self._size:
                     raise IntegrityError(f"{label}: got {self._written} of {self._size} bytes")
                 if digest != expected_digest:
-                    raise IntegrityError(f"{label}: xxh3-128 mismatch, not committed")
+                    raise IntegrityError(f"{label}: digest mismatch, not committed")
                 self._publish()
             except OSError as exc:
                 raise os_error(exc, label) from None

@@ -12,7 +12,7 @@ port sees a file descriptor, a path string joined onto a root, or an object key.
   ``Name`` (names.py); a store adds what only it can know: whether the name exists,
   is a directory, a symlink, a FIFO; free space; atomic replacement.
 - ``Readable``: an open file, with the size, mtime and permission bits it had when
-  opened and, when the store already knows it, its xxh3-128 ``digest`` (a store may
+  opened and, when the store already knows it, its ``digest`` (checksum.py) (a store may
   remember the digest of what it committed or hashed, keyed by the file's identity,
   so a download or a STAT need not read the file twice). ``read(offset, n)`` reads
   at an offset; ``fileno()``, where a store has one, is the zero-copy fast path

@@ -51,8 +51,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..checksum import CHUNK_BYTES, ZERO_DIGEST, TreeHasher, file_digest
-from ..config import PARTIAL_PREFIX, PARTIAL_TTL_S, TEMP_PREFIX
+from ..checksum import CHUNK_BYTES, ZERO_DIGEST, TreeHasher, file_digest, hash_range
+from ..config import HASH_SCRATCH_BYTES, PARTIAL_PREFIX, PARTIAL_TTL_S, TEMP_PREFIX
 from ..errors import (
     DirectoryNotEmpty,
     Exists,
@@ -204,17 +204,8 @@ class LocalReadable:
         if len(known) >= count:
             return known
         hasher = TreeHasher()
-        scratch = bytearray(1 << 20)
-        offset, end = 0, count * CHUNK_BYTES
         try:
-            while offset < end:
-                got = os.preadv(
-                    self._fd, [memoryview(scratch)[: min(len(scratch), end - offset)]], offset
-                )
-                if got == 0:
-                    break
-                hasher.update(memoryview(scratch)[:got])
-                offset += got
+            hash_range(hasher, self._fd, 0, count * CHUNK_BYTES, bytearray(HASH_SCRATCH_BYTES))
         except OSError as exc:
             raise os_error(exc, "file") from None
         self.remember_chunks(hasher.chunks)

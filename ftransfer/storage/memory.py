@@ -159,7 +159,7 @@ class MemoryWriter:
                 if self._size is not None and len(self._buffer) != self._size:
                     raise IntegrityError(f"{name}: got {len(self._buffer)} of {self._size} bytes")
                 if digest != expected_digest:
-                    raise IntegrityError(f"{name}: xxh3-128 mismatch, not committed")
+                    raise IntegrityError(f"{name}: digest mismatch, not committed")
                 self._store.place(name, self._buffer, self._mtime_ns, self._mode, self._exclusive)
                 self.committed = True
             finally:

@@ -167,7 +167,7 @@ class FileData(Record):
 
 
 class FileEnded(Record):
-    """End of a file's bytes, with the sender's xxh3-128 digest of all of them."""
+    """End of a file's bytes, with the sender's digest (checksum.py) of all of them."""
 
     digest: bytes
 
