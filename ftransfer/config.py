@@ -126,6 +126,11 @@ class ServerConfig(Record):
     """What `ftransfer serve` accepts; every limit has a safe default."""
 
     root: str = "."
+    store: str | None = None
+    """An object store to serve instead of ``root``: ``s3://BUCKET[/PREFIX]``."""
+    s3_endpoint: str | None = None
+    """The S3-compatible store's URL (None: AWS, or boto3's AWS_ENDPOINT_URL)."""
+    s3_region: str | None = None
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     read_only: bool = False

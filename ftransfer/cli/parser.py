@@ -359,6 +359,18 @@ def _serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse
     p = _command(sub, "serve", help="serve a directory")
     d = ServerConfig()
     p.add_argument("--root", default=".", help="directory to serve (default: current)")
+    s3 = p.add_argument_group(
+        "object store",
+        "serve an S3 bucket instead of a directory; credentials come from the AWS "
+        "environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or AWS_PROFILE",
+    )
+    s3.add_argument(
+        "--store", metavar="s3://BUCKET[/PREFIX]", default=None, help="the bucket (and prefix)"
+    )
+    s3.add_argument(
+        "--s3-endpoint", metavar="URL", default=None, help="an S3-compatible store's URL"
+    )
+    s3.add_argument("--s3-region", metavar="REGION", default=None, help="the bucket's region")
     p.add_argument(
         "--host", default=d.host, help=f"address to listen on (default {d.host}; :: for all)"
     )

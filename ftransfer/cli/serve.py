@@ -14,12 +14,17 @@ from ..server import Server, logs
 
 
 def config(args: argparse.Namespace) -> ServerConfig:
-    if not os.path.isdir(args.root):
+    if args.store is None and not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root}: not a directory")
+    if args.store is not None and args.root != ".":
+        raise UsageError("--store serves an object store: leave out --root")
     if args.users and args.anonymous_write:
         raise UsageError("--anonymous-write is for a server without --users")
     return ServerConfig(
         root=args.root,
+        store=args.store,
+        s3_endpoint=args.s3_endpoint,
+        s3_region=args.s3_region,
         host=args.host,
         port=args.port,
         read_only=args.read_only,
@@ -37,7 +42,7 @@ def config(args: argparse.Namespace) -> ServerConfig:
         max_file_bytes=args.max_file_size,
         max_rate=args.max_rate,
         max_total_rate=args.max_total_rate,
-        fsync=not args.no_fsync,
+        fsync=not args.no_fsync or args.store is not None,  # (an object store: always)
         partial_ttl_s=args.partial_ttl,
         udp=not args.no_udp,
         udp_port=args.udp_port,

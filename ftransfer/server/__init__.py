@@ -106,16 +106,30 @@ def format_url(scheme: str, address: tuple[Any, ...]) -> str:
     return f"{scheme}://{format_peer(str(address[0]), int(address[1]))}"
 
 
+def open_store(config: ServerConfig) -> Store:
+    """The store ``config`` names: an object store (``store``), checked once, or
+    the directory ``root``."""
+    if config.store is None:
+        return LocalStore(config.root, fsync=config.fsync, partial_ttl_s=config.partial_ttl_s)
+    from ..storage.s3 import S3Store
+    from ..storage.s3_client import parse_store_url
+
+    location = parse_store_url(config.store, config.s3_endpoint, config.s3_region)
+    s3 = S3Store(location, partial_ttl_s=config.partial_ttl_s)
+    try:
+        s3.check()
+    except BaseException:
+        s3.close()
+        raise
+    return s3
+
+
 class Server:
     """A running ftransfer server over one root (a directory by default)."""
 
     def __init__(self, config: ServerConfig, store: Store | None = None) -> None:
         self.config = config
-        self.store: Store = (
-            store
-            if store is not None
-            else LocalStore(config.root, fsync=config.fsync, partial_ttl_s=config.partial_ttl_s)
-        )
+        self.store: Store = store if store is not None else open_store(config)
         policy = Policy(
             read_only=config.read_only,
             max_file_bytes=config.max_file_bytes,
