@@ -76,7 +76,8 @@ class ServerProcess:
         grants = ["--anonymous-write", "--tftp-writable"] if writable else []
         if "--users" in args:
             grants = ["--tftp-writable"] if writable else []
-        command = [*CLI, "serve", "--root", str(root), "--port", "0", *grants, *args]
+        served = [] if "--store" in args else ["--root", str(root)]  # (a bucket: no root)
+        command = [*CLI, "serve", *served, "--port", "0", *grants, *args]
         self._log_file = None if pipe_log else open(log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             command,

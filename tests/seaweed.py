@@ -133,6 +133,12 @@ class Seaweed:
                 time.sleep(0.1)
         raise AssertionError("SeaweedFS did not answer in time")
 
+    def kill(self) -> None:
+        """The store dies at once (kill -9 of every process of it)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)

@@ -229,7 +229,7 @@ def test_a_store_that_goes_away_fails_the_upload_clearly(own_seaweed: Seaweed, d
     store = S3Store(S3Location(bucket="going-away", endpoint=own_seaweed.endpoint))
     writer = write(store, "big.bin", data)
     stored_parts(writer)
-    own_seaweed.stop()
+    own_seaweed.kill()
     with pytest.raises(StorageIOError, match="unreachable"):
         writer.commit(tree_digest(data))
     with pytest.raises(StorageIOError, match="unreachable"):

@@ -334,6 +334,9 @@ class Operations:
         log: logging.Logger = logger,
     ) -> None:
         self.store, self.policy, self.log = store, policy, log
+        self.remote = bool(getattr(store, "remote", False))
+        """The store is across a network (an object store): even opening a file
+        waits for it, so the services open files in worker threads too."""
         self.users = users
         self._scoped: dict[tuple[str, ...], Store] = {}
         self._scoped_lock = threading.Lock()

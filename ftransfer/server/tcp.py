@@ -289,8 +289,10 @@ class TcpSession:
                 exclusive=request.exclusive,
                 resumable=resumable,
             )
-            # (a resume reads a journal and truncates: off the loop)
-            upload = await in_thread(open_upload) if request.offset else open_upload()
+            # (a resume reads a journal and truncates, an object store answers
+            # over the network: off the loop)
+            off_loop = request.offset or self.ops.remote
+            upload = await in_thread(open_upload) if off_loop else open_upload()
         except FtransferError as exc:
             await self._commits.settle()
             self._fail(exc)  # early refusal: the core discards the rest of the upload
@@ -360,7 +362,10 @@ class TcpSession:
 
     async def _get(self, request: ev.GetRequested) -> None:
         try:
-            download = self.ops.download(self.who, request.path)
+            if self.ops.remote:
+                download = await in_thread(self.ops.download, self.who, request.path)
+            else:
+                download = self.ops.download(self.who, request.path)
         except FtransferError as exc:
             self._fail(exc)
             return

@@ -169,7 +169,7 @@ class UdpApplication:
 
     def _put(self, request: RequestReceived, who: Requester) -> None:
         initial = request.initial
-        if initial.resume is not None and initial.resume.offset:
+        if (initial.resume is not None and initial.resume.offset) or self.ops.remote:
             self._put_later(request, who)
             return
         self._accept_upload(request, self._open_upload(who, initial))
@@ -205,7 +205,10 @@ class UdpApplication:
         def then(result: T | BaseException) -> None:
             self._deferred -= 1
             if not isinstance(result, BaseException):
-                done(result)
+                try:
+                    done(result)
+                except FtransferError as exc:  # (as a request handled at once)
+                    self._refuse(request, exc)
                 return
             error = result if isinstance(result, FtransferError) else None
             if error is None:
@@ -271,8 +274,18 @@ class UdpApplication:
         return open_upload(fresh)
 
     def _get(self, request: RequestReceived, who: Requester) -> None:
+        if self.ops.remote:  # (an object store answers over the network: off the loop)
+            path = request.initial.path
+            self._later(
+                request,
+                lambda: self.ops.download(who, path),
+                lambda download: self._get_opened(request, download),
+            )
+            return
+        self._get_opened(request, self.ops.download(who, request.initial.path))
+
+    def _get_opened(self, request: RequestReceived, download: Download) -> None:
         initial = request.initial
-        download = self.ops.download(who, initial.path)
         asked = initial.resume
         if asked is None:
             self._send(request, download, None, [])

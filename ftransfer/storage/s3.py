@@ -94,6 +94,9 @@ _Parts = list[tuple[str, list[bytes]]]
 class S3Store:
     """A bucket (below a key prefix) as a tree of directories and files."""
 
+    remote = True
+    """Every call crosses the network (server/operations.py: opened off the loop)."""
+
     def __init__(
         self,
         location: S3Location,
@@ -134,8 +137,8 @@ class S3Store:
         return view
 
     def close(self) -> None:
-        if self._owner:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self._owner:  # (a request retrying a store that is gone is not waited for)
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- keys --------------------------------------------------------------------------
 
@@ -291,11 +294,23 @@ class S3Store:
             )  # fmt: skip
         target = self._target(name, dir_prefix + partial_leaf(resume.binding))
         record = self._resumed(target, resume, size, mtime_ns) if resume.offset else None
+        ordinary_key = new_record_key(dir_prefix, TEMP_PREFIX)
+        claim = None
         if record is None:
-            self._drop_old(target)
+            replaced = self._replace_old(target, resume)
+            if replaced is False:
+                # (another transfer is writing this name right now: an ordinary
+                # upload, as on disk when its partial is locked)
+                ordinary = self._target(name, ordinary_key)
+                return S3Writer(
+                    ordinary, size=size, mtime_ns=mtime_ns, mode=_mode(mode),
+                    exclusive=exclusive, limit=limit,
+                )  # fmt: skip
+            claim = replaced if isinstance(replaced, str) else None
         return S3Writer(
             target, size=size, mtime_ns=mtime_ns, mode=_mode(mode), exclusive=exclusive,
             limit=limit, record=record, binding=(_binding_key(resume), resume.transfer_id),
+            claim=claim, ordinary_key=ordinary_key,
         )  # fmt: skip
 
     def _target(self, name: Name, record_key: str) -> Target:
@@ -373,14 +388,27 @@ class S3Store:
                 return found
             marker = {"PartNumberMarker": int(page["NextPartNumberMarker"])}
 
-    def _drop_old(self, target: Target) -> None:
-        """A fresh resumable upload replaces an older partial of the same name."""
+    def _replace_old(self, target: Target, resume: Resume) -> str | bool:
+        """A fresh resumable upload takes the name's partial: an older one is
+        dropped (returns its record's ETag, which the new writer replaces; True:
+        there was none), unless another transfer wrote it within LIVE_S (False;
+        the same transfer, run again, takes its own over)."""
         try:
             answer = self._call(target.label, "get_object", Key=target.record_key)
         except NotFound:
-            return
+            return True
         old = UploadRecord.parse(answer["Body"].read(), str(answer["ETag"]))
-        target.drop(old.upload_id if old is not None else None)
+        age = self._clock() - answer["LastModified"].timestamp()
+        mine = old is not None and old.fields.get("transfer") == key_hex(resume.transfer_id)
+        if age < LIVE_S and not mine:
+            return False
+        if old is not None:
+            with contextlib.suppress(NotFound, StorageIOError):
+                self._call(
+                    target.label, "abort_multipart_upload", Key=target.key,
+                    UploadId=old.upload_id,
+                )  # fmt: skip
+        return str(answer["ETag"])
 
     def partial(self, name: Name, *, size: int, mtime_ns: int, resume: Resume) -> Probe:
         if not name.parts or size <= CHUNK_BYTES:

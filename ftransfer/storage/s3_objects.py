@@ -275,9 +275,14 @@ class Target:
             return getattr(self.client, operation)(Bucket=self.location.bucket, **arguments)
 
     def save_record(self, record: UploadRecord, *, claim: bool = False) -> None:
-        """Write the record, only over the version this writer last saw (``claim``:
-        over whatever is there)."""
-        condition = {} if claim or record.etag is None else {"IfMatch": record.etag}
+        """Write the record, only over the version this writer last saw (none:
+        only where there is none; ``claim``: over whatever is there)."""
+        if claim:
+            condition = {}
+        elif record.etag is None:
+            condition = {"IfNoneMatch": "*"}
+        else:
+            condition = {"IfMatch": record.etag}
         try:
             answer = self.client.put_object(
                 Bucket=self.location.bucket, Key=self.record_key, Body=record.encode(), **condition
@@ -315,15 +320,20 @@ class S3Writer:
         limit: int,
         record: UploadRecord | None = None,
         binding: tuple[str, bytes] | None = None,
+        claim: str | None = None,
+        ordinary_key: str = "",
     ) -> None:
         """``record``: a resumed upload (its parts are this writer's start);
         ``binding``: the upload is resumable, bound to this (binding key, transfer
-        id), and kept for a resume if this writer is interrupted."""
+        id), and kept for a resume if this writer is interrupted; ``claim``: the
+        ETag of the partial's record it replaces (None: there is none), else it
+        writes as an ordinary upload, under ``ordinary_key``."""
         self._target, self._size, self._exclusive = target, size, exclusive
         self._bound = size if size is not None else min(limit, MAX_PARTS * CHUNK_BYTES)
         self._mtime_ns = time.time_ns() if mtime_ns == -1 else mtime_ns
         self._mode, self._binding = mode, binding
         self._resumable = binding is not None
+        self._claim, self._ordinary_key = claim, ordinary_key
         self._record = record
         self._part_bytes = record.part_bytes if record else part_bytes_for(size)
         stored = record.parts() if record else []
@@ -406,10 +416,20 @@ class S3Writer:
             size=self._size,
             mtime_ns=self._mtime_ns,
         )
-        if self._binding is not None:
-            record.bind(*self._binding)
         self._record = record
-        self._target.save_record(record, claim=True)
+        if self._binding is None:
+            self._target.save_record(record, claim=True)
+            return
+        record.bind(*self._binding)
+        record.etag = self._claim
+        try:
+            self._target.save_record(record)  # (only over the partial it replaces)
+        except Aborted:  # another transfer took the name's partial first: write on
+            # as an ordinary upload (as on disk when the partial is locked)
+            self._binding, self._resumable = None, False
+            record.fields["binding"] = record.fields["transfer"] = None
+            self._target.record_key = self._ordinary_key
+            self._target.save_record(record, claim=True)
 
     def _upload_part(self, number: int, body: bytes, chunks: list[bytes]) -> None:
         assert self._record is not None
