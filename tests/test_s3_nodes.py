@@ -275,3 +275,61 @@ def test_a_store_that_goes_away_mid_put_fails_it_clearly_and_the_node_lives(
         assert done.returncode == ExitCode.LOCAL_IO and b"the object store" in done.stderr
     finally:
         node.stop()
+
+
+# ---- the everyday workflow, on a bucket -------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK_BYTES, CHUNK_BYTES + 1, 2 * CHUNK_BYTES + 99])
+def test_put_then_get_is_byte_exact_at_every_part_boundary(
+    nodes: Nodes, tmp_path: Path, size: int
+) -> None:
+    node = nodes.start()
+    data = random.Random(size).randbytes(size)
+    (tmp_path / "f.bin").write_bytes(data)
+    ok(run_cli("put", str(tmp_path / "f.bin"), node.remote("f.bin")))
+    ok(run_cli("get", node.remote("f.bin"), str(tmp_path / "back.bin")))
+    assert (tmp_path / "back.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_a_tree_goes_up_and_comes_back_whole_from_a_bucket(
+    nodes: Nodes, tmp_path: Path, transport: str
+) -> None:
+    """Structure, empty directories, mtimes and the exec bit survive a bucket; a
+    second put -r --update of the unchanged tree sends no file."""
+    from test_recursive import assert_same_tree, make_tree
+
+    files = make_tree(tmp_path / "src")
+    via = ["--udp"] if transport == "udp" else []
+    a, b = nodes.start(), nodes.start()
+    ok(run_cli("mkdir", a.remote("up")))
+    ok(run_cli("put", "-r", "-q", *via, str(tmp_path / "src"), a.remote("up/")))
+    ok(run_cli("get", "-r", "-q", *via, b.remote("up/src"), str(tmp_path / "copy")))
+    assert_same_tree(tmp_path / "copy", files)
+    again = run_cli("put", "-r", "--update", "--json", *via, str(tmp_path / "src"), b.remote("up/"))
+    assert ok(again) == "" and b"already there" in again.stderr
+
+
+def test_many_small_files_and_many_clients_on_a_bucket(nodes: Nodes, tmp_path: Path) -> None:
+    a, b = nodes.start(), nodes.start()
+    src = tmp_path / "many"
+    src.mkdir()
+    contents = {f"f{i:03d}": os.urandom(4096) for i in range(200)}
+    for name, data in contents.items():
+        (src / name).write_bytes(data)
+    ok(run_cli("put", "-r", "-q", str(src), a.remote("")))
+    listing = ok(run_cli("ls", "--json", b.remote("many")))
+    assert sorted(json.loads(line)["name"] for line in listing.splitlines()) == sorted(contents)
+    blobs = [os.urandom(300_000) for _ in range(10)]
+    for i, data in enumerate(blobs):
+        (tmp_path / f"s{i}").write_bytes(data)
+    writers = [
+        subprocess.Popen([*CLI, "put", "-q", str(tmp_path / f"s{i}"), (a, b)[i % 2].remote("same")])
+        for i in range(len(blobs))
+    ]
+    assert [w.wait(timeout=120) for w in writers] == [0] * len(blobs)
+    ok(run_cli("get", a.remote("same"), str(tmp_path / "same")))
+    assert (tmp_path / "same").read_bytes() in blobs
+    top = ok(run_cli("ls", b.remote("")))
+    assert sorted(line.split()[-1] for line in top.splitlines()) == ["many/", "same"]
