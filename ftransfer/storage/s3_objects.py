@@ -45,6 +45,7 @@ bucket.
 from __future__ import annotations
 
 import _thread
+import concurrent.futures
 import json
 import os
 import threading
@@ -507,7 +508,10 @@ class S3Writer:
         if self._buffer or self._next_part == 1:
             self._send_part()
         for future in self._pending:
-            future.result()
+            try:
+                future.result()
+            except concurrent.futures.CancelledError:  # (the store is closing)
+                raise StorageIOError(f"{self._target.label}: the server is stopping") from None
         if self._failure is not None:
             raise self._failure
         parts = [{"PartNumber": i + 1, "ETag": etag} for i, (etag, _c) in enumerate(self._stored)]
@@ -568,8 +572,13 @@ class S3Writer:
         pending, record = list(self._pending), self._record
 
         def finish() -> None:
+            # Parts not started yet are cancelled, not waited for: this runs in the
+            # store's own threads, which those parts would need (many aborts at once
+            # would otherwise wait for each other). A cancelled part never released
+            # its slot; nothing takes one after the end.
             for future in pending:
-                future.exception()
+                future.cancel()
+            concurrent.futures.wait(pending)
             if record is not None and not keep:
                 self._target.drop(record.upload_id)
 
