@@ -298,6 +298,17 @@ def s3_store(seaweed: Seaweed, bucket: str) -> Iterator[S3Store]:
     store.close()
 
 
+@pytest.fixture
+def own_seaweed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Seaweed]:
+    """A SeaweedFS of this test's own (bucket "going-away"), which it may kill."""
+    store = Seaweed(tmp_path / "weed")
+    store.make_bucket("going-away")
+    for key, value in store.environment().items():
+        monkeypatch.setenv(key, value)
+    yield store
+    store.stop()
+
+
 def s3_server_args(seaweed: Seaweed, bucket: str) -> list[str]:
     """``serve`` options for a node on ``bucket`` (credentials: the environment)."""
     return ["--store", f"s3://{bucket}", "--s3-endpoint", seaweed.endpoint]

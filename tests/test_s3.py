@@ -6,8 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -212,17 +210,6 @@ def test_wrong_credentials_and_a_missing_bucket_are_said_at_start(
     with pytest.raises(NotFound, match="has no bucket"):
         missing.check()
     missing.close()
-
-
-@pytest.fixture
-def own_seaweed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Seaweed]:
-    """A SeaweedFS of this test's own, which it may stop."""
-    store = Seaweed(tmp_path / "weed")
-    store.make_bucket("going-away")
-    for key, value in store.environment().items():
-        monkeypatch.setenv(key, value)
-    yield store
-    store.stop()
 
 
 def test_a_store_that_goes_away_fails_the_upload_clearly(own_seaweed: Seaweed, data: bytes) -> None:

@@ -242,16 +242,6 @@ def test_a_misconfigured_store_stops_the_server_at_start_with_the_reason(
     assert done.returncode != 0 and b"no bucket 'no-such-bucket'" in done.stderr
 
 
-@pytest.fixture
-def own_seaweed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Seaweed]:
-    store = Seaweed(tmp_path / "weed")
-    store.make_bucket("going-away")
-    for key, value in store.environment().items():
-        monkeypatch.setenv(key, value)
-    yield store
-    store.stop()
-
-
 def test_a_store_that_goes_away_mid_put_fails_it_clearly_and_the_node_lives(
     own_seaweed: Seaweed, source: Path, tmp_path: Path
 ) -> None:
