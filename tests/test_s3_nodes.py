@@ -156,6 +156,18 @@ def stored_parts(seaweed: Seaweed, bucket: str) -> int:
     return len(parts.get("Parts", []))
 
 
+def recorded_parts(seaweed: Seaweed, bucket: str) -> int:
+    """Parts the one resumable upload below ``bucket`` has journaled in its record
+    (what a resume builds on: a part is stored first, then recorded)."""
+    name, _, prefix = bucket.partition("/")
+    client = seaweed.client()
+    listed = client.list_objects_v2(Bucket=name, Prefix=prefix + "/.ftransfer-part-")  # type: ignore[attr-defined]
+    for item in listed.get("Contents", []):
+        body = client.get_object(Bucket=name, Key=item["Key"])["Body"].read()  # type: ignore[attr-defined]
+        return len(json.loads(body)["parts"])
+    return 0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -199,7 +211,7 @@ def test_kill_a_node_mid_put_and_resume_through_another_behind_haproxy(
             [*CLI, "put", "-q", "--limit-rate", SLOW, str(source), remote],
             stderr=subprocess.PIPE,
         )
-        wait_until(lambda: stored_parts(seaweed, bucket) >= 2, "two parts stored")
+        wait_until(lambda: recorded_parts(seaweed, bucket) >= 2, "two parts recorded")
         a.kill()
         assert cut.wait(timeout=60) != 0
         assert cut.stderr is not None
